@@ -1,0 +1,80 @@
+"""`manifest.json`: the index of a TFRecord dataset, written last and atomically.
+
+A dataset directory is complete exactly when its manifest exists: the builder writes
+shards first and the manifest last (write to a temporary file, fsync, rename), so a
+build killed at any moment leaves no manifest and readers refuse the directory.
+
+Layout (JSON object):
+  schema_version  int     preprocessing.schema.SCHEMA_VERSION at build time
+  image_size      int     S: records hold S x S images
+  seed            int     the split seed
+  fractions       {"train": f, "val": f, "test": f}
+  counts          {"train": n, "val": n, "test": n}
+  shards          {"train": [{"file": "train-00000-of-00004.tfrecord",
+                              "records": n, "sha256": hex}, ...], "val": [...], "test": [...]}
+  splits          {case_id: "train" | "val" | "test"}
+  skipped         [{"id": str, "file": str, "reason": str}, ...]
+  ignored_files   int     files in the input folders that are not part of any pair
+  source          {"images_dir": abs path, "masks_dir": abs path}
+  build           {flag: value} the options that determine the output bytes
+"""
+
+import json
+import os
+
+from preprocessing import schema
+
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val", "test")
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """Returns the canonical shard file name, e.g. 'train-00003-of-00016.tfrecord'."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def write_manifest(data_dir: str, manifest: dict) -> str:
+    """Atomically writes `data_dir/manifest.json` (tmp file + fsync + rename); returns its path."""
+    path = os.path.join(data_dir, MANIFEST_NAME)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(data_dir: str) -> dict:
+    """Reads and checks a dataset's manifest, raising a clear error if it is unusable."""
+    path = os.path.join(data_dir, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {data_dir!r} is not a finished TFRecord dataset. "
+            f"Build it with `isic-preprocess --data_dir <images and masks> --output_dir {data_dir}`.")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); rebuild with isic-preprocess --overwrite") from e
+    version = manifest.get("schema_version")
+    if version != schema.SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} has schema version {version}, this code reads version {schema.SCHEMA_VERSION}; "
+            "rebuild the records with isic-preprocess --overwrite")
+    for key in ("image_size", "counts", "shards", "splits"):
+        if key not in manifest:
+            raise ValueError(f"{path} lacks the {key!r} field; rebuild with isic-preprocess --overwrite")
+    return manifest
+
+
+def shard_paths(data_dir: str, manifest: dict, split: str) -> list[str]:
+    """Returns the absolute, sorted shard paths of `split`, checking that each file exists."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    paths = [os.path.join(data_dir, s["file"]) for s in manifest["shards"].get(split, [])]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"shard(s) listed in the manifest are missing: {missing[:3]}")
+    return sorted(paths)

@@ -1,0 +1,112 @@
+"""The TFRecord contract shared by the writer (`preprocessing/`) and the reader (`pipeline/`).
+
+One record is one image/mask pair, already resized to `image_size` x `image_size`:
+
+  image/raw        bytes   uint8 [S, S, 3] RGB, row-major (raw, not JPEG: parsing is a
+                           memcpy, so the input pipeline never spends CPU on decoding)
+  mask/raw         bytes   uint8 [S, S] with values exactly 0 or 1
+  image/size       int64   S (records of one dataset all share it; checked on parse)
+  case_id          bytes   the ISIC ID, e.g. b"ISIC_0000000"
+  original/height  int64   pixel size of the source image, for full-resolution evaluation
+  original/width   int64
+  source/image     bytes   source file names relative to the images / masks folders
+  source/mask      bytes
+
+Bump SCHEMA_VERSION whenever a key or an encoding changes; the manifest records it and
+the reader refuses records written under another version.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+SCHEMA_VERSION = 1
+
+IMAGE = "image/raw"
+MASK = "mask/raw"
+SIZE = "image/size"
+CASE_ID = "case_id"
+ORIGINAL_HEIGHT = "original/height"
+ORIGINAL_WIDTH = "original/width"
+SOURCE_IMAGE = "source/image"
+SOURCE_MASK = "source/mask"
+
+FEATURE_SPEC = {
+    IMAGE: tf.io.FixedLenFeature([], tf.string),
+    MASK: tf.io.FixedLenFeature([], tf.string),
+    SIZE: tf.io.FixedLenFeature([], tf.int64),
+    CASE_ID: tf.io.FixedLenFeature([], tf.string),
+    ORIGINAL_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+    ORIGINAL_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+    SOURCE_IMAGE: tf.io.FixedLenFeature([], tf.string),
+    SOURCE_MASK: tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
+                   original_size: tuple[int, int], image_file: str, mask_file: str) -> bytes:
+    """Serializes one resized pair into a `tf.train.Example`.
+
+    Args:
+      case_id: the pair's ID.
+      image: uint8 [S, S, 3] RGB.
+      mask: uint8 [S, S], values 0/1.
+      original_size: (height, width) of the source image.
+      image_file, mask_file: source file names (relative to their folders).
+    Returns:
+      The serialized example (deterministic bytes for equal inputs).
+    """
+    size = image.shape[0]
+    if image.dtype != np.uint8 or image.shape != (size, size, 3):
+        raise ValueError(f"{case_id}: image must be uint8 [S, S, 3], got {image.dtype} {image.shape}")
+    if mask.dtype != np.uint8 or mask.shape != (size, size):
+        raise ValueError(f"{case_id}: mask must be uint8 [{size}, {size}], got {mask.dtype} {mask.shape}")
+    if mask.max(initial=0) > 1:
+        raise ValueError(f"{case_id}: mask values must be 0/1, found {int(mask.max())}")
+    features = {
+        IMAGE: _bytes(np.ascontiguousarray(image).tobytes()),
+        MASK: _bytes(np.ascontiguousarray(mask).tobytes()),
+        SIZE: _int64(size),
+        CASE_ID: _bytes(case_id.encode()),
+        ORIGINAL_HEIGHT: _int64(original_size[0]),
+        ORIGINAL_WIDTH: _int64(original_size[1]),
+        SOURCE_IMAGE: _bytes(image_file.encode()),
+        SOURCE_MASK: _bytes(mask_file.encode()),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
+
+
+def parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+    """Parses a batch of serialized examples (vectorised: one op for the whole batch).
+
+    Args:
+      serialized: string [B].
+      image_size: S, the size recorded in the manifest.
+    Returns:
+      dict with "image" uint8 [B, S, S, 3], "mask" uint8 [B, S, S, 1] (0/1),
+      "case_id" string [B], "original_size" int64 [B, 2] (height, width),
+      "source_image" and "source_mask" string [B].
+    """
+    parsed = tf.io.parse_example(serialized, FEATURE_SPEC)
+    checks = [tf.debugging.assert_equal(
+        parsed[SIZE], tf.constant(image_size, tf.int64),
+        message=f"record image size differs from the manifest's {image_size}")]
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_raw(parsed[IMAGE], tf.uint8)
+    mask = tf.io.decode_raw(parsed[MASK], tf.uint8)
+    return {
+        "image": tf.reshape(image, [-1, image_size, image_size, 3]),
+        "mask": tf.reshape(mask, [-1, image_size, image_size, 1]),
+        "case_id": parsed[CASE_ID],
+        "original_size": tf.stack([parsed[ORIGINAL_HEIGHT], parsed[ORIGINAL_WIDTH]], axis=-1),
+        "source_image": parsed[SOURCE_IMAGE],
+        "source_mask": parsed[SOURCE_MASK],
+    }

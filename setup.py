@@ -1,0 +1,31 @@
+"""Install the ISIC U-Net segmentation pipeline and its console scripts."""
+from setuptools import find_packages, setup
+
+setup(
+    name="isic-unet",
+    version="0.1.0",
+    description="Scalable TFRecord + tf.distribute training pipeline for ISIC skin-lesion segmentation",
+    python_requires=">=3.10",
+    packages=find_packages(include=["preprocessing*", "pipeline*", "model*", "launch*"]),
+    package_data={"launch": ["configs/*.flags"]},
+    install_requires=[
+        # Keras 3 ships with TF >= 2.16; we develop and test on 2.21.
+        "tensorflow>=2.16",
+        "numpy",
+        "pillow",
+        "absl-py",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+    entry_points={
+        "console_scripts": [
+            "isic-synth=preprocessing.synth_main:run",
+            "isic-preprocess=preprocessing.build_main:run",
+            "isic-train=launch.train:run",
+            "isic-evaluate=launch.evaluate:run",
+            "isic-predict=launch.predict:run",
+            "isic-launch=launch.cluster:run",
+            "isic-bench=launch.bench:run",
+        ]
+    },
+)
