@@ -1,0 +1,139 @@
+"""Choosing the device setup of a run: logical CPU devices, precision, strategy, chief.
+
+Everything here touches devices or process-global state, so it is only ever called from
+the top of a training or benchmark run, never at import time.
+"""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+
+# A collective that waits longer than this for a peer raises instead of hanging, so a
+# job whose worker died stops within a bounded time (see launch/cluster.py).
+DEFAULT_COLLECTIVE_TIMEOUT_S = 120
+
+
+def split_cpu(num_devices: int) -> None:
+    """Splits the host CPU into `num_devices` logical devices (for testing mirrored runs).
+
+    Must run before TensorFlow initialises its devices; raises RuntimeError otherwise.
+    """
+    if num_devices <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"cannot split the CPU into {num_devices} devices: TensorFlow already initialised "
+            "its devices in this process; call split_cpu before any other TF work") from e
+
+
+def resolve_precision(precision: str) -> str:
+    """Maps 'auto' to mixed_float16 on GPUs with compute capability >= 7.0, else float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "float32"
+    for gpu in gpus:
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        if tuple(capability) < (7, 0):
+            return "float32"
+    return "mixed_float16"
+
+
+def _slurm_resolver():
+    """Returns TF's own SlurmClusterResolver when running inside a multi-task SLURM step."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
+        return None
+    return tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=int(
+        os.environ.get("ISIC_SLURM_PORT_BASE", "8888")))
+
+
+def make_strategy(name: str, collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
+                  ) -> tf.distribute.Strategy:
+    """Creates the distribution strategy.
+
+    'auto' picks multi_worker when TF_CONFIG (or a multi-task SLURM step) describes a
+    cluster, mirrored when this machine has several GPUs (or logical CPUs), else one_device.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+    slurm = _slurm_resolver()
+    if name == "auto":
+        if os.environ.get("TF_CONFIG") or slurm is not None:
+            name = "multi_worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1 or len(tf.config.list_logical_devices("CPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "one_device"
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG") and slurm is None:
+            raise ValueError("--strategy multi_worker needs TF_CONFIG (set by isic-launch or your "
+                             "cluster operator) or a SLURM job step with several tasks")
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+        resolver = slurm or tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver, communication_options=options)
+    elif name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        # Gradients of CPU replicas are summed on the host; NCCL only exists for GPUs.
+        ops = None if gpus else tf.distribute.ReductionToOneDevice()
+        strategy = tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=ops)
+    else:
+        gpus = tf.config.list_logical_devices("GPU")
+        strategy = tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    logging.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
+    return strategy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True for the one process that writes checkpoints, logs and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def worker_label(strategy: tf.distribute.Strategy) -> str:
+    """A short name of this process, e.g. 'worker-1', for temporary directories and logs."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "local"
+    return f"{resolver.task_type}-{resolver.task_id}"
+
+
+def set_precision(precision: str) -> str:
+    """Sets the Keras global dtype policy; returns the previous policy name to restore."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(precision)
+    return previous
+
+
+def describe_cluster() -> str:
+    """The TF_CONFIG task of this process, for log lines."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    return json.dumps(config.get("task", {}))
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Number of worker processes (= input pipelines) of the strategy's cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(job, [])) for job in ("chief", "worker"))

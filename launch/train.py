@@ -1,0 +1,93 @@
+"""`isic-train`: train the U-Net on TFRecords, on one device, all local GPUs or a cluster.
+
+  isic-train --data_dir records/ --model_dir runs/unet [--flagfile launch/configs/X.flags]
+
+Running the same command again resumes from the model directory's last checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("data_dir", None, "TFRecord dataset directory (with manifest.json) from isic-preprocess.")
+flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, plots and models go. An existing "
+                    "model directory is resumed from its last checkpoint.")
+flags.DEFINE_integer("epochs", 20, "Number of passes over the training split.")
+flags.DEFINE_integer("batch_size", 32, "GLOBAL batch size, split evenly across all replicas.")
+flags.DEFINE_float("learning_rate", 1e-3, "Peak Adam learning rate. Scale it with the global batch "
+                   "(linearly from 1e-3 at batch 32, with warmup) when you scale out.")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                  "Learning-rate schedule: constant, or cosine decay to 0 over the run.")
+flags.DEFINE_float("warmup_epochs", 0.0, "Linear learning-rate warmup (cosine schedule only).")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) when > 0.")
+flags.DEFINE_integer("base_filters", 64, "Filters of the first U-Net block (64 = 31.0M parameters); "
+                     "8-16 for CPU runs.")
+flags.DEFINE_float("dice_weight", 1.0, "Loss = BCE + dice_weight * (1 - soft Dice).")
+flags.DEFINE_bool("augment", True, "Flips, rotations, scale and colour jitter on training batches.")
+flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                  "auto = mixed_float16 on GPUs with compute capability >= 7.0, float32 otherwise.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"],
+                  "auto = multi_worker when TF_CONFIG (or SLURM) describes a cluster, mirrored over "
+                  "all local GPUs (or --num_cpu_devices) when there are several, else one_device.")
+flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
+                     "(to test mirrored training without GPUs).")
+flags.DEFINE_integer("checkpoint_every_steps", 100, "Also checkpoint every N steps (0: epoch ends only).")
+flags.DEFINE_integer("steps_per_execution", 1, "Training steps run per tf.function call "
+                     "(fewer Python round trips; progress updates per chunk).")
+flags.DEFINE_integer("seed", 0, "Seed of weights, data order and augmentation.")
+flags.DEFINE_bool("deterministic", False, "Enable TF op determinism: a killed and resumed run "
+                  "ends bit-identical to an uninterrupted one (slower on GPUs).")
+flags.DEFINE_string("warm_start", None, "Start a NEW run from these weights (a .keras file or "
+                    "another model directory). Ignored, with a warning, when --model_dir resumes.")
+flags.DEFINE_float("collective_timeout", 120.0, "Seconds a multi-worker collective waits for a "
+                   "peer before failing the job (a dead worker never hangs it).")
+flags.DEFINE_integer("summary_images", 3, "Validation images logged to TensorBoard per epoch.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for name in ("data_dir", "model_dir"):
+        if not FLAGS[name].value:
+            raise app.UsageError(f"--{name} is required")
+    if FLAGS.batch_size <= 0 or FLAGS.epochs <= 0 or FLAGS.steps_per_execution <= 0:
+        raise app.UsageError("--batch_size, --epochs and --steps_per_execution must be positive")
+    # Imported after flag parsing so `isic-train --help` answers without loading TensorFlow.
+    from launch import checkpoints
+    from launch import trainer
+
+    try:
+        result = trainer.train(
+            FLAGS.data_dir, FLAGS.model_dir, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+            learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
+            warmup_epochs=FLAGS.warmup_epochs, weight_decay=FLAGS.weight_decay,
+            base_filters=FLAGS.base_filters, dice_weight=FLAGS.dice_weight, augment=FLAGS.augment,
+            precision=FLAGS.precision, strategy=FLAGS.strategy,
+            num_cpu_devices=FLAGS.num_cpu_devices,
+            checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+            steps_per_execution=FLAGS.steps_per_execution, seed=FLAGS.seed,
+            deterministic=FLAGS.deterministic, warm_start=FLAGS.warm_start,
+            collective_timeout_s=FLAGS.collective_timeout, num_summary_images=FLAGS.summary_images,
+            flags_text=FLAGS.flags_into_string())
+    except (trainer.NonFiniteLossError, checkpoints.CheckpointMismatchError,
+            FileNotFoundError, ValueError) as e:
+        logging.error("%s", e)
+        print(f"isic-train: error: {e}", file=sys.stderr)
+        return 1
+    if result:
+        print(f"Validation Dice {result.get('val_dice', float('nan')):.4f} after epoch "
+              f"{result['epoch']}; model, plots and logs in {FLAGS.model_dir}")
+        print(f"weights sha256 {result['weights_sha256']}")
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
