@@ -26,6 +26,8 @@ flags.DEFINE_float("warmup_epochs", 0.0, "Linear learning-rate warmup (cosine sc
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) when > 0.")
 flags.DEFINE_integer("base_filters", 64, "Filters of the first U-Net block (64 = 31.0M parameters); "
                      "8-16 for CPU runs.")
+flags.DEFINE_bool("sync_batch_norm", False, "Batch-norm statistics over the global batch across "
+                  "replicas (one all-reduce per layer); use when per-replica batches are small.")
 flags.DEFINE_float("dice_weight", 1.0, "Loss = BCE + dice_weight * (1 - soft Dice).")
 flags.DEFINE_bool("augment", True, "Flips, rotations, scale and colour jitter on training batches.")
 flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
@@ -65,7 +67,8 @@ def main(argv):
             FLAGS.data_dir, FLAGS.model_dir, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
             learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
             warmup_epochs=FLAGS.warmup_epochs, weight_decay=FLAGS.weight_decay,
-            base_filters=FLAGS.base_filters, dice_weight=FLAGS.dice_weight, augment=FLAGS.augment,
+            base_filters=FLAGS.base_filters, sync_batch_norm=FLAGS.sync_batch_norm,
+            dice_weight=FLAGS.dice_weight, augment=FLAGS.augment,
             precision=FLAGS.precision, strategy=FLAGS.strategy,
             num_cpu_devices=FLAGS.num_cpu_devices,
             checkpoint_every_steps=FLAGS.checkpoint_every_steps,

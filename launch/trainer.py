@@ -70,7 +70,8 @@ def _check_finite(values: dict, step: int, last_checkpoint: str | None) -> None:
 
 def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 32,
           learning_rate: float = 1e-3, lr_schedule: str = "constant", warmup_epochs: float = 0.0,
-          weight_decay: float = 0.0, base_filters: int = 64, dice_weight: float = 1.0,
+          weight_decay: float = 0.0, base_filters: int = 64, sync_batch_norm: bool = False,
+          dice_weight: float = 1.0,
           augment: bool = True, precision: str = "auto", strategy: str = "auto",
           num_cpu_devices: int = 0, checkpoint_every_steps: int = 100,
           steps_per_execution: int = 1, seed: int = 0, deterministic: bool = False,
@@ -100,7 +101,8 @@ def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 
         return _train(strat, chief, data_dir, model_dir, epochs=epochs, batch_size=batch_size,
                       learning_rate=learning_rate, lr_schedule=lr_schedule,
                       warmup_epochs=warmup_epochs, weight_decay=weight_decay,
-                      base_filters=base_filters, dice_weight=dice_weight, augment=augment,
+                      base_filters=base_filters, sync_batch_norm=sync_batch_norm,
+                      dice_weight=dice_weight, augment=augment,
                       precision=precision, checkpoint_every_steps=checkpoint_every_steps,
                       steps_per_execution=steps_per_execution, seed=seed, warm_start=warm_start,
                       num_summary_images=num_summary_images, verbose=verbose)
@@ -109,7 +111,7 @@ def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 
 
 
 def _train(strat, chief, data_dir, model_dir, *, epochs, batch_size, learning_rate, lr_schedule,
-           warmup_epochs, weight_decay, base_filters, dice_weight, augment, precision,
+           warmup_epochs, weight_decay, base_filters, sync_batch_norm, dice_weight, augment, precision,
            checkpoint_every_steps, steps_per_execution, seed, warm_start, num_summary_images,
            verbose):
     # --- Data: sizes from the manifest; datasets are built per epoch (order = f(seed, epoch)).
@@ -129,7 +131,8 @@ def _train(strat, chief, data_dir, model_dir, *, epochs, batch_size, learning_ra
 
     # --- Model and optimizer, created inside the strategy scope so variables are mirrored.
     with strat.scope():
-        model = unet.build_unet(image_size=image_size, base_filters=base_filters)
+        model = unet.build_unet(image_size=image_size, base_filters=base_filters,
+                                sync_batch_norm=sync_batch_norm)
         lr = _learning_rate(learning_rate, lr_schedule, total_steps, int(warmup_epochs * steps_per_epoch))
         optimizer = _make_optimizer(lr, weight_decay, precision)
         # Built before the first step: creating slot variables inside strategy.run fails.

@@ -27,17 +27,19 @@ from keras import layers
 TRAINING_FLOPS_PER_FORWARD_FLOP = 3
 
 
-def _conv_bn_relu(x, filters: int, name: str):
+def _conv_bn_relu(x, filters: int, name: str, sync_bn: bool = False):
     """3x3 conv (no bias: batch norm's beta is the shift) -> batch norm -> ReLU."""
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    # synchronized=True all-reduces the batch moments over replicas (TF backend), so a
+    # data-parallel step normalises with global-batch statistics like one device would.
+    x = layers.BatchNormalization(synchronized=sync_bn, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _double_conv(x, filters: int, name: str):
+def _double_conv(x, filters: int, name: str, sync_bn: bool = False):
     """Two 3x3 conv + BN + ReLU units, the building block of every level."""
-    x = _conv_bn_relu(x, filters, f"{name}_a")
-    return _conv_bn_relu(x, filters, f"{name}_b")
+    x = _conv_bn_relu(x, filters, f"{name}_a", sync_bn)
+    return _conv_bn_relu(x, filters, f"{name}_b", sync_bn)
 
 
 def _check_size(image_size: int, base_filters: int, depth: int) -> None:
@@ -53,7 +55,7 @@ def _check_size(image_size: int, base_filters: int, depth: int) -> None:
 
 
 def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
-               name: str = "isic_unet") -> keras.Model:
+               name: str = "isic_unet", sync_batch_norm: bool = False) -> keras.Model:
     """Builds the U-Net (uncompiled).
 
     Args:
@@ -63,6 +65,8 @@ def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
         64 gives 31,049,409 parameters (31,037,633 trainable) at depth 4.
       depth: number of pooling steps (contracting blocks).
       name: the model's name.
+      sync_batch_norm: compute batch-norm statistics over the global batch across
+        replicas (costs one all-reduce per layer; matters when per-replica batches are small).
     Returns:
       A functional `keras.Model` mapping [B, S, S, 3] to float32 probabilities [B, S, S, 1].
     Raises:
@@ -73,10 +77,10 @@ def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
     x = inputs
     skips = []
     for level in range(depth):
-        x = _double_conv(x, base_filters * 2 ** level, f"down{level + 1}")
+        x = _double_conv(x, base_filters * 2 ** level, f"down{level + 1}", sync_batch_norm)
         skips.append(x)  # [B, S / 2**level, S / 2**level, F * 2**level]
         x = layers.MaxPooling2D(2, name=f"down{level + 1}_pool")(x)
-    x = _double_conv(x, base_filters * 2 ** depth, "bottleneck")
+    x = _double_conv(x, base_filters * 2 ** depth, "bottleneck", sync_batch_norm)
     for level in reversed(range(depth)):
         filters = base_filters * 2 ** level
         # 2x2 transposed conv, stride 2: doubles H and W, halves the channels. Chosen over
@@ -84,7 +88,7 @@ def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
         # keeps its bias: no batch norm follows it before the concatenation.
         x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level + 1}_upconv")(x)
         x = layers.Concatenate(name=f"up{level + 1}_concat")([skips[level], x])
-        x = _double_conv(x, filters, f"up{level + 1}")
+        x = _double_conv(x, filters, f"up{level + 1}", sync_batch_norm)
     # float32 whatever the global policy: probabilities, loss and metrics stay float32.
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name)
