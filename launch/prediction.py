@@ -1,0 +1,151 @@
+"""Segments every image of a folder into ISIC submission masks (`isic-predict`).
+
+For each `IN/<ID>.jpg|.jpeg|.png` (any size and mode), writes `OUT/<ID>_segmentation.png`:
+8-bit single channel ("L"), values 0 and 255, exactly the input's (upright) size, the
+format the ISIC 2018 Task 1 challenge accepts. The probability map is predicted at the
+model's S x S, resized bilinearly to the original size, then thresholded (p > 0.5).
+With `overlays`, also `OUT/overlays/<ID>_overlay.jpg`: the image with the prediction
+tinted red and outlined.
+
+Unreadable images are reported by name and skipped; the caller decides the exit code.
+Other files (hidden files, non-image extensions, ISIC `_superpixels.png`) are ignored and
+counted.
+"""
+
+import os
+import time
+
+import keras
+import numpy as np
+from PIL import Image
+
+from launch import inference
+from model import metrics
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_IGNORED_SUFFIXES = ("_superpixels.png",)
+OVERLAY_DIR = "overlays"
+_TINT = np.array([255, 0, 0], np.float32)  # red
+_TINT_ALPHA = 0.3
+
+
+def list_images(input_dir: str) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Lists `input_dir` (not recursive).
+
+    Returns:
+      (image file names sorted, ignored names, problems [(name, reason)] for names that
+       share an ID, e.g. X.jpg and X.png, which would write the same output).
+    Raises:
+      FileNotFoundError: `input_dir` is not a folder.
+    """
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"--input_dir {input_dir} is not a folder; pass the folder "
+                                "that holds the JPEG or PNG images to segment")
+    images, ignored = [], []
+    for name in sorted(os.listdir(input_dir)):
+        lower = name.lower()
+        if (name.startswith(".") or not lower.endswith(IMAGE_EXTENSIONS)
+                or lower.endswith(_IGNORED_SUFFIXES) or not os.path.isfile(os.path.join(input_dir, name))):
+            ignored.append(name)
+        else:
+            images.append(name)
+    by_id = {}
+    for name in images:
+        by_id.setdefault(os.path.splitext(name)[0], []).append(name)
+    clashes = {n for names in by_id.values() if len(names) > 1 for n in names}
+    problems = [(n, f"another image has the ID {os.path.splitext(n)[0]!r} "
+                    f"({', '.join(by_id[os.path.splitext(n)[0]])}); rename one")
+                for n in sorted(clashes)]
+    return [n for n in images if n not in clashes], ignored, problems
+
+
+def binary_mask_image(probabilities: np.ndarray, threshold: float) -> Image.Image:
+    """float [H, W] probabilities -> "L" image of 0 (background) and 255 (p > threshold)."""
+    foreground = metrics.binarize_probabilities(probabilities, threshold).numpy()
+    return Image.fromarray(np.where(foreground, 255, 0).astype(np.uint8), "L")
+
+
+def _border(mask: np.ndarray, width: int) -> np.ndarray:
+    """bool [H, W]: foreground pixels within `width` pixels of the background (4-neighbour
+    erosion repeated `width` times; outside the image counts as background)."""
+    inner = mask.copy()
+    for _ in range(width):
+        padded = np.pad(inner, 1, constant_values=False)
+        inner = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
+                 & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return mask & ~inner
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image (uint8 [H, W, 3]) with `mask` (bool [H, W]) tinted red and outlined in
+    yellow, the outline about 0.3% of the longest side wide: uint8 [H, W, 3]."""
+    out = image.astype(np.float32)
+    out[mask] = (1 - _TINT_ALPHA) * out[mask] + _TINT_ALPHA * _TINT
+    out[_border(mask, max(1, round(max(mask.shape) / 300)))] = (255, 255, 0)
+    return out.astype(np.uint8)
+
+
+def _load_batch(input_dir, names, image_size, failed):
+    """Loads `names` at S x S; unreadable ones go to `failed`. Returns (names, uint8
+    [B, S, S, 3], sizes)."""
+    ok, images, sizes = [], [], []
+    for name in names:
+        try:
+            image, size = inference.load_image(os.path.join(input_dir, name), image_size)
+        except Exception as e:  # Pillow reports bad files with many exception types.
+            failed.append((name, f"cannot read image ({type(e).__name__}: {e})"))
+            continue
+        ok.append(name)
+        images.append(image)
+        sizes.append(size)
+    return ok, images, sizes
+
+
+def _write(input_dir, output_dir, name, probabilities, size, threshold, overlays):
+    """Writes one image's mask (and overlay); returns the mask path."""
+    case_id = os.path.splitext(name)[0]
+    full = inference.to_original_size(probabilities, size)  # float32 [H, W]
+    mask_image = binary_mask_image(full, threshold)
+    path = os.path.join(output_dir, f"{case_id}_segmentation.png")
+    mask_image.save(path)
+    if overlays:
+        image = inference.load_full_image(os.path.join(input_dir, name))
+        picture = overlay(image, np.asarray(mask_image) == 255)
+        Image.fromarray(picture).save(os.path.join(output_dir, OVERLAY_DIR, f"{case_id}_overlay.jpg"),
+                                      quality=90)
+    return path
+
+
+def predict_folder(model_path: str, input_dir: str, output_dir: str, *, batch_size: int = 16,
+                   threshold: float = 0.5, overlays: bool = False, progress: bool = True) -> dict:
+    """Segments every image of `input_dir` into `output_dir` (see the module docstring).
+
+    Returns:
+      {"written": [mask paths], "failed": [(file name, reason)], "ignored": [file names],
+       "model": the .keras path used, "output_dir": output_dir}.
+    Raises:
+      FileNotFoundError: no model, or `input_dir` is not a folder.
+      ValueError: `input_dir` holds no JPEG or PNG image; unusable model.
+    """
+    names, ignored, failed = list_images(input_dir)
+    if not names and not failed:
+        raise ValueError(f"--input_dir {input_dir} holds no .jpg, .jpeg or .png images "
+                         f"({len(ignored)} other entries ignored); pass the folder of the images")
+    model, resolved = inference.load_model(model_path)
+    size = inference.model_image_size(model)
+    os.makedirs(os.path.join(output_dir, OVERLAY_DIR) if overlays else output_dir, exist_ok=True)
+    written = []
+    bar = keras.utils.Progbar(len(names), stateful_metrics=("img/s",), verbose=1 if progress else 0,
+                              unit_name="image")
+    start, done = time.perf_counter(), 0
+    for first in range(0, len(names), batch_size):
+        batch_names = names[first:first + batch_size]
+        ok, images, sizes = _load_batch(input_dir, batch_names, size, failed)
+        if ok:
+            probabilities = inference.predict(model, inference.scale(np.stack(images)), batch_size)
+            for name, p, original in zip(ok, probabilities, sizes):
+                written.append(_write(input_dir, output_dir, name, p, original, threshold, overlays))
+        done += len(batch_names)
+        bar.update(done, values=[("img/s", done / max(time.perf_counter() - start, 1e-9))])
+    return {"written": written, "failed": sorted(failed), "ignored": ignored,
+            "model": resolved, "output_dir": output_dir}

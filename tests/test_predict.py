@@ -1,0 +1,220 @@
+"""isic-predict and the shared inference helpers: sizes, modes, values, bad inputs.
+
+The model is a saved 1x1 convolution whose probability is the red channel (p = R / 255),
+so every expected mask is known exactly without training.
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch import inference
+from launch import prediction
+
+S = 16
+
+
+def red_channel_model(path: str, image_size: int = S) -> str:
+    """Saves a model with p = R / 255 (a linear 1x1 convolution picking the red channel)."""
+    inputs = keras.Input((image_size, image_size, 3))
+    conv = keras.layers.Conv2D(1, 1, name="pick_red")
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.array([1.0, 0.0, 0.0], np.float32).reshape(1, 1, 3, 1), np.zeros(1, np.float32)])
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return red_channel_model(str(tmp_path_factory.mktemp("model") / "red.keras"))
+
+
+def _half_red(height: int, width: int) -> np.ndarray:
+    """uint8 [H, W, 3]: red (p = 1) in the left half, black (p = 0) in the right half."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, : width // 2, 0] = 255
+    return image
+
+
+def _read(path: str) -> Image.Image:
+    im = Image.open(path)
+    im.load()
+    return im
+
+
+@pytest.mark.parametrize("height,width,ext", [(1, 1, ".png"), (7, 1000, ".jpg"), (3000, 4000, ".jpg"),
+                                              (33, 17, ".png")])
+def test_masks_have_the_input_size_mode_and_values(model_path, tmp_path, height, width, ext):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    image = np.full((height, width, 3), 255, np.uint8) if width == 1 else _half_red(height, width)
+    Image.fromarray(image).save(inp / f"ISIC_1{ext}", quality=95)
+    report = prediction.predict_folder(model_path, str(inp), str(out), progress=False)
+    assert report["failed"] == [] and len(report["written"]) == 1
+    mask = _read(out / "ISIC_1_segmentation.png")
+    assert mask.mode == "L" and mask.size == (width, height)
+    values = np.asarray(mask)
+    assert set(np.unique(values)) <= {0, 255}
+    if width == 1:
+        assert values.tolist() == [[255]]
+    else:  # left half foreground, right half background, away from the resized border
+        margin = max(2, width // 8)
+        assert (values[:, : width // 2 - margin] == 255).all()
+        assert (values[:, width // 2 + margin:] == 0).all()
+
+
+def _save_mode(path, rgb: np.ndarray, mode: str) -> None:
+    """Writes `rgb` (uint8 [H, W, 3], gray-ish) in another mode."""
+    im = Image.fromarray(rgb)
+    if mode == "I;16":
+        gray = np.asarray(im.convert("L")).astype(np.uint16) * 257
+        Image.fromarray(gray).save(path)  # uint16 -> mode I;16
+    elif mode == "CMYK":
+        im.convert("CMYK").save(path, quality=95)
+    else:
+        im.convert(mode).save(path)
+
+
+@pytest.mark.parametrize("mode,ext", [("L", ".png"), ("RGBA", ".png"), ("P", ".png"),
+                                      ("I;16", ".png"), ("CMYK", ".jpg"), ("L", ".jpg")])
+def test_any_mode_gives_binary_mask_of_the_input_size(model_path, tmp_path, mode, ext):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    rgb = np.zeros((40, 30, 3), np.uint8)
+    rgb[:, :15] = 255  # white left half: p = 1 in every mode (gray, palette, CMYK, 16-bit)
+    _save_mode(inp / f"x{ext}", rgb, mode)
+    report = prediction.predict_folder(model_path, str(inp), str(out), overlays=True, progress=False)
+    assert report["failed"] == []
+    mask = _read(out / "x_segmentation.png")
+    assert (mask.mode, mask.size) == ("L", (30, 40))
+    values = np.asarray(mask)
+    assert (values[:, :12] == 255).all() and (values[:, 18:] == 0).all()
+    overlay = _read(out / "overlays" / "x_overlay.jpg")
+    assert (overlay.mode, overlay.size) == ("RGB", (30, 40))
+
+
+def test_exif_rotated_jpeg_is_segmented_upright(model_path, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    stored = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide x 20 high, red top half
+    stored[:10, :, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display: upright is 20 wide x 40 high
+    Image.fromarray(stored).save(inp / "r.jpg", exif=exif, quality=95)
+    prediction.predict_folder(model_path, str(inp), str(out), progress=False)
+    mask = np.asarray(_read(out / "r_segmentation.png"))
+    assert mask.shape == (40, 20)
+    # The stored top rows become the right-hand columns once rotated clockwise.
+    assert (mask[:, 14:] == 255).all() and (mask[:, :6] == 0).all()
+
+
+@pytest.mark.parametrize("mode,ext", [("RGB", ".jpg"), ("RGB", ".png"), ("L", ".png"), ("RGBA", ".png"),
+                                      ("P", ".png"), ("I;16", ".png"), ("CMYK", ".jpg"),
+                                      ("exif6", ".jpg")])
+def test_load_image_matches_the_builder_byte_for_byte(tmp_path, mode, ext):
+    # The model must see at prediction time exactly the pixels it was trained on.
+    load = pytest.importorskip("preprocessing.load")
+    pairs = pytest.importorskip("preprocessing.pairs")
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(75, 61, 3), dtype=np.uint8)
+    image_path = str(tmp_path / f"a{ext}")
+    upright = (75, 61)
+    if mode == "exif6":  # stored 61 high x 75 wide, displayed rotated: upright 75 x 61
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(rgb.transpose(1, 0, 2)).save(image_path, exif=exif, quality=95)
+    else:
+        _save_mode(image_path, rgb, mode)
+    mask_path = str(tmp_path / "a_segmentation.png")
+    Image.fromarray(np.full(upright, 255, np.uint8)).save(mask_path)
+    built, _, built_size = load.load_pair(pairs.Pair("a", image_path, mask_path), S)
+    ours, size = inference.load_image(image_path, S)
+    assert size == built_size == upright
+    np.testing.assert_array_equal(ours, built)
+
+
+def test_unreadable_image_is_skipped_and_named(model_path, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    Image.fromarray(_half_red(8, 8)).save(inp / "good.png")
+    (inp / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    truncated = inp / "truncated.png"
+    Image.fromarray(_half_red(50, 50)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    (inp / "notes.txt").write_text("not an image")
+    (inp / ".DS_Store").write_bytes(b"\0")
+    report = prediction.predict_folder(model_path, str(inp), str(out), batch_size=2, progress=False)
+    assert [os.path.basename(p) for p in report["written"]] == ["good_segmentation.png"]
+    assert [name for name, _ in report["failed"]] == ["broken.jpg", "truncated.png"]
+    assert sorted(report["ignored"]) == [".DS_Store", "notes.txt"]
+    assert sorted(os.listdir(out)) == ["good_segmentation.png"]
+
+
+def test_two_images_with_one_id_are_both_reported(model_path, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for ext in (".jpg", ".png", ".PNG"):
+        Image.fromarray(_half_red(8, 8)).save(inp / f"x{ext}", format="PNG" if ext != ".jpg" else "JPEG")
+    Image.fromarray(_half_red(8, 8)).save(inp / "y.png")
+    report = prediction.predict_folder(model_path, str(inp), str(tmp_path / "out"), progress=False)
+    assert [os.path.basename(p) for p in report["written"]] == ["y_segmentation.png"]
+    assert [name for name, _ in report["failed"]] == ["x.PNG", "x.jpg", "x.png"]
+
+
+def test_folder_without_images_is_a_clear_error(model_path, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no .jpg, .jpeg or .png images"):
+        prediction.predict_folder(model_path, str(tmp_path / "empty"), str(tmp_path / "out"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "LICENSE.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"1 other entries ignored"):
+        prediction.predict_folder(model_path, str(tmp_path / "other"), str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        prediction.predict_folder(model_path, str(tmp_path / "missing"), str(tmp_path / "out"))
+
+
+def test_model_paths_resolve_or_fail_with_the_fix(model_path, tmp_path):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    red_channel_model(str(run / "best" / inference.MODEL_FILE))
+    with pytest.raises(FileNotFoundError, match=r"pass --model .*best"):
+        inference.load_model(str(run))
+    model, resolved = inference.load_model(str(run / "best"))
+    assert resolved == str(run / "best" / inference.MODEL_FILE) and inference.model_image_size(model) == S
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inference.load_model(str(tmp_path / "nope"))
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="cannot load the model"):
+        inference.load_model(str(tmp_path / "broken.keras"))
+
+
+def test_resize_happens_before_thresholding():
+    # A 2x2 map enlarged to 8x8: bilinear values between the 0.4 and 0.9 centres cross 0.5
+    # part-way, which thresholding first (nearest enlargement of a binary map) cannot give.
+    p = np.array([[0.4, 0.9], [0.4, 0.9]], np.float32)
+    full = inference.to_original_size(p, (8, 8))
+    assert full.shape == (8, 8) and full.min() >= 0.4 - 1e-6 and full.max() <= 0.9 + 1e-6
+    row = full[0] > 0.5
+    assert row.tolist() == [False, False, False, True, True, True, True, True]
+    # Shrinking averages (antialiased) rather than sampling one pixel.
+    assert inference.to_original_size(np.array([[0.0, 1.0], [0.0, 1.0]], np.float32), (1, 1))[0, 0] == \
+        pytest.approx(0.5, abs=1e-6)
+
+
+def test_cli_reports_the_bad_file_and_exits_1(model_path, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(_half_red(8, 8)).save(inp / "good.png")
+    (inp / "broken.png").write_bytes(b"garbage")
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.predict", f"--model={model_path}", f"--input_dir={inp}",
+         f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+    assert "1 masks written" in result.stdout and "1 images failed" in result.stdout
+    assert (tmp_path / "out" / "good_segmentation.png").exists()
