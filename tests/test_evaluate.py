@@ -1,0 +1,220 @@
+"""isic-evaluate: exact metrics at training size and at full resolution, outputs, errors,
+and a round trip train -> evaluate -> predict.
+
+The hand-made dataset has source images of 48 x 32 (height x width) built into 16 x 16
+records (3x vertically, 2x horizontally). Its model predicts p = R / 255 (tests/
+test_predict.py), and every predicted region is a band of whole rows, so the bilinear
+enlargement back to 48 x 32 crosses 0.5 exactly at the band's edges (no pixel lands on
+0.5) and every count below is exact.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch import evaluation
+from launch import inference
+from tests import factory
+from tests.test_predict import red_channel_model
+
+build = pytest.importorskip("preprocessing.build")
+
+S, H, W = 16, 48, 32
+
+
+def _case(pred_rows, truth_box, fg=255, bg=0):
+    """(image uint8 [H, W, 3] red on pred_rows, mask uint8 [H, W] with fg in truth_box)."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[pred_rows[0]:pred_rows[1], :, 0] = 255
+    mask = np.full((H, W), bg, np.uint8)
+    if truth_box:
+        (r0, r1), (c0, c1) = truth_box
+        mask[r0:r1, c0:c1] = fg
+    return image, mask
+
+
+# A: prediction rows 12-35 (records: 4-11); truth rows 13-36 on the 129/128 scale. At 16 x 16
+#    the truth's area downsampling gives rows 4-11 too (a perfect score); at full size the
+#    1-row shift costs 32 fp and 32 fn.
+# B: empty truth, empty prediction: every metric is 1.
+# C: prediction rows 6-20 (records: 2-6, all columns); truth rows 6-17, columns 0-25
+#    (records: rows 2-5, columns 0-12): Jaccard exactly 0.65 at both sizes.
+CASES = {
+    "ISIC_A": _case((12, 36), ((13, 37), (0, W)), fg=129, bg=128),
+    "ISIC_B": _case((0, 0), None),
+    "ISIC_C": _case((6, 21), ((6, 18), (0, 26))),
+}
+
+
+def _scores(tp, fp, fn, tn):
+    return {"accuracy": (tp + tn) / (tp + fp + fn + tn), "sensitivity": tp / (tp + fn) if tp + fn else 1.0,
+            "specificity": tn / (tn + fp) if tn + fp else 1.0,
+            "jaccard": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+            "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
+
+
+EXPECTED = {  # id -> (tp, fp, fn, tn), by hand from the comments above
+    "small": {"ISIC_A": (128, 0, 0, 128), "ISIC_B": (0, 0, 0, 256), "ISIC_C": (52, 28, 0, 176)},
+    "full": {"ISIC_A": (736, 32, 32, 736), "ISIC_B": (0, 0, 0, 1536), "ISIC_C": (312, 168, 0, 1056)},
+}
+
+
+def _write_source(root) -> str:
+    for folder in ("images", "masks"):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    for case_id, (image, mask) in CASES.items():
+        Image.fromarray(image).save(os.path.join(root, "images", case_id + ".png"))
+        Image.fromarray(mask).save(os.path.join(root, "masks", case_id + "_segmentation.png"))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """(source dir, records dir, model path) of the hand-made test-only dataset."""
+    root = tmp_path_factory.mktemp("eval")
+    source = _write_source(root / "source")
+    records = str(root / "records")
+    build.build_records(os.path.join(source, "images"), os.path.join(source, "masks"), records,
+                        image_size=S, fractions=(0, 0, 1), num_workers=1, progress=False)
+    return source, records, red_channel_model(str(root / "red.keras"))
+
+
+@pytest.mark.parametrize("resolution", ["small", "full"])
+def test_metrics_match_the_hand_computation(dataset, tmp_path, resolution):
+    _, records, model = dataset
+    out = str(tmp_path / "eval")
+    summary = evaluation.evaluate(model, records, "test", full_resolution=resolution == "full",
+                                  output_dir=out, batch_size=2, progress=False)
+    expected = {i: _scores(*c) for i, c in EXPECTED[resolution].items()}
+    with open(os.path.join(out, "per_image.csv")) as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == sorted(expected)
+    for case_id, scores in expected.items():
+        row = rows[case_id]
+        assert tuple(int(row[k]) for k in ("tp", "fp", "fn", "tn")) == EXPECTED[resolution][case_id]
+        assert (int(row["height"]), int(row["width"])) == (H, W)
+        for name, value in scores.items():
+            assert float(row[name]) == pytest.approx(value, abs=1e-6), (case_id, name)
+    # C's Jaccard is exactly 0.65 and is kept; A's full-size 0.92 also passes.
+    assert float(rows["ISIC_C"]["thresholded_jaccard"]) == pytest.approx(0.65, abs=1e-6)
+    with open(os.path.join(out, "metrics.json")) as f:
+        written = json.load(f)
+    assert written == json.loads(json.dumps(summary))
+    for name in ("accuracy", "jaccard", "dice"):
+        mean = np.mean([expected[i][name] for i in expected])  # unweighted over images
+        assert summary["mean"][name] == pytest.approx(mean, abs=1e-12), name
+    assert summary["headline"]["thresholded_jaccard"] == pytest.approx(summary["mean"]["jaccard"], abs=1e-12)
+    assert summary["fraction_jaccard_below_0.65"] == 0.0
+    assert summary["count"] == summary["num_images"] == 3 and summary["split"] == "test"
+    assert summary["resolution"] == ("full" if resolution == "full" else "16x16")
+    assert os.path.getsize(os.path.join(out, "cases.png")) > 1000
+    assert "thresholded_jaccard" in evaluation.format_table(summary)
+
+
+def test_threshold_is_applied_to_probabilities(dataset, tmp_path):
+    # p is exactly 0 outside the predicted bands: foreground is p > threshold, so threshold 0
+    # keeps the same masks, while p >= threshold would make B's prediction all foreground.
+    _, records, model = dataset
+    low = evaluation.evaluate(model, records, full_resolution=False, output_dir=str(tmp_path / "a"),
+                              threshold=0.0, progress=False)
+    assert low["mean"]["jaccard"] == pytest.approx((1 + 1 + 0.65) / 3)
+
+
+def test_moved_source_needs_data_source_and_wrong_sizes_are_named(dataset, tmp_path):
+    source, records, model = dataset
+    moved_records = str(tmp_path / "records")
+    shutil.copytree(records, moved_records)
+    with open(os.path.join(moved_records, "manifest.json")) as f:
+        manifest = json.load(f)
+    manifest["source"] = {"images_dir": str(tmp_path / "gone" / "images"),
+                          "masks_dir": str(tmp_path / "gone" / "masks")}
+    with open(os.path.join(moved_records, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(FileNotFoundError, match=r"gone/images .*recorded in .*manifest.json.*--data_source"):
+        evaluation.evaluate(model, moved_records, full_resolution=True, progress=False,
+                            output_dir=str(tmp_path / "x"))
+    copy = shutil.copytree(source, tmp_path / "copy")
+    summary = evaluation.evaluate(model, moved_records, full_resolution=True, progress=False,
+                                  images_dir=str(copy / "images"), masks_dir=str(copy / "masks"),
+                                  output_dir=str(tmp_path / "y"))
+    assert summary["mean"]["jaccard"] == pytest.approx((0.92 + 1 + 0.65) / 3)
+    # A mask that does not have the recorded original size is named.
+    Image.fromarray(np.zeros((H, W + 1), np.uint8)).save(copy / "masks" / "ISIC_B_segmentation.png")
+    with pytest.raises(ValueError, match=r"ISIC_B_segmentation.png is 33x48 .* original is 32x48"):
+        evaluation.evaluate(model, moved_records, full_resolution=True, progress=False,
+                            images_dir=str(copy / "images"), masks_dir=str(copy / "masks"),
+                            output_dir=str(tmp_path / "z"))
+
+
+def test_bad_inputs_are_clear_errors(dataset, tmp_path):
+    _, records, model = dataset
+    with pytest.raises(evaluation.EmptySplitError, match=r"'val' split .* has no records"):
+        evaluation.evaluate(model, records, "val", progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluation.evaluate(str(tmp_path / "no-model"), records, progress=False)
+    with pytest.raises(FileNotFoundError, match="manifest.json not found"):
+        evaluation.evaluate(model, str(tmp_path), progress=False)
+    other = red_channel_model(str(tmp_path / "s32.keras"), image_size=32)
+    with pytest.raises(ValueError, match="takes 32x32 images but .* holds 16x16 records"):
+        evaluation.evaluate(other, records, progress=False)
+    # Records of tests/factory.py have no source folders on disk.
+    factory_records = str(tmp_path / "factory")
+    factory.write_records(factory_records, {"test": 2}, size=S)
+    with pytest.raises(FileNotFoundError, match="full-resolution evaluation needs the original images"):
+        evaluation.evaluate(model, factory_records, full_resolution=True, progress=False)
+
+
+def test_default_output_dir_is_next_to_the_model(tmp_path):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    assert evaluation.default_output_dir(str(run), "test", False) == str(run / "eval-test")
+    assert evaluation.default_output_dir(str(run / "best"), "val", True) == str(run / "best" / "eval-val-full")
+    assert evaluation.default_output_dir(str(run / "x.keras"), "test", True) == str(run / "eval-test-full")
+
+
+def test_cli_prints_the_table(dataset, tmp_path):
+    source, records, model = dataset
+    out = tmp_path / "cli"
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.evaluate", f"--model={model}", f"--data_dir={records}",
+         "--full_resolution", f"--data_source={source}", f"--output_dir={out}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "headline: thresholded Jaccard 0.8567, Dice" in result.stdout
+    assert (out / "metrics.json").exists()
+
+
+def test_round_trip_train_evaluate_predict(tmp_path):
+    trainer = pytest.importorskip("launch.trainer")
+    assert inference.MODEL_FILE == trainer.FINAL_MODEL
+    from launch import prediction
+    rng = np.random.default_rng(0)
+    source = tmp_path / "source"
+    for folder in ("images", "masks"):
+        (source / folder).mkdir(parents=True)
+    for i in range(16):
+        image, mask = factory.make_pair(rng, 40)  # 40 x 40 sources, 32 x 32 records
+        Image.fromarray(image).save(source / "images" / f"ISIC_{i:07d}.jpg", quality=95)
+        Image.fromarray(mask * 255).save(source / "masks" / f"ISIC_{i:07d}_segmentation.png")
+    records = str(tmp_path / "records")
+    build.build_records(str(source / "images"), str(source / "masks"), records, image_size=32,
+                        fractions=(0.5, 0.25, 0.25), num_workers=1, progress=False)
+    model_dir = str(tmp_path / "run")
+    trainer.train(records, model_dir, epochs=1, batch_size=4, base_filters=4, strategy="one_device",
+                  precision="float32", verbose=False)
+    for full in (False, True):
+        summary = evaluation.evaluate(model_dir, records, "test", full_resolution=full, progress=False)
+        assert summary["count"] == 4 and 0.0 <= summary["mean"]["dice"] <= 1.0
+        assert os.path.exists(os.path.join(model_dir, "eval-test-full" if full else "eval-test", "per_image.csv"))
+    report = prediction.predict_folder(model_dir, str(source / "images"), str(tmp_path / "pred"),
+                                       overlays=True, progress=False)
+    assert len(report["written"]) == 16 and not report["failed"]
+    mask = Image.open(report["written"][0])
+    assert (mask.mode, mask.size) == ("L", (40, 40)) and set(np.unique(np.asarray(mask))) <= {0, 255}
