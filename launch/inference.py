@@ -4,16 +4,14 @@
   load_image        a JPEG/PNG of any size and mode -> uint8 [S, S, 3], as the builder does
   load_full_image   the same file -> uint8 [H, W, 3] RGB at full size (figures, overlays)
   read_mask         an 8-bit (or 16-bit, palette, ...) mask -> uint8 [H, W] on the 0-255 scale
-  predict           uint8 [B, S, S, 3] -> float32 probabilities [B, S, S]
+  scale             uint8 images -> float32 in [0, 1], as the input pipeline scales records
+  predict           float32 [B, S, S, 3] in [0, 1] -> float32 probabilities [B, S, S]
   to_original_size  probabilities [S, S] -> [H, W] (bilinear), before any thresholding
 
-Image preprocessing must match `preprocessing/load.py` pixel for pixel, or the model sees
-other inputs at prediction time than in training: EXIF orientation applied; grayscale,
-palette, RGBA, CMYK and 16-bit converted to 8-bit RGB; JPEGs decoded with DCT-domain
-downscaling (Pillow `draft`) and box-resized to S x S without keeping the aspect ratio.
-`preprocessing/load.py` only exposes `load_pair` (image and mask together), so the
-single-image path is written here; tests/test_predict.py checks that both give identical
-bytes for every supported kind of input.
+Image preprocessing must match the builder's pixel for pixel, or the model sees other
+inputs at prediction time than in training, so `load_image` is the builder's own
+`preprocessing.load.load_image` (EXIF orientation, any mode to 8-bit RGB, DCT-domain JPEG
+downscaling, box resize to S x S); tests/test_predict.py checks it against `load_pair`.
 """
 
 import os
@@ -22,17 +20,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from PIL import ImageOps
+
+from preprocessing import load
 
 # The file name launch/trainer.py exports (trainer.FINAL_MODEL; a test checks they agree).
 # Not imported from there so that prediction does not load the training stack.
 MODEL_FILE = "ISIC-UNet.keras"
 
-_EXIF_ORIENTATION = 0x0112
-# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -89,28 +84,19 @@ def model_image_size(model: keras.Model) -> int:
     return int(model.input_shape[1])
 
 
-def _open(path: str) -> Image.Image:
-    """Opens and decodes an image; non-JPEGs are decoded here so damage raises early."""
-    im = Image.open(path)
-    if im.format != "JPEG":
-        im.load()
-    return im
+def load_image(path: str, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Loads an image exactly as the TFRecord builder does (preprocessing.load.load_image).
 
-
-def _orientation(im: Image.Image) -> int:
-    try:
-        value = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # Unreadable EXIF: keep the pixels as stored (as the builder does).
-        return 1
-    return value if value in _TRANSPOSE else 1
-
-
-def _upright(im: Image.Image, orientation: int) -> Image.Image:
-    return im.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else im
+    Returns:
+      (uint8 [S, S, 3] RGB, (height, width) of the upright original).
+    Raises:
+      preprocessing.load.BadPairError (a ValueError): unreadable, truncated or unsupported.
+    """
+    return load.load_image(path, image_size)
 
 
 def _sixteen_to_eight(path: str, im: Image.Image) -> np.ndarray:
-    """uint8 [H, W] from a 16-bit grayscale image (value // 257: 65535 -> 255)."""
+    """uint8 [H, W] from a 16-bit grayscale image (value // 257: 65535 -> 255, as the builder)."""
     values = np.asarray(im).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise ValueError(f"{path}: {im.mode} values outside 0..65535 ({values.min()}.."
@@ -118,49 +104,21 @@ def _sixteen_to_eight(path: str, im: Image.Image) -> np.ndarray:
     return (values // 257).astype(np.uint8)
 
 
-def _to_rgb(path: str, im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode in _SIXTEEN_BIT_MODES:
-        im = Image.fromarray(_sixteen_to_eight(path, im), "L")
-    try:
-        return im.convert("RGB")
-    except ValueError as e:
-        raise ValueError(f"{path}: unsupported image mode {im.mode} ({e})") from None
-
-
-def load_image(path: str, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Loads an image the way the TFRecord builder does.
-
-    Returns:
-      (uint8 [S, S, 3] RGB, (height, width) of the upright original).
-    Raises:
-      Whatever Pillow raises for unreadable files (OSError, SyntaxError, ...), and
-      ValueError for unsupported modes.
-    """
-    with _open(path) as im:
-        orientation = _orientation(im)
-        width, height = im.size
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
-        box = None
-        if im.format == "JPEG":
-            # libjpeg decodes at 1/2, 1/4 or 1/8 scale with both sides >= S; `box` is the
-            # original extent in the reduced image (as preprocessing/load.py).
-            drafted = im.draft("RGB", (image_size, image_size))
-            box = drafted[1] if drafted else None
-        im.load()
-        small = _to_rgb(path, im).resize((image_size, image_size), Image.BOX, box=box)
-    # Transposing the S x S result equals resizing the transposed original (box filter).
-    return np.asarray(_upright(small, orientation)), (height, width)
-
-
 def load_full_image(path: str) -> np.ndarray:
-    """Loads an image upright at full size: uint8 [H, W, 3] RGB."""
-    with _open(path) as im:
-        orientation = _orientation(im)
+    """Loads an image upright at full size for display (figures, overlays): uint8 [H, W, 3].
+
+    Same conversions as the builder (EXIF orientation, 16-bit // 257, any mode to RGB),
+    without the resize.
+    """
+    with Image.open(path) as im:
         im.load()
-        return np.asarray(_upright(_to_rgb(path, im), orientation))
+        try:
+            upright = ImageOps.exif_transpose(im)
+        except Exception:  # Unreadable EXIF: the builder keeps the stored pixels too.
+            upright = im
+        if upright.mode in _SIXTEEN_BIT_MODES:
+            upright = Image.fromarray(_sixteen_to_eight(path, upright), "L")
+        return np.asarray(upright.convert("RGB"))
 
 
 def read_mask(path: str, expected_size: tuple[int, int] | None = None) -> np.ndarray:

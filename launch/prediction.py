@@ -21,6 +21,7 @@ from PIL import Image
 
 from launch import inference
 from model import metrics
+from preprocessing import load
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _IGNORED_SUFFIXES = ("_superpixels.png",)
@@ -92,8 +93,8 @@ def _load_batch(input_dir, names, image_size, failed):
     for name in names:
         try:
             image, size = inference.load_image(os.path.join(input_dir, name), image_size)
-        except Exception as e:  # Pillow reports bad files with many exception types.
-            failed.append((name, f"cannot read image ({type(e).__name__}: {e})"))
+        except load.BadPairError as e:  # unreadable, truncated or unsupported: named, skipped
+            failed.append((name, e.problem.reason))
             continue
         ok.append(name)
         images.append(image)

@@ -106,9 +106,9 @@ def test_exif_rotated_jpeg_is_segmented_upright(model_path, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display: upright is 20 wide x 40 high
     Image.fromarray(stored).save(inp / "r.jpg", exif=exif, quality=95)
-    prediction.predict_folder(model_path, str(inp), str(out), progress=False)
+    prediction.predict_folder(model_path, str(inp), str(out), overlays=True, progress=False)
     mask = np.asarray(_read(out / "r_segmentation.png"))
-    assert mask.shape == (40, 20)
+    assert mask.shape == (40, 20) and _read(out / "overlays" / "r_overlay.jpg").size == (20, 40)
     # The stored top rows become the right-hand columns once rotated clockwise.
     assert (mask[:, 14:] == 255).all() and (mask[:, :6] == 0).all()
 
@@ -151,6 +151,7 @@ def test_unreadable_image_is_skipped_and_named(model_path, tmp_path):
     report = prediction.predict_folder(model_path, str(inp), str(out), batch_size=2, progress=False)
     assert [os.path.basename(p) for p in report["written"]] == ["good_segmentation.png"]
     assert [name for name, _ in report["failed"]] == ["broken.jpg", "truncated.png"]
+    assert all("cannot" in reason for _, reason in report["failed"])
     assert sorted(report["ignored"]) == [".DS_Store", "notes.txt"]
     assert sorted(os.listdir(out)) == ["good_segmentation.png"]
 
