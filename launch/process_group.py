@@ -1,0 +1,344 @@
+"""Running N local worker processes as one group: TF_CONFIG, prefixed output, stop, restart.
+
+This is the engine of `isic-launch` (launch/cluster.py), kept free of flags and of
+TensorFlow so tests can drive it with stand-in worker commands.
+
+The group's contract:
+  * worker i gets TF_CONFIG {"cluster": {"worker": [127.0.0.1:p0, ...]}, "task":
+    {"type": "worker", "index": i}}; worker 0 is the chief (launch/distribute.is_chief);
+  * every line a worker prints is copied to the launcher's stdout/stderr as "[wi] line";
+  * when a worker dies (non-zero exit or signal) the others get SIGTERM and, after
+    `grace_s`, SIGKILL, so the group ends within about `grace_s` + 1 s of the death even if
+    the survivors are blocked in a collective (their own --collective_timeout bounds that
+    too, but a launcher must not depend on it);
+  * SIGINT/SIGTERM sent to the launcher are forwarded to every worker (then SIGKILL after
+    `grace_s`; a second signal kills at once);
+  * `launch` relaunches the whole group after a failure, up to `restarts` times, on fresh
+    ports. Resuming is the trainer's job: it continues from --model_dir's last checkpoint.
+
+Each worker runs in its own session (process group) so that a Ctrl-C typed in the terminal
+reaches the launcher only, and the launcher alone decides how workers stop. If the launcher
+itself is SIGKILLed its workers live on until their collective timeout ends them.
+"""
+
+import itertools
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+LOCALHOST = "127.0.0.1"
+POLL_S = 0.05  # how often the launcher checks its workers: adds at most this to every bound
+KILL_WAIT_S = 5.0  # a SIGKILLed process is gone in milliseconds; longer means it is stuck in the kernel
+
+
+def find_free_ports(n: int, start: int | None = None, exclude=()) -> list[int]:
+    """Returns `n` distinct free TCP ports (bindable on all interfaces), none in `exclude`.
+
+    With `start`, the first free ports from `start` upwards; without, ports picked by the
+    kernel. A port is "free" if it can be bound now; a worker binds it a moment later, so
+    another program could take it in between (the worker then fails and, with restarts,
+    the group is relaunched on other ports).
+    """
+    exclude = set(exclude)
+    ports, held = [], []
+    try:
+        # Port 0 asks the kernel for an unused port, as often as needed.
+        candidates = range(start, 65536) if start is not None else itertools.repeat(0)
+        for port in candidates:
+            if len(ports) == n:
+                break
+            sock = socket.socket()
+            try:
+                # All interfaces: the workers' gRPC servers listen on 0.0.0.0:port.
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)  # kept bound until all are found, so the kernel repeats none
+            chosen = sock.getsockname()[1]
+            if chosen not in exclude:
+                ports.append(chosen)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) < n:
+        raise RuntimeError(f"only {len(ports)} free ports from {start} upwards, "
+                           f"{n} needed; pass a lower --port or omit it to let the kernel pick")
+    return ports
+
+
+def tf_config(addresses: list[str], index: int) -> str:
+    """The TF_CONFIG of worker `index` of a cluster of `addresses` (host:port)."""
+    return json.dumps({"cluster": {"worker": list(addresses)},
+                       "task": {"type": "worker", "index": index}})
+
+
+def worker_env(base: dict, addresses: list[str], index: int, gpus_per_worker: int = 0) -> dict:
+    """The environment of worker `index`: `base` plus its TF_CONFIG.
+
+    With `gpus_per_worker` > 0, worker i sees only GPUs [i*g, (i+1)*g) through
+    CUDA_VISIBLE_DEVICES, so local workers do not all claim every GPU. Output is unbuffered
+    so that lines reach the launcher as they are printed.
+    """
+    env = dict(base)
+    env["TF_CONFIG"] = tf_config(addresses, index)
+    env["PYTHONUNBUFFERED"] = "1"
+    if gpus_per_worker > 0:
+        first = index * gpus_per_worker
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + k) for k in range(gpus_per_worker))
+    return env
+
+
+@dataclass
+class GroupResult:
+    """How a group ended.
+
+    returncodes: per worker, as subprocess reports them (negative = killed by that signal).
+    failed: index of the first worker seen to fail, or None.
+    interrupted: the signal the launcher received and forwarded, or None.
+    stop_seconds: seconds from noticing the failure or signal to the last worker's exit.
+    """
+    returncodes: list[int]
+    failed: int | None = None
+    interrupted: int | None = None
+    stop_seconds: float | None = None
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None and self.interrupted is None and not any(self.returncodes)
+
+    def exit_code(self) -> int:
+        """0, the failed worker's exit code, or 128 + signal (shell convention)."""
+        if self.interrupted is not None:
+            return 128 + self.interrupted
+        if self.failed is None:
+            return 0
+        code = self.returncodes[self.failed]
+        return code if code > 0 else 128 + (-code)
+
+
+def describe_exit(code: int) -> str:
+    """'exit code 3' or 'signal SIGKILL'."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class _Output:
+    """Copies a worker's lines to a shared stream with a "[wi] " prefix, one line at a time."""
+
+    def __init__(self, stream, lock: threading.Lock):
+        self.stream, self.lock = stream, lock
+
+    def write_line(self, text: str) -> None:
+        with self.lock:
+            self.stream.write(text if text.endswith("\n") else text + "\n")
+            self.stream.flush()
+
+    def pump(self, pipe, prefix: str) -> threading.Thread:
+        def run():
+            with pipe:
+                for raw in iter(pipe.readline, b""):
+                    self.write_line(prefix + raw.decode("utf-8", errors="replace"))
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+
+class Interrupts:
+    """Signals received by the launcher, in order; usable as a signal handler.
+
+    The handler only records (it runs between two bytecodes of the main thread); the
+    group's wait loop reads the list and forwards the signal to its workers.
+    """
+
+    def __init__(self):
+        self.received: list[int] = []
+
+    def __call__(self, signum, frame=None):
+        self.received.append(signum)
+
+
+class WorkerGroup:
+    """N worker processes started together and stopped together.
+
+    Args:
+      commands: one argv list per worker.
+      envs: one environment dict per worker (see `worker_env`).
+      out, err: text streams receiving the workers' prefixed stdout and stderr lines.
+      grace_s: seconds between SIGTERM (or the forwarded signal) and SIGKILL.
+      interrupts: where signals to the launcher are recorded (shared across restarts).
+      cwd: the workers' working directory.
+      log: called with the launcher's own messages (default: written to `err`).
+    """
+
+    def __init__(self, commands: list[list[str]], envs: list[dict], *, out, err,
+                 grace_s: float = 10.0, interrupts: Interrupts | None = None,
+                 cwd: str | None = None, log=None):
+        if len(commands) != len(envs) or not commands:
+            raise ValueError(f"need one environment per command, got {len(commands)} commands "
+                             f"and {len(envs)} environments")
+        self.commands, self.envs, self.cwd, self.grace_s = commands, envs, cwd, grace_s
+        self.interrupts = interrupts or Interrupts()
+        lock = threading.Lock()  # one lock for both streams keeps [w0]/[w1] lines whole
+        self.out, self.err = _Output(out, lock), _Output(err, lock)
+        self.log = log or (lambda message: self.err.write_line(f"isic-launch: {message}"))
+        self.procs: list[subprocess.Popen] = []
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Starts every worker; if one cannot be started, stops those already running."""
+        for index, (command, env) in enumerate(zip(self.commands, self.envs)):
+            try:
+                proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        start_new_session=True)
+            except OSError as e:
+                self._stop(signal.SIGKILL, 0.0)
+                raise RuntimeError(f"cannot start worker {index}: {command[0]}: {e}") from e
+            self.procs.append(proc)
+            prefix = f"[w{index}] "
+            self.threads += [self.out.pump(proc.stdout, prefix), self.err.pump(proc.stderr, prefix)]
+            self.log(f"worker {index} pid {proc.pid}: {shlex.join(command)}")
+
+    def wait(self) -> GroupResult:
+        """Waits until all workers succeed, one fails, or the launcher gets a signal."""
+        seen_signals = len(self.interrupts.received)
+        while True:
+            if len(self.interrupts.received) > seen_signals:
+                signum = self.interrupts.received[seen_signals]
+                self.log(f"got {signal.Signals(signum).name}: forwarding it to all workers")
+                seconds = self._stop(signum, self.grace_s)
+                return self._result(interrupted=signum, stop_seconds=seconds)
+            codes = [p.poll() for p in self.procs]
+            failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if failed is not None:
+                self.log(f"worker {failed} died ({describe_exit(codes[failed])}): stopping the others")
+                seconds = self._stop(signal.SIGTERM, self.grace_s)
+                self.log(f"group stopped {seconds:.2f} s after worker {failed} died")
+                return self._result(failed=failed, stop_seconds=seconds)
+            if all(c == 0 for c in codes):
+                self._join_output()
+                return self._result()
+            time.sleep(POLL_S)
+
+    def _result(self, **kwargs) -> GroupResult:
+        return GroupResult([p.returncode for p in self.procs], pids=[p.pid for p in self.procs],
+                           **kwargs)
+
+    def _send(self, signum: int) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    # The worker's whole session: also reaches anything it started.
+                    os.killpg(proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def _stop(self, signum: int, grace_s: float) -> float:
+        """Sends `signum`, then SIGKILL after `grace_s` (or at a further signal); returns seconds."""
+        t0 = time.monotonic()
+        signals_before = len(self.interrupts.received)
+        self._send(signum)
+        deadline = t0 + grace_s
+        while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
+            if len(self.interrupts.received) > signals_before:
+                break  # a second Ctrl-C: do not wait for the grace period
+            time.sleep(POLL_S)
+        running = [i for i, p in enumerate(self.procs) if p.poll() is None]
+        if running:
+            self.log(f"worker(s) {running} still running after {time.monotonic() - t0:.1f} s: SIGKILL")
+            self._send(signal.SIGKILL)
+        for index, proc in enumerate(self.procs):
+            try:
+                proc.wait(KILL_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.log(f"worker {index} (pid {proc.pid}) survives SIGKILL (stuck in the kernel?); "
+                         "giving up on it")
+        self._join_output()
+        return time.monotonic() - t0
+
+    def _join_output(self) -> None:
+        # A pipe stays open while a grandchild holds it: do not wait for those forever.
+        for thread in self.threads:
+            thread.join(timeout=1.0)
+
+
+def launch(command: list[str], num_workers: int, *, port: int | None = None, restarts: int = 0,
+           grace_s: float = 10.0, gpus_per_worker: int = 0, env: dict | None = None,
+           cwd: str | None = None, out=None, err=None, interrupts: Interrupts | None = None,
+           handle_signals: bool = False) -> int:
+    """Runs `command` as `num_workers` local workers, relaunching up to `restarts` times.
+
+    Args:
+      command: the argv every worker runs (each gets its own TF_CONFIG).
+      num_workers: processes in the group.
+      port: first port to try (None: let the kernel pick). Each launch uses fresh ports.
+      restarts: how many times to relaunch the whole group after a worker failed.
+      grace_s: seconds from SIGTERM to SIGKILL when stopping the group.
+      gpus_per_worker: if > 0, give each worker its own CUDA_VISIBLE_DEVICES slice.
+      env: base environment (default os.environ); cwd: the workers' directory.
+      out, err: where prefixed worker lines and launcher messages go (default sys.stdout/err).
+      interrupts: shared signal record (tests append to it to simulate a signal).
+      handle_signals: install SIGINT/SIGTERM handlers that forward to the workers (main
+        thread only; the previous handlers are restored on return).
+    Returns:
+      the launcher's exit code: 0, the failed worker's code, or 128 + signal.
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if restarts < 0 or grace_s < 0:
+        raise ValueError(f"restarts and grace_s must be >= 0, got {restarts} and {grace_s}")
+    out, err = out or sys.stdout, err or sys.stderr
+    interrupts = interrupts or Interrupts()
+    previous = {}
+    if handle_signals:
+        previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _launch_attempts(command, num_workers, port, restarts, grace_s, gpus_per_worker,
+                                dict(os.environ if env is None else env), cwd, out, err, interrupts)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _launch_attempts(command, num_workers, port, restarts, grace_s, gpus_per_worker, env, cwd,
+                     out, err, interrupts) -> int:
+    used_ports: set[int] = set()
+    result = None
+    for attempt in range(restarts + 1):
+        if interrupts.received:
+            return 128 + interrupts.received[0]
+        # Fresh ports on every attempt: the dead group's may still be held (TIME_WAIT).
+        ports = find_free_ports(num_workers, port, exclude=used_ports)
+        used_ports.update(ports)
+        addresses = [f"{LOCALHOST}:{p}" for p in ports]
+        envs = [worker_env(env, addresses, i, gpus_per_worker) for i in range(num_workers)]
+        group = WorkerGroup([list(command)] * num_workers, envs, out=out, err=err,
+                            grace_s=grace_s, interrupts=interrupts, cwd=cwd)
+        if attempt:
+            group.log(f"restart {attempt} of {restarts} on {', '.join(addresses)}")
+        else:
+            group.log(f"{num_workers} worker(s) on {', '.join(addresses)}")
+        group.start()
+        result = group.wait()
+        if result.ok:
+            group.log("all workers finished")
+            return 0
+        if result.interrupted is not None:
+            return result.exit_code()
+        if attempt == restarts:
+            group.log(f"giving up after {restarts} restart(s): exit code {result.exit_code()}"
+                      if restarts else f"exit code {result.exit_code()} (no --restarts left)")
+    return result.exit_code()

@@ -1,0 +1,224 @@
+"""`isic-launch`: the process group with stand-in workers, and once with the real trainer.
+
+Stand-in workers are tiny Python scripts (no TensorFlow), so these tests check the
+launcher's own behaviour in about a second each: output prefixes, each worker's TF_CONFIG,
+stopping the group when one worker dies, forwarding signals, relaunching. The real-trainer
+test runs 2 `isic-train` workers under the launcher, SIGKILLs one mid-epoch, and checks
+that the group stops within a bounded time and the relaunch resumes at the last checkpoint.
+"""
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from absl import app
+
+from launch import cluster
+from launch import process_group
+from tests.conftest import PROJECT_ROOT
+
+# A stand-in worker. Its behaviour comes from argv: MODE [ARG]. It prints its TF_CONFIG on
+# stdout and a line on stderr, then:
+#   done            - exits 0
+#   wait            - prints "ready", waits for a signal, reports it, exits 0
+#   stubborn DIR    - worker 0 ignores SIGTERM (only SIGKILL ends it), the others but 1
+#                     wait for a signal; worker 1 exits 3 once all have said so in DIR
+#   fail_once FILE  - worker 1 fails (exit 1) while FILE does not exist, creating it;
+#                     otherwise everybody exits 0
+#   always_fail FILE - appends its TF_CONFIG to FILE; worker 1 exits 5, others wait
+STAND_IN = textwrap.dedent("""
+    import json, os, signal, sys, time
+    config = json.loads(os.environ["TF_CONFIG"])
+    index = config["task"]["index"]
+    mode = sys.argv[1]
+    print("tf_config " + os.environ["TF_CONFIG"])
+    print("to stderr", file=sys.stderr)
+
+    def report(signum, frame):
+        print("got signal %d" % signum)
+        sys.exit(0)
+
+    def wait_for_signal(ignore_term=False):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore_term else report)
+        signal.signal(signal.SIGINT, report)
+        print("ready")
+        while True:
+            time.sleep(0.05)
+
+    if mode == "done":
+        sys.exit(0)
+    elif mode == "wait":
+        wait_for_signal()
+    elif mode == "stubborn":
+        if index == 1:  # dies once the others have installed their signal handlers
+            while len(os.listdir(sys.argv[2])) < len(config["cluster"]["worker"]) - 1:
+                time.sleep(0.01)
+            sys.exit(3)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if index == 0 else report)
+        open(os.path.join(sys.argv[2], str(index)), "w").close()
+        wait_for_signal(ignore_term=(index == 0))
+    elif mode == "fail_once":
+        if index == 1 and not os.path.exists(sys.argv[2]):
+            open(sys.argv[2], "w").close()
+            sys.exit(1)
+        if index == 1:
+            sys.exit(0)
+        time.sleep(0.5)  # worker 0 outlives worker 1's failure on the first attempt
+    elif mode == "always_fail":
+        with open(sys.argv[2], "a") as f:
+            f.write(os.environ["TF_CONFIG"] + "\\n")
+        if index == 1:
+            sys.exit(5)
+        wait_for_signal()
+""")
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    path = tmp_path / "stand_in.py"
+    path.write_text(STAND_IN)
+    return lambda *args: [sys.executable, str(path), *map(str, args)]
+
+
+def _launch(command, num_workers, **kwargs):
+    """Runs the group in-process; returns (exit code, stdout text, stderr text, seconds)."""
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.monotonic()
+    code = process_group.launch(command, num_workers, out=out, err=err, **kwargs)
+    return code, out.getvalue(), err.getvalue(), time.monotonic() - t0
+
+
+def _configs(stdout: str) -> dict:
+    """{worker index: TF_CONFIG dict} from the "[wI] tf_config {...}" lines."""
+    found = {}
+    for match in re.finditer(r"^\[w(\d+)\] tf_config (.*)$", stdout, re.M):
+        found[int(match.group(1))] = json.loads(match.group(2))
+    return found
+
+
+def test_each_worker_gets_its_tf_config_and_prefixed_output(stand_in):
+    code, out, err, _ = _launch(stand_in("done"), 3)
+    assert code == 0, err
+    configs = _configs(out)
+    assert sorted(configs) == [0, 1, 2]
+    cluster_spec = configs[0]["cluster"]
+    assert list(cluster_spec) == ["worker"] and len(set(cluster_spec["worker"])) == 3
+    for index, config in configs.items():
+        assert config["cluster"] == cluster_spec
+        assert config["task"] == {"type": "worker", "index": index}
+    for address in cluster_spec["worker"]:
+        host, port = address.split(":")
+        assert host == "127.0.0.1" and 0 < int(port) < 65536
+    assert sorted(re.findall(r"^\[w(\d)\] to stderr$", err, re.M)) == ["0", "1", "2"]
+    assert "isic-launch: all workers finished" in err
+
+
+def test_ports_start_at_port_and_skip_busy_ones():
+    busy = socket.socket()
+    busy.bind(("0.0.0.0", 0))
+    start = busy.getsockname()[1]
+    try:
+        ports = process_group.find_free_ports(3, start, exclude={start + 1})
+    finally:
+        busy.close()
+    assert len(set(ports)) == 3 and min(ports) > start + 1
+    assert all(p >= start for p in ports)
+    assert len(set(process_group.find_free_ports(4))) == 4
+
+
+def test_gpus_per_worker_slices_cuda_visible_devices():
+    addresses = ["127.0.0.1:1", "127.0.0.1:2"]
+    env = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1,2,3"}, addresses, 1, 2)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
+    untouched = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1"}, addresses, 1)
+    assert untouched["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_a_dead_worker_stops_the_group_within_the_grace_period(stand_in, tmp_path):
+    # Worker 1 exits 3; worker 0 ignores SIGTERM (as a process stuck in native code may),
+    # worker 2 exits on it. With grace 1 s the group must end about 1 s after the death.
+    (tmp_path / "ready").mkdir()
+    code, out, err, seconds = _launch(stand_in("stubborn", tmp_path / "ready"), 3, grace_s=1.0)
+    assert code == 3, err
+    assert "worker 1 died (exit code 3)" in err
+    assert "[w2] got signal 15" in out and "[w0] got signal" not in out
+    assert "worker(s) [0] still running after" in err and "SIGKILL" in err
+    stopped = float(re.search(r"group stopped ([\d.]+) s after worker 1 died", err).group(1))
+    assert 1.0 <= stopped < 2.0
+    assert seconds < 5.0
+
+
+def test_exit_code_of_a_worker_killed_by_a_signal(stand_in):
+    result = process_group.GroupResult([-9, -15], failed=0)
+    assert result.exit_code() == 137 and not result.ok
+    assert process_group.describe_exit(-9) == "signal SIGKILL"
+    assert process_group.describe_exit(2) == "exit code 2"
+
+
+def test_restarts_relaunch_the_group_on_fresh_ports(stand_in, tmp_path):
+    marker = tmp_path / "failed_once"
+    code, out, err, _ = _launch(stand_in("fail_once", marker), 2, restarts=2, grace_s=1.0)
+    assert code == 0, err
+    assert "worker 1 died (exit code 1)" in err and "restart 1 of 2" in err
+    assert "restart 2 of 2" not in err
+    # Two attempts, with disjoint ports.
+    attempts = [json.loads(line.split(" ", 2)[2])["cluster"]["worker"]
+                for line in out.splitlines() if line.startswith("[w0] tf_config")]
+    assert len(attempts) == 2 and not set(attempts[0]) & set(attempts[1])
+
+
+def test_restarts_give_up_after_k_relaunches(stand_in, tmp_path):
+    log = tmp_path / "attempts"
+    code, out, err, _ = _launch(stand_in("always_fail", log), 2, restarts=2, grace_s=1.0, port=30000)
+    assert code == 5, err
+    configs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(configs) == 6  # 3 attempts x 2 workers
+    ports = [int(a.split(":")[1]) for c in configs[::2] for a in c["cluster"]["worker"]]
+    assert min(ports) >= 30000
+    assert "giving up after 2 restart(s): exit code 5" in err
+
+
+def _start_launcher(*args):
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    return subprocess.Popen([sys.executable, "-m", "launch.cluster", *args], cwd=PROJECT_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_to_the_launcher_reach_every_worker(stand_in, signum):
+    proc = _start_launcher("--num_workers=2", "--grace_seconds=5", "--", *stand_in("wait"))
+    ready, lines = set(), []
+    for line in proc.stdout:  # both workers are up and have installed their handlers
+        lines.append(line)
+        if line.endswith("] ready\n"):
+            ready.add(line[:4])
+            if len(ready) == 2:
+                break
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=20)
+    out = "".join(lines) + out
+    assert proc.returncode == 128 + signum, err
+    assert f"[w0] got signal {int(signum)}" in out and f"[w1] got signal {int(signum)}" in out
+    assert f"got {signum.name}: forwarding it to all workers" in err
+
+
+def test_worker_command_adds_multi_worker_and_rejects_other_strategies():
+    command = cluster.worker_command(["--data_dir=r", "--model_dir", "m"])
+    assert command[:3] == [sys.executable, "-m", "launch.train"]
+    assert command[3:] == ["--data_dir=r", "--model_dir", "m", "--strategy=multi_worker"]
+    assert cluster.worker_command(["python", "x.py", "--a"]) == ["python", "x.py", "--a"]
+    assert cluster.worker_command(["--strategy=multi_worker"])[-1] == "--strategy=multi_worker"
+    for bad in (["--strategy=mirrored"], ["--strategy", "one_device"], []):
+        with pytest.raises(app.UsageError):
+            cluster.worker_command(bad)
