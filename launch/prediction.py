@@ -63,7 +63,7 @@ def list_images(input_dir: str) -> tuple[list[str], list[str], list[tuple[str, s
 def binary_mask_image(probabilities: np.ndarray, threshold: float) -> Image.Image:
     """float [H, W] probabilities -> "L" image of 0 (background) and 255 (p > threshold)."""
     foreground = metrics.binarize_probabilities(probabilities, threshold).numpy()
-    return Image.fromarray(np.where(foreground, 255, 0).astype(np.uint8), "L")
+    return Image.fromarray(foreground.astype(np.uint8) * np.uint8(255), "L")
 
 
 def _border(mask: np.ndarray, width: int) -> np.ndarray:

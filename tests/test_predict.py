@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from launch import inference
@@ -202,6 +203,12 @@ def test_resize_happens_before_thresholding():
     assert full.shape == (8, 8) and full.min() >= 0.4 - 1e-6 and full.max() <= 0.9 + 1e-6
     row = full[0] > 0.5
     assert row.tolist() == [False, False, False, True, True, True, True, True]
+    # It is tf.image.resize's antialiased bilinear, enlarging and shrinking.
+    rng = np.random.default_rng(0)
+    q = rng.uniform(size=(S, S)).astype(np.float32)
+    for size in [(37, 90), (5, 3), (S, S)]:
+        reference = tf.image.resize(q[..., None], size, method="bilinear", antialias=True).numpy()[..., 0]
+        np.testing.assert_allclose(inference.to_original_size(q, size), reference, atol=1e-4)
     # Shrinking averages (antialiased) rather than sampling one pixel.
     assert inference.to_original_size(np.array([[0.0, 1.0], [0.0, 1.0]], np.float32), (1, 1))[0, 0] == \
         pytest.approx(0.5, abs=1e-6)
