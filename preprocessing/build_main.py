@@ -16,9 +16,12 @@ import sys
 
 from absl import app, flags
 
+from preprocessing import pairs
+
 # preprocessing.build (and with it TensorFlow) is imported inside main(), not here: the
 # decoding workers are started with 'spawn', which re-imports this module in each of
-# them, and TensorFlow would cost every worker ~9 s and ~600 MB it never uses.
+# them, and TensorFlow would cost every worker ~9 s and ~600 MB it never uses. (pairs
+# needs only the standard library.)
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Dataset folder with images/ and masks/ sub-folders. "
@@ -47,27 +50,13 @@ _SKIP_BAD = flags.DEFINE_bool(
     "skip_bad", False, "Leave out bad pairs (listed, and recorded in manifest.json) instead of failing.")
 
 
-def input_dirs(data_dir: str | None, images_dir: str | None,
-               masks_dir: str | None) -> tuple[str, str]:
-    """Resolves the input flags to (images_dir, masks_dir); UsageError on misuse."""
-    if data_dir and (images_dir or masks_dir):
-        raise app.UsageError("--data_dir cannot be combined with --images_dir/--masks_dir; "
-                             "pass either --data_dir D (reads D/images, D/masks) or both "
-                             "--images_dir and --masks_dir")
-    if data_dir:
-        return os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
-    if images_dir and masks_dir:
-        return images_dir, masks_dir
-    if images_dir or masks_dir:
-        raise app.UsageError("--images_dir and --masks_dir must be given together")
-    raise app.UsageError("pass --data_dir D (with D/images and D/masks), or --images_dir "
-                         "and --masks_dir")
-
-
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    images_dir, masks_dir = input_dirs(_DATA_DIR.value, _IMAGES_DIR.value, _MASKS_DIR.value)
+    try:
+        images_dir, masks_dir = pairs.input_dirs(_DATA_DIR.value, _IMAGES_DIR.value, _MASKS_DIR.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     if not _OUTPUT_DIR.value:
         raise app.UsageError("--output_dir is required")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow loads

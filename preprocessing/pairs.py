@@ -65,6 +65,26 @@ def dataset_dirs(data_dir: str) -> tuple[str, str]:
     return os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
 
 
+def input_dirs(data_dir: str | None, images_dir: str | None,
+               masks_dir: str | None) -> tuple[str, str]:
+    """Resolves `--data_dir` or `--images_dir` + `--masks_dir` to (images_dir, masks_dir).
+
+    Raises:
+      ValueError: both forms given, or neither, or only one of the two folders.
+    """
+    if data_dir and (images_dir or masks_dir):
+        raise ValueError("--data_dir cannot be combined with --images_dir/--masks_dir; pass "
+                         "either --data_dir D (reads D/images, D/masks) or both --images_dir "
+                         "and --masks_dir")
+    if data_dir:
+        return dataset_dirs(data_dir)
+    if images_dir and masks_dir:
+        return images_dir, masks_dir
+    if images_dir or masks_dir:
+        raise ValueError("--images_dir and --masks_dir must be given together")
+    raise ValueError("pass --data_dir D (with D/images and D/masks), or --images_dir and --masks_dir")
+
+
 def discover_pairs(images_dir: str, masks_dir: str) -> Listing:
     """Lists both folders and matches images with masks by ID.
 

@@ -16,13 +16,22 @@ lesion, as in ISIC annotations.
 Every pair depends only on (seed, index), through numpy's SeedSequence, so a dataset can
 be generated in any order and the same seed gives the same bytes (JPEG and PNG encoding
 are deterministic for a given Pillow build).
+
+`write_dataset` (what isic-synth runs) writes D/images/SYNTH_<7 digits>.jpg (quality 90)
+and D/masks/SYNTH_<7 digits>_segmentation.png, each under a temporary name then renamed,
+and D/synth.json last. Re-run with the same arguments on a complete set, it returns at
+once without touching any file (a later isic-preprocess then sees unchanged inputs).
 """
 
 import io
+import json
 import math
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from preprocessing import parallel
 
 # Bump when the drawing changes: `synth_main` records it so a re-run knows whether the
 # files on disk are what this code would write.
@@ -53,7 +62,7 @@ def make_pair(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     image = _skin(rng, h, w)                                        # float32 [H, W, 3]
     mask = np.zeros((h, w), bool)
 
-    # The lesion is drawn inside its bounding window only (it covers 1.5-45% of the image).
+    # The lesion is drawn inside its bounding window only (it covers 3-55% of the image).
     outline = _random_outline(rng, h, w)
     softness = rng.uniform(1.5, 2.0 + 0.12 * outline["r0"])
     rows, cols = _window(outline, h, w, margin=2 * softness + 2)
@@ -81,6 +90,95 @@ def encode_pair(image: np.ndarray, mask: np.ndarray) -> tuple[bytes, bytes]:
     Image.fromarray(image, "RGB").save(jpg, format="JPEG", quality=90)
     Image.fromarray(mask, "L").save(png, format="PNG")
     return jpg.getvalue(), png.getvalue()
+
+
+# Written last by write_dataset: the dataset is complete exactly when it exists.
+STAMP_NAME = "synth.json"
+
+
+def write_dataset(output_dir: str, num_images: int, seed: int, num_workers: int | None = None,
+                  progress: bool = True) -> bool:
+    """Writes pairs 0..num_images-1 of `seed` in the input layout under output_dir.
+
+    Args:
+      num_workers: drawing processes (None: all CPUs; 1: in this process). The bytes
+        written do not depend on it.
+      progress: show a progress bar (imports keras) and print a summary.
+    Returns:
+      False when the same set was already complete (nothing written), else True.
+    Raises:
+      FileExistsError: images/ or masks/ hold files that isic-synth did not write.
+    """
+    images_dir, masks_dir = os.path.join(output_dir, "images"), os.path.join(output_dir, "masks")
+    stamp = {"num_images": num_images, "seed": seed, "generator_version": GENERATOR_VERSION}
+    names = [(case_id(i) + ".jpg", case_id(i) + "_segmentation.png")
+             for i in range(num_images)]
+    if _read_stamp(output_dir) == stamp and all(
+            os.path.isfile(os.path.join(images_dir, a)) and os.path.isfile(os.path.join(masks_dir, b))
+            for a, b in names):
+        if progress:
+            print(f"{output_dir}: already generated ({num_images} pairs, seed {seed})")
+        return False
+    os.makedirs(images_dir, exist_ok=True)
+    os.makedirs(masks_dir, exist_ok=True)
+    _remove_stale(output_dir, images_dir, masks_dir, {a for a, _ in names}, {b for _, b in names})
+
+    bar = None
+    if progress:
+        # keras (for its progress bar) is imported here: it loads TensorFlow, which the
+        # drawing workers, started with 'spawn', must not import.
+        import keras  # pylint: disable=g-import-not-at-top
+        bar = keras.utils.Progbar(num_images, unit_name="pair")
+    workers = min(num_workers or parallel.available_cpus(), num_images)
+    tasks = ((seed, i) for i in range(num_images))
+    with parallel.ordered_map(_draw, tasks, workers) as encoded:
+        for i, ((image_name, mask_name), (jpg, png)) in enumerate(zip(names, encoded)):
+            _write_atomic(os.path.join(images_dir, image_name), jpg)
+            _write_atomic(os.path.join(masks_dir, mask_name), png)
+            if bar:
+                bar.update(i + 1)
+    _write_atomic(os.path.join(output_dir, STAMP_NAME), json.dumps(stamp, sort_keys=True).encode())
+    if progress:
+        print(f"Wrote {num_images} pairs to {images_dir} and {masks_dir}")
+    return True
+
+
+def _draw(task: tuple[int, int]) -> tuple[bytes, bytes]:
+    """(JPEG, PNG) bytes of pair (seed, index); runs in the worker processes."""
+    return encode_pair(*make_pair(*task))
+
+
+def _read_stamp(output_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(output_dir, STAMP_NAME)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_stale(output_dir, images_dir, masks_dir, keep_images, keep_masks) -> None:
+    """Deletes the stamp, then SYNTH_* and temporary files that this run will not
+    rewrite; refuses to mix synthetic pairs with anything else."""
+    for folder, keep in ((images_dir, keep_images), (masks_dir, keep_masks)):
+        foreign = [n for n in os.listdir(folder) if not n.startswith("SYNTH_")]
+        if foreign:
+            raise FileExistsError(
+                f"{os.path.join(folder, foreign[0])} was not written by isic-synth; use an "
+                "empty or new --output_dir")
+    # Without a stamp the set counts as incomplete, whatever happens next.
+    if os.path.exists(os.path.join(output_dir, STAMP_NAME)):
+        os.remove(os.path.join(output_dir, STAMP_NAME))
+    for folder, keep in ((images_dir, keep_images), (masks_dir, keep_masks)):
+        for name in os.listdir(folder):
+            if name not in keep:
+                os.remove(os.path.join(folder, name))
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: float) -> np.ndarray:
@@ -114,7 +212,7 @@ def _skin(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _random_outline(rng: np.random.Generator, h: int, w: int) -> dict:
     """Random lesion outline parameters: centre, mean radius r0 (px), shape harmonics."""
-    area_fraction = np.exp(rng.uniform(np.log(0.015), np.log(0.45)))
+    area_fraction = np.exp(rng.uniform(np.log(0.03), np.log(0.55)))
     # Outline radius r(theta) = r0 (1 + sum_k a_k cos(k theta + phi_k)); low harmonics
     # give lobes, high ones a ragged edge. Sum of amplitudes <= 0.5 keeps r > 0.
     ks = np.arange(2, 19)
