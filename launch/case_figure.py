@@ -43,9 +43,9 @@ def _records(data_dir: str, split: str, ids: set) -> dict:
     return found
 
 
-def _panels(model, record: dict, threshold: float, images_dir, masks_dir):
-    """(image uint8 [h, w, 3], truth bool [h, w], prediction bool [h, w]) of one case."""
-    probabilities = inference.predict(model, record["image"][None])[0]  # [S, S]
+def _panels(record: dict, probabilities: np.ndarray, threshold: float, images_dir, masks_dir):
+    """(image uint8 [h, w, 3], truth bool [h, w], prediction bool [h, w]) of one case,
+    from its record and its probabilities [S, S]."""
     if masks_dir is None:
         image = np.round(record["image"] * 255.0).astype(np.uint8)
         truth = record["mask"][..., 0] > 0.5
@@ -66,16 +66,20 @@ def _outline(ax, mask: np.ndarray, color: str) -> None:
 
 
 def draw(path: str, model, data_dir: str, split: str, cases: list[tuple[str, dict]], *,
-         threshold: float = 0.5, images_dir: str | None = None, masks_dir: str | None = None) -> str:
+         threshold: float = 0.5, images_dir: str | None = None, masks_dir: str | None = None,
+         batch_size: int | None = None) -> str:
     """Draws `cases` (from `pick_cases`) into a PNG at `path`; returns `path`.
 
     With `masks_dir` (full resolution), images and masks are read from the source folders.
+    `batch_size`: pad the prediction batch to it (the evaluation's batch shape, no retrace).
     """
     records = _records(data_dir, split, {row["id"] for _, row in cases})
+    images = np.stack([records[row["id"]]["image"] for _, row in cases])  # [<=3, S, S, 3]
+    probabilities = inference.predict(model, images, max(batch_size or 0, len(cases)))
     fig = Figure(figsize=(7, 3.3 * len(cases)), dpi=100)
     axes = fig.subplots(len(cases), 2, squeeze=False)
-    for (label, row), (ax_image, ax_outline) in zip(cases, axes):
-        image, truth, pred = _panels(model, records[row["id"]], threshold, images_dir, masks_dir)
+    for (label, row), p, (ax_image, ax_outline) in zip(cases, probabilities, axes):
+        image, truth, pred = _panels(records[row["id"]], p, threshold, images_dir, masks_dir)
         stride = max(1, -(-max(image.shape[:2]) // _DISPLAY_PIXELS))
         image, truth, pred = image[::stride, ::stride], truth[::stride, ::stride], pred[::stride, ::stride]
         ax_image.imshow(image)

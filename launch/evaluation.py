@@ -176,7 +176,7 @@ def evaluate(model_path: str, data_dir: str, split: str = "test", *, full_resolu
     cases = case_figure.pick_cases(rows)
     case_figure.draw(os.path.join(output_dir, FIGURE_FILE), model, data_dir, split, cases,
                      threshold=threshold, images_dir=images_dir if full_resolution else None,
-                     masks_dir=masks_dir if full_resolution else None)
+                     masks_dir=masks_dir if full_resolution else None, batch_size=batch_size)
     with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
         json.dump(summary, f, indent=1)
         f.write("\n")
