@@ -55,7 +55,7 @@ def source_dirs(manifest: dict, data_dir: str, images_dir: str | None,
     for what, override in (("images", images_dir), ("masks", masks_dir)):
         folder = override or source.get(f"{what}_dir", "")
         if not folder or not os.path.isdir(folder):
-            origin = "given" if override else f"recorded in {os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}"
+            origin = "as passed" if override else f"recorded in {os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}"
             raise FileNotFoundError(
                 f"full-resolution evaluation needs the original {what}, but the {what} folder "
                 f"{folder or '(none)'} ({origin}) does not exist. Pass --data_source DIR "
@@ -73,7 +73,7 @@ def _check_inputs(manifest: dict, data_dir: str, split: str, model_size: int, mo
     if count == 0:
         raise EmptySplitError(
             f"the {split!r} split of {data_dir} has no records (counts: {manifest['counts']}). "
-            "Choose another --split, or build a test-only dataset with isic-preprocess --splits 0,0,1")
+            "Choose a --split that has records, or rebuild with isic-preprocess --splits giving it a share")
     if manifest["image_size"] != model_size:
         raise ValueError(f"{model_path} takes {model_size}x{model_size} images but {data_dir} "
                          f"holds {manifest['image_size']}x{manifest['image_size']} records; "
