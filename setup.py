@@ -15,6 +15,8 @@ setup(
         "pillow",
         "absl-py",
         "matplotlib",
+        # TF 2.21 no longer pulls in TensorBoard; tf.summary needs it.
+        "tensorboard",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
     entry_points={

@@ -34,6 +34,16 @@ def _per_image_sums(masks, probs, per_image_loss, weights):
     }
 
 
+def _zeros() -> dict:
+    return {k: tf.constant(0.0) for k in METRIC_KEYS}
+
+
+def _add_reduced(strategy, totals: dict, per_replica: dict) -> dict:
+    """totals + the per-replica values summed over all replicas (a cross-replica reduce)."""
+    return {k: totals[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k], axis=None)
+            for k in METRIC_KEYS}
+
+
 def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
                      optimizer: keras.optimizers.Optimizer, global_batch_size: int,
                      dice_weight: float = 1.0):
@@ -56,15 +66,15 @@ def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
         weights = tf.ones_like(per_image)
         return _per_image_sums(masks, tf.stop_gradient(probs), per_image, weights)
 
-    @tf.function
+    # autograph=False: the loop is an explicit tf.while_loop, and converting the model's
+    # Python code with autograph would cost tens of seconds of tracing on every start.
+    @tf.function(autograph=False)
     def train_steps(iterator, num_steps):
-        totals = {k: tf.constant(0.0) for k in METRIC_KEYS}
-        for _ in tf.range(num_steps):
+        def body(i, totals):
             images, masks = next(iterator)
             out = strategy.run(replica_step, args=(images, masks))
-            totals = {k: totals[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, out[k], axis=None)
-                      for k in METRIC_KEYS}
-        return totals
+            return i + 1, _add_reduced(strategy, totals, out)
+        return tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0), _zeros()))[1]
 
     return train_steps
 
@@ -81,15 +91,13 @@ def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_w
         per_image = losses.bce_dice_loss(masks, probs, dice_weight=dice_weight)
         return _per_image_sums(masks, probs, per_image, weights)
 
-    @tf.function
+    @tf.function(autograph=False)
     def eval_steps(iterator, num_steps):
-        totals = {k: tf.constant(0.0) for k in METRIC_KEYS}
-        for _ in tf.range(num_steps):
+        def body(i, totals):
             images, masks, weights = next(iterator)
             out = strategy.run(replica_step, args=(images, masks, weights))
-            totals = {k: totals[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, out[k], axis=None)
-                      for k in METRIC_KEYS}
-        return totals
+            return i + 1, _add_reduced(strategy, totals, out)
+        return tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0), _zeros()))[1]
 
     return eval_steps
 

@@ -120,8 +120,8 @@ def _train(strat, chief, data_dir, model_dir, *, epochs, batch_size, learning_ra
     if batch_size % strat.num_replicas_in_sync:
         raise ValueError(f"--batch_size {batch_size} does not divide over "
                          f"{strat.num_replicas_in_sync} replicas; use a multiple of it")
-    steps_per_epoch = dataset_lib.steps_per_epoch(
-        data_dir, "train", batch_size, num_input_pipelines=distribute.num_workers(strat))
+    # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
+    steps_per_epoch = dataset_lib.steps_per_epoch(data_dir, "train", batch_size)
     val_count = manifest["counts"].get("val", 0)
     val_steps = -(-val_count // batch_size)  # eval is padded to whole global batches
     total_steps = epochs * steps_per_epoch

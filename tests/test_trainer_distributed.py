@@ -1,0 +1,121 @@
+"""`isic-train` in subprocesses: mirrored over 2 logical CPUs, 2 worker processes under
+MultiWorkerMirroredStrategy on 127.0.0.1, and SIGKILL + resume (bit-identical).
+
+To compare a data-parallel run with one device exactly, the global batch is the whole
+training split (one step per epoch, so the order of examples cannot matter), batch norm
+is synchronized and augmentation is off; the results then agree within float tolerance.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from tests import factory
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("records"))
+    factory.write_records(out, {"train": 16, "val": 4}, size=32)
+    return out
+
+
+def _cmd(records, model_dir, *extra):
+    return [sys.executable, "-m", "launch.train", f"--data_dir={records}", f"--model_dir={model_dir}",
+            "--base_filters=4", "--precision=float32", "--summary_images=0", "--seed=3", *extra]
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=PROJECT_ROOT)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _run(cmd, env=None, timeout=240):
+    proc = subprocess.run(cmd, env=env or _env(), cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _weights(model_dir):
+    return keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras")).get_weights()
+
+
+def _assert_close(a_dir, b_dir, atol):
+    for a, b in zip(_weights(a_dir), _weights(b_dir)):
+        np.testing.assert_allclose(a, b, atol=atol, rtol=1e-4)
+
+
+WHOLE_BATCH = ("--batch_size=16", "--epochs=3", "--noaugment", "--sync_batch_norm")
+
+
+def test_mirrored_over_two_cpus_matches_one_device(records, tmp_path):
+    one, mirrored = str(tmp_path / "one"), str(tmp_path / "mirrored")
+    _run(_cmd(records, one, "--strategy=one_device", *WHOLE_BATCH))
+    out = _run(_cmd(records, mirrored, "--strategy=mirrored", "--num_cpu_devices=2", *WHOLE_BATCH))
+    assert "2 replica" in out.stderr
+    _assert_close(one, mirrored, atol=1e-4)
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_worker_processes_train_identical_weights(records, tmp_path):
+    single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(
+            _cmd(records, multi, "--strategy=multi_worker", "--collective_timeout=60", *WHOLE_BATCH),
+            env=_env(TF_CONFIG=tf_config), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    digests = [[line for line in out.splitlines() if line.startswith("weights sha256")] for out, _ in outs]
+    assert digests[0] and digests[0] == digests[1]
+    # Only the chief writes into the model directory.
+    assert sorted(os.listdir(multi)) == sorted(
+        ["ISIC-UNet.keras", "best", "checkpoints", "flags.txt", "history.csv", "logs", "saved_model",
+         "loss.png", "accuracy.png", "dice.png"])
+    _run(_cmd(records, single, "--strategy=one_device", *WHOLE_BATCH))
+    _assert_close(single, multi, atol=1e-4)
+
+
+def test_sigkill_and_resume_is_bit_identical(records, tmp_path):
+    reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+    args = ("--batch_size=4", "--epochs=3", "--checkpoint_every_steps=2", "--deterministic",
+            "--strategy=one_device")
+    _run(_cmd(records, reference, *args))
+    proc = subprocess.Popen(_cmd(records, killed, *args), env=_env(), cwd=PROJECT_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = os.path.join(killed, "checkpoints", "ckpt-2.index")
+    deadline = time.time() + 240
+    while not os.path.exists(index) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(killed, "ISIC-UNet.keras")), "run ended before the kill"
+    out = _run(_cmd(records, killed, *args))
+    assert "resuming at step" in out.stderr
+    for a, b in zip(_weights(reference), _weights(killed)):
+        np.testing.assert_array_equal(a, b)
