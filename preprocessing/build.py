@@ -220,14 +220,7 @@ def _pass(good, by_split, output_dir, image_size, num_shards, workers, progress,
     found. Returns ({split: [shard entries]}, [problems]).
     """
     by_id = {p.case_id: p for p in good}
-    plan = []   # (split, shard index, shard count, IDs of that shard), in write order
-    for split in splits.SPLITS:
-        ids = by_split[split]
-        count = min(num_shards, len(ids)) if num_shards else shards.default_num_shards(len(ids))
-        start = 0
-        for index, size in enumerate(shards.shard_sizes(len(ids), count)):
-            plan.append((split, index, count, ids[start:start + size]))
-            start += size
+    plan = _shard_plan(by_split, num_shards)
     tasks = ((by_id[case_id], image_size) for *_, ids in plan for case_id in ids)
     entries = {s: [] for s in splits.SPLITS}
     problems = []
@@ -257,6 +250,19 @@ def _pass(good, by_split, output_dir, image_size, num_shards, workers, progress,
             if writer is not None:
                 entries[split].append(writer.close())
     return entries, problems
+
+
+def _shard_plan(by_split: dict, num_shards: int | None) -> list[tuple[str, int, int, list[str]]]:
+    """(split, shard index, shard count, IDs of that shard) for every shard, in write order."""
+    plan = []
+    for split in splits.SPLITS:
+        ids = by_split[split]
+        count = min(num_shards, len(ids)) if num_shards else shards.default_num_shards(len(ids))
+        start = 0
+        for index, size in enumerate(shards.shard_sizes(len(ids), count)):
+            plan.append((split, index, count, ids[start:start + size]))
+            start += size
+    return plan
 
 
 class _Progress:

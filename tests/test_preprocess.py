@@ -391,6 +391,18 @@ def test_cli_reports_bad_data_without_traceback(tmp_path):
     assert own_files(out) == []
 
 
+def test_worker_imports_stay_free_of_tensorflow():
+    # 'spawn' workers re-import the entry point's module and unpickle the task function's
+    # module; TensorFlow there would cost each worker seconds and ~600 MB for nothing.
+    # (The two entry points define flags of the same name: one process each.)
+    for entry in ("build_main", "synth_main"):
+        code = (f"import sys; import preprocessing.{entry}, preprocessing.load, preprocessing.synth; "
+                "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=60)
+        assert result.stdout.strip() == "[]", (entry, result.stdout, result.stderr)
+
+
 # ----------------------------------------------------------------------------- real data
 
 @pytest.mark.skipif(not os.path.isdir(ISIC_SAMPLE), reason="ISIC sample not present")
