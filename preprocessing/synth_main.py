@@ -9,6 +9,7 @@ sees unchanged inputs); other flags replace the SYNTH_* files. See synth.write_d
 """
 
 import os
+import sys
 
 from absl import app, flags
 
@@ -36,6 +37,12 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (isic-synth)."""
+    # Under the console script, __main__ is a generated stub without a docstring or
+    # flags: lend it this module's, so that --help shows the usage and these flags.
+    if sys.modules["__main__"].__doc__ is None:
+        sys.modules["__main__"].__doc__ = __doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
 
 
