@@ -1,0 +1,209 @@
+"""Input-pipeline throughput against the original script's loader, measured in one run.
+
+Ours: `pipeline.make_dataset(training=True, augment=True)` on 128x128 TFRecords (a fresh
+dataset per epoch, as the trainer builds them; the first epoch is a warm-up that also
+compiles the XLA augmentation). Baseline: a Python generator that opens the original
+JPEG/PNG files with PIL and resizes them per batch, as the original script did (no
+augmentation at all). Each side runs in its own subprocess pinned to ONE core
+(`sched_setaffinity` before exec, TF intra/inter-op threads 1), so its images/s is a
+per-core figure; ours is also run on all cores. Besides wall-clock images/s we report
+images per CPU-second of the process, which is less sensitive to other load on the box.
+
+Run: `python -m benchmarks.pipeline` (prints JSON), or call `run_pipeline_benchmark`.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SAMPLE_DIR = os.path.join(_PROJECT_ROOT, "..", "shared", "isic2017-sample")
+
+
+def run_pipeline_benchmark(data_dir: str | None = None, batch_size: int = 32, *,
+                           num_images: int = 512, image_size: int = 128, epochs: int = 3,
+                           sample_dir: str | None = DEFAULT_SAMPLE_DIR,
+                           baseline_images: int = 96) -> dict:
+    """Measures training-pipeline images/s per core against the PIL baseline.
+
+    Args:
+      data_dir: records to read (its "train" split); None writes `num_images` synthetic
+        `image_size` records to a temporary directory.
+      batch_size: global batch size for both sides.
+      epochs: timed epochs of our pipeline (after one warm-up epoch).
+      sample_dir: originals for the baseline (images/<ID>.jpg, masks/<ID>_segmentation.png);
+        when absent, synthetic 1024x768 JPEG/PNG pairs are written instead.
+      baseline_images: how many original pairs the baseline loads (timed once, after a
+        pass that warms the OS file cache).
+    Returns:
+      dict with "pipeline_1core", "pipeline_1core_no_augment", "pipeline_all_cores",
+      "baseline_1core" (each: images, seconds, cpu_seconds, images_per_s,
+      images_per_cpu_s), "speedup_per_core" and the settings used.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="isic-pipeline-bench-") as tmp:
+        if data_dir is None:
+            data_dir = os.path.join(tmp, "records")
+            _write_synthetic_records(data_dir, num_images, image_size)
+        with open(os.path.join(data_dir, "manifest.json")) as f:
+            records = json.load(f)["counts"]["train"]
+        pairs, source = _baseline_pairs(sample_dir, baseline_images, tmp)
+        common = {"data_dir": data_dir, "batch_size": batch_size, "epochs": epochs}
+        one_core = {cpus[0]}
+        result = {
+            "pipeline_1core": _run_child("pipeline", dict(common, augment=True), one_core),
+            "pipeline_1core_no_augment": _run_child("pipeline", dict(common, augment=False), one_core),
+            "pipeline_all_cores": _run_child("pipeline", dict(common, augment=True), None),
+            "baseline_1core": _run_child("baseline", {"pairs": pairs, "batch_size": batch_size,
+                                                      "image_size": image_size}, one_core),
+        }
+    result["pipeline_all_cores"]["cores"] = len(cpus)
+    result["pipeline_all_cores"]["images_per_s_per_core"] = (
+        result["pipeline_all_cores"]["images_per_s"] / len(cpus))
+    result["speedup_per_core"] = (result["pipeline_1core"]["images_per_s"]
+                                  / result["baseline_1core"]["images_per_s"])
+    result["settings"] = {"batch_size": batch_size, "image_size": image_size,
+                          "records": records,
+                          "baseline_source": source, "baseline_pairs": len(pairs),
+                          "epochs": epochs, "cpu": _cpu_name()}
+    return result
+
+
+def _run_child(kind: str, params: dict, cpus: set[int] | None) -> dict:
+    """Runs `_child_main` in a fresh interpreter (optionally pinned) and returns its JSON."""
+    code = "from benchmarks.pipeline import _child_main; _child_main()"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps([kind, params, bool(cpus)]),
+                          capture_output=True, text=True, env=env, preexec_fn=pin, cwd=_PROJECT_ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pipeline benchmark child {kind!r} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _child_main() -> None:
+    kind, params, single_core = json.loads(sys.stdin.read())
+    if single_core:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    measure = _measure_pipeline if kind == "pipeline" else _measure_baseline
+    print(json.dumps(measure(**params)))
+
+
+def _timed(run) -> dict:
+    wall, cpu = time.perf_counter(), time.process_time()
+    images = run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"images": images, "seconds": wall, "cpu_seconds": cpu,
+            "images_per_s": images / wall, "images_per_cpu_s": images / cpu}
+
+
+def _measure_pipeline(data_dir: str, batch_size: int, epochs: int, augment: bool) -> dict:
+    from pipeline.dataset import make_dataset
+
+    def one_epoch(epoch):
+        ds = make_dataset(data_dir, "train", batch_size=batch_size, training=True,
+                          seed=0, epoch=epoch, augment=augment)
+        return sum(int(images.shape[0]) for images, _ in ds)
+
+    one_epoch(0)  # warm-up: XLA compilation, OS file cache
+    return _timed(lambda: sum(one_epoch(e) for e in range(1, epochs + 1)))
+
+
+def _measure_baseline(pairs: list, batch_size: int, image_size: int) -> dict:
+    from PIL import Image
+
+    def batches():  # the original script's loader: decode, resize, stack, per batch
+        for start in range(0, len(pairs), batch_size):
+            images, masks = [], []
+            for image_path, mask_path in pairs[start:start + batch_size]:
+                with Image.open(image_path) as image:
+                    image = image.convert("RGB").resize((image_size, image_size))
+                    images.append(np.asarray(image, np.float32) / 255.0)
+                with Image.open(mask_path) as mask:
+                    mask = mask.convert("L").resize((image_size, image_size), Image.NEAREST)
+                    masks.append((np.asarray(mask) > 127).astype(np.float32)[..., None])
+            yield np.stack(images), np.stack(masks)
+
+    for image_path, mask_path in pairs:  # warm the OS file cache, as for the records
+        for path in (image_path, mask_path):
+            with open(path, "rb") as f:
+                f.read()
+    return _timed(lambda: sum(len(images) for images, _ in batches()))
+
+
+def _baseline_pairs(sample_dir, limit: int, tmp: str) -> tuple[list, str]:
+    """(image, mask) paths for the baseline: the real sample, or synthetic files in tmp."""
+    if sample_dir and os.path.isdir(os.path.join(sample_dir, "images")):
+        images = sorted(glob.glob(os.path.join(sample_dir, "images", "*.jpg")))[:limit]
+        pairs = [(p, os.path.join(sample_dir, "masks",
+                                  os.path.basename(p)[:-4] + "_segmentation.png")) for p in images]
+        if pairs and all(os.path.isfile(m) for _, m in pairs):
+            return pairs, os.path.abspath(sample_dir)
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(tmp, "raw"))
+    pairs = []
+    for i in range(limit):  # median ISIC 2017 size; smooth content so JPEG size is realistic
+        small = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((1024, 768), Image.BILINEAR)
+        mask = Image.fromarray(((small[..., 0] > 128) * 255).astype(np.uint8)).resize((1024, 768))
+        pair = (os.path.join(tmp, "raw", f"ISIC_{i:07d}.jpg"),
+                os.path.join(tmp, "raw", f"ISIC_{i:07d}_segmentation.png"))
+        image.save(pair[0], quality=90)
+        mask.save(pair[1])
+        pairs.append(pair)
+    return pairs, "synthetic 1024x768"
+
+
+def _write_synthetic_records(out_dir: str, num_images: int, size: int, num_shards: int = 4) -> None:
+    """A train-only records dataset written through the project's schema and manifest."""
+    import tensorflow as tf
+    from preprocessing import manifest as manifest_lib
+    from preprocessing import schema
+
+    os.makedirs(out_dir)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    shards = []
+    for k in range(num_shards):
+        name = manifest_lib.shard_name("train", k, num_shards)
+        ids = range(k, num_images, num_shards)
+        with tf.io.TFRecordWriter(os.path.join(out_dir, name)) as writer:
+            for i in ids:  # a dark disc on skin-coloured noise, like tests/factory.py
+                cy, cx, r = rng.uniform(0.3, 0.7) * size, rng.uniform(0.3, 0.7) * size, size / 5
+                mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+                image = np.where(mask[..., None] == 1, [90, 50, 30], [220, 170, 140])
+                image = np.clip(image + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+                writer.write(schema.encode_example(f"ISIC_{i:07d}", image, mask, (768, 1024),
+                                                   f"ISIC_{i:07d}.jpg", f"ISIC_{i:07d}_segmentation.png"))
+        shards.append({"file": name, "records": len(ids), "sha256": ""})
+    manifest_lib.write_manifest(out_dir, {
+        "schema_version": schema.SCHEMA_VERSION, "image_size": size, "seed": 0,
+        "fractions": {"train": 1.0, "val": 0.0, "test": 0.0},
+        "counts": {"train": num_images, "val": 0, "test": 0},
+        "shards": {"train": shards, "val": [], "test": []},
+        "splits": {f"ISIC_{i:07d}": "train" for i in range(num_images)}, "skipped": [],
+        "ignored_files": 0, "source": {"images_dir": "", "masks_dir": ""}, "build": {}})
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_pipeline_benchmark(), indent=1))
