@@ -81,7 +81,7 @@ def tf_config(addresses: list[str], index: int) -> str:
 
 
 def worker_env(base: dict, addresses: list[str], index: int, gpus_per_worker: int = 0) -> dict:
-    """The environment of worker `index`: `base` plus its TF_CONFIG.
+    """The environment of worker `index`: `base` plus its TF_CONFIG, minus SLURM_PROCID.
 
     With `gpus_per_worker` > 0, worker i sees only GPUs [i*g, (i+1)*g) through
     CUDA_VISIBLE_DEVICES, so local workers do not all claim every GPU. Output is unbuffered
@@ -89,6 +89,10 @@ def worker_env(base: dict, addresses: list[str], index: int, gpus_per_worker: in
     """
     env = dict(base)
     env["TF_CONFIG"] = tf_config(addresses, index)
+    # launch/distribute.py takes its cluster from SLURM when SLURM_PROCID is set and the
+    # job has several tasks, which is the case in the shell of a multi-node sbatch
+    # allocation: there our local workers would join SLURM's cluster instead of this one.
+    env.pop("SLURM_PROCID", None)
     env["PYTHONUNBUFFERED"] = "1"
     if gpus_per_worker > 0:
         first = index * gpus_per_worker

@@ -135,10 +135,12 @@ def test_ports_start_at_port_and_skip_busy_ones():
     assert len(set(process_group.find_free_ports(4))) == 4
 
 
-def test_gpus_per_worker_slices_cuda_visible_devices():
+def test_worker_env_slices_gpus_and_hides_an_enclosing_slurm_job():
     addresses = ["127.0.0.1:1", "127.0.0.1:2"]
-    env = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1,2,3"}, addresses, 1, 2)
+    env = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_PROCID": "0",
+                                    "SLURM_NTASKS": "2"}, addresses, 1, 2)
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert "SLURM_PROCID" not in env  # or distribute.make_strategy would use SLURM's cluster
     assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
     untouched = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1"}, addresses, 1)
     assert untouched["CUDA_VISIBLE_DEVICES"] == "0,1"
@@ -171,10 +173,12 @@ def test_restarts_relaunch_the_group_on_fresh_ports(stand_in, tmp_path):
     assert code == 0, err
     assert "worker 1 died (exit code 1)" in err and "restart 1 of 2" in err
     assert "restart 2 of 2" not in err
-    # Two attempts, with disjoint ports.
-    attempts = [json.loads(line.split(" ", 2)[2])["cluster"]["worker"]
-                for line in out.splitlines() if line.startswith("[w0] tf_config")]
-    assert len(attempts) == 2 and not set(attempts[0]) & set(attempts[1])
+    # Two attempts, with disjoint ports (from the launcher's own lines: under load a worker
+    # may be stopped before it prints anything).
+    attempts = [set(m.split(", ")) for m in re.findall(
+        r"^isic-launch: (?:2 worker\(s\)|restart \d of \d) on (.*)$", err, re.M)]
+    assert len(attempts) == 2 and len(attempts[0]) == 2 and not attempts[0] & attempts[1]
+    assert set(_configs(out)[1]["cluster"]["worker"]) == attempts[1]  # the last one succeeded
 
 
 def test_restarts_give_up_after_k_relaunches(stand_in, tmp_path):
@@ -182,9 +186,10 @@ def test_restarts_give_up_after_k_relaunches(stand_in, tmp_path):
     code, out, err, _ = _launch(stand_in("always_fail", log), 2, restarts=2, grace_s=1.0, port=30000)
     assert code == 5, err
     configs = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(configs) == 6  # 3 attempts x 2 workers
-    ports = [int(a.split(":")[1]) for c in configs[::2] for a in c["cluster"]["worker"]]
-    assert min(ports) >= 30000
+    assert [c["task"]["index"] for c in configs].count(1) == 3  # 3 attempts
+    addresses = re.findall(r"^isic-launch: (?:2 worker\(s\)|restart \d of 2) on (.*)$", err, re.M)
+    ports = [int(a.split(":")[1]) for line in addresses for a in line.split(", ")]
+    assert len(ports) == len(set(ports)) == 6 and min(ports) >= 30000
     assert "giving up after 2 restart(s): exit code 5" in err
 
 
@@ -222,3 +227,105 @@ def test_worker_command_adds_multi_worker_and_rejects_other_strategies():
     for bad in (["--strategy=mirrored"], ["--strategy", "one_device"], []):
         with pytest.raises(app.UsageError):
             cluster.worker_command(bad)
+
+
+# --- The real trainer: 2 workers under the launcher, one SIGKILLed mid-epoch, one restart.
+
+# No validation split here, hence no best/ model.
+CHIEF_FILES = ["ISIC-UNet.keras", "accuracy.png", "checkpoints", "dice.png", "flags.txt",
+               "history.csv", "logs", "loss.png", "saved_model"]
+
+
+class _Lines:
+    """Reads a stream in a thread; `wait_for(pattern)` returns the first matching line's match."""
+
+    def __init__(self, stream):
+        self.lines, self.cond = [], threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            with self.cond:
+                self.lines.append((time.monotonic(), line))
+                self.cond.notify_all()
+
+    def wait_for(self, pattern, timeout):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for stamp, line in self.lines:
+                    match = re.search(pattern, line)
+                    if match:
+                        return stamp, match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no line matching {pattern!r} within {timeout} s")
+                self.cond.wait(remaining)
+
+    def text(self):
+        with self.cond:
+            return "".join(line for _, line in self.lines)
+
+
+def _latest_step(model_dir):
+    import tensorflow as tf  # only this test needs it
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else None
+
+
+@pytest.mark.timeout(600)
+def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
+    from tests import factory
+    records, model_dir = str(tmp_path / "records"), str(tmp_path / "model")
+    scratch = tmp_path / "scratch"  # the workers' TMPDIR: non-chief checkpoints go there
+    scratch.mkdir()
+    # 64 training images, global batch 8 (4 per worker): one epoch of 8 steps. No
+    # validation: each traced function costs seconds per worker.
+    factory.write_records(records, {"train": 64}, size=32)
+    # MWMS workers ignore SIGTERM (TF's preemption notifier catches it), so the survivor
+    # is ended by the SIGKILL after the grace period.
+    grace = 2.0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.cluster", "--num_workers=2", "--restarts=1",
+         f"--grace_seconds={grace}", "--", f"--data_dir={records}", f"--model_dir={model_dir}",
+         "--base_filters=4", "--batch_size=8", "--precision=float32", "--summary_images=0",
+         "--epochs=1", "--checkpoint_every_steps=2", "--noaugment", "--sync_batch_norm",
+         "--collective_timeout=60"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+                 CUDA_VISIBLE_DEVICES="", TMPDIR=str(scratch)))
+    out, err = _Lines(proc.stdout), _Lines(proc.stderr)
+    try:
+        _, pid = err.wait_for(r"isic-launch: worker 1 pid (\d+)", 60)
+        # Kill worker 1 once the chief has written its first mid-epoch checkpoint.
+        first = os.path.join(model_dir, "checkpoints", "ckpt-2.index")
+        deadline = time.monotonic() + 300
+        while not os.path.exists(first) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.path.exists(first) and proc.poll() is None, err.text()[-4000:]
+        os.kill(int(pid.group(1)), signal.SIGKILL)
+        killed_at = time.monotonic()
+        stopped_at, stopped = err.wait_for(r"group stopped ([\d.]+) s after worker 1 died", 60)
+        resume_step = _latest_step(model_dir)  # the restart needs seconds before it can save
+        proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stdout, stderr = out.text(), err.text()
+    assert proc.returncode == 0, stderr[-4000:]
+    print(f"worker death to group stopped: {stopped_at - killed_at:.2f} s "
+          f"(launcher's own measure {stopped.group(1)} s)")
+    assert "worker 1 died (signal SIGKILL)" in stderr
+    assert stopped_at - killed_at < grace + 2.0
+    # The relaunch resumed both workers at the last checkpoint, mid-epoch (2 <= N < 8).
+    assert resume_step is not None and 2 <= resume_step < 8, resume_step
+    for worker in ("w0", "w1"):
+        assert re.search(rf"^\[{worker}\] .*resuming at step {resume_step} ", stderr, re.M), worker
+    assert "restart 1 of 1" in stderr and _latest_step(model_dir) == 8
+    # Synchronized replicas end with identical weights (chief and worker print the digest).
+    digests = re.findall(r"^\[w(\d)\] weights sha256 (\w+)$", stdout, re.M)
+    assert sorted(w for w, _ in digests) == ["0", "1"] and digests[0][1] == digests[1][1]
+    # Only the chief's outputs are in the model directory; the other worker cleaned up its
+    # temporary checkpoints (except, possibly, one it was writing when it was killed).
+    assert sorted(os.listdir(model_dir)) == CHIEF_FILES
+    assert len([p for p in os.listdir(scratch) if p.startswith("isic-ckpt-")]) <= 1
