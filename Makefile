@@ -21,7 +21,15 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(BIN)/isic-synth --output_dir $(DEMO)/raw --num_images 400 --seed 0
 	$(BIN)/isic-preprocess --data_dir $(DEMO)/raw --output_dir $(DEMO)/records
-	@echo "Records in $(DEMO)/records (manifest: $(DEMO)/records/manifest.json)"
+	$(BIN)/isic-train --flagfile launch/configs/demo.flags --data_dir $(DEMO)/records --model_dir $(DEMO)/model
+	$(BIN)/isic-evaluate --data_dir $(DEMO)/records --model $(DEMO)/model --split test
+	$(BIN)/isic-evaluate --data_dir $(DEMO)/records --model $(DEMO)/model --split test --full_resolution
+	@mkdir -p $(DEMO)/new_images && cp $$(ls $(DEMO)/raw/images/*.jpg | head -n 4) $(DEMO)/new_images/
+	$(BIN)/isic-predict --model $(DEMO)/model --input_dir $(DEMO)/new_images --output_dir $(DEMO)/predictions --overlays
+	@echo
+	@echo "Demo done. Model: $(DEMO)/model/ISIC-UNet.keras (best: $(DEMO)/model/best/), plots: $(DEMO)/model/{loss,accuracy,dice}.png,"
+	@echo "history: $(DEMO)/model/history.csv, TensorBoard: tensorboard --logdir $(DEMO)/model/logs,"
+	@echo "test metrics: $(DEMO)/model/eval-test*/metrics.json, predicted masks: $(DEMO)/predictions/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

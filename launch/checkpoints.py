@@ -56,11 +56,14 @@ def check_run(model_dir: str, run: dict) -> None:
 def write_run(model_dir: str, run: dict) -> None:
     """Records the run's identity next to its checkpoints (chief only, atomic)."""
     directory = os.path.join(model_dir, "checkpoints")
+    path = os.path.join(directory, RUN_FILE)
+    if os.path.exists(path):  # check_run has verified it matches: leave it untouched
+        return
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, RUN_FILE + ".tmp")
     with open(tmp, "w") as f:
         json.dump(run, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(directory, RUN_FILE))
+    os.replace(tmp, path)
 
 
 def make_manager(checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int = 3

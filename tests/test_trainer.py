@@ -6,6 +6,7 @@ several processes run `isic-train` in subprocesses (see test_trainer_distributed
 
 import csv
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from launch import checkpoints
+from launch import steps as steps_lib
 from launch import trainer
 from tests import factory
 
@@ -25,6 +27,14 @@ def records(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("records"))
     factory.write_records(out, {"train": 16, "val": 4, "test": 4}, size=32)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(records, tmp_path_factory):
+    """A model directory after one epoch (4 steps); tests copy it before changing it."""
+    model_dir = str(tmp_path_factory.mktemp("one_epoch") / "run")
+    trainer.train(records, model_dir, epochs=1, **TINY)
+    return model_dir
 
 
 def test_training_lowers_loss_and_writes_every_output(records, tmp_path):
@@ -83,32 +93,38 @@ def test_resume_at_epoch_boundary_is_bit_identical(records, tmp_path):
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
 
 
-def test_nan_stops_training_and_keeps_last_checkpoint(records, tmp_path):
+def test_nan_stops_training_and_keeps_last_checkpoint(records, one_epoch_run, tmp_path, monkeypatch):
     model_dir = str(tmp_path / "nan")
-    trainer.train(records, model_dir, epochs=1, **TINY)
+    shutil.copytree(one_epoch_run, model_dir)
     ckpt_dir = os.path.join(model_dir, "checkpoints")
-    before = sorted(os.listdir(ckpt_dir))
-    # An absurd learning rate drives the weights to inf within a few steps.
+    before = {f: os.path.getmtime(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir)}
+    # Simulate divergence: the resumed run's loss is NaN from its first step.
+    original = steps_lib.losses.bce_dice_loss
+    monkeypatch.setattr(steps_lib.losses, "bce_dice_loss",
+                        lambda t, p, dice_weight=1.0: original(t, p, dice_weight) * float("nan"))
     with pytest.raises(trainer.NonFiniteLossError, match="ckpt-4"):
-        trainer.train(records, model_dir, epochs=30, **dict(TINY, learning_rate=1e30))
-    assert sorted(os.listdir(ckpt_dir)) == before
+        trainer.train(records, model_dir, epochs=3, checkpoint_every_steps=1, **TINY)
+    after = {f: os.path.getmtime(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir)}
+    assert after == before  # nothing written, the good checkpoint untouched
 
 
-def test_changing_model_shape_is_a_clear_error(records, tmp_path):
-    model_dir = str(tmp_path / "shape")
-    trainer.train(records, model_dir, epochs=1, **TINY)
+def test_changing_model_shape_is_a_clear_error(records, one_epoch_run):
+    model_dir = one_epoch_run  # the checks fail before anything is written
     with pytest.raises(checkpoints.CheckpointMismatchError, match="base_filters=4"):
         trainer.train(records, model_dir, epochs=2, **dict(TINY, base_filters=8))
     with pytest.raises(checkpoints.CheckpointMismatchError, match="batch_size"):
         trainer.train(records, model_dir, epochs=2, **dict(TINY, batch_size=8))
 
 
-def test_warm_start_loads_weights_into_a_new_run(records, tmp_path):
-    source = str(tmp_path / "source")
-    trainer.train(records, source, epochs=1, **TINY)
+def test_warm_start_loads_weights_into_a_new_run(records, one_epoch_run, tmp_path):
+    source = one_epoch_run
     target = str(tmp_path / "target")
     model = keras.models.load_model(os.path.join(source, "ISIC-UNet.keras"))
     # lr 0 keeps the weights; BN moving statistics still move, so compare conv kernels only.
     trainer.train(records, target, epochs=1, warm_start=source, **dict(TINY, learning_rate=0.0))
     warmed = keras.models.load_model(os.path.join(target, "ISIC-UNet.keras"))
-    np.testing.assert_array_equal(model.layers[1].get_weights()[0], warmed.layers[1].get_weights()[0])
+    kernels = [(a.kernel.numpy(), b.kernel.numpy()) for a, b in zip(model.layers, warmed.layers)
+               if isinstance(a, keras.layers.Conv2D)]
+    assert len(kernels) == 19
+    for a, b in kernels:
+        np.testing.assert_array_equal(a, b)
