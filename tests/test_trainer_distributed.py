@@ -6,6 +6,7 @@ training split (one step per epoch, so the order of examples cannot matter), bat
 is synchronized and augmentation is off; the results then agree within float tolerance.
 """
 
+import csv
 import json
 import os
 import signal
@@ -52,9 +53,26 @@ def _weights(model_dir):
     return keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras")).get_weights()
 
 
-def _assert_close(a_dir, b_dir, atol):
-    for a, b in zip(_weights(a_dir), _weights(b_dir)):
-        np.testing.assert_allclose(a, b, atol=atol, rtol=1e-4)
+def _history(model_dir):
+    with open(os.path.join(model_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_close(a_dir, b_dir):
+    """Same losses per epoch, weights equal up to rounding amplified by Adam.
+
+    Unsynchronised batch norm or other examples per step change the very first loss in
+    the 2nd-3rd digit; summation order changes it in the 6th. Weights are compared by
+    their median difference: Adam moves every weight by about +-lr per step whatever
+    its gradient's size, so gradients within rounding of 0 can flip a few weights by up
+    to 2 lr (3 steps of lr 1e-3 here) while the rest agree far more closely.
+    """
+    for ra, rb in zip(_history(a_dir), _history(b_dir), strict=True):
+        for key in ("loss", "val_loss"):
+            np.testing.assert_allclose(float(ra[key]), float(rb[key]), rtol=1e-3)
+    a = np.concatenate([w.ravel() for w in _weights(a_dir)])
+    b = np.concatenate([w.ravel() for w in _weights(b_dir)])
+    assert np.median(np.abs(a - b)) < 2e-4
 
 
 WHOLE_BATCH = ("--batch_size=16", "--epochs=3", "--noaugment", "--sync_batch_norm")
@@ -65,7 +83,7 @@ def test_mirrored_over_two_cpus_matches_one_device(records, tmp_path):
     _run(_cmd(records, one, "--strategy=one_device", *WHOLE_BATCH))
     out = _run(_cmd(records, mirrored, "--strategy=mirrored", "--num_cpu_devices=2", *WHOLE_BATCH))
     assert "2 replica" in out.stderr
-    _assert_close(one, mirrored, atol=1e-4)
+    _assert_close(one, mirrored)
 
 
 def _free_ports(n):
@@ -98,7 +116,7 @@ def test_two_worker_processes_train_identical_weights(records, tmp_path):
         ["ISIC-UNet.keras", "best", "checkpoints", "flags.txt", "history.csv", "logs", "saved_model",
          "loss.png", "accuracy.png", "dice.png"])
     _run(_cmd(records, single, "--strategy=one_device", *WHOLE_BATCH))
-    _assert_close(single, multi, atol=1e-4)
+    _assert_close(single, multi)
 
 
 def test_sigkill_and_resume_is_bit_identical(records, tmp_path):
