@@ -28,6 +28,8 @@ from preprocessing import manifest as manifest_lib
 from preprocessing import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Traced once per image size and reused: the training dataset is rebuilt every epoch.
+_parse_batch = tf.function(schema.parse_batch)
 _MAX_OPEN_FILES = 16  # interleave cycle length: files read concurrently per pipeline
 
 
@@ -128,28 +130,25 @@ def _training_dataset(data_dir, split, manifest, shards, batch_size, local_batch
     files, num_records, shard_by_data = _plan_sharding(
         shards, num_pipelines, pipeline_id, num_batches * local_batch)
     size = manifest["image_size"]
-    order_seed = _derive_seed(seed, epoch, pipeline_id, purpose=0)
-    augment_seed = tf.constant(_derive_seed(seed, epoch, pipeline_id, purpose=1), tf.int64)
+    # The epoch's order: a seeded permutation of this pipeline's records, cut into full
+    # batches; int32 [num_batches, local_batch] rows into the records in read order.
+    order = np.random.default_rng(_seed_sequence(seed, epoch, pipeline_id, purpose=0))
+    order = order.permutation(num_records)[:num_batches * local_batch].astype(np.int32)
+    order = order.reshape(num_batches, local_batch)
+    augment_seed = tf.constant(
+        _seed_sequence(seed, epoch, pipeline_id, purpose=1).generate_state(2), tf.int64)
 
     @tf.autograph.experimental.do_not_convert  # plain graph code: skip autograph's tracing cost
-    def epoch_batches(records):
-        """records: string [num_records], this pipeline's records in read order ->
-        dataset of (absolute batch index int64, serialized string [local_batch])."""
+    def parse_and_augment(batch, records):
+        """(batch index int64, rows int32 [b]), records string [num_records]
+        -> images float32 [b, S, S, 3], masks float32 [b, S, S, 1]."""
+        index, rows = batch
         check = tf.debugging.assert_equal(
             tf.size(records), num_records,
             message=f"{data_dir}: the {split} shards hold a different number of records "
                     f"than manifest.json says; rebuild with isic-preprocess --overwrite")
         with tf.control_dependencies([check]):
-            order = tf.random.experimental.stateless_shuffle(tf.range(num_records), order_seed)
-        order = tf.reshape(order[:num_batches * local_batch], [num_batches, local_batch])
-        batches = tf.data.Dataset.from_tensor_slices(
-            (tf.range(skip_batches, num_batches, dtype=tf.int64), order[skip_batches:]))
-        return batches.map(tf.autograph.experimental.do_not_convert(
-            lambda index, rows: (index, tf.gather(records, rows))))
-
-    @tf.autograph.experimental.do_not_convert
-    def parse_and_augment(index, serialized):  # -> [b, S, S, 3], [b, S, S, 1]
-        example = schema.parse_batch(serialized, size)
+            example = _parse_batch(tf.gather(records, rows), size)
         if augment:
             # Seeded by the absolute batch index: a skipped-to batch gets the same bits.
             batch_seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
@@ -161,17 +160,20 @@ def _training_dataset(data_dir, split, manifest, shards, batch_size, local_batch
         return (tf.ensure_shape(images, [local_batch, size, size, 3]),
                 tf.ensure_shape(masks, [local_batch, size, size, 1]))
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), _MAX_OPEN_FILES),
-                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    records = tf.data.Dataset.from_tensor_slices(files)
+    records = records.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), _MAX_OPEN_FILES),
+                                 num_parallel_calls=AUTOTUNE, deterministic=True)
     if shard_by_data:  # every pipeline reads all files in the same order, keeps 1 in N
-        ds = ds.shard(num_pipelines, pipeline_id)
-    # All of this pipeline's serialized records as one string [num_records] element: the
-    # permutation needs them all (as a full shuffle buffer would); kept for a 2nd iteration.
-    ds = ds.batch(num_records + 1).cache()
-    ds = ds.flat_map(epoch_batches)
+        records = records.shard(num_pipelines, pipeline_id)
+    # All of this pipeline's serialized records as ONE string [num_records] element (what a
+    # full shuffle buffer would hold), cached, then handed to every batch by reference.
+    records = records.batch(num_records + 1).cache().repeat()
+    # Shuffle and skip: the permuted rows of batches skip_batches.. of the epoch. Skipping
+    # costs nothing, and batch k keeps its index k for its augmentation seed.
+    batches = tf.data.Dataset.from_tensor_slices(
+        (np.arange(skip_batches, num_batches, dtype=np.int64), order[skip_batches:]))
+    ds = tf.data.Dataset.zip(batches, records)
     ds = ds.map(parse_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches - skip_batches))
     return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
@@ -253,10 +255,9 @@ def _plan_sharding(shards, num_pipelines: int, pipeline_id: int, needed: int):
     return paths, len(range(pipeline_id, count, num_pipelines)), True
 
 
-def _derive_seed(seed: int, epoch: int, pipeline_id: int, purpose: int) -> np.ndarray:
-    """A [2] int64 stateless-op seed, a pure function of its arguments."""
-    state = np.random.SeedSequence([seed, epoch, pipeline_id, purpose]).generate_state(2)
-    return state.astype(np.int64)
+def _seed_sequence(seed: int, epoch: int, pipeline_id: int, purpose: int):
+    """Independent random streams, each a pure function of its arguments."""
+    return np.random.SeedSequence([seed, epoch, pipeline_id, purpose])
 
 
 def _check_batch_size(batch_size) -> None:

@@ -97,9 +97,10 @@ def test_dihedral_transforms_are_exact_and_all_eight_occur():
 
 def test_warp_matches_image_projective_transform_v3():
     images, masks = _batch()
-    uniforms = tf.random.stateless_uniform([N, 4], seed=[9, 9])
-    inverse = augment._inverse_affine(uniforms, SIZE, 20.0, (0.7, 1.3), True)
-    corners, wx, wy = augment._source_pixels(inverse, SIZE)
+    inverse = augment._draw_parameters(N, tf.constant([9, 9]), SIZE, 20.0, (0.7, 1.3), True,
+                                       0.0, 0.0, 0.0, 0.0)[0]
+    base, wx, wy = augment._sample_points(inverse, SIZE)
+    pixels, out_masks, _ = augment._resample(images, masks, base, wx, wy)
     transforms = tf.concat([tf.reshape(inverse, [N, 6]), tf.zeros([N, 2])], axis=1)
 
     def reference(x, interpolation):
@@ -107,11 +108,11 @@ def test_warp_matches_image_projective_transform_v3():
             images=x, transforms=transforms, output_shape=[SIZE, SIZE], fill_value=0.0,
             interpolation=interpolation, fill_mode="REFLECT")
 
-    ours = tf.reshape(augment._bilinear(images, corners, wx, wy), images.shape)
-    np.testing.assert_allclose(ours, reference(images, "BILINEAR"), atol=1e-5)
-    ours = tf.reshape(augment._nearest(masks, corners, wx, wy), masks.shape)
+    np.testing.assert_allclose(tf.reshape(pixels, images.shape), reference(images, "BILINEAR"),
+                               atol=1e-5)
     # Rounding ties may differ on a pixel or two; random angles make them rare.
-    assert np.mean(ours.numpy() != reference(masks, "NEAREST").numpy()) < 1e-3
+    mismatch = tf.reshape(out_masks, masks.shape).numpy() != reference(masks, "NEAREST").numpy()
+    assert mismatch.mean() < 1e-3
 
 
 def test_eager_and_tf_data_map_give_identical_results():
