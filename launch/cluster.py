@@ -32,7 +32,9 @@ flags.DEFINE_integer("port", None, "First port to try for the workers' gRPC serv
 flags.DEFINE_integer("restarts", 0, "Relaunch the whole group up to this many times after a "
                      "worker failed; training resumes from --model_dir's last checkpoint.")
 flags.DEFINE_float("grace_seconds", 10.0, "Seconds the other workers get to exit after SIGTERM "
-                   "(when a worker died, or on Ctrl-C) before they are SIGKILLed.")
+                   "(when a worker died, or on Ctrl-C) before they are SIGKILLed. TensorFlow's "
+                   "multi-worker runtime ignores SIGTERM, so this bounds how long they outlive "
+                   "a dead peer.")
 flags.DEFINE_integer("gpus_per_worker", 0, "If > 0, worker i sees only GPUs i*G..(i+1)*G-1 "
                      "(CUDA_VISIBLE_DEVICES). Default: leave CUDA_VISIBLE_DEVICES alone. One "
                      "machine with several GPUs needs no launcher: isic-train mirrors over them.")
@@ -81,6 +83,10 @@ def main(argv):
 
 
 def run():
+    # absl's --help lists the key flags of sys.argv[0]: for a console script that is the
+    # wrapper in bin/, which defines none, so --help would list nothing.
+    for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__]):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
 
 

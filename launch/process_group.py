@@ -8,9 +8,11 @@ The group's contract:
     {"type": "worker", "index": i}}; worker 0 is the chief (launch/distribute.is_chief);
   * every line a worker prints is copied to the launcher's stdout/stderr as "[wi] line";
   * when a worker dies (non-zero exit or signal) the others get SIGTERM and, after
-    `grace_s`, SIGKILL, so the group ends within about `grace_s` + 1 s of the death even if
-    the survivors are blocked in a collective (their own --collective_timeout bounds that
-    too, but a launcher must not depend on it);
+    `grace_s`, SIGKILL, so the group ends within about `grace_s` + 0.1 s of the death even
+    if the survivors are blocked in a collective. (TensorFlow workers ignore SIGTERM once
+    MultiWorkerMirroredStrategy exists: its preemption notifier catches it. They fail by
+    themselves ~10 s after a peer died, when the coordination service misses its
+    heartbeats, and --collective_timeout bounds that too; a launcher must not rely on it.)
   * SIGINT/SIGTERM sent to the launcher are forwarded to every worker (then SIGKILL after
     `grace_s`; a second signal kills at once);
   * `launch` relaunches the whole group after a failure, up to `restarts` times, on fresh
@@ -18,7 +20,8 @@ The group's contract:
 
 Each worker runs in its own session (process group) so that a Ctrl-C typed in the terminal
 reaches the launcher only, and the launcher alone decides how workers stop. If the launcher
-itself is SIGKILLed its workers live on until their collective timeout ends them.
+itself is SIGKILLed, its workers die at their next write to the closed output pipe, and
+the others follow when they miss that worker.
 """
 
 import itertools
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 LOCALHOST = "127.0.0.1"
 POLL_S = 0.05  # how often the launcher checks its workers: adds at most this to every bound
@@ -113,7 +116,6 @@ class GroupResult:
     failed: int | None = None
     interrupted: int | None = None
     stop_seconds: float | None = None
-    pids: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -200,6 +202,8 @@ class WorkerGroup:
         self.log = log or (lambda message: self.err.write_line(f"isic-launch: {message}"))
         self.procs: list[subprocess.Popen] = []
         self.threads: list[threading.Thread] = []
+        # Signals from now on concern this group, including those arriving during start().
+        self.signals_before = len(self.interrupts.received)
 
     def start(self) -> None:
         """Starts every worker; if one cannot be started, stops those already running."""
@@ -218,12 +222,13 @@ class WorkerGroup:
 
     def wait(self) -> GroupResult:
         """Waits until all workers succeed, one fails, or the launcher gets a signal."""
-        seen_signals = len(self.interrupts.received)
         while True:
-            if len(self.interrupts.received) > seen_signals:
-                signum = self.interrupts.received[seen_signals]
-                self.log(f"got {signal.Signals(signum).name}: forwarding it to all workers")
+            if len(self.interrupts.received) > self.signals_before:
+                signum = self.interrupts.received[self.signals_before]
+                name = signal.Signals(signum).name
+                self.log(f"got {name}: forwarding it to all workers")
                 seconds = self._stop(signum, self.grace_s)
+                self.log(f"group stopped {seconds:.2f} s after {name}")
                 return self._result(interrupted=signum, stop_seconds=seconds)
             codes = [p.poll() for p in self.procs]
             failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
@@ -238,8 +243,7 @@ class WorkerGroup:
             time.sleep(POLL_S)
 
     def _result(self, **kwargs) -> GroupResult:
-        return GroupResult([p.returncode for p in self.procs], pids=[p.pid for p in self.procs],
-                           **kwargs)
+        return GroupResult([p.returncode for p in self.procs], **kwargs)
 
     def _send(self, signum: int) -> None:
         for proc in self.procs:
