@@ -1,14 +1,15 @@
 """TFRecords -> batches for training and evaluation, one input pipeline per worker.
 
-Training reads, in this order (STYLE.md point 5, reordered where commented):
+Training follows STYLE.md point 5, with the shuffle moved before parsing on purpose:
   list the split's shards (raise on none) -> shard by input pipeline (by file when there
-  are enough files, else by record) -> interleave the files (deterministic) -> cache the
-  serialized records -> shuffle (a stateless permutation of (seed, epoch, pipeline)) ->
-  skip the batches already trained on -> batch -> parse (vectorised) -> augment (image
-  and mask together) -> prefetch.
-Parsing and augmentation come after shuffling and batching on purpose: the permutation is
-applied to the compact serialized records, so skipping k batches on resume costs nothing,
-and `schema.parse_batch` and `augment.augment_batch` then work on whole batches at once.
+  are enough files, else by record) -> interleave the files (deterministic; parallel reads
+  matter on remote storage) -> cache this pipeline's serialized records as one tensor ->
+  shuffle (a seeded permutation of (seed, epoch, pipeline), cut into full batches) -> skip
+  the batches already trained on -> batch (gather the rows) -> parse (vectorised) ->
+  augment (image and mask together, per batch) -> prefetch.
+Shuffling indices into the compact serialized records makes resuming at batch k free
+(nothing before it is parsed or augmented), and parsing and augmenting whole batches is
+what makes the pipeline fast (`schema.parse_batch`, `augment.augment_batch`).
 
 The contract (docs/pipeline.md): a training dataset is exactly one epoch; its order and
 augmentation are a pure function of (seed, epoch, input_pipeline_id); batch k is
@@ -130,11 +131,8 @@ def _training_dataset(data_dir, split, manifest, shards, batch_size, local_batch
     files, num_records, shard_by_data = _plan_sharding(
         shards, num_pipelines, pipeline_id, num_batches * local_batch)
     size = manifest["image_size"]
-    # The epoch's order: a seeded permutation of this pipeline's records, cut into full
-    # batches; int32 [num_batches, local_batch] rows into the records in read order.
-    order = np.random.default_rng(_seed_sequence(seed, epoch, pipeline_id, purpose=0))
-    order = order.permutation(num_records)[:num_batches * local_batch].astype(np.int32)
-    order = order.reshape(num_batches, local_batch)
+    order = _epoch_order(_seed_sequence(seed, epoch, pipeline_id, purpose=0), num_records,
+                         num_batches, local_batch)
     augment_seed = tf.constant(
         _seed_sequence(seed, epoch, pipeline_id, purpose=1).generate_state(2), tf.int64)
 
@@ -160,14 +158,7 @@ def _training_dataset(data_dir, split, manifest, shards, batch_size, local_batch
         return (tf.ensure_shape(images, [local_batch, size, size, 3]),
                 tf.ensure_shape(masks, [local_batch, size, size, 1]))
 
-    records = tf.data.Dataset.from_tensor_slices(files)
-    records = records.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), _MAX_OPEN_FILES),
-                                 num_parallel_calls=AUTOTUNE, deterministic=True)
-    if shard_by_data:  # every pipeline reads all files in the same order, keeps 1 in N
-        records = records.shard(num_pipelines, pipeline_id)
-    # All of this pipeline's serialized records as ONE string [num_records] element (what a
-    # full shuffle buffer would hold), cached, then handed to every batch by reference.
-    records = records.batch(num_records + 1).cache().repeat()
+    records = _all_records(files, num_records, num_pipelines, pipeline_id, shard_by_data)
     # Shuffle and skip: the permuted rows of batches skip_batches.. of the epoch. Skipping
     # costs nothing, and batch k keeps its index k for its augmentation seed.
     batches = tf.data.Dataset.from_tensor_slices(
@@ -175,6 +166,29 @@ def _training_dataset(data_dir, split, manifest, shards, batch_size, local_batch
     ds = tf.data.Dataset.zip(batches, records)
     ds = ds.map(parse_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+def _epoch_order(seeds: np.random.SeedSequence, num_records: int, num_batches: int,
+                 local_batch: int) -> np.ndarray:
+    """int32 [num_batches, local_batch]: a seeded permutation of the pipeline's records (as
+    positions in read order) cut into full batches; the records left over are different
+    ones each epoch. Drawn with NumPy at build time, so the graph only slices it."""
+    order = np.random.default_rng(seeds).permutation(num_records)
+    return order[:num_batches * local_batch].astype(np.int32).reshape(num_batches, local_batch)
+
+
+def _all_records(files: list[str], num_records: int, num_pipelines: int, pipeline_id: int,
+                 shard_by_data: bool) -> tf.data.Dataset:
+    """Endless repeats of ONE element: this pipeline's serialized records, string [n]."""
+    records = tf.data.Dataset.from_tensor_slices(files)
+    records = records.interleave(tf.data.TFRecordDataset,
+                                 cycle_length=min(len(files), _MAX_OPEN_FILES),
+                                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    if shard_by_data:  # every pipeline reads all files in the same order, keeps 1 in N
+        records = records.shard(num_pipelines, pipeline_id)
+    # One element holding what a full shuffle buffer would hold, cached so that a second
+    # iteration reads no file, then handed to every batch by reference (no copy).
+    return records.batch(num_records + 1).cache().repeat()
 
 
 def _evaluation_dataset(manifest, shards, batch_size, local_batch, num_pipelines, pipeline_id):
