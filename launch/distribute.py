@@ -82,7 +82,10 @@ def make_strategy(name: str, collective_timeout_s: float = DEFAULT_COLLECTIVE_TI
             raise ValueError("--strategy multi_worker needs TF_CONFIG (set by isic-launch or your "
                              "cluster operator) or a SLURM job step with several tasks")
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
-        resolver = slurm or tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        # An explicit TF_CONFIG wins: SLURM variables also leak into local processes
+        # started from inside an allocation (e.g. isic-launch in an sbatch shell).
+        resolver = (tf.distribute.cluster_resolver.TFConfigClusterResolver()
+                    if os.environ.get("TF_CONFIG") else slurm)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=resolver, communication_options=options)
     elif name == "mirrored":

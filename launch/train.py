@@ -81,14 +81,21 @@ def main(argv):
         logging.error("%s", e)
         print(f"isic-train: error: {e}", file=sys.stderr)
         return 1
-    if result:
-        print(f"Validation Dice {result.get('val_dice', float('nan')):.4f} after epoch "
-              f"{result['epoch']}; model, plots and logs in {FLAGS.model_dir}")
-        print(f"weights sha256 {result['weights_sha256']}")
+    if result.get("chief") and "epoch" in result:
+        dice = (f"Validation Dice {result['val_dice']:.4f}" if "val_dice" in result
+                else "No validation split")
+        print(f"{dice} after epoch {result['epoch']}; model, plots and logs in {FLAGS.model_dir}")
+    print(f"weights sha256 {result['weights_sha256']}")
     return 0
 
 
 def run():
+    # absl's --help lists the key flags of sys.argv[0], which for a console script is a
+    # stub that defines none: lend it this module's docstring and flags.
+    if sys.modules["__main__"].__doc__ is None:
+        sys.modules["__main__"].__doc__ = __doc__
+    for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__]):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
 
 

@@ -246,16 +246,25 @@ def _train(strat, chief, data_dir, model_dir, *, epochs, batch_size, learning_ra
         if writer:
             writer.close()
         if verbose:
-            print(f"Final model: {os.path.join(model_dir, FINAL_MODEL)}; best by validation Dice "
-                  f"({best_dice:.4f}): {os.path.join(model_dir, 'best', FINAL_MODEL)}")
+            print(f"Final model: {os.path.join(model_dir, FINAL_MODEL)}")
+            if best_dice >= 0:
+                print(f"Best by validation Dice ({best_dice:.4f}): "
+                      f"{os.path.join(model_dir, 'best', FINAL_MODEL)}")
+            else:
+                print("No validation split: no best model was kept")
+    row["chief"] = chief
     return row
 
 
 def weights_digest(model: keras.Model) -> str:
-    """sha256 of all weights' bytes: equal on every worker of a healthy data-parallel run."""
+    """sha256 of the trainable weights: equal on every worker of a healthy data-parallel run.
+
+    Batch-norm moving statistics are left out: each replica keeps its own unless
+    --sync_batch_norm, and the chief's are the ones exported.
+    """
     digest = hashlib.sha256()
-    for w in model.get_weights():
-        digest.update(np.ascontiguousarray(w).tobytes())
+    for w in model.trainable_weights:
+        digest.update(np.ascontiguousarray(w.numpy()).tobytes())
     return digest.hexdigest()
 
 
