@@ -200,7 +200,7 @@ def _evaluation_dataset(manifest, shards, batch_size, local_batch, num_pipelines
                                   np.zeros([size, size], np.uint8), (0, 0), "", "")
 
     def parse(serialized, weights):  # string [b], float32 [b]
-        example = schema.parse_batch(serialized, size)
+        example = _parse_batch(serialized, size)
         images = tf.cast(example["image"], tf.float32) / 255.0
         masks = tf.cast(example["mask"], tf.float32)
         return (tf.ensure_shape(images, [local_batch, size, size, 3]),
