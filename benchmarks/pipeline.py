@@ -5,7 +5,7 @@ dataset per epoch, as the trainer builds them; the first epoch is a warm-up that
 compiles the XLA augmentation). Baseline: a Python generator that opens the original
 JPEG/PNG files with PIL and resizes them per batch, as the original script did (no
 augmentation at all). Each side runs in its own subprocess pinned to ONE core
-(`sched_setaffinity` before exec, TF intra/inter-op threads 1), so its images/s is a
+(`sched_setaffinity` before any import, TF intra/inter-op threads 1), so its images/s is a
 per-core figure; ours is also run on all cores. Besides wall-clock images/s we report
 images per CPU-second of the process, which is less sensitive to other load on the box.
 
@@ -83,11 +83,13 @@ def run_pipeline_benchmark(data_dir: str | None = None, batch_size: int = 32, *,
 
 def _run_child(kind: str, params: dict, cpus: set[int] | None) -> dict:
     """Runs `_child_main` in a fresh interpreter (optionally pinned) and returns its JSON."""
-    code = "from benchmarks.pipeline import _child_main; _child_main()"
+    # Pin first thing, before any import starts a thread (threads keep their old affinity;
+    # preexec_fn would be unsafe here since the parent may already run TF threads).
+    pin = f"import os; os.sched_setaffinity(0, {sorted(cpus)}); " if cpus else ""
+    code = pin + "from benchmarks.pipeline import _child_main; _child_main()"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     proc = subprocess.run([sys.executable, "-c", code], input=json.dumps([kind, params, bool(cpus)]),
-                          capture_output=True, text=True, env=env, preexec_fn=pin, cwd=_PROJECT_ROOT)
+                          capture_output=True, text=True, env=env, cwd=_PROJECT_ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"pipeline benchmark child {kind!r} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
