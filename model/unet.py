@@ -27,12 +27,18 @@ from keras import layers
 TRAINING_FLOPS_PER_FORWARD_FLOP = 3
 
 
+# Keras' default 0.99 makes the moving statistics lag ~100 steps behind the weights; with
+# the few hundred steps of a run on ISIC-sized data, validation then scores a stale model
+# (val Dice swinging 0.3-0.7 while training Dice is 0.94 on the demo). 0.9 follows in ~10.
+BN_MOMENTUM = 0.9
+
+
 def _conv_bn_relu(x, filters: int, name: str, sync_bn: bool = False):
     """3x3 conv (no bias: batch norm's beta is the shift) -> batch norm -> ReLU."""
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     # synchronized=True all-reduces the batch moments over replicas (TF backend), so a
     # data-parallel step normalises with global-batch statistics like one device would.
-    x = layers.BatchNormalization(synchronized=sync_bn, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=sync_bn, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
