@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 
 from launch import process_group
+from preprocessing import console
 
 FLAGS = flags.FLAGS
 
@@ -83,11 +84,7 @@ def main(argv):
 
 
 def run():
-    # absl's --help lists the key flags of sys.argv[0]: for a console script that is the
-    # wrapper in bin/, which defines none, so --help would list nothing.
-    for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__]):
-        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    console.run(main, __name__)
 
 
 if __name__ == "__main__":

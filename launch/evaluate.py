@@ -12,6 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
+from preprocessing import console
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("data_dir", None, "TFRecord dataset directory (with manifest.json) from isic-preprocess.")
@@ -80,7 +82,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    console.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
+from preprocessing import console
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model", None, "A model directory from isic-train (uses its ISIC-UNet.keras; "
@@ -55,7 +57,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    console.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from preprocessing import console
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("data_dir", None, "TFRecord dataset directory (with manifest.json) from isic-preprocess.")
@@ -90,13 +92,7 @@ def main(argv):
 
 
 def run():
-    # absl's --help lists the key flags of sys.argv[0], which for a console script is a
-    # stub that defines none: lend it this module's docstring and flags.
-    if sys.modules["__main__"].__doc__ is None:
-        sys.modules["__main__"].__doc__ = __doc__
-    for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__]):
-        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    console.run(main, __name__)
 
 
 if __name__ == "__main__":
