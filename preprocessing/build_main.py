@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from preprocessing import console
 from preprocessing import pairs
 
 # preprocessing.build (and with it TensorFlow) is imported inside main(), not here: the
@@ -82,13 +83,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point (isic-preprocess)."""
-    # Under the console script, __main__ is a generated stub without a docstring or
-    # flags: lend it this module's, so that --help shows the usage and these flags.
-    if sys.modules["__main__"].__doc__ is None:
-        sys.modules["__main__"].__doc__ = __doc__
-    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    console.run(main, __name__)
 
 
 if __name__ == "__main__":

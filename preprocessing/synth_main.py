@@ -9,10 +9,10 @@ sees unchanged inputs); other flags replace the SYNTH_* files. See synth.write_d
 """
 
 import os
-import sys
 
 from absl import app, flags
 
+from preprocessing import console
 from preprocessing import synth
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Dataset folder to create (images/, masks/).")
@@ -37,13 +37,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (isic-synth)."""
-    # Under the console script, __main__ is a generated stub without a docstring or
-    # flags: lend it this module's, so that --help shows the usage and these flags.
-    if sys.modules["__main__"].__doc__ is None:
-        sys.modules["__main__"].__doc__ = __doc__
-    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    console.run(main, __name__)
 
 
 if __name__ == "__main__":
