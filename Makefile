@@ -32,7 +32,7 @@ demo: $(STAMP)
 	@echo "test metrics: $(DEMO)/model/eval-test*/metrics.json, predicted masks: $(DEMO)/predictions/"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(BIN)/isic-bench --output_dir bench_out

@@ -18,7 +18,7 @@ setup(
         # TF 2.21 no longer pulls in TensorBoard; tf.summary needs it.
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist"]},
     entry_points={
         "console_scripts": [
             "isic-synth=preprocessing.synth_main:run",
