@@ -1,0 +1,67 @@
+"""Inference throughput (stage 5): our `launch.inference.predict` against `model.predict`.
+
+Ours is the function isic-predict and isic-evaluate call: one `predict_on_batch` per
+fixed-size batch (a short last batch is padded, so there is one trace). The baseline is
+the plain Keras call on the whole array, `model.predict(images, batch_size=...)`. Both
+predict random float32 [N, S, S, 3] images held in memory with a freshly built U-Net
+(weights do not change the cost), after one warm-up batch that traces the function.
+Achieved GFLOP/s counts the forward FLOPs of `unet.unet_flops_per_image`.
+"""
+
+import time
+
+import numpy as np
+
+from benchmarks import child
+
+
+def measure_inference(base_filters: int, loop: str, image_size: int = 128, batch_size: int = 32,
+                      num_batches: int = 1, depth: int = 4) -> dict:
+    """Images/s of `loop` ("ours" or "keras") over `num_batches` timed batches.
+
+    depth is the U-Net's (4 in isic-train; smaller only to keep tests fast).
+    """
+    import keras
+    from launch import inference
+    from model import unet
+    if loop not in ("ours", "keras"):
+        raise ValueError(f"loop must be 'ours' or 'keras', got {loop!r}")
+    keras.utils.set_random_seed(0)
+    model = unet.build_unet(image_size=image_size, base_filters=base_filters, depth=depth)
+    images = np.random.default_rng(0).uniform(
+        size=(batch_size * num_batches, image_size, image_size, 3)).astype(np.float32)
+    start = time.perf_counter()
+    if loop == "ours":
+        def run(x):
+            return np.concatenate([inference.predict(model, x[i:i + batch_size], batch_size)
+                                   for i in range(0, len(x), batch_size)])
+    else:
+        def run(x):
+            return model.predict(x, batch_size=batch_size, verbose=0)
+    run(images[:batch_size])  # warm-up: trace and first execution
+    first = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    probabilities = run(images)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    if probabilities.shape[0] != len(images):
+        raise AssertionError(f"{loop} returned {probabilities.shape[0]} maps for {len(images)} images")
+    flops = unet.unet_flops_per_image(image_size, base_filters, depth)
+    return {"loop": loop, "base_filters": base_filters, "image_size": image_size,
+            "batch_size": batch_size, "depth": depth, "images": len(images), "first_batch_s": first,
+            "seconds": seconds, "images_per_s": len(images) / seconds,
+            "forward_gflop_per_image": flops / 1e9, "gflops": len(images) * flops / seconds / 1e9,
+            "gflops_per_cpu_s": len(images) * flops / cpu_seconds / 1e9,
+            "onednn": child.onednn_enabled()}
+
+
+def run_inference_benchmark(base_filters: int = 32, image_size: int = 128, batch_size: int = 32,
+                            num_batches: int = 1) -> dict:
+    """Ours under the tuned environment, then model.predict under TF defaults, back to back."""
+    kwargs = {"base_filters": base_filters, "image_size": image_size, "batch_size": batch_size,
+              "num_batches": num_batches}
+    ours = child.run_child("benchmarks.inference:measure_inference", dict(kwargs, loop="ours"),
+                           env=child.TUNED_ENV)
+    keras_plain = child.run_child("benchmarks.inference:measure_inference",
+                                  dict(kwargs, loop="keras"), env=child.PLAIN_ENV)
+    return {"ours": ours, "keras_predict": keras_plain,
+            "speedup": ours["images_per_s"] / keras_plain["images_per_s"]}

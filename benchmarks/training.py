@@ -1,0 +1,249 @@
+"""Training-step benchmarks: loop overhead (stage 3) and U-Net throughput (stage 4).
+
+Stage 3 measures the per-step cost of OUR loop, so the model is tiny (one 1x1 conv with
+a sigmoid on 8x8x3 inputs, batch 8, from an in-memory repeated dataset) and the time is
+the loop's. Ours is `launch.steps.make_train_steps` driven exactly as launch/trainer.py
+drives it: one `train_steps(iterator, n)` call per chunk of n = steps_per_execution
+steps, the metric sums fetched to the host, a finiteness check, a Progbar update (silent)
+and a TensorBoard scalar per chunk. The baseline is `model.fit` on the same model, loss,
+optimizer and dataset, with Keras' default steps_per_execution=1 and with the same
+chunking. Each configuration runs for ~`seconds`; ours and fit alternate `rounds` times
+and the best round of each counts (other processes only ever slow a round down).
+
+Stage 4 measures images/s of a training step of the U-Net (float32, batch 32, 128x128)
+through our `train_steps` and through `model.fit`, after one warm-up step (tracing,
+oneDNN primitive creation), on random inputs held in memory. Achieved GFLOP/s =
+images/s x `unet.unet_flops_per_image` (analytic: 2 FLOPs per multiply-add of every
+convolution and transposed convolution) x 3 (`TRAINING_FLOPS_PER_FORWARD_FLOP`: forward,
+gradient w.r.t. activations, gradient w.r.t. weights). The machine's float32 matmul
+peak is `matmul_peak`: the best of several `tf.linalg.matmul` runs of two 4096x4096
+float32 matrices (2*4096**3 FLOPs each) on all cores, measured in every child.
+
+Every function here runs inside one benchmark child (see benchmarks/child.py), which
+fixes the TF environment it is measured under.
+"""
+
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks import child
+
+LOOP_IMAGE_SIZE = 8
+LOOP_BATCH_SIZE = 8
+
+
+def matmul_peak(size: int = 4096, repeats: int = 4) -> dict:
+    """Best float32 matmul GFLOP/s of this process: [size, size] @ [size, size], all cores."""
+    import tensorflow as tf
+    a = tf.random.uniform([size, size], dtype=tf.float32)
+    b = tf.random.uniform([size, size], dtype=tf.float32)
+    matmul = tf.function(tf.linalg.matmul)
+    matmul(a, b).numpy()  # warm-up: kernel selection, memory
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        start, cpu = time.perf_counter(), time.process_time()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+    flop = 2.0 * size ** 3
+    # Per CPU-second (all threads' CPU time): less sensitive to other load than wall time.
+    return {"size": size, "repeats": repeats, "best_seconds": best, "gflops": flop / best / 1e9,
+            "gflops_per_cpu_s": flop / best_cpu / 1e9}
+
+
+def _constant_dataset(batch_size: int, image_size: int):
+    """One random (images [b,S,S,3], masks [b,S,S,1]) batch repeated forever, from memory."""
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32)
+    masks = (rng.uniform(size=(batch_size, image_size, image_size, 1)) > 0.5).astype(np.float32)
+    return tf.data.Dataset.from_tensors((images, masks)).repeat()
+
+
+def _ours(build_model, batch_size: int, dataset):
+    """(train_steps, distributed iterator) as launch/trainer.py builds them (one device)."""
+    import keras
+    import tensorflow as tf
+    from launch import steps as steps_lib
+    from launch import trainer
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():  # variables must be created in the scope, as in the trainer
+        model = build_model()
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build(model.trainable_variables)
+    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, batch_size)
+    # The trainer's own way of distributing its datasets (input options included).
+    iterator = iter(trainer._distributed(strategy, lambda ctx: dataset))  # pylint: disable=protected-access
+    return train_steps, iterator
+
+
+def _compiled_for_fit(model, steps_per_execution: int = 1):
+    """The same model compiled as a plain Keras user would (Adam, our loss, no metrics)."""
+    import keras
+    from model import losses
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=steps_per_execution,
+                  loss=lambda masks, probs: losses.bce_dice_loss(masks, probs))
+    return model
+
+
+def _tiny_model(image_size: int):
+    import keras
+    return keras.Sequential([keras.Input((image_size, image_size, 3)),
+                             keras.layers.Conv2D(1, 1, activation="sigmoid")])
+
+
+def _run_chunks(train_steps, iterator, chunk: int, seconds: float, writer, bar) -> tuple[int, float]:
+    """The trainer's host loop, for ~`seconds` (at least one chunk): (steps run, seconds)."""
+    import tensorflow as tf
+    step, start = 0, time.perf_counter()
+    while step == 0 or time.perf_counter() - start < seconds:
+        totals = {k: float(v) for k, v in train_steps(iterator, tf.constant(chunk)).items()}
+        step += chunk
+        if not np.isfinite(totals["loss"]):
+            raise FloatingPointError(f"loss {totals['loss']} in the loop benchmark")
+        bar.update(step, values=[("loss", totals["loss"] / totals["count"])])
+        writer.scalars(step, {"train/loss_step": totals["loss"] / totals["count"]})
+    return step, time.perf_counter() - start
+
+
+def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 1.5, rounds: int = 2,
+                 image_size: int = LOOP_IMAGE_SIZE, batch_size: int = LOOP_BATCH_SIZE) -> dict:
+    """Stage 3: ms per step of our loop and of model.fit with a tiny model (see module doc).
+
+    Returns:
+      {"ours": {chunk: {"ms_per_step", "steps_per_s", "steps"}}, "fit": {chunk: ...},
+       "rounds", "seconds", "onednn", ...}; chunks are steps per tf.function call.
+    """
+    import keras
+    from launch import summaries
+    dataset = _constant_dataset(batch_size, image_size)
+    result = {"ours": {}, "fit": {}, "rounds": rounds, "seconds": seconds, "image_size": image_size,
+              "batch_size": batch_size, "onednn": child.onednn_enabled()}
+    with tempfile.TemporaryDirectory(prefix="isic-loop-bench-") as tmp:
+        writer = summaries.Writer(tmp)
+        bar = keras.utils.Progbar(None, verbose=0)
+        ours = {c: _ours(lambda: _tiny_model(image_size), batch_size, dataset) for c in chunks}
+        fits = {c: _compiled_for_fit(_tiny_model(image_size), c) for c in fit_chunks}
+        for c, (train_steps, iterator) in ours.items():  # warm-up: trace each chunk size
+            _run_chunks(train_steps, iterator, c, 0.0, writer, bar)
+        for c, model in fits.items():
+            model.fit(dataset, steps_per_epoch=2 * c, epochs=1, verbose=0, shuffle=False)
+        best = {"ours": {}, "fit": {}}
+        for _ in range(rounds):
+            for c in sorted(set(chunks) | set(fit_chunks)):
+                steps = None
+                if c in ours:
+                    steps, taken = _run_chunks(*ours[c], c, seconds, writer, bar)
+                    _keep_best(best["ours"], c, steps, taken)
+                if c in fits:
+                    steps = steps or max(c, int(seconds * 1000) // c * c)
+                    start = time.perf_counter()
+                    fits[c].fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+                    _keep_best(best["fit"], c, steps, time.perf_counter() - start)
+        writer.close()
+    for side in ("ours", "fit"):
+        result[side] = {str(c): best[side][c] for c in sorted(best[side])}
+    return result
+
+
+def _keep_best(table: dict, chunk: int, steps: int, seconds: float) -> None:
+    ms = 1000.0 * seconds / steps
+    if chunk not in table or ms < table[chunk]["ms_per_step"]:
+        table[chunk] = {"ms_per_step": ms, "steps_per_s": 1000.0 / ms, "steps": steps}
+
+
+def measure_unet(base_filters: int, loop: str, batch_size: int = 32, image_size: int = 128,
+                 timed_steps: int = 1, peak_size: int = 4096, peak_repeats: int = 3,
+                 depth: int = 4) -> dict:
+    """Stage 4, one configuration: images/s of U-Net training steps through `loop`.
+
+    Args:
+      loop: "ours" (launch.steps.make_train_steps, all timed steps in one call) or "fit"
+        (model.fit, steps_per_execution 1, timed between on_train_batch_end callbacks).
+      timed_steps: steps timed after one warm-up step.
+      peak_size, peak_repeats: the matmul probe run in this process before the model.
+      depth: the U-Net's depth (4 in isic-train; smaller only to keep tests fast).
+    Returns:
+      dict with images_per_s, gflops (achieved, training FLOPs), first_step_s (tracing
+      plus the first step), step_s, the probe ("peak"), onednn and the settings.
+    """
+    import keras
+    import tensorflow as tf
+    from model import unet
+    if loop not in ("ours", "fit"):
+        raise ValueError(f"loop must be 'ours' or 'fit', got {loop!r}")
+    peak = matmul_peak(peak_size, peak_repeats)
+    keras.utils.set_random_seed(0)
+    dataset = _constant_dataset(batch_size, image_size)
+    def build():
+        return unet.build_unet(image_size=image_size, base_filters=base_filters, depth=depth)
+
+    start = time.perf_counter()
+    if loop == "ours":
+        train_steps, iterator = _ours(build, batch_size, dataset)
+        float(train_steps(iterator, tf.constant(1))["loss"])
+        first = time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        float(train_steps(iterator, tf.constant(timed_steps))["loss"])
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    else:
+        ends = []
+        stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(
+            (time.perf_counter(), time.process_time())))
+        _compiled_for_fit(build()).fit(dataset, steps_per_epoch=1 + timed_steps, epochs=1, verbose=0,
+                                       shuffle=False, callbacks=[stamp])
+        first = ends[0][0] - start
+        seconds, cpu_seconds = ends[-1][0] - ends[0][0], ends[-1][1] - ends[0][1]
+    images_per_s = batch_size * timed_steps / seconds
+    flops = unet.unet_flops_per_image(image_size, base_filters, depth) * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
+    return {"loop": loop, "base_filters": base_filters, "batch_size": batch_size,
+            "image_size": image_size, "depth": depth, "timed_steps": timed_steps, "first_step_s": first,
+            "step_s": seconds / timed_steps, "images_per_s": images_per_s,
+            "training_gflop_per_image": flops / 1e9, "gflops": images_per_s * flops / 1e9,
+            "gflops_per_cpu_s": batch_size * timed_steps * flops / cpu_seconds / 1e9,
+            "peak": peak, "onednn": child.onednn_enabled(),
+            "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+            "cpus": len(os.sched_getaffinity(0))}
+
+
+def run_loop_benchmark(quick: bool = False) -> dict:
+    """Stage 3 in one child under the tuned environment (both loops in the same process)."""
+    kwargs = {"seconds": 0.3, "rounds": 1} if quick else {}
+    return child.run_child("benchmarks.training:measure_loop", kwargs, env=child.TUNED_ENV)
+
+
+def run_unet_benchmark(filters=(16, 32, 64), batch_size: int = 32, image_size: int = 128,
+                       fit_tuned_filters=(16,), peak_size: int = 4096) -> dict:
+    """Stage 4: for each width, ours (tuned env) then plain model.fit (TF defaults), back to back.
+
+    For the widths in `fit_tuned_filters`, model.fit also runs under the tuned
+    environment, which separates what the environment gives from what the loop gives.
+    Fractions of peak use the best matmul probe of the whole stage (`peak_gflops`); the
+    per-child probe is kept too, since other load on the machine changes over time.
+    """
+    runs = []
+    for f in filters:
+        timed = 3 if f <= 16 else 2 if f <= 32 else 1
+        common = {"base_filters": f, "batch_size": batch_size, "image_size": image_size,
+                  "timed_steps": timed, "peak_size": peak_size}
+        plan = [("ours", "tuned", child.TUNED_ENV), ("fit", "plain", child.PLAIN_ENV)]
+        if f in fit_tuned_filters:
+            plan.append(("fit", "tuned", child.TUNED_ENV))
+        for loop, env_name, env in plan:
+            run = child.run_child("benchmarks.training:measure_unet", dict(common, loop=loop), env=env)
+            runs.append(dict(run, env=env_name))
+    peak = max(r["peak"]["gflops"] for r in runs)
+    for r in runs:
+        r["fraction_of_peak"] = r["gflops"] / peak
+        r["fraction_of_own_probe"] = r["gflops"] / r["peak"]["gflops"]
+        # The same ratio in FLOPs per CPU-second: what the process did with the CPU time
+        # it got, so it barely moves when other processes take cores away.
+        r["fraction_per_cpu_s"] = r["gflops_per_cpu_s"] / r["peak"]["gflops_per_cpu_s"]
+    return {"runs": runs, "peak_gflops": peak, "peak_method": (
+        f"best of {runs[0]['peak']['repeats']} timed tf.linalg.matmul runs of two {peak_size}x"
+        f"{peak_size} float32 matrices (2*{peak_size}**3 FLOPs), all cores, one probe per "
+        "child process; the best probe of the stage")}
