@@ -35,6 +35,8 @@ flags.DEFINE_integer("batch_size", 32, "Images per prediction batch.")
 flags.DEFINE_float("threshold", 0.5, "A pixel is foreground where its probability is > threshold "
                    "(0.5 in the ISIC challenge).")
 
+flags.mark_flags_as_required(["data_dir", "model"])
+
 
 def _source_overrides() -> tuple[str | None, str | None]:
     """(images_dir, masks_dir) from --data_source or --images_dir/--masks_dir."""
@@ -51,9 +53,6 @@ def _source_overrides() -> tuple[str | None, str | None]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for name in ("data_dir", "model"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
     if FLAGS.batch_size <= 0:
         raise app.UsageError(f"--batch_size must be positive, got {FLAGS.batch_size}")
     if not 0.0 <= FLAGS.threshold < 1.0:

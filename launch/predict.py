@@ -27,13 +27,12 @@ flags.DEFINE_integer("batch_size", 16, "Images per prediction batch.")
 flags.DEFINE_float("threshold", 0.5, "A pixel is foreground where its probability is > threshold "
                    "(0.5 in the ISIC challenge).")
 
+flags.mark_flags_as_required(["model", "input_dir", "output_dir"])
+
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for name in ("model", "input_dir", "output_dir"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
     if FLAGS.batch_size <= 0:
         raise app.UsageError(f"--batch_size must be positive, got {FLAGS.batch_size}")
     if not 0.0 <= FLAGS.threshold < 1.0:

@@ -51,13 +51,12 @@ flags.DEFINE_float("collective_timeout", 120.0, "Seconds a multi-worker collecti
                    "peer before failing the job (a dead worker never hangs it).")
 flags.DEFINE_integer("summary_images", 3, "Validation images logged to TensorBoard per epoch.")
 
+flags.mark_flags_as_required(["data_dir", "model_dir"])
+
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for name in ("data_dir", "model_dir"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
     if FLAGS.batch_size <= 0 or FLAGS.epochs <= 0 or FLAGS.steps_per_execution <= 0:
         raise app.UsageError("--batch_size, --epochs and --steps_per_execution must be positive")
     # Imported after flag parsing so `isic-train --help` answers without loading TensorFlow.
