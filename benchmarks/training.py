@@ -95,10 +95,11 @@ def _tiny_model(image_size: int):
                              keras.layers.Conv2D(1, 1, activation="sigmoid")])
 
 
-def _run_chunks(train_steps, iterator, chunk: int, seconds: float, writer, bar) -> tuple[int, float]:
-    """The trainer's host loop, for ~`seconds` (at least one chunk): (steps run, seconds)."""
+def _run_chunks(train_steps, iterator, chunk: int, seconds: float, writer,
+                bar) -> tuple[int, float, float]:
+    """The trainer's host loop, for ~`seconds` (at least one chunk): (steps, seconds, CPU s)."""
     import tensorflow as tf
-    step, start = 0, time.perf_counter()
+    step, start, cpu = 0, time.perf_counter(), time.process_time()
     while step == 0 or time.perf_counter() - start < seconds:
         totals = {k: float(v) for k, v in train_steps(iterator, tf.constant(chunk)).items()}
         step += chunk
@@ -106,10 +107,10 @@ def _run_chunks(train_steps, iterator, chunk: int, seconds: float, writer, bar) 
             raise FloatingPointError(f"loss {totals['loss']} in the loop benchmark")
         bar.update(step, values=[("loss", totals["loss"] / totals["count"])])
         writer.scalars(step, {"train/loss_step": totals["loss"] / totals["count"]})
-    return step, time.perf_counter() - start
+    return step, time.perf_counter() - start, time.process_time() - cpu
 
 
-def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 1.5, rounds: int = 2,
+def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 1.0, rounds: int = 2,
                  image_size: int = LOOP_IMAGE_SIZE, batch_size: int = LOOP_BATCH_SIZE) -> dict:
     """Stage 3: ms per step of our loop and of model.fit with a tiny model (see module doc).
 
@@ -136,56 +137,66 @@ def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 1.5, r
             for c in sorted(set(chunks) | set(fit_chunks)):
                 steps = None
                 if c in ours:
-                    steps, taken = _run_chunks(*ours[c], c, seconds, writer, bar)
-                    _keep_best(best["ours"], c, steps, taken)
+                    steps, taken, cpu = _run_chunks(*ours[c], c, seconds, writer, bar)
+                    _keep_best(best["ours"], c, steps, taken, cpu)
                 if c in fits:
                     steps = steps or max(c, int(seconds * 1000) // c * c)
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     fits[c].fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-                    _keep_best(best["fit"], c, steps, time.perf_counter() - start)
+                    _keep_best(best["fit"], c, steps, time.perf_counter() - start,
+                               time.process_time() - cpu)
         writer.close()
     for side in ("ours", "fit"):
         result[side] = {str(c): best[side][c] for c in sorted(best[side])}
     return result
 
 
-def _keep_best(table: dict, chunk: int, steps: int, seconds: float) -> None:
+def _keep_best(table: dict, chunk: int, steps: int, seconds: float, cpu_seconds: float) -> None:
+    """Keeps the fastest round; CPU ms per step (all threads) is the steadier figure under load."""
     ms = 1000.0 * seconds / steps
     if chunk not in table or ms < table[chunk]["ms_per_step"]:
-        table[chunk] = {"ms_per_step": ms, "steps_per_s": 1000.0 / ms, "steps": steps}
+        table[chunk] = {"ms_per_step": ms, "steps_per_s": 1000.0 / ms, "steps": steps,
+                        "cpu_ms_per_step": 1000.0 * cpu_seconds / steps}
 
 
 def measure_unet(base_filters: int, loop: str, batch_size: int = 32, image_size: int = 128,
-                 timed_steps: int = 1, peak_size: int = 4096, peak_repeats: int = 3,
+                 timed_steps: int = 1, peak_size: int = 4096, peak_repeats: int = 2,
                  depth: int = 4) -> dict:
     """Stage 4, one configuration: images/s of U-Net training steps through `loop`.
 
     Args:
-      loop: "ours" (launch.steps.make_train_steps, all timed steps in one call) or "fit"
-        (model.fit, steps_per_execution 1, timed between on_train_batch_end callbacks).
-      timed_steps: steps timed after one warm-up step.
-      peak_size, peak_repeats: the matmul probe run in this process before the model.
+      loop: "ours" (launch.steps.make_train_steps; warmed up by a 0-step call, which
+        traces and optimizes the graph, then all timed steps in one call) or "fit"
+        (model.fit, steps_per_execution 1: one warm-up step, the timed steps measured
+        between on_train_batch_end callbacks; Keras has no call that traces without
+        running a step). After the 0-step call our first step costs within ~3% of later
+        ones (7.9 s against 7.5-7.8 s at 32 filters), so it is timed directly.
+      timed_steps: steps timed after the warm-up.
+      peak_size, peak_repeats: the matmul probe run in this process before the model
+        (0 skips it).
       depth: the U-Net's depth (4 in isic-train; smaller only to keep tests fast).
     Returns:
-      dict with images_per_s, gflops (achieved, training FLOPs), first_step_s (tracing
-      plus the first step), step_s, the probe ("peak"), onednn and the settings.
+      dict with images_per_s, gflops (achieved, training FLOPs), gflops_per_cpu_s,
+      warmup_s (model building, tracing and, for fit, the first step), step_s, the
+      probe ("peak", or None), onednn and the settings.
     """
     import keras
     import tensorflow as tf
     from model import unet
     if loop not in ("ours", "fit"):
         raise ValueError(f"loop must be 'ours' or 'fit', got {loop!r}")
-    peak = matmul_peak(peak_size, peak_repeats)
+    peak = matmul_peak(peak_size, peak_repeats) if peak_size else None
     keras.utils.set_random_seed(0)
     dataset = _constant_dataset(batch_size, image_size)
+
     def build():
         return unet.build_unet(image_size=image_size, base_filters=base_filters, depth=depth)
 
     start = time.perf_counter()
     if loop == "ours":
         train_steps, iterator = _ours(build, batch_size, dataset)
-        float(train_steps(iterator, tf.constant(1))["loss"])
-        first = time.perf_counter() - start
+        train_steps(iterator, tf.constant(0))
+        warmup = time.perf_counter() - start
         start, cpu = time.perf_counter(), time.process_time()
         float(train_steps(iterator, tf.constant(timed_steps))["loss"])
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
@@ -195,19 +206,24 @@ def measure_unet(base_filters: int, loop: str, batch_size: int = 32, image_size:
             (time.perf_counter(), time.process_time())))
         _compiled_for_fit(build()).fit(dataset, steps_per_epoch=1 + timed_steps, epochs=1, verbose=0,
                                        shuffle=False, callbacks=[stamp])
-        first = ends[0][0] - start
+        warmup = ends[0][0] - start
         seconds, cpu_seconds = ends[-1][0] - ends[0][0], ends[-1][1] - ends[0][1]
     images_per_s = batch_size * timed_steps / seconds
     flops = unet.unet_flops_per_image(image_size, base_filters, depth) * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
     return {"loop": loop, "base_filters": base_filters, "batch_size": batch_size,
-            "image_size": image_size, "depth": depth, "timed_steps": timed_steps, "first_step_s": first,
-            "step_s": seconds / timed_steps, "images_per_s": images_per_s,
+            "image_size": image_size, "depth": depth, "timed_steps": timed_steps,
+            "warmup_s": warmup, "step_s": seconds / timed_steps, "images_per_s": images_per_s,
             "training_gflop_per_image": flops / 1e9, "gflops": images_per_s * flops / 1e9,
             "gflops_per_cpu_s": batch_size * timed_steps * flops / cpu_seconds / 1e9,
             "peak": peak, "onednn": child.onednn_enabled(),
             "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                         "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
             "cpus": len(os.sched_getaffinity(0))}
+
+
+def measure_unets(configs: list[dict]) -> list[dict]:
+    """`measure_unet(**c)` for each config, in this one process (saves a TF start-up each)."""
+    return [measure_unet(**c) for c in configs]
 
 
 def run_loop_benchmark(quick: bool = False) -> dict:
@@ -217,33 +233,45 @@ def run_loop_benchmark(quick: bool = False) -> dict:
 
 
 def run_unet_benchmark(filters=(16, 32, 64), batch_size: int = 32, image_size: int = 128,
-                       fit_tuned_filters=(16,), peak_size: int = 4096) -> dict:
-    """Stage 4: for each width, ours (tuned env) then plain model.fit (TF defaults), back to back.
+                       fit_tuned_filters=(16,), peak_size: int = 4096,
+                       plain_peak_size: int = 2048) -> dict:
+    """Stage 4: ours for each width (tuned env), then plain model.fit (TF defaults).
 
     For the widths in `fit_tuned_filters`, model.fit also runs under the tuned
-    environment, which separates what the environment gives from what the loop gives.
-    Fractions of peak use the best matmul probe of the whole stage (`peak_gflops`); the
-    per-child probe is kept too, since other load on the machine changes over time.
+    environment, in the same process as ours, which separates what the environment gives
+    from what the loop gives. The peak is the best oneDNN matmul probe of the stage (one
+    before each tuned measurement); the plain children's probes (TF's default matmul,
+    `plain_peak_size`) are only reported. Each measurement also keeps the fraction of
+    its own probe and the fraction per CPU-second, which barely move when other
+    processes take cores away.
     """
-    runs = []
+    # Two children, so TensorFlow starts twice rather than twice per width: the tuned one
+    # runs ours (and model.fit, for fit_tuned_filters) for every width, then the plain one
+    # runs model.fit for every width. A probe precedes each measurement.
+    tuned, plain = [], []
     for f in filters:
-        timed = 3 if f <= 16 else 2 if f <= 32 else 1
         common = {"base_filters": f, "batch_size": batch_size, "image_size": image_size,
-                  "timed_steps": timed, "peak_size": peak_size}
-        plan = [("ours", "tuned", child.TUNED_ENV), ("fit", "plain", child.PLAIN_ENV)]
+                  "timed_steps": 2 if f <= 16 else 1, "peak_size": peak_size}
+        tuned.append(dict(common, loop="ours"))
         if f in fit_tuned_filters:
-            plan.append(("fit", "tuned", child.TUNED_ENV))
-        for loop, env_name, env in plan:
-            run = child.run_child("benchmarks.training:measure_unet", dict(common, loop=loop), env=env)
-            runs.append(dict(run, env=env_name))
-    peak = max(r["peak"]["gflops"] for r in runs)
+            tuned.append(dict(common, loop="fit"))
+        plain.append(dict(common, loop="fit", peak_size=plain_peak_size))
+    runs = []
+    for env_name, env, configs in (("tuned", child.TUNED_ENV, tuned), ("plain", child.PLAIN_ENV, plain)):
+        measured = child.run_child("benchmarks.training:measure_unets", {"configs": configs}, env=env)
+        runs += [dict(run, env=env_name) for run in measured]
+    probes = [r["peak"] for r in runs if r["env"] == "tuned" and r["peak"]]
+    peak = max(p["gflops"] for p in probes)
+    peak_per_cpu_s = max(p["gflops_per_cpu_s"] for p in probes)
     for r in runs:
         r["fraction_of_peak"] = r["gflops"] / peak
-        r["fraction_of_own_probe"] = r["gflops"] / r["peak"]["gflops"]
-        # The same ratio in FLOPs per CPU-second: what the process did with the CPU time
-        # it got, so it barely moves when other processes take cores away.
-        r["fraction_per_cpu_s"] = r["gflops_per_cpu_s"] / r["peak"]["gflops_per_cpu_s"]
-    return {"runs": runs, "peak_gflops": peak, "peak_method": (
-        f"best of {runs[0]['peak']['repeats']} timed tf.linalg.matmul runs of two {peak_size}x"
-        f"{peak_size} float32 matrices (2*{peak_size}**3 FLOPs), all cores, one probe per "
-        "child process; the best probe of the stage")}
+        r["fraction_of_own_probe"] = r["gflops"] / r["peak"]["gflops"] if r["peak"] else None
+        # FLOPs per CPU-second against the probe's: what the process did with the CPU
+        # time it got, so it barely moves when other processes take cores away.
+        r["fraction_per_cpu_s"] = r["gflops_per_cpu_s"] / peak_per_cpu_s
+    return {"runs": runs, "peak_gflops": peak, "peak_gflops_per_cpu_s": peak_per_cpu_s,
+            "peak_method": (
+                f"best of {probes[0]['repeats']} timed tf.linalg.matmul runs (after a warm-up run) "
+                f"of two {peak_size}x{peak_size} float32 matrices (2*{peak_size}**3 FLOPs), all "
+                "cores, oneDNN on, probed in each tuned child before its measurement; the "
+                "best probe of the stage")}

@@ -39,24 +39,30 @@ def test_loop_measures_both_loops_per_chunk(loop_result):
             assert m["steps_per_s"] == pytest.approx(1000 / m["ms_per_step"])
     rows = stages.rows_loop(loop_result)
     assert [r["passed"] is None for r in rows] == [True, False]  # target only when chunked
-    assert all(r["speedup"] > 0 for r in rows)
+    assert all(r["gain"] > 0 for r in rows)
 
 
 def test_unet_measurement_counts_training_flops(unet_runs):
     from model import unet
     for run in unet_runs:
         flop = unet.unet_flops_per_image(16, 2, 1) * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
-        assert run["images_per_s"] > 0 and run["first_step_s"] > 0 and run["peak"]["gflops"] > 0
+        assert run["images_per_s"] > 0 and run["warmup_s"] > 0 and run["peak"]["gflops"] > 0
         assert run["gflops"] == pytest.approx(run["images_per_s"] * flop / 1e9)
         assert run["images_per_s"] == pytest.approx(2 * 2 / (run["step_s"] * 2))
 
 
-def test_unet_rows_use_the_best_probe_as_peak(unet_runs, monkeypatch):
-    monkeypatch.setattr(child, "run_child", lambda target, kwargs, env=None: next(
-        r for r in unet_runs if r["loop"] == kwargs["loop"]))
+def test_unet_rows_use_the_best_oneDNN_probe_as_peak(unet_runs, monkeypatch):
+    calls = []
+
+    def fake_child(target, kwargs, env=None):
+        calls.append((target, env))
+        return [next(r for r in unet_runs if r["loop"] == c["loop"]) for c in kwargs["configs"]]
+
+    monkeypatch.setattr(child, "run_child", fake_child)
     raw = training.run_unet_benchmark(filters=(2,), batch_size=2, image_size=16,
                                       fit_tuned_filters=(), peak_size=64)
-    peak = max(r["peak"]["gflops"] for r in unet_runs)
+    assert [env for _, env in calls] == [child.TUNED_ENV, child.PLAIN_ENV]
+    peak = unet_runs[0]["peak"]["gflops"]  # the tuned child's probe; plain probes only reported
     assert raw["peak_gflops"] == peak
     for run in raw["runs"]:
         assert run["fraction_of_peak"] == pytest.approx(run["gflops"] / peak)
@@ -90,15 +96,16 @@ def test_rows_of_the_other_stages_follow_their_reports():
                            "builder_1w_pairs_per_s": 4.0, "builder_1w_speedup": 4.0}}
     rows = stages.rows_build(build)
     assert [r["passed"] for r in rows] == [True, True, False, True, False]
-    assert rows[3]["speedup"] == pytest.approx(100 / 101)  # memory: lower is better
-    pipe = {"baseline_1core": {"images_per_s": 50.0}, "pipeline_1core": {"images_per_s": 1200.0},
-            "pipeline_all_cores": {"images_per_s_per_core": 900.0, "cores": 2}}
+    assert rows[3]["gain"] == pytest.approx(100 / 101)  # memory: lower is better
+    pipe = {"baseline_1core": {"images_per_s": 20.0, "images_per_cpu_s": 50.0},
+            "pipeline_1core": {"images_per_s": 900.0, "images_per_cpu_s": 1200.0},
+            "pipeline_all_cores": {"images_per_s": 1500.0, "images_per_cpu_s": 900.0, "cores": 2}}
     assert [r["passed"] for r in stages.rows_pipeline(pipe)] == [True, False]
     serving = {"inference": {"ours": {"base_filters": 4, "batch_size": 2, "images_per_s": 4.0,
                                       "gflops": 1.0},
                              "keras_predict": {"images_per_s": 2.0}},
                "startup": {"ours": {"seconds": 10.0, "onednn": True}, "fit": {"seconds": 20.0}}}
-    assert [r["speedup"] for r in stages.rows_serving(serving)] == [2.0, 2.0]
+    assert [r["gain"] for r in stages.rows_serving(serving)] == [2.0, 2.0]
 
 
 def test_run_stages_writes_results_and_table(loop_result, tmp_path, monkeypatch):
