@@ -24,6 +24,7 @@ from launch import history
 from launch import steps as steps_lib
 from launch import summaries
 from model import unet
+from pipeline import augment as augment_lib
 from pipeline import dataset as dataset_lib
 from preprocessing import manifest as manifest_lib
 
@@ -71,8 +72,8 @@ def _check_finite(values: dict, step: int, last_checkpoint: str | None) -> None:
 def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 32,
           learning_rate: float = 1e-3, lr_schedule: str = "constant", warmup_epochs: float = 0.0,
           weight_decay: float = 0.0, base_filters: int = 64, sync_batch_norm: bool = False,
-          dice_weight: float = 1.0,
-          augment: bool = True, precision: str = "auto", strategy: str = "auto",
+          bn_momentum: float = unet.BN_MOMENTUM, dice_weight: float = 1.0,
+          augment: bool = True, augment_strength: float = 1.0, precision: str = "auto", strategy: str = "auto",
           num_cpu_devices: int = 0, checkpoint_every_steps: int = 100,
           steps_per_execution: int = 1, seed: int = 0, deterministic: bool = False,
           warm_start: str | None = None, collective_timeout_s: float = distribute.DEFAULT_COLLECTIVE_TIMEOUT_S,
@@ -102,8 +103,8 @@ def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 
                       learning_rate=learning_rate, lr_schedule=lr_schedule,
                       warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                       base_filters=base_filters, sync_batch_norm=sync_batch_norm,
-                      dice_weight=dice_weight, augment=augment,
-                      precision=precision, checkpoint_every_steps=checkpoint_every_steps,
+                      bn_momentum=bn_momentum, dice_weight=dice_weight, augment=augment,
+                      augment_strength=augment_strength, precision=precision, checkpoint_every_steps=checkpoint_every_steps,
                       steps_per_execution=steps_per_execution, seed=seed, warm_start=warm_start,
                       num_summary_images=num_summary_images, verbose=verbose)
     finally:
@@ -111,7 +112,8 @@ def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 
 
 
 def _train(strat, chief, data_dir, model_dir, *, epochs, batch_size, learning_rate, lr_schedule,
-           warmup_epochs, weight_decay, base_filters, sync_batch_norm, dice_weight, augment, precision,
+           warmup_epochs, weight_decay, base_filters, sync_batch_norm, bn_momentum, dice_weight, augment,
+           augment_strength, precision,
            checkpoint_every_steps, steps_per_execution, seed, warm_start, num_summary_images,
            verbose):
     # --- Data: sizes from the manifest; datasets are built per epoch (order = f(seed, epoch)).
@@ -129,10 +131,12 @@ def _train(strat, chief, data_dir, model_dir, *, epochs, batch_size, learning_ra
            "batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "seed": seed}
     checkpoints.check_run(model_dir, run)
 
+    augment_options = augment_lib.scaled_strengths(augment_strength)
+
     # --- Model and optimizer, created inside the strategy scope so variables are mirrored.
     with strat.scope():
         model = unet.build_unet(image_size=image_size, base_filters=base_filters,
-                                sync_batch_norm=sync_batch_norm)
+                                sync_batch_norm=sync_batch_norm, bn_momentum=bn_momentum)
         lr = _learning_rate(learning_rate, lr_schedule, total_steps, int(warmup_epochs * steps_per_epoch))
         optimizer = _make_optimizer(lr, weight_decay, precision)
         # Built before the first step: creating slot variables inside strategy.run fails.
@@ -176,7 +180,8 @@ def _train(strat, chief, data_dir, model_dir, *, epochs, batch_size, learning_ra
             per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
             return dataset_lib.make_dataset(
                 data_dir, "train", batch_size=batch_size, training=True, seed=seed, epoch=epoch,
-                skip_batches=skip * per_pipeline, augment=augment, input_context=ctx)
+                skip_batches=skip * per_pipeline, augment=augment, input_context=ctx,
+                augment_options=augment_options)
 
         iterator = iter(_distributed(strat, train_fn))
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=("loss", "dice", "img/s"),

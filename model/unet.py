@@ -33,19 +33,19 @@ TRAINING_FLOPS_PER_FORWARD_FLOP = 3
 BN_MOMENTUM = 0.9
 
 
-def _conv_bn_relu(x, filters: int, name: str, sync_bn: bool = False):
+def _conv_bn_relu(x, filters: int, name: str, sync_bn: bool, bn_momentum: float):
     """3x3 conv (no bias: batch norm's beta is the shift) -> batch norm -> ReLU."""
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     # synchronized=True all-reduces the batch moments over replicas (TF backend), so a
     # data-parallel step normalises with global-batch statistics like one device would.
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=sync_bn, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, synchronized=sync_bn, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _double_conv(x, filters: int, name: str, sync_bn: bool = False):
+def _double_conv(x, filters: int, name: str, sync_bn: bool, bn_momentum: float):
     """Two 3x3 conv + BN + ReLU units, the building block of every level."""
-    x = _conv_bn_relu(x, filters, f"{name}_a", sync_bn)
-    return _conv_bn_relu(x, filters, f"{name}_b", sync_bn)
+    x = _conv_bn_relu(x, filters, f"{name}_a", sync_bn, bn_momentum)
+    return _conv_bn_relu(x, filters, f"{name}_b", sync_bn, bn_momentum)
 
 
 def _check_size(image_size: int, base_filters: int, depth: int) -> None:
@@ -61,7 +61,8 @@ def _check_size(image_size: int, base_filters: int, depth: int) -> None:
 
 
 def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
-               name: str = "isic_unet", sync_batch_norm: bool = False) -> keras.Model:
+               name: str = "isic_unet", sync_batch_norm: bool = False,
+               bn_momentum: float = BN_MOMENTUM) -> keras.Model:
     """Builds the U-Net (uncompiled).
 
     Args:
@@ -73,20 +74,23 @@ def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
       name: the model's name.
       sync_batch_norm: compute batch-norm statistics over the global batch across
         replicas (costs one all-reduce per layer; matters when per-replica batches are small).
+      bn_momentum: momentum of the batch-norm moving statistics (see BN_MOMENTUM).
     Returns:
       A functional `keras.Model` mapping [B, S, S, 3] to float32 probabilities [B, S, S, 1].
     Raises:
       ValueError: image_size is not a positive multiple of 2**depth, or a bad depth/width.
     """
     _check_size(image_size, base_filters, depth)
+    if not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = inputs
     skips = []
     for level in range(depth):
-        x = _double_conv(x, base_filters * 2 ** level, f"down{level + 1}", sync_batch_norm)
+        x = _double_conv(x, base_filters * 2 ** level, f"down{level + 1}", sync_batch_norm, bn_momentum)
         skips.append(x)  # [B, S / 2**level, S / 2**level, F * 2**level]
         x = layers.MaxPooling2D(2, name=f"down{level + 1}_pool")(x)
-    x = _double_conv(x, base_filters * 2 ** depth, "bottleneck", sync_batch_norm)
+    x = _double_conv(x, base_filters * 2 ** depth, "bottleneck", sync_batch_norm, bn_momentum)
     for level in reversed(range(depth)):
         filters = base_filters * 2 ** level
         # 2x2 transposed conv, stride 2: doubles H and W, halves the channels. Chosen over
@@ -94,7 +98,7 @@ def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
         # keeps its bias: no batch norm follows it before the concatenation.
         x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level + 1}_upconv")(x)
         x = layers.Concatenate(name=f"up{level + 1}_concat")([skips[level], x])
-        x = _double_conv(x, filters, f"up{level + 1}", sync_batch_norm)
+        x = _double_conv(x, filters, f"up{level + 1}", sync_batch_norm, bn_momentum)
     # float32 whatever the global policy: probabilities, loss and metrics stay float32.
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -61,6 +61,21 @@ _DIHEDRAL = _dihedral_matrices()
 _COLOUR_BASIS = _colour_basis()
 
 
+def scaled_strengths(strength: float) -> dict:
+    """Keyword arguments for `augment_batch` with every default strength times `strength`.
+
+    0 keeps only the 8 flips / 90-degree rotations (no rotation, zoom or colour); 1 is the
+    default; 2 doubles rotation, zoom and colour jitter (contrast and saturation capped at 1,
+    zoom-out capped at 0.5). One knob, so that a recipe can turn augmentation up or down.
+    """
+    if not strength >= 0:
+        raise ValueError(f"augmentation strength must be >= 0, got {strength}")
+    return {"rotation_degrees": 15.0 * strength,
+            "scale_range": (max(0.5, 1.0 - 0.1 * strength), 1.0 + 0.1 * strength),
+            "brightness": 0.1 * strength, "contrast": min(1.0, 0.1 * strength),
+            "saturation": min(1.0, 0.1 * strength), "hue": 0.02 * strength}
+
+
 def augment_batch(images, masks, seed, *, rotation_degrees: float = 15.0,
                   scale_range: tuple[float, float] = (0.9, 1.1), dihedral: bool = True,
                   brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1,

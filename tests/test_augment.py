@@ -162,3 +162,21 @@ def test_bad_strengths_raise(options):
     images, masks = _batch()
     with pytest.raises(ValueError):
         augment.augment_batch(images, masks, tf.constant([0, 0]), **options)
+
+
+def test_strength_zero_keeps_only_exact_dihedral_transforms_and_two_doubles():
+    zero, double = augment.scaled_strengths(0.0), augment.scaled_strengths(2.0)
+    assert double["rotation_degrees"] == 30.0 and double["scale_range"] == (0.8, 1.2)
+    assert double["hue"] == pytest.approx(0.04) and augment.scaled_strengths(20.0)["contrast"] == 1.0
+    assert augment.scaled_strengths(20.0)["scale_range"][0] == 0.5
+    images, masks = _batch()
+    out_images, out_masks = augment.augment_batch(images, masks, tf.constant([5, 6]), **zero)
+    for i in range(N):  # every output is one of the 8 flips / 90-degree rotations, exactly
+        candidates = [np.rot90(np.flip(images[i], 1) if f else images[i], k)
+                      for f in (0, 1) for k in range(4)]
+        match = [k for k, c in enumerate(candidates) if np.allclose(out_images[i], c, atol=1e-6)]
+        assert len(match) >= 1
+        mask = np.flip(masks[i], 1) if match[0] >= 4 else masks[i]
+        np.testing.assert_array_equal(out_masks[i], np.rot90(mask, match[0] % 4))
+    with pytest.raises(ValueError, match="strength"):
+        augment.scaled_strengths(-1.0)

@@ -37,10 +37,20 @@ def one_epoch_run(records, tmp_path_factory):
     return model_dir
 
 
-def test_training_lowers_loss_and_writes_every_output(records, tmp_path):
+def test_training_lowers_loss_and_writes_every_output(records, tmp_path, monkeypatch):
     model_dir = str(tmp_path / "run")
+    seen = []  # augmentation options of every training dataset the trainer builds
+    real_make_dataset = trainer.dataset_lib.make_dataset
+
+    def spy(*args, **kwargs):
+        if kwargs.get("training"):
+            seen.append(kwargs["augment_options"])
+        return real_make_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.dataset_lib, "make_dataset", spy)
     row = trainer.train(records, model_dir, epochs=4, checkpoint_every_steps=3,
-                        flags_text="--epochs=4\n", **TINY)
+                        flags_text="--epochs=4\n", bn_momentum=0.8, augment_strength=0.5, **TINY)
+    assert len(seen) == 4 and all(o["rotation_degrees"] == 7.5 for o in seen)
     with open(os.path.join(model_dir, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
@@ -57,6 +67,8 @@ def test_training_lowers_loss_and_writes_every_output(records, tmp_path):
     # The exported models load and agree with each other.
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
     final = keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
+    assert {layer.momentum for layer in final.layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {0.8}
     serving = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
     np.testing.assert_allclose(final.predict(x, verbose=0), serving.serve(x).numpy(), atol=1e-5)
     assert row["weights_sha256"] == trainer.weights_digest(final)

@@ -59,6 +59,16 @@ def test_bad_image_size_raises(size):
         unet.build_unet(image_size=size)
 
 
+def test_bn_momentum_reaches_every_batch_norm_layer():
+    model = unet.build_unet(image_size=16, base_filters=2, depth=2, bn_momentum=0.5)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 10 and {layer.momentum for layer in norms} == {0.5}
+    assert {layer.momentum for layer in unet.build_unet(16, 2, 2).layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {unet.BN_MOMENTUM}
+    with pytest.raises(ValueError, match="bn_momentum"):
+        unet.build_unet(image_size=16, base_filters=2, depth=2, bn_momentum=1.0)
+
+
 def test_depth_changes_the_divisibility_rule():
     assert unet.build_unet(image_size=8, base_filters=2, depth=2).output_shape == (None, 8, 8, 1)
     with pytest.raises(ValueError, match="2\\*\\*depth = 4"):
