@@ -12,6 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
+from launch import runtime
 from preprocessing import console
 
 FLAGS = flags.FLAGS
@@ -58,6 +59,7 @@ def main(argv):
     if not 0.0 <= FLAGS.threshold < 1.0:
         raise app.UsageError(f"--threshold must be in [0, 1), got {FLAGS.threshold}")
     images_dir, masks_dir = _source_overrides()
+    runtime.prefer_onednn()  # before TensorFlow is imported
     # Imported after flag parsing so `isic-evaluate --help` answers without loading TensorFlow.
     import tensorflow as tf
 

@@ -12,6 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
+from launch import runtime
 from preprocessing import console
 
 FLAGS = flags.FLAGS
@@ -37,6 +38,7 @@ def main(argv):
         raise app.UsageError(f"--batch_size must be positive, got {FLAGS.batch_size}")
     if not 0.0 <= FLAGS.threshold < 1.0:
         raise app.UsageError(f"--threshold must be in [0, 1), got {FLAGS.threshold}")
+    runtime.prefer_onednn()  # before TensorFlow is imported
     # Imported after flag parsing so `isic-predict --help` answers without loading TensorFlow.
     from launch import prediction
 

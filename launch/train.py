@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from launch import runtime
 from preprocessing import console
 
 FLAGS = flags.FLAGS
@@ -65,6 +66,7 @@ def main(argv):
         raise app.UsageError("--batch_size, --epochs and --steps_per_execution must be positive")
     if not 0.0 <= FLAGS.bn_momentum < 1.0 or FLAGS.augment_strength < 0:
         raise app.UsageError("--bn_momentum must be in [0, 1) and --augment_strength >= 0")
+    runtime.prefer_onednn()  # before TensorFlow is imported
     # Imported after flag parsing so `isic-train --help` answers without loading TensorFlow.
     from launch import checkpoints
     from launch import trainer
