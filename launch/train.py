@@ -45,8 +45,10 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
                      "(to test mirrored training without GPUs).")
 flags.DEFINE_integer("checkpoint_every_steps", 100, "Also checkpoint every N steps (0: epoch ends only).")
-flags.DEFINE_integer("steps_per_execution", 1, "Training steps run per tf.function call "
-                     "(fewer Python round trips; progress updates per chunk).")
+flags.DEFINE_integer("steps_per_execution", 0, "Training steps run per tf.function call (fewer "
+                     "Python round trips; progress updates per chunk). 0 = auto: start at 1 and "
+                     "double while a call takes under 0.2 s, up to 256 (one process only; multi-worker "
+                     "jobs keep 1 unless set).")
 flags.DEFINE_integer("seed", 0, "Seed of weights, data order and augmentation.")
 flags.DEFINE_bool("deterministic", False, "Enable TF op determinism: a killed and resumed run "
                   "ends bit-identical to an uninterrupted one (slower on GPUs).")
@@ -62,8 +64,8 @@ flags.mark_flags_as_required(["data_dir", "model_dir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.batch_size <= 0 or FLAGS.epochs <= 0 or FLAGS.steps_per_execution <= 0:
-        raise app.UsageError("--batch_size, --epochs and --steps_per_execution must be positive")
+    if FLAGS.batch_size <= 0 or FLAGS.epochs <= 0 or FLAGS.steps_per_execution < 0:
+        raise app.UsageError("--batch_size and --epochs must be positive, --steps_per_execution >= 0")
     if not 0.0 <= FLAGS.bn_momentum < 1.0 or FLAGS.augment_strength < 0:
         raise app.UsageError("--bn_momentum must be in [0, 1) and --augment_strength >= 0")
     runtime.prefer_onednn()  # before TensorFlow is imported

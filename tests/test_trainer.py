@@ -48,9 +48,23 @@ def test_training_lowers_loss_and_writes_every_output(records, tmp_path, monkeyp
         return real_make_dataset(*args, **kwargs)
 
     monkeypatch.setattr(trainer.dataset_lib, "make_dataset", spy)
+    chunks = []  # steps per train_steps call: auto chunking (the default) grows them
+    real_make_train_steps = steps_lib.make_train_steps
+
+    def counting_train_steps(*args, **kwargs):
+        train_steps = real_make_train_steps(*args, **kwargs)
+
+        def call(iterator, num_steps):
+            chunks.append(int(num_steps))
+            return train_steps(iterator, num_steps)
+        return call
+
+    monkeypatch.setattr(trainer.steps_lib, "make_train_steps", counting_train_steps)
     row = trainer.train(records, model_dir, epochs=4, checkpoint_every_steps=3,
                         flags_text="--epochs=4\n", bn_momentum=0.8, augment_strength=0.5, **TINY)
     assert len(seen) == 4 and all(o["rotation_degrees"] == 7.5 for o in seen)
+    # 4 epochs of 4 steps, chunks cut at the checkpoint boundaries (every 3 steps).
+    assert sum(chunks) == 16 and max(chunks) > 1 and len(chunks) < 16
     with open(os.path.join(model_dir, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
