@@ -33,7 +33,7 @@ flags.DEFINE_bool("sync_batch_norm", False, "Batch-norm statistics over the glob
                   "replicas (one all-reduce per layer); use when per-replica batches are small.")
 flags.DEFINE_float("dice_weight", 1.0, "Loss = BCE + dice_weight * (1 - soft Dice).")
 flags.DEFINE_float("bn_momentum", 0.9, "Momentum of the batch-norm moving statistics (Keras' "
-                   "default is 0.99; 0.9 tracks the weights within ~10 steps, see docs/model.md).")
+                   "default is 0.99; 0.9 tracks the weights within ~10 steps, see docs/recipes.md).")
 flags.DEFINE_bool("augment", True, "Flips, rotations, scale and colour jitter on training batches.")
 flags.DEFINE_float("augment_strength", 1.0, "Multiplies rotation (15 deg), zoom (+-10%) and colour "
                    "jitter; 0 keeps only flips and 90-degree rotations.")
