@@ -33,7 +33,7 @@ def stage_settings(quick: bool, unet_filters=(16, 32, 64), inference_filters: in
         }
     # Sizes chosen so that the whole run takes ~9 minutes on 2 idle cores: stage 4 alone
     # needs ~5 (a 64-filter step is ~35 s, and each loop needs a warm-up).
-    return {1: {"num_pairs": 160}, 2: {"num_images": 2075}, 3: {"quick": False},
+    return {1: {"num_pairs": 120}, 2: {"num_images": 2075}, 3: {"quick": False},
             4: {"filters": tuple(unet_filters)},
             5: {"inference": {"base_filters": inference_filters}, "startup": {}}}
 
