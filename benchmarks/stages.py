@@ -3,7 +3,8 @@
 `RUNNERS[stage](settings, data_dir, work_dir) -> raw results (JSON-able dict)` and
 `ROWS[stage](raw) -> list of rows`. A row compares our figure with its baseline measured
 in the same run: {"stage", "measure", "unit", "ours", "baseline", "gain" (how many times
-better ours is: ours/baseline for rates, baseline/ours for times and memory), "target", "passed" (None when the issue sets no target), "detail"}.
+better ours is: ours/baseline for rates, baseline/ours for times and memory), "target",
+"passed" (None when the issue sets no target), "detail"}.
 """
 
 import os

@@ -86,7 +86,8 @@ def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 
           learning_rate: float = 1e-3, lr_schedule: str = "constant", warmup_epochs: float = 0.0,
           weight_decay: float = 0.0, base_filters: int = 64, sync_batch_norm: bool = False,
           bn_momentum: float = unet.BN_MOMENTUM, dice_weight: float = 1.0,
-          augment: bool = True, augment_strength: float = 1.0, precision: str = "auto", strategy: str = "auto",
+          augment: bool = True, augment_strength: float = 1.0, precision: str = "auto",
+          strategy: str = "auto",
           num_cpu_devices: int = 0, checkpoint_every_steps: int = 100,
           steps_per_execution: int = 0, seed: int = 0, deterministic: bool = False,
           warm_start: str | None = None, collective_timeout_s: float = distribute.DEFAULT_COLLECTIVE_TIMEOUT_S,
@@ -117,7 +118,8 @@ def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 
                       warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                       base_filters=base_filters, sync_batch_norm=sync_batch_norm,
                       bn_momentum=bn_momentum, dice_weight=dice_weight, augment=augment,
-                      augment_strength=augment_strength, precision=precision, checkpoint_every_steps=checkpoint_every_steps,
+                      augment_strength=augment_strength, precision=precision,
+                      checkpoint_every_steps=checkpoint_every_steps,
                       steps_per_execution=steps_per_execution, seed=seed, warm_start=warm_start,
                       num_summary_images=num_summary_images, verbose=verbose)
     finally:
