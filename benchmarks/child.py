@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import paths
 
 # TF defaults on this machine: TensorFlow turns its oneDNN kernels on by default only on
 # CPUs with AVX-512 VNNI/BF16/AMX (Intel Cascade Lake and newer); on AVX2-only CPUs such
@@ -34,7 +34,7 @@ def child_env(overrides: dict | None) -> dict:
     """os.environ with `overrides` applied (None deletes), quiet TF logs, the project importable."""
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (paths.PROJECT_ROOT, env.get("PYTHONPATH")) if p)
     for key, value in (overrides or {}).items():
         if value is None:
             env.pop(key, None)
@@ -43,14 +43,19 @@ def child_env(overrides: dict | None) -> dict:
     return env
 
 
-def run_child(target: str, kwargs: dict, env: dict | None = None, timeout: float = 900) -> dict:
+def run_child(target: str, kwargs: dict, env: dict | None = None, timeout: float = 900,
+              cpus: set[int] | None = None) -> dict:
     """Calls `module:function(**kwargs)` in a new interpreter; returns the dict it returned.
+
+    `cpus` pins the child to those cores first thing, before any import starts a thread
+    (threads keep their old affinity; preexec_fn would be unsafe in a parent running TF).
 
     Raises:
       RuntimeError: the child failed or printed no result; the message holds its stderr.
     """
-    proc = subprocess.run([sys.executable, "-c", _SNIPPET, target, json.dumps(kwargs)],
-                          capture_output=True, text=True, env=child_env(env), cwd=_PROJECT_ROOT,
+    pin = f"import os; os.sched_setaffinity(0, {sorted(cpus)})\n" if cpus else ""
+    proc = subprocess.run([sys.executable, "-c", pin + _SNIPPET, target, json.dumps(kwargs)],
+                          capture_output=True, text=True, env=child_env(env), cwd=paths.PROJECT_ROOT,
                           timeout=timeout)
     results = [line[len(_MARKER):] for line in proc.stdout.splitlines() if line.startswith(_MARKER)]
     if proc.returncode != 0 or not results:

@@ -6,7 +6,7 @@
 
 Stages: 1 building records, 2 input pipeline, 3 training-loop overhead, 4 U-Net training
 step, 5 inference and time to the first training step. Prints one table (stage,
-measure, ours, baseline, speed-up, target, pass) and writes results.json (every raw
+measure, ours, baseline, gain, target, pass) and writes results.json (every raw
 figure, the rows, the machine) into --output_dir. docs/performance.md explains each one.
 """
 
@@ -17,18 +17,18 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import paths
 from benchmarks import stages as stages_lib
 from benchmarks import suite
+from preprocessing import console
 
 FLAGS = flags.FLAGS
-_DEFAULT_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "..", "shared", "isic2017-sample")
 
 flags.DEFINE_string("output_dir", None, "Where results.json goes (created if needed).")
 flags.DEFINE_bool("quick", False, "Tiny settings (a few minutes): checks that every stage "
                   "runs; the figures mean little.")
 flags.DEFINE_list("stages", ["1", "2", "3", "4", "5"], "Stages to run, e.g. 3,4.")
-flags.DEFINE_string("data_dir", _DEFAULT_SAMPLE, "Original ISIC images/ and masks/ for stages 1 "
+flags.DEFINE_string("data_dir", paths.SAMPLE_DIR, "Original ISIC images/ and masks/ for stages 1 "
                     "and 2 (synthetic pairs are used when it does not exist).")
 flags.DEFINE_list("unet_filters", ["16", "32", "64"], "U-Net base filters of stage 4.")
 flags.DEFINE_integer("inference_filters", 32, "U-Net base filters of the inference measurement.")
@@ -72,7 +72,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    console.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,16 @@ Run: `python -m benchmarks.pipeline` (prints JSON), or call `run_pipeline_benchm
 import glob
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SAMPLE_DIR = os.path.join(_PROJECT_ROOT, "..", "shared", "isic2017-sample")
+from benchmarks import child
+from benchmarks import machine
+from benchmarks import paths
+
+DEFAULT_SAMPLE_DIR = paths.SAMPLE_DIR
 
 
 def run_pipeline_benchmark(data_dir: str | None = None, batch_size: int = 32, *,
@@ -77,32 +78,24 @@ def run_pipeline_benchmark(data_dir: str | None = None, batch_size: int = 32, *,
     result["settings"] = {"batch_size": batch_size, "image_size": image_size,
                           "records": records,
                           "baseline_source": source, "baseline_pairs": len(pairs),
-                          "epochs": epochs, "cpu": _cpu_name()}
+                          "epochs": epochs, "cpu": machine.cpu_name()}
     return result
 
 
 def _run_child(kind: str, params: dict, cpus: set[int] | None) -> dict:
-    """Runs `_child_main` in a fresh interpreter (optionally pinned) and returns its JSON."""
-    # Pin first thing, before any import starts a thread (threads keep their old affinity;
-    # preexec_fn would be unsafe here since the parent may already run TF threads).
-    pin = f"import os; os.sched_setaffinity(0, {sorted(cpus)}); " if cpus else ""
-    code = pin + "from benchmarks.pipeline import _child_main; _child_main()"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps([kind, params, bool(cpus)]),
-                          capture_output=True, text=True, env=env, cwd=_PROJECT_ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"pipeline benchmark child {kind!r} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Runs `measure_in_child` in a fresh interpreter, pinned to `cpus` (None: all cores)."""
+    return child.run_child("benchmarks.pipeline:measure_in_child",
+                           {"kind": kind, "params": params, "single_core": bool(cpus)}, cpus=cpus)
 
 
-def _child_main() -> None:
-    kind, params, single_core = json.loads(sys.stdin.read())
+def measure_in_child(kind: str, params: dict, single_core: bool) -> dict:
+    """One measurement ("pipeline" or "baseline"); single_core also pins TF to 1 thread."""
     if single_core:
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     measure = _measure_pipeline if kind == "pipeline" else _measure_baseline
-    print(json.dumps(measure(**params)))
+    return measure(**params)
 
 
 def _timed(run) -> dict:
@@ -209,17 +202,6 @@ def _write_synthetic_records(out_dir: str, num_images: int, size: int, num_shard
         "shards": {"train": shards, "val": [], "test": []},
         "splits": {f"ISIC_{i:07d}": "train" for i in range(num_images)}, "skipped": [],
         "ignored_files": 0, "source": {"images_dir": "", "masks_dir": ""}, "build": {}})
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ import time
 import numpy as np
 from PIL import Image
 
+from benchmarks import paths
 from preprocessing import pairs as pairs_lib
 from preprocessing import synth
 
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA_DIR = os.path.join(_PROJECT_ROOT, "..", "shared", "isic2017-sample")
+DEFAULT_DATA_DIR = paths.SAMPLE_DIR
 
 # Runs one build in a fresh interpreter and prints its wall and CPU time (TensorFlow's
 # import comes before the clock starts: it is the same for any builder). CPU time counts
@@ -131,7 +131,7 @@ def _build_in_subprocess(images_dir, masks_dir, output_dir, image_size, num_work
     memory (MB)."""
     args = json.dumps({"images_dir": images_dir, "masks_dir": masks_dir, "output_dir": output_dir,
                        "image_size": image_size, "num_workers": num_workers})
-    env = dict(os.environ, PYTHONPATH=_PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, PYTHONPATH=paths.PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-c", _BUILD_SNIPPET, args], stdout=out,
                                 stderr=err, env=env)

@@ -24,6 +24,7 @@ import sys
 import time
 
 from benchmarks import child
+from benchmarks import paths
 
 _STAMP = "FIRST-STEP-END "
 _FIT_SNIPPET = f"""
@@ -67,7 +68,7 @@ def ours_to_first_step(records: str, model_dir: str, base_filters: int, batch_si
     with open(stderr_path, "w") as err:
         start = time.time()
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                cwd=child._PROJECT_ROOT)  # pylint: disable=protected-access
+                                cwd=paths.PROJECT_ROOT)
         try:
             while not os.path.exists(marker):
                 if proc.poll() is not None:
@@ -97,7 +98,7 @@ def fit_to_first_step(records: str, base_filters: int, batch_size: int, image_si
             str(image_size)]
     start = time.time()
     proc = subprocess.run(args, capture_output=True, text=True, env=child.child_env(child.PLAIN_ENV),
-                          cwd=child._PROJECT_ROOT, timeout=timeout)  # pylint: disable=protected-access
+                          cwd=paths.PROJECT_ROOT, timeout=timeout)
     found = re.findall(_STAMP + r"([0-9.]+)", proc.stdout)
     if proc.returncode != 0 or not found:
         raise RuntimeError(f"the model.fit startup script failed:\n{proc.stderr[-3000:]}")

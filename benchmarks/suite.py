@@ -8,12 +8,11 @@ measured) and returns {"command", "machine", "stages", "seconds", "rows"}.
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from importlib import metadata
 
+from benchmarks import machine
 from benchmarks import stages as stages_lib
 
 RESULTS_FILE = "results.json"
@@ -43,7 +42,7 @@ def run_stages(stages: list[int], output_dir: str, settings: dict, data_dir: str
                argv: list[str] | None = None) -> dict:
     """Runs the stages in order and writes output_dir/results.json; returns the results."""
     os.makedirs(output_dir, exist_ok=True)
-    results = {"command": " ".join(argv or sys.argv), "machine": machine(), "stages": {},
+    results = {"command": " ".join(argv or sys.argv), "machine": machine.describe(), "stages": {},
                "seconds": {}, "rows": []}
     path = os.path.join(output_dir, RESULTS_FILE)
     with tempfile.TemporaryDirectory(prefix="isic-bench-") as tmp:
@@ -62,22 +61,3 @@ def run_stages(stages: list[int], output_dir: str, settings: dict, data_dir: str
 def write_results(path: str, results: dict) -> None:
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
-
-
-def machine() -> dict:
-    """CPU model, cores, load, and the library versions the figures were measured with."""
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                         model)
-    except OSError:
-        pass
-    versions = {}
-    for package in ("tensorflow", "keras", "numpy", "pillow"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "versions": versions, "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}

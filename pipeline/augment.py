@@ -57,6 +57,12 @@ def _colour_basis() -> np.ndarray:
     return np.array([luma, scale, rotate], np.float32)
 
 
+# Default strengths of augment_batch; scaled_strengths multiplies them.
+ROTATION_DEGREES = 15.0
+ZOOM = 0.1  # scale drawn in [1 - ZOOM, 1 + ZOOM]
+BRIGHTNESS = CONTRAST = SATURATION = 0.1
+HUE = 0.02
+
 _DIHEDRAL = _dihedral_matrices()
 _COLOUR_BASIS = _colour_basis()
 
@@ -70,16 +76,16 @@ def scaled_strengths(strength: float) -> dict:
     """
     if not strength >= 0:
         raise ValueError(f"augmentation strength must be >= 0, got {strength}")
-    return {"rotation_degrees": 15.0 * strength,
-            "scale_range": (max(0.5, 1.0 - 0.1 * strength), 1.0 + 0.1 * strength),
-            "brightness": 0.1 * strength, "contrast": min(1.0, 0.1 * strength),
-            "saturation": min(1.0, 0.1 * strength), "hue": 0.02 * strength}
+    return {"rotation_degrees": ROTATION_DEGREES * strength,
+            "scale_range": (max(0.5, 1.0 - ZOOM * strength), 1.0 + ZOOM * strength),
+            "brightness": BRIGHTNESS * strength, "contrast": min(1.0, CONTRAST * strength),
+            "saturation": min(1.0, SATURATION * strength), "hue": HUE * strength}
 
 
-def augment_batch(images, masks, seed, *, rotation_degrees: float = 15.0,
-                  scale_range: tuple[float, float] = (0.9, 1.1), dihedral: bool = True,
-                  brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1,
-                  hue: float = 0.02):
+def augment_batch(images, masks, seed, *, rotation_degrees: float = ROTATION_DEGREES,
+                  scale_range: tuple[float, float] = (1.0 - ZOOM, 1.0 + ZOOM), dihedral: bool = True,
+                  brightness: float = BRIGHTNESS, contrast: float = CONTRAST,
+                  saturation: float = SATURATION, hue: float = HUE):
     """Randomly transforms a batch of image/mask pairs; a pure function of `seed`.
 
     Args:

@@ -86,6 +86,11 @@ def test_child_runs_a_function_in_a_fresh_interpreter():
         child.run_child("benchmarks.child:no_such_function", {})
 
 
+def test_child_can_be_pinned_to_one_core():
+    first = min(os.sched_getaffinity(0))
+    assert child.run_child("benchmarks.machine:describe", {}, cpus={first})["cores"] == 1
+
+
 def test_rows_of_the_other_stages_follow_their_reports():
     build = {"pairs": 10, "naive_pairs_per_s": 10.0, "builder_1w_pairs_per_s": 30.0,
              "builder_2w_pairs_per_s": 50.0, "builder_1w_speedup_per_worker": 3.0,

@@ -38,3 +38,10 @@ def test_full_scale_config_is_the_original_setting():
     values = _parse(os.path.join(CONFIG_DIR, "isic2018_full_gpu.flags"))
     assert (values.base_filters, values.batch_size, values.epochs) == (64, 32, 20)
     assert values.precision == "auto"  # mixed float16 on GPUs
+
+
+def test_bn_momentum_flag_default_is_the_models():
+    # launch/train.py cannot import model.unet (that would load Keras for --help), so the
+    # default is written twice; this keeps the copies equal.
+    from model import unet
+    assert flags.FLAGS["bn_momentum"].default == unet.BN_MOMENTUM
