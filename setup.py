@@ -21,13 +21,13 @@ setup(
     extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist"]},
     entry_points={
         "console_scripts": [
-            "isic-synth=preprocessing.synth_main:run",
-            "isic-preprocess=preprocessing.build_main:run",
-            "isic-train=launch.train:run",
-            "isic-evaluate=launch.evaluate:run",
-            "isic-predict=launch.predict:run",
-            "isic-launch=launch.cluster:run",
-            "isic-bench=benchmarks.main:run",
+            "isic-synth=launch.commands.synth:run",
+            "isic-preprocess=launch.commands.preprocess:run",
+            "isic-train=launch.commands.train:run",
+            "isic-evaluate=launch.commands.evaluate:run",
+            "isic-predict=launch.commands.predict:run",
+            "isic-launch=launch.commands.launch:run",
+            "isic-bench=launch.commands.bench:run",
         ]
     },
 )

@@ -22,7 +22,7 @@ def measure_inference(base_filters: int, loop: str, image_size: int = 128, batch
     depth is the U-Net's (4 in isic-train; smaller only to keep tests fast).
     """
     import keras
-    from launch import inference
+    from launch.inference import models as inference
     from model import unet
     if loop not in ("ours", "keras"):
         raise ValueError(f"loop must be 'ours' or 'keras', got {loop!r}")

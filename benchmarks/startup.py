@@ -1,6 +1,6 @@
 """Time from process start to the end of the first training step (stage 5).
 
-Ours: `python -m launch.train` (what `isic-train` runs) on small records, with
+Ours: `python -m launch.commands.train` (what `isic-train` runs) on small records, with
 --checkpoint_every_steps=1 so that the end of step 1 leaves a file: the time is the
 modification time of checkpoints/ckpt-1.index minus the wall-clock time just before the
 process was spawned. It includes the interpreter and TensorFlow imports, reading the
@@ -57,9 +57,9 @@ def write_records(work_dir: str, num_pairs: int = 24, image_size: int = 128) -> 
 
 def ours_to_first_step(records: str, model_dir: str, base_filters: int, batch_size: int,
                        timeout: float = 600) -> dict:
-    """Seconds from spawning `python -m launch.train` to its first checkpoint (see module doc)."""
+    """Seconds from spawning `python -m launch.commands.train` to its first checkpoint (see module doc)."""
     marker = os.path.join(model_dir, "checkpoints", "ckpt-1.index")
-    args = [sys.executable, "-m", "launch.train", f"--data_dir={records}", f"--model_dir={model_dir}",
+    args = [sys.executable, "-m", "launch.commands.train", f"--data_dir={records}", f"--model_dir={model_dir}",
             "--epochs=1", f"--base_filters={base_filters}", f"--batch_size={batch_size}",
             "--checkpoint_every_steps=1", "--steps_per_execution=1", "--summary_images=0"]
     # INFO logs kept (TF_CPP_MIN_LOG_LEVEL=0) to see whether TF turned oneDNN on.

@@ -2,7 +2,7 @@
 
 Stage 3 measures the per-step cost of OUR loop, so the model is tiny (one 1x1 conv with
 a sigmoid on 8x8x3 inputs, batch 8, from an in-memory repeated dataset) and the time is
-the loop's. Ours is `launch.steps.make_train_steps` driven exactly as launch/trainer.py
+the loop's. Ours is `launch.training.steps.make_train_steps` driven exactly as launch/training/trainer.py
 drives it: one `train_steps(iterator, n)` call per chunk of n = steps_per_execution
 steps, the metric sums fetched to the host, a finiteness check, a Progbar update (silent)
 and a TensorBoard scalar per chunk. The baseline is `model.fit` on the same model, loss,
@@ -64,11 +64,11 @@ def _constant_dataset(batch_size: int, image_size: int):
 
 
 def _ours(build_model, batch_size: int, dataset):
-    """(train_steps, distributed iterator) as launch/trainer.py builds them (one device)."""
+    """(train_steps, distributed iterator) as launch/training/trainer.py builds them (one device)."""
     import keras
     import tensorflow as tf
-    from launch import steps as steps_lib
-    from launch import trainer
+    from launch.training import steps as steps_lib
+    from launch.training import trainer
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():  # variables must be created in the scope, as in the trainer
         model = build_model()
@@ -119,7 +119,7 @@ def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 1.0, r
        "rounds", "seconds", "onednn", ...}; chunks are steps per tf.function call.
     """
     import keras
-    from launch import summaries
+    from launch.training import summaries
     dataset = _constant_dataset(batch_size, image_size)
     result = {"ours": {}, "fit": {}, "rounds": rounds, "seconds": seconds, "image_size": image_size,
               "batch_size": batch_size, "onednn": child.onednn_enabled()}
@@ -165,7 +165,7 @@ def measure_unet(base_filters: int, loop: str, batch_size: int = 32, image_size:
     """Stage 4, one configuration: images/s of U-Net training steps through `loop`.
 
     Args:
-      loop: "ours" (launch.steps.make_train_steps; warmed up by a 0-step call, which
+      loop: "ours" (launch.training.steps.make_train_steps; warmed up by a 0-step call, which
         traces and optimizes the graph, then all timed steps in one call) or "fit"
         (model.fit, steps_per_execution 1: one warm-up step, the timed steps measured
         between on_train_batch_end callbacks; Keras has no call that traces without

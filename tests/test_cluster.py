@@ -22,8 +22,8 @@ import time
 import pytest
 from absl import app
 
-from launch import cluster
-from launch import process_group
+from launch.commands import launch as cluster
+from launch.cluster import process_group
 from tests.conftest import PROJECT_ROOT
 
 # A stand-in worker. Its behaviour comes from argv: MODE [ARG]. It prints its TF_CONFIG on
@@ -195,7 +195,7 @@ def test_restarts_give_up_after_k_relaunches(stand_in, tmp_path):
 
 def _start_launcher(*args):
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
-    return subprocess.Popen([sys.executable, "-m", "launch.cluster", *args], cwd=PROJECT_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "launch.commands.launch", *args], cwd=PROJECT_ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -220,7 +220,7 @@ def test_signals_to_the_launcher_reach_every_worker(stand_in, signum):
 
 def test_worker_command_adds_multi_worker_and_rejects_other_strategies():
     command = cluster.worker_command(["--data_dir=r", "--model_dir", "m"])
-    assert command[:3] == [sys.executable, "-m", "launch.train"]
+    assert command[:3] == [sys.executable, "-m", "launch.commands.train"]
     assert command[3:] == ["--data_dir=r", "--model_dir", "m", "--strategy=multi_worker"]
     assert cluster.worker_command(["python", "x.py", "--a"]) == ["python", "x.py", "--a"]
     assert cluster.worker_command(["--strategy=multi_worker"])[-1] == "--strategy=multi_worker"
@@ -286,7 +286,7 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
     # is ended by the SIGKILL after the grace period.
     grace = 2.0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launch.cluster", "--num_workers=2", "--restarts=1",
+        [sys.executable, "-m", "launch.commands.launch", "--num_workers=2", "--restarts=1",
          f"--grace_seconds={grace}", "--", f"--data_dir={records}", f"--model_dir={model_dir}",
          "--base_filters=4", "--batch_size=8", "--precision=float32", "--summary_images=0",
          "--epochs=1", "--checkpoint_every_steps=2", "--noaugment", "--sync_batch_norm",

@@ -6,7 +6,7 @@ import os
 import pytest
 from absl import flags
 
-from launch import train  # noqa: F401  (defines the isic-train flags)
+from launch.commands import train  # noqa: F401  (defines the isic-train flags)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "configs")
 FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.flags")))
@@ -41,7 +41,7 @@ def test_full_scale_config_is_the_original_setting():
 
 
 def test_bn_momentum_flag_default_is_the_models():
-    # launch/train.py cannot import model.unet (that would load Keras for --help), so the
+    # launch/commands/train.py cannot import model.unet (that would load Keras for --help), so the
     # default is written twice; this keeps the copies equal.
     from model import unet
     assert flags.FLAGS["bn_momentum"].default == unet.BN_MOMENTUM

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch import evaluation
-from launch import inference
+from launch.inference import evaluation
+from launch.inference import models as inference
 from tests import factory
 from tests.test_predict import red_channel_model
 
@@ -180,9 +180,9 @@ def test_default_output_dir_is_next_to_the_model(tmp_path):
 
 
 def test_round_trip_train_evaluate_predict(tmp_path):
-    trainer = pytest.importorskip("launch.trainer")
+    trainer = pytest.importorskip("launch.training.trainer")
     assert inference.MODEL_FILE == trainer.FINAL_MODEL
-    from launch import prediction
+    from launch.inference import prediction
     rng = np.random.default_rng(0)
     source = tmp_path / "source"
     for folder in ("images", "masks"):
@@ -202,7 +202,7 @@ def test_round_trip_train_evaluate_predict(tmp_path):
     assert os.path.exists(os.path.join(model_dir, "eval-test", "per_image.csv"))
     # The command line, at full resolution, into the default output directory.
     result = subprocess.run(
-        [sys.executable, "-m", "launch.evaluate", f"--model={model_dir}", f"--data_dir={records}",
+        [sys.executable, "-m", "launch.commands.evaluate", f"--model={model_dir}", f"--data_dir={records}",
          "--full_resolution", "--batch_size=3"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     with open(os.path.join(model_dir, "eval-test-full", "metrics.json")) as f:

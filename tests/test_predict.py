@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from launch import inference
-from launch import prediction
+from launch.inference import models as inference
+from launch.inference import prediction
 
 S = 16
 
@@ -220,7 +220,7 @@ def test_cli_reports_the_bad_file_and_exits_1(model_path, tmp_path):
     Image.fromarray(_half_red(8, 8)).save(inp / "good.png")
     (inp / "broken.png").write_bytes(b"garbage")
     result = subprocess.run(
-        [sys.executable, "-m", "launch.predict", f"--model={model_path}", f"--input_dir={inp}",
+        [sys.executable, "-m", "launch.commands.predict", f"--model={model_path}", f"--input_dir={inp}",
          f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr

@@ -380,7 +380,7 @@ def test_cli_reports_bad_data_without_traceback(tmp_path):
     expected = _bad_dataset(root)
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
     result = subprocess.run(
-        [sys.executable, "-m", "preprocessing.build_main", "--images_dir", os.path.join(root, "images"),
+        [sys.executable, "-m", "launch.commands.preprocess", "--images_dir", os.path.join(root, "images"),
          "--masks_dir", os.path.join(root, "masks"), "--output_dir", out, "--image_size", "16",
          "--num_workers", "1"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1, result.stderr

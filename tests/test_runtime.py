@@ -1,4 +1,4 @@
-"""launch.runtime.prefer_onednn: oneDNN on by default, the user's choice kept, too late = warning."""
+"""launch.cli.prefer_onednn: oneDNN on by default, the user's choice kept, too late = warning."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pytest
 SNIPPET = """
 import os, sys
 {before}
-from launch import runtime
+from launch import cli as runtime
 print(runtime.prefer_onednn(), os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
 """
 

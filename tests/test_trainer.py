@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from launch import checkpoints
-from launch import steps as steps_lib
-from launch import trainer
+from launch.training import checkpoints
+from launch.training import steps as steps_lib
+from launch.training import trainer
 from tests import factory
 
 TINY = dict(batch_size=4, base_filters=4, strategy="one_device", precision="float32",

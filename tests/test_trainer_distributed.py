@@ -31,7 +31,7 @@ def records(tmp_path_factory):
 
 
 def _cmd(records, model_dir, *extra):
-    return [sys.executable, "-m", "launch.train", f"--data_dir={records}", f"--model_dir={model_dir}",
+    return [sys.executable, "-m", "launch.commands.train", f"--data_dir={records}", f"--model_dir={model_dir}",
             "--base_filters=4", "--precision=float32", "--summary_images=0", "--seed=3", *extra]
 
 

@@ -1,6 +1,6 @@
 """Running N local worker processes as one group: TF_CONFIG, prefixed output, stop, restart.
 
-This is the engine of `isic-launch` (launch/cluster.py), kept free of flags and of
+This is the engine of `isic-launch` (launch/commands/launch.py), kept free of flags and of
 TensorFlow so tests can drive it with stand-in worker commands.
 
 The group's contract:
@@ -92,7 +92,7 @@ def worker_env(base: dict, addresses: list[str], index: int, gpus_per_worker: in
     """
     env = dict(base)
     env["TF_CONFIG"] = tf_config(addresses, index)
-    # launch/distribute.py takes its cluster from SLURM when SLURM_PROCID is set and the
+    # launch/training/distribute.py takes its cluster from SLURM when SLURM_PROCID is set and the
     # job has several tasks, which is the case in the shell of a multi-node sbatch
     # allocation: there our local workers would join SLURM's cluster instead of this one.
     env.pop("SLURM_PROCID", None)

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from preprocessing import console
+from launch import console_tmp as console
 from preprocessing import pairs
 
 # preprocessing.build (and with it TensorFlow) is imported inside main(), not here: the

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from launch import inference
+from launch.inference import models as inference
 from model import metrics
 from preprocessing import load
 

@@ -11,7 +11,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
 
-from launch import inference
+from launch.inference import models as inference
 from model import metrics
 from pipeline import dataset as dataset_lib
 

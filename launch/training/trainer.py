@@ -18,11 +18,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from launch import checkpoints
-from launch import distribute
-from launch import history
-from launch import steps as steps_lib
-from launch import summaries
+from launch.training import checkpoints
+from launch.training import distribute
+from launch.training import history
+from launch.training import steps as steps_lib
+from launch.training import summaries
 from model import unet
 from pipeline import augment as augment_lib
 from pipeline import dataset as dataset_lib
@@ -94,7 +94,7 @@ def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 
           num_summary_images: int = 3, flags_text: str | None = None, verbose: bool = True) -> dict:
     """Trains the U-Net on `data_dir`'s records; checkpoints, logs and exports into `model_dir`.
 
-    Args mirror the `isic-train` flags (see launch/train.py for their help). Returns the
+    Args mirror the `isic-train` flags (see launch/commands/train.py for their help). Returns the
     last epoch's history row (training and validation means), or {} if nothing was left
     to train.
     """

@@ -12,8 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
-from launch import runtime
-from preprocessing import console
+from launch import cli as runtime
+from launch import console_tmp as console
 
 FLAGS = flags.FLAGS
 
@@ -63,7 +63,7 @@ def main(argv):
     # Imported after flag parsing so `isic-evaluate --help` answers without loading TensorFlow.
     import tensorflow as tf
 
-    from launch import evaluation
+    from launch.inference import evaluation
 
     try:
         summary = evaluation.evaluate(

@@ -22,8 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from launch import case_figure
-from launch import inference
+from launch.inference import case_figure
+from launch.inference import models as inference
 from model import metrics
 from pipeline import dataset as dataset_lib
 from preprocessing import manifest as manifest_lib

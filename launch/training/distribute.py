@@ -15,7 +15,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 # A collective that waits longer than this for a peer raises instead of hanging, so a
-# job whose worker died stops within a bounded time (see launch/cluster.py).
+# job whose worker died stops within a bounded time (see launch/commands/launch.py).
 DEFAULT_COLLECTIVE_TIMEOUT_S = 120
 
 

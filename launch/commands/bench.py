@@ -20,7 +20,7 @@ from absl import flags
 from benchmarks import paths
 from benchmarks import stages as stages_lib
 from benchmarks import suite
-from preprocessing import console
+from launch import console_tmp as console
 
 FLAGS = flags.FLAGS
 

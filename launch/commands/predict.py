@@ -12,8 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
-from launch import runtime
-from preprocessing import console
+from launch import cli as runtime
+from launch import console_tmp as console
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +40,7 @@ def main(argv):
         raise app.UsageError(f"--threshold must be in [0, 1), got {FLAGS.threshold}")
     runtime.prefer_onednn()  # before TensorFlow is imported
     # Imported after flag parsing so `isic-predict --help` answers without loading TensorFlow.
-    from launch import prediction
+    from launch.inference import prediction
 
     try:
         report = prediction.predict_folder(

@@ -23,7 +23,7 @@ from PIL import ImageOps
 
 from preprocessing import load
 
-# The file name launch/trainer.py exports (trainer.FINAL_MODEL; a test checks they agree).
+# The file name launch/training/trainer.py exports (trainer.FINAL_MODEL; a test checks they agree).
 # Not imported from there so that prediction does not load the training stack.
 MODEL_FILE = "ISIC-UNet.keras"
 

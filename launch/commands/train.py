@@ -11,8 +11,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from launch import runtime
-from preprocessing import console
+from launch import cli as runtime
+from launch import console_tmp as console
 
 FLAGS = flags.FLAGS
 
@@ -70,8 +70,8 @@ def main(argv):
         raise app.UsageError("--bn_momentum must be in [0, 1) and --augment_strength >= 0")
     runtime.prefer_onednn()  # before TensorFlow is imported
     # Imported after flag parsing so `isic-train --help` answers without loading TensorFlow.
-    from launch import checkpoints
-    from launch import trainer
+    from launch.training import checkpoints
+    from launch.training import trainer
 
     try:
         result = trainer.train(

@@ -3,7 +3,7 @@
   isic-launch --num_workers 2 [--port 23456] [--restarts 2] [--grace_seconds 10] -- \\
       --data_dir records/ --model_dir runs/unet --batch_size 32
 
-Everything after `--` is passed to every worker's `python -m launch.train`, with
+Everything after `--` is passed to every worker's `python -m launch.commands.train`, with
 `--strategy=multi_worker` added. If what follows `--` does not start with a flag it is the
 whole worker command instead (for your own scripts), e.g. `-- python my_worker.py --x 1`.
 
@@ -22,8 +22,8 @@ import sys
 from absl import app
 from absl import flags
 
-from launch import process_group
-from preprocessing import console
+from launch.cluster import process_group
+from launch import console_tmp as console
 
 FLAGS = flags.FLAGS
 
@@ -57,7 +57,7 @@ def worker_command(args: list[str]) -> list[str]:
             raise app.UsageError(f"--strategy {value}: isic-launch runs workers with "
                                  "--strategy=multi_worker; drop that flag (or use isic-train "
                                  "directly for one process)")
-    return [sys.executable, "-m", "launch.train", *args, "--strategy=multi_worker"]
+    return [sys.executable, "-m", "launch.commands.train", *args, "--strategy=multi_worker"]
 
 
 def main(argv):
@@ -68,7 +68,7 @@ def main(argv):
     if FLAGS.port is not None and not 1 <= FLAGS.port <= 65535:
         raise app.UsageError(f"--port must be in 1..65535, got {FLAGS.port}")
     command = worker_command(argv[1:])
-    # Workers run `-m launch.train` from the current directory: make the project importable
+    # Workers run `-m launch.commands.train` from the current directory: make the project importable
     # from there even when it is not installed.
     project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)

@@ -1,0 +1,205 @@
+"""What every `isic-*` command shares: flags made from its config, one error convention,
+and the process environment TensorFlow reads when it is first imported.
+
+A command module (launch/commands/) is thin:
+
+    def main(args, config): ...               # args: the path flags; config: frozen dataclass
+    def run(): cli.run(__name__, TrainConfig, main, paths=PATHS, required=("data_dir",))
+
+`run` defines one absl flag per config field (name, default and help from the field, see
+preprocessing/options.py) plus the command's path flags, parses the command line (with
+`--flagfile` presets), builds the config (its `__post_init__` validates: a bad value is a
+usage error), and calls `main`. Flags are defined when the command runs, not when its
+module is imported, so commands can be imported side by side (tests, docs).
+
+Errors: a `UserError` (bad data, a conflicting output, a missing file) prints
+"isic-X: error: <message>" and exits 1 without a traceback; any other exception is a
+bug and keeps its traceback.
+"""
+
+import dataclasses
+import os
+import re
+import sys
+import tempfile
+import types
+import typing
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from preprocessing import options
+
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+TF_LOG_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
+# Set ISIC_TF_LOGS=1 to see TensorFlow's C++ start-up lines (oneDNN notice, cuInit
+# failure on machines without a GPU, XLA), which normal output leaves out.
+SHOW_TF_LOGS_VARIABLE = "ISIC_TF_LOGS"
+
+UserError = options.UserError
+
+
+def prefer_onednn() -> bool:
+    """Sets TF_ENABLE_ONEDNN_OPTS=1 unless it is set; returns whether oneDNN will be on.
+
+    TensorFlow turns its oneDNN CPU kernels on by default only on some CPUs; on the others
+    they are faster for this U-Net (docs/performance.md), so commands turn them on unless
+    the user chose. Must run before the process imports TensorFlow; later it only warns.
+    """
+    if ONEDNN_VARIABLE not in os.environ and "tensorflow" in sys.modules:
+        logging.warning("TensorFlow was imported before %s could be set: oneDNN keeps "
+                        "TensorFlow's default for this CPU", ONEDNN_VARIABLE)
+        return False
+    os.environ.setdefault(ONEDNN_VARIABLE, "1")
+    return os.environ[ONEDNN_VARIABLE].strip().lower() not in ("0", "false", "off", "")
+
+
+def quiet_tensorflow() -> None:
+    """Hides TensorFlow's C++ INFO/WARNING/ERROR start-up lines unless asked for.
+
+    Level 3 also hides the 'failed call to cuInit' ERROR printed on every machine without
+    a GPU; real failures still surface as Python exceptions.
+    """
+    if os.environ.get(SHOW_TF_LOGS_VARIABLE, "") not in ("", "0"):
+        return
+    os.environ.setdefault(TF_LOG_VARIABLE, "3")
+
+
+# C++ lines TensorFlow prints while it loads and finds its devices. They come from absl's
+# C++ logging before it is initialised, which no log level silences.
+_STARTUP_NOISE = re.compile(
+    r"(All log messages before absl::InitializeLog|oneDNN custom operations are on|"
+    r"Could not find cuda drivers|failed call to cuInit|cuda_executor|cuda_dnn|cuda_fft|"
+    r"cuda_blas|Unable to register cu|computation placer already registered|"
+    r"This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate|"
+    r"TF-TRT Warning|Attempting to register factory)")
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and lists its devices with their C++ start-up lines filtered out.
+
+    stderr (file descriptor 2, where C++ writes) goes to a temporary file meanwhile; the
+    lines that are not start-up noise are written back afterwards, so real errors stay.
+    """
+    if "tensorflow" in sys.modules or os.environ.get(SHOW_TF_LOGS_VARIABLE, "") not in ("", "0"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _STARTUP_NOISE.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def prepare_environment() -> None:
+    """The environment every command sets before anything imports TensorFlow."""
+    quiet_tensorflow()
+    prefer_onednn()
+
+
+def define_config_flags(config_cls, flag_values=flags.FLAGS, module_name: str | None = None) -> None:
+    """One absl flag per field of `config_cls` (a dataclass made with `options.option`)."""
+    hints = options.field_types(config_cls)
+    for field in dataclasses.fields(config_cls):
+        _define(field.name, hints[field.name], field.default, field.metadata.get("help", ""),
+                field.metadata.get("choices"), flag_values, module_name)
+
+
+def _define(name, kind, default, help_text, choices, flag_values, module_name) -> None:
+    common = {"flag_values": flag_values, "module_name": module_name}
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a repeatable flag
+        flags.DEFINE_multi_string(name, list(default) or None, help_text, **common)
+        return
+    if type(None) in args:  # X | None
+        kind = next(a for a in args if a is not type(None))
+    if choices is not None:
+        flags.DEFINE_enum(name, default, [str(c) for c in choices], help_text, **common)
+    elif kind is bool:
+        flags.DEFINE_bool(name, default, help_text, **common)
+    elif kind is int:
+        flags.DEFINE_integer(name, default, help_text, **common)
+    elif kind is float:
+        flags.DEFINE_float(name, default, help_text, **common)
+    elif kind is str:
+        flags.DEFINE_string(name, default, help_text, **common)
+    else:
+        raise TypeError(f"option {name}: no flag type for {kind}")
+
+
+def config_from_flags(config_cls, flag_values=flags.FLAGS):
+    """Builds `config_cls` from parsed flags; a value its validation rejects is a UsageError."""
+    hints = options.field_types(config_cls)
+    values = {}
+    for field in dataclasses.fields(config_cls):
+        value = flag_values[field.name].value
+        if typing.get_origin(hints[field.name]) is tuple:
+            value = tuple(value or ())
+        values[field.name] = value
+    try:
+        return config_cls(**values)
+    except options.UserError as e:
+        raise app.UsageError(str(e)) from None
+
+
+def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = None,
+        required: tuple[str, ...] = (), multi_paths: tuple[str, ...] = (),
+        uses_tensorflow: bool = True) -> None:
+    """Runs a command: environment, flags, config, `main(args, config)`, error convention.
+
+    Args:
+      module_name: the command module's `__name__` (its docstring becomes `--help`'s text).
+      config_cls: the command's frozen config dataclass (or None for a command without one).
+      main: `main(args, config) -> int | None`; `args` has one attribute per path flag.
+      paths: {flag name: help} of the command's file and folder flags (not part of the
+        config: the same run may move between folders).
+      required: flags that must be given (absl checks them before `main`).
+      multi_paths: path flags that may be repeated (their value is a tuple).
+      uses_tensorflow: import TensorFlow (quietly) after parsing, before `main`; False for
+        commands that never need it (the cluster launcher, a finished build's re-run).
+    """
+    prepare_environment()
+    program = os.path.basename(sys.argv[0]) or module_name
+    module = sys.modules[module_name]
+    main_module = sys.modules["__main__"]
+    if main_module.__doc__ is None:
+        main_module.__doc__ = module.__doc__  # console-script stubs have none: lend ours
+    key_module = sys.argv[0]  # absl's --help lists the flags "defined by" the main module
+    for name, help_text in (paths or {}).items():
+        if name in multi_paths:
+            flags.DEFINE_multi_string(name, None, help_text, module_name=key_module)
+        else:
+            flags.DEFINE_string(name, None, help_text, module_name=key_module)
+    if config_cls is not None:
+        define_config_flags(config_cls, module_name=key_module)
+    if required:
+        flags.mark_flags_as_required(list(required))
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        config = config_from_flags(config_cls) if config_cls is not None else None
+        if uses_tensorflow:
+            import_tensorflow_quietly()
+        args = types.SimpleNamespace(**{
+            name: (tuple(flags.FLAGS[name].value or ()) if name in multi_paths
+                   else flags.FLAGS[name].value) for name in (paths or {})})
+        try:
+            return main(args, config)
+        except options.UserError as e:
+            logging.error("%s", e)
+            print(f"{program}: error: {e}", file=sys.stderr)
+            return 1
+
+    app.run(_main)
