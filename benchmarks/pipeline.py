@@ -1,17 +1,17 @@
-"""Input-pipeline throughput against the original script's loader, measured in one run.
+"""Stage 2: input-pipeline throughput against the original script's loader, in one run.
 
 Ours: `pipeline.make_dataset(training=True, augment=True)` on 128x128 TFRecords (a fresh
 dataset per epoch, as the trainer builds them; the first epoch is a warm-up that also
 compiles the XLA augmentation). Baseline: a Python generator that opens the original
 JPEG/PNG files with PIL and resizes them per batch, as the original script did (no
-augmentation at all). Each side runs in its own subprocess pinned to ONE core
+augmentation at all). Each side runs in its own benchmark child pinned to ONE core
 (`sched_setaffinity` before any import, TF intra/inter-op threads 1), so its images/s is a
 per-core figure; ours is also run on all cores. Besides wall-clock images/s we report
 images per CPU-second of the process, which is less sensitive to other load on the box.
-
-Run: `python -m benchmarks.pipeline` (prints JSON), or call `run_pipeline_benchmark`.
+Run through `isic-bench --stages 2`.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -21,100 +21,112 @@ import time
 import numpy as np
 
 from benchmarks import child
-from benchmarks import machine
 from benchmarks import paths
 
-DEFAULT_SAMPLE_DIR = paths.SAMPLE_DIR
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """Images delivered by one side in one child, over wall and CPU time."""
+    images: int
+    seconds: float
+    cpu_seconds: float
+    images_per_s: float
+    images_per_cpu_s: float
+    # Ours only: CPU seconds per epoch spent building a dataset and its iterator, and
+    # images per CPU-second without them.
+    setup_cpu_seconds_per_epoch: float | None = None
+    steady_images_per_cpu_s: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineReport:
+    """Everything stage 2 measured, and its settings."""
+    pipeline_1core: Throughput
+    pipeline_1core_no_augment: Throughput
+    pipeline_all_cores: Throughput
+    baseline_1core: Throughput
+    cores: int  # of pipeline_all_cores
+    speedup_per_core: float  # images/s, pinned core against pinned core
+    speedup_per_cpu_s: float  # the same from CPU time
+    batch_size: int
+    image_size: int
+    records: int
+    epochs: int
+    baseline_source: str  # the sample's folder, or "synthetic 1024x768"
+    baseline_pairs: int
 
 
 def run_pipeline_benchmark(data_dir: str | None = None, batch_size: int = 32, *,
                            num_images: int = 2075, image_size: int = 128, epochs: int = 2,
-                           sample_dir: str | None = DEFAULT_SAMPLE_DIR,
-                           baseline_images: int = 96) -> dict:
+                           sample_dir: str | None = paths.SAMPLE_DIR,
+                           baseline_images: int = 96) -> PipelineReport:
     """Measures training-pipeline images/s per core against the PIL baseline.
 
     Args:
       data_dir: records to read (its "train" split); None writes `num_images` synthetic
         `image_size` records to a temporary directory (2075: the ISIC 2018 training
-        split, so the per-epoch setup cost, ~0.35 CPU-s, weighs as it does in training).
+        split, so the per-epoch setup cost weighs as it does in training).
       batch_size: global batch size for both sides.
       epochs: timed epochs of our pipeline (after one warm-up epoch).
       sample_dir: originals for the baseline (images/<ID>.jpg, masks/<ID>_segmentation.png);
         when absent, synthetic 1024x768 JPEG/PNG pairs are written instead.
       baseline_images: how many original pairs the baseline loads (timed once, after a
         pass that warms the OS file cache).
-    Returns:
-      dict with "pipeline_1core", "pipeline_1core_no_augment", "pipeline_all_cores",
-      "baseline_1core" (each: images, seconds, cpu_seconds, images_per_s,
-      images_per_cpu_s; ours also setup_cpu_seconds_per_epoch, the cost of building a
-      dataset and its iterator, and steady_images_per_cpu_s without it),
-      "speedup_per_core" (images/s, pinned core against pinned core),
-      "speedup_per_cpu_s" (the same from CPU time) and the settings used.
     """
     cpus = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="isic-pipeline-bench-") as tmp:
         if data_dir is None:
             data_dir = os.path.join(tmp, "records")
-            _write_synthetic_records(data_dir, num_images, image_size)
+            write_synthetic_records(data_dir, num_images, image_size)
         with open(os.path.join(data_dir, "manifest.json")) as f:
             records = json.load(f)["counts"]["train"]
         pairs, source = _baseline_pairs(sample_dir, baseline_images, tmp)
-        common = {"data_dir": data_dir, "batch_size": batch_size, "epochs": epochs}
+        ours = {"data_dir": data_dir, "batch_size": batch_size, "epochs": epochs}
         one_core = {cpus[0]}
-        result = {
-            "pipeline_1core": _run_child("pipeline", dict(common, augment=True), one_core),
-            "pipeline_1core_no_augment": _run_child("pipeline", dict(common, augment=False), one_core),
-            "pipeline_all_cores": _run_child("pipeline", dict(common, augment=True), None),
-            "baseline_1core": _run_child("baseline", {"pairs": pairs, "batch_size": batch_size,
-                                                      "image_size": image_size}, one_core),
-        }
-    result["pipeline_all_cores"]["cores"] = len(cpus)
-    result["pipeline_all_cores"]["images_per_s_per_core"] = (
-        result["pipeline_all_cores"]["images_per_s"] / len(cpus))
-    result["speedup_per_core"] = (result["pipeline_1core"]["images_per_s"]
-                                  / result["baseline_1core"]["images_per_s"])
-    result["speedup_per_cpu_s"] = (result["pipeline_1core"]["images_per_cpu_s"]
-                                   / result["baseline_1core"]["images_per_cpu_s"])
-    result["settings"] = {"batch_size": batch_size, "image_size": image_size,
-                          "records": records,
-                          "baseline_source": source, "baseline_pairs": len(pairs),
-                          "epochs": epochs, "cpu": machine.cpu_name()}
-    return result
+
+        def measure(function, kwargs, pinned):  # ours with the environment isic-train sets
+            return child.run_child(f"benchmarks.pipeline:{function}", kwargs, Throughput,
+                                   env=child.TUNED_ENV, cpus=one_core if pinned else None).value
+
+        one = measure("measure_pipeline", dict(ours, augment=True, single_core=True), True)
+        no_augment = measure("measure_pipeline", dict(ours, augment=False, single_core=True), True)
+        every = measure("measure_pipeline", dict(ours, augment=True, single_core=False), False)
+        baseline = measure("measure_baseline", {"pairs": pairs, "batch_size": batch_size,
+                                                "image_size": image_size}, True)
+    return PipelineReport(
+        pipeline_1core=one, pipeline_1core_no_augment=no_augment, pipeline_all_cores=every,
+        baseline_1core=baseline, cores=len(cpus),
+        speedup_per_core=one.images_per_s / baseline.images_per_s,
+        speedup_per_cpu_s=one.images_per_cpu_s / baseline.images_per_cpu_s,
+        batch_size=batch_size, image_size=image_size, records=records, epochs=epochs,
+        baseline_source=source, baseline_pairs=len(pairs))
 
 
-def _run_child(kind: str, params: dict, cpus: set[int] | None) -> dict:
-    """Runs `measure_in_child` in a fresh interpreter, pinned to `cpus` (None: all cores)."""
-    return child.run_child("benchmarks.pipeline:measure_in_child",
-                           {"kind": kind, "params": params, "single_core": bool(cpus)}, cpus=cpus)
-
-
-def measure_in_child(kind: str, params: dict, single_core: bool) -> dict:
-    """One measurement ("pipeline" or "baseline"); single_core also pins TF to 1 thread."""
-    if single_core:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    measure = _measure_pipeline if kind == "pipeline" else _measure_baseline
-    return measure(**params)
-
-
-def _timed(run) -> dict:
+def _timed(run) -> Throughput:
     wall, cpu = time.perf_counter(), time.process_time()
     images = run()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"images": images, "seconds": wall, "cpu_seconds": cpu,
-            "images_per_s": images / wall, "images_per_cpu_s": images / cpu}
+    return Throughput(images=images, seconds=wall, cpu_seconds=cpu, images_per_s=images / wall,
+                      images_per_cpu_s=images / cpu)
 
 
-def _measure_pipeline(data_dir: str, batch_size: int, epochs: int, augment: bool) -> dict:
-    from pipeline.dataset import make_dataset
-
+def measure_pipeline(data_dir: str, batch_size: int, epochs: int, augment: bool,
+                     single_core: bool) -> Throughput:
+    """Runs in the child: `epochs` timed epochs after a warm-up; single_core: 1 TF thread."""
+    import tensorflow as tf
+    from pipeline import dataset
+    from pipeline.config import AugmentConfig
+    if single_core:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    records = dataset.Records.open(data_dir)  # once, as the trainer does
+    options = AugmentConfig(augment=augment)
     setup = [0.0]  # CPU seconds spent building datasets and their iterators
 
     def one_epoch(epoch):
         cpu = time.process_time()
-        ds = make_dataset(data_dir, "train", batch_size=batch_size, training=True,
-                          seed=0, epoch=epoch, augment=augment)
+        ds = dataset.make_dataset(records, "train", batch_size=batch_size, training=True,
+                                  seed=0, epoch=epoch, augment=options)
         iterator = iter(ds)
         setup[0] += time.process_time() - cpu
         return sum(int(images.shape[0]) for images, _ in iterator)
@@ -122,12 +134,13 @@ def _measure_pipeline(data_dir: str, batch_size: int, epochs: int, augment: bool
     one_epoch(0)  # warm-up: XLA compilation, OS file cache
     setup[0] = 0.0
     result = _timed(lambda: sum(one_epoch(e) for e in range(1, epochs + 1)))
-    result["setup_cpu_seconds_per_epoch"] = setup[0] / epochs
-    result["steady_images_per_cpu_s"] = result["images"] / (result["cpu_seconds"] - setup[0])
-    return result
+    return dataclasses.replace(
+        result, setup_cpu_seconds_per_epoch=setup[0] / epochs,
+        steady_images_per_cpu_s=result.images / (result.cpu_seconds - setup[0]))
 
 
-def _measure_baseline(pairs: list, batch_size: int, image_size: int) -> dict:
+def measure_baseline(pairs: list, batch_size: int, image_size: int) -> Throughput:
+    """Runs in the child: the original script's loader over `pairs` (image, mask paths)."""
     from PIL import Image
 
     def batches():  # the original script's loader: decode, resize, stack, per batch
@@ -173,7 +186,7 @@ def _baseline_pairs(sample_dir, limit: int, tmp: str) -> tuple[list, str]:
     return pairs, "synthetic 1024x768"
 
 
-def _write_synthetic_records(out_dir: str, num_images: int, size: int, num_shards: int = 4) -> None:
+def write_synthetic_records(out_dir: str, num_images: int, size: int, num_shards: int = 4) -> None:
     """A train-only records dataset written through the project's schema and manifest."""
     import tensorflow as tf
     from preprocessing import manifest as manifest_lib
@@ -203,6 +216,3 @@ def _write_synthetic_records(out_dir: str, num_images: int, size: int, num_shard
         "splits": {f"ISIC_{i:07d}": "train" for i in range(num_images)}, "skipped": [],
         "ignored_files": 0, "source": {"images_dir": "", "masks_dir": ""}, "build": {}})
 
-
-if __name__ == "__main__":
-    print(json.dumps(run_pipeline_benchmark(), indent=1))

@@ -1,63 +1,47 @@
 """Running a selection of isic-bench's stages and saving what they measured.
 
-`run_stages(stages, output_dir, settings, data_dir)` runs each stage's runner (see
-stages.py), writes results.json after every stage (so an interrupted run keeps what it
-measured) and returns {"command", "machine", "stages", "seconds", "rows"}.
-`stage_settings(quick, ...)` gives each runner's keyword arguments.
+`run_stages(config, output_dir, data_dir)` runs each selected stage (see stages.py),
+writes results.json after every stage (so an interrupted run keeps what it measured) and
+returns the `results.Report`: the command, the config, the machine, each stage's report
+and run time, and the table rows.
 """
 
-import json
 import os
 import sys
 import tempfile
 import time
 
 from benchmarks import machine
+from benchmarks import results
 from benchmarks import stages as stages_lib
-
-RESULTS_FILE = "results.json"
-
-
-def stage_settings(quick: bool, unet_filters=(16, 32, 64), inference_filters: int = 32) -> dict:
-    """Keyword arguments of each stage's runner: the full run, or tiny ones (--quick)."""
-    if quick:
-        return {
-            1: {"num_pairs": 16, "full_size_pairs": 1, "repeats": 1},
-            2: {"num_images": 64, "epochs": 1, "baseline_images": 16, "batch_size": 16},
-            3: {"quick": True},
-            4: {"filters": (4,), "batch_size": 4, "image_size": 32, "fit_tuned_filters": (),
-                "peak_size": 512},
-            5: {"inference": {"base_filters": 4, "image_size": 32, "batch_size": 4},
-                "startup": {"base_filters": 4, "batch_size": 4, "image_size": 32, "num_pairs": 12}},
-        }
-    # Sizes chosen so that the whole run takes 9-10 minutes on 2 idle cores: stage 4 alone
-    # needs ~5 (a 64-filter step is ~35 s, and each loop needs a warm-up). Stage 1 at 120
-    # pairs saved 20 s but let the workers' start-up push 2 workers to 1.75x per worker.
-    return {1: {"num_pairs": 160}, 2: {"num_images": 2075}, 3: {"quick": False},
-            4: {"filters": tuple(unet_filters)},
-            5: {"inference": {"base_filters": inference_filters}, "startup": {}}}
+from benchmarks.config import BenchConfig
 
 
-def run_stages(stages: list[int], output_dir: str, settings: dict, data_dir: str | None,
-               argv: list[str] | None = None) -> dict:
-    """Runs the stages in order and writes output_dir/results.json; returns the results."""
+def run_stages(config: BenchConfig, output_dir: str, data_dir: str | None,
+               argv: list[str] | None = None, stages: dict | None = None) -> results.Report:
+    """Runs config's stages in order and writes output_dir/results.json; returns the report.
+
+    Args:
+      data_dir: original images/ and masks/ for stages 1 and 2; None: synthetic pairs.
+      argv: the command line to record (default: sys.argv).
+      stages: {number: stages.Stage} to run them from (default: stages.STAGES).
+    """
+    stages = stages_lib.STAGES if stages is None else stages
     os.makedirs(output_dir, exist_ok=True)
-    results = {"command": " ".join(argv or sys.argv), "machine": machine.describe(), "stages": {},
-               "seconds": {}, "rows": []}
-    path = os.path.join(output_dir, RESULTS_FILE)
+    report = results.Report(command=" ".join(argv or sys.argv), config=config,
+                            machine=machine.describe())
+    path = os.path.join(output_dir, results.RESULTS_FILE)
     with tempfile.TemporaryDirectory(prefix="isic-bench-") as tmp:
-        for stage in stages:
+        for number in config.stage_numbers:
+            stage = stages[number]
             start = time.perf_counter()
-            raw = stages_lib.RUNNERS[stage](settings[stage], data_dir, os.path.join(tmp, f"stage{stage}"))
-            results["seconds"][str(stage)] = round(time.perf_counter() - start, 1)
-            results["stages"][str(stage)] = raw
-            write_results(path, results)  # the raw figures first: they survive a tabulation error
-            results["rows"] += stages_lib.ROWS[stage](raw)
-            write_results(path, results)
-            print(f"stage {stage} done in {results['seconds'][str(stage)]} s", flush=True)
-    return results
-
-
-def write_results(path: str, results: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
+            raw = stage.run(config, data_dir, os.path.join(tmp, f"stage{number}"))
+            report.seconds[str(number)] = round(time.perf_counter() - start, 1)
+            report.stages[str(number)] = raw
+            # The raw figures first: they survive an error in making the rows.
+            results.write_results(path, report)
+            report.rows.extend(stage.rows(raw))
+            results.write_results(path, report)
+            print(f"stage {number} ({stage.name}) done in {report.seconds[str(number)]} s",
+                  flush=True)
+    return report

@@ -155,7 +155,7 @@ def config_from_flags(config_cls, flag_values=flags.FLAGS):
 
 def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = None,
         required: tuple[str, ...] = (), multi_paths: tuple[str, ...] = (),
-        uses_tensorflow: bool = True) -> None:
+        uses_tensorflow: bool = True, passthrough: bool = False) -> None:
     """Runs a command: environment, flags, config, `main(args, config)`, error convention.
 
     Args:
@@ -168,9 +168,14 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
       multi_paths: path flags that may be repeated (their value is a tuple).
       uses_tensorflow: import TensorFlow (quietly) after parsing, before `main`; False for
         commands that never need it (the cluster launcher, a finished build's re-run).
+      passthrough: the command takes positional arguments (what follows `--`, e.g. the
+        launcher's worker command): `main` gets them as `args.argv`; otherwise they are
+        a usage error.
     """
     prepare_environment()
-    program = os.path.basename(sys.argv[0]) or module_name
+    program = os.path.basename(sys.argv[0])
+    if not program.startswith("isic-"):  # `python -m launch.commands.train`: name the command
+        program = "isic-" + module_name.rsplit(".", 1)[-1]
     module = sys.modules[module_name]
     main_module = sys.modules["__main__"]
     if main_module.__doc__ is None:
@@ -187,7 +192,7 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
         flags.mark_flags_as_required(list(required))
 
     def _main(argv):
-        if len(argv) > 1:
+        if len(argv) > 1 and not passthrough:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         config = config_from_flags(config_cls) if config_cls is not None else None
         if uses_tensorflow:
@@ -195,10 +200,11 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
         args = types.SimpleNamespace(**{
             name: (tuple(flags.FLAGS[name].value or ()) if name in multi_paths
                    else flags.FLAGS[name].value) for name in (paths or {})})
+        if passthrough:
+            args.argv = list(argv[1:])
         try:
             return main(args, config)
         except options.UserError as e:
-            logging.error("%s", e)
             print(f"{program}: error: {e}", file=sys.stderr)
             return 1
 

@@ -1,7 +1,7 @@
 """The U-Net of Ronneberger et al. (2015) for binary lesion segmentation, and its FLOP count.
 
-Shapes for the defaults (S = 128, base filters F = 64, depth 4), "same" padding throughout
-so the output has the input's size:
+Shapes at full size (S = 128, base filters F = 64, depth 4), "same" padding throughout so
+the output has the input's size:
 
   input  [B, 128, 128, 3] float32 in [0, 1]
   down1  [B, 128, 128, 64]  -> pool [B, 64, 64, 64]
@@ -25,12 +25,8 @@ from keras import layers
 # gradient with respect to the activations (same MACs as forward) and the gradient
 # with respect to the weights (same MACs again).
 TRAINING_FLOPS_PER_FORWARD_FLOP = 3
-
-
-# Keras' default 0.99 makes the moving statistics lag ~100 steps behind the weights; with
-# the few hundred steps of a run on ISIC-sized data, validation then scores a stale model
-# (val Dice swinging 0.3-0.7 while training Dice is 0.94 on the demo). 0.9 follows in ~10.
-BN_MOMENTUM = 0.9
+# Poolings of the original architecture; the trainer records it in run.json.
+DEPTH = 4
 
 
 def _conv_bn_relu(x, filters: int, name: str, sync_bn: bool, bn_momentum: float):
@@ -60,9 +56,9 @@ def _check_size(image_size: int, base_filters: int, depth: int) -> None:
             f"(depth {depth} halves it {depth} times); use e.g. {max(step, image_size // step * step)}")
 
 
-def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
-               name: str = "isic_unet", sync_batch_norm: bool = False,
-               bn_momentum: float = BN_MOMENTUM) -> keras.Model:
+def build_unet(image_size: int, base_filters: int, depth: int = DEPTH, *,
+               bn_momentum: float, sync_batch_norm: bool = False,
+               name: str = "isic_unet") -> keras.Model:
     """Builds the U-Net (uncompiled).
 
     Args:
@@ -71,18 +67,17 @@ def build_unet(image_size: int = 128, base_filters: int = 64, depth: int = 4,
       base_filters: filters of the first level; level k has base_filters * 2**k.
         64 gives 31,049,409 parameters (31,037,633 trainable) at depth 4.
       depth: number of pooling steps (contracting blocks).
-      name: the model's name.
+      bn_momentum: momentum of the batch-norm moving statistics, in [0, 1) (the trainer
+        passes `TrainConfig.bn_momentum`, whose comment says why it is not Keras' 0.99).
       sync_batch_norm: compute batch-norm statistics over the global batch across
         replicas (costs one all-reduce per layer; matters when per-replica batches are small).
-      bn_momentum: momentum of the batch-norm moving statistics (see BN_MOMENTUM).
+      name: the model's name.
     Returns:
       A functional `keras.Model` mapping [B, S, S, 3] to float32 probabilities [B, S, S, 1].
     Raises:
       ValueError: image_size is not a positive multiple of 2**depth, or a bad depth/width.
     """
     _check_size(image_size, base_filters, depth)
-    if not 0.0 <= bn_momentum < 1.0:
-        raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = inputs
     skips = []
@@ -109,7 +104,7 @@ def _conv_macs(height: int, width: int, kernel: int, c_in: int, c_out: int) -> i
     return height * width * kernel * kernel * c_in * c_out
 
 
-def unet_flops_per_image(image_size: int = 128, base_filters: int = 64, depth: int = 4) -> float:
+def unet_flops_per_image(image_size: int, base_filters: int, depth: int = DEPTH) -> float:
     """Forward-pass FLOPs of `build_unet(image_size, base_filters, depth)` for one image.
 
     Counted analytically as 2 FLOPs per multiply-add of every convolution and transposed
@@ -119,7 +114,7 @@ def unet_flops_per_image(image_size: int = 128, base_filters: int = 64, depth: i
     [h, w, C_in] costs h*w*4*C_in*C_out MACs (each input pixel scatters one 2x2xC_out patch).
 
     A training step costs about TRAINING_FLOPS_PER_FORWARD_FLOP (3) times the forward
-    FLOPs (forward, gradient w.r.t. activations, gradient w.r.t. weights). For the defaults
+    FLOPs (forward, gradient w.r.t. activations, gradient w.r.t. weights). At full size
     (128, 64, 4) this gives 24.08 GFLOP forward, ~72.3 GFLOP per training image.
 
     Returns:

@@ -1,8 +1,8 @@
 """`manifest.json`: the index of a TFRecord dataset, written last and atomically.
 
 A dataset directory is complete exactly when its manifest exists: the builder writes
-shards first and the manifest last (write to a temporary file, fsync, rename), so a
-build killed at any moment leaves no manifest and readers refuse the directory.
+shards first and the manifest last (temporary file, fsync, rename: preprocessing/files.py),
+so a build killed at any moment leaves no manifest and readers refuse the directory.
 
 Layout (JSON object):
   schema_version  int     preprocessing.schema.SCHEMA_VERSION at build time
@@ -15,17 +15,31 @@ Layout (JSON object):
   splits          {case_id: "train" | "val" | "test"}
   skipped         [{"id": str, "file": str, "reason": str}, ...]
   ignored_files   int     files in the input folders that are not part of any pair
-  source          {"images_dir": abs path, "masks_dir": abs path}
-  build           {flag: value} the options that determine the output bytes
+  sources         {name: {"images_dir": abs path, "masks_dir": abs path,
+                          "counts": {"train": n, "val": n, "test": n}}}: the input
+                  folders; each record's `source` feature is one of the names
+  source          {"images_dir": abs path, "masks_dir": abs path}: only when the build
+                  has one input folder (as before `sources` existed)
+  preprocessing   {"image_size": S, "colour_constancy": "none" | "shades_of_gray",
+                   "colour_constancy_p": p}: what was done to the pixels, for whoever
+                  must prepare new images the same way (evaluation, prediction)
+  build           {option: value} the options that determine the output bytes
+
+No TensorFlow here (schema.py's constants load without it): a re-run of isic-preprocess
+reads the manifest before it knows whether TensorFlow is needed.
 """
 
 import json
 import os
 
+from preprocessing import files
 from preprocessing import schema
+from preprocessing.splits import SPLITS  # noqa: F401  (readers use manifest.SPLITS too)
 
+# A model directory's copy of manifest["preprocessing"] (written by isic-train, read by
+# isic-evaluate and isic-predict).
+PREPROCESSING_FILE = "preprocessing.json"
 MANIFEST_NAME = "manifest.json"
-SPLITS = ("train", "val", "test")
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -34,15 +48,15 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 
 def write_manifest(data_dir: str, manifest: dict) -> str:
-    """Atomically writes `data_dir/manifest.json` (tmp file + fsync + rename); returns its path."""
+    """Atomically writes `data_dir/manifest.json` (fsynced before the rename); returns its path."""
     path = os.path.join(data_dir, MANIFEST_NAME)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_open(path, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
+        # fsync before the rename: a manifest must never be visible before its bytes are
+        # on disk, or a power cut could publish an empty index.
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

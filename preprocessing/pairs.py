@@ -1,4 +1,4 @@
-"""Finds the image/mask pairs of a dataset folder (file names only; nothing is decoded).
+"""Finds the image/mask pairs of the input folders (file names only; nothing is decoded).
 
 Input layout (ISIC): `images/<ID>.jpg|.jpeg|.png` and `masks/<ID>_segmentation.png`,
 extensions and the `_segmentation` suffix matched case-insensitively, IDs exactly.
@@ -9,23 +9,39 @@ extensions and the `_segmentation` suffix matched case-insensitively, IDs exactl
     the masks folder not named `*_segmentation.png`.
   - Problems (reported, never silently dropped): an image without a mask, a mask without
     an image, two images for one ID (e.g. `X.jpg` and `X.png`).
+
+A build may read several input folders (`Source`s); each has a name (`name_sources`:
+the data folder's name, made unique) that records and the manifest keep, and an ID may
+appear in one folder only.
 """
 
 import dataclasses
 import hashlib
 import os
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+from preprocessing.decode import IMAGE_EXTENSIONS
+from preprocessing.options import UserError
+
 MASK_SUFFIX = "_segmentation.png"
 _IGNORED_IMAGE_SUFFIXES = ("_superpixels.png",)
+_MAX_CLASHES_SHOWN = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One input folder of a build: its name (recorded in each record) and its folders."""
+    name: str
+    images_dir: str
+    masks_dir: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-    """One image/mask pair: absolute paths and names relative to their folders."""
+    """One image/mask pair: absolute paths, and the name of its Source."""
     case_id: str
     image_path: str
     mask_path: str
+    source: str = ""
 
     @property
     def image_file(self) -> str:
@@ -52,10 +68,11 @@ class Problem:
 
 @dataclasses.dataclass
 class Listing:
-    """What `discover_pairs` found. `pairs` and `problems` are sorted by ID."""
+    """What `discover_pairs` (one folder) or `discover_sources` found; `pairs` and
+    `problems` are sorted by ID."""
     pairs: list[Pair]
     problems: list[Problem]
-    ignored: list[str]          # ignored entries, as 'images/<name>' or 'masks/<name>'
+    ignored: list[str]          # ignored entries, as '[<source>/]images/<name>' or ...masks/
     fingerprint: str            # sha256 of the pair files' names, sizes and mtimes
     num_files: int              # files that took part in the fingerprint
 
@@ -65,28 +82,104 @@ def dataset_dirs(data_dir: str) -> tuple[str, str]:
     return os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
 
 
-def input_dirs(data_dir: str | None, images_dir: str | None,
-               masks_dir: str | None) -> tuple[str, str]:
-    """Resolves `--data_dir` or `--images_dir` + `--masks_dir` to (images_dir, masks_dir).
+def input_dirs(data_dirs=(), images_dirs=(), masks_dirs=()) -> list[tuple[str, str]]:
+    """Resolves the repeatable `--data_dir`, or `--images_dir` + `--masks_dir` pairs, to a
+    list of (images_dir, masks_dir), in the order given.
 
+    The i-th --images_dir goes with the i-th --masks_dir.
     Raises:
-      ValueError: both forms given, or neither, or only one of the two folders.
+      ValueError: both forms given, or neither, or unequal numbers of the two folders.
     """
-    if data_dir and (images_dir or masks_dir):
+    data_dirs, images_dirs, masks_dirs = list(data_dirs), list(images_dirs), list(masks_dirs)
+    if data_dirs and (images_dirs or masks_dirs):
         raise ValueError("--data_dir cannot be combined with --images_dir/--masks_dir; pass "
-                         "either --data_dir D (reads D/images, D/masks) or both --images_dir "
-                         "and --masks_dir")
-    if data_dir:
-        return dataset_dirs(data_dir)
-    if images_dir and masks_dir:
-        return images_dir, masks_dir
-    if images_dir or masks_dir:
-        raise ValueError("--images_dir and --masks_dir must be given together")
+                         "either --data_dir D (reads D/images, D/masks; repeat it for several "
+                         "folders) or --images_dir and --masks_dir pairs")
+    if data_dirs:
+        return [dataset_dirs(d) for d in data_dirs]
+    if images_dirs and len(images_dirs) == len(masks_dirs):
+        return list(zip(images_dirs, masks_dirs))
+    if images_dirs or masks_dirs:
+        raise ValueError("--images_dir and --masks_dir must be given together, one --masks_dir "
+                         f"per --images_dir in the same order; got {len(images_dirs)} "
+                         f"--images_dir and {len(masks_dirs)} --masks_dir")
     raise ValueError("pass --data_dir D (with D/images and D/masks), or --images_dir and --masks_dir")
 
 
-def discover_pairs(images_dir: str, masks_dir: str) -> Listing:
-    """Lists both folders and matches images with masks by ID.
+def name_sources(dirs) -> list[Source]:
+    """Names the input folders [(images_dir, masks_dir), ...] for records and the manifest.
+
+    A folder's name is its data folder's name: for `D/images` that is `D`'s name (the
+    --data_dir layout), otherwise the images folder's own. Equal names get as many parent
+    folders as it takes to tell them apart (`a/isic` and `b/isic`).
+    Raises:
+      UserError: the same images folder given twice.
+    """
+    dirs = [(os.path.abspath(i), os.path.abspath(m)) for i, m in dirs]
+    images = [i for i, _ in dirs]
+    twice = sorted({i for i in images if images.count(i) > 1})
+    if twice:
+        raise UserError(f"the images folder {twice[0]} is given twice; give each input folder once")
+    roots = [(os.path.dirname(i) if os.path.basename(i) == "images" else i).strip(os.sep).split(os.sep)
+             for i in images]
+    for depth in range(1, max(len(r) for r in roots) + 1):
+        names = ["/".join(r[-depth:]) for r in roots]
+        if len(set(names)) == len(names):
+            break
+    else:  # `D` and `D/images` as two images folders: only their full paths differ
+        names = images
+    return [Source(n, i, m) for n, (i, m) in zip(names, dirs)]
+
+
+def discover_sources(sources: list[Source]) -> Listing:
+    """`discover_pairs` over several input folders, as one listing.
+
+    Pairs and problems are sorted by ID; with several folders, ignored entries are
+    prefixed with the folder's name. The fingerprint covers every folder, in order.
+    Raises:
+      FileNotFoundError: a folder does not exist.
+      UserError: a folder without any pair file, or an ID found in more than one folder
+        (the message lists them).
+    """
+    listings = [discover_pairs(s.images_dir, s.masks_dir, s.name) for s in sources]
+    for source, listing in zip(sources, listings):
+        if not listing.pairs and not listing.problems:
+            raise UserError(f"no image/mask pairs found: expected <ID>.jpg|.jpeg|.png in "
+                            f"{source.images_dir} and <ID>_segmentation.png in {source.masks_dir}")
+    _check_unique_ids(sources, listings)
+    digest = hashlib.sha256()
+    for source, listing in zip(sources, listings):
+        digest.update(f"{source.name}\t{listing.fingerprint}\n".encode())
+    prefix = len(sources) > 1
+    return Listing(
+        pairs=sorted((p for l in listings for p in l.pairs), key=lambda p: p.case_id),
+        problems=sorted((p for l in listings for p in l.problems), key=lambda p: (p.case_id, p.file)),
+        ignored=[f"{s.name}/{entry}" if prefix else entry
+                 for s, l in zip(sources, listings) for entry in l.ignored],
+        fingerprint=digest.hexdigest(), num_files=sum(l.num_files for l in listings))
+
+
+def _check_unique_ids(sources: list[Source], listings: list[Listing]) -> None:
+    """Raises UserError if an ID (of a pair or a problem) is in more than one folder."""
+    where: dict[str, list[str]] = {}
+    for source, listing in zip(sources, listings):
+        for case_id in sorted({p.case_id for p in listing.pairs + listing.problems}):
+            where.setdefault(case_id, []).append(source.name)
+    clashes = sorted((i, names) for i, names in where.items() if len(names) > 1)
+    if not clashes:
+        return
+    folders = {s.name: s.images_dir for s in sources}
+    lines = [f"  {case_id}: in {', '.join(f'{n} ({folders[n]})' for n in names)}"
+             for case_id, names in clashes[:_MAX_CLASHES_SHOWN]]
+    if len(clashes) > _MAX_CLASHES_SHOWN:
+        lines.append(f"  ... and {len(clashes) - _MAX_CLASHES_SHOWN} more")
+    raise UserError("\n".join(
+        [f"{len(clashes)} ID(s) appear in more than one input folder; IDs must be unique "
+         "across folders (rename the files, or leave one folder out):"] + lines))
+
+
+def discover_pairs(images_dir: str, masks_dir: str, source: str = "") -> Listing:
+    """Lists both folders and matches images with masks by ID (the pairs get `source`).
 
     Raises:
       FileNotFoundError: a folder does not exist (the message names it).
@@ -128,7 +221,7 @@ def discover_pairs(images_dir: str, masks_dir: str) -> Listing:
             problems.append(Problem(case_id, found[0], "image without mask: expected "
                                     + os.path.join(masks_dir, case_id + MASK_SUFFIX)))
         else:
-            pairs.append(Pair(case_id, found[0], masks[case_id]))
+            pairs.append(Pair(case_id, found[0], masks[case_id], source))
     used = ([("images/" + os.path.basename(p), p) for paths in images.values() for p in paths]
             + [("masks/" + os.path.basename(p), p) for p in masks.values()])
     return Listing(pairs, problems, sorted(ignored), _fingerprint(used), len(used))

@@ -11,13 +11,20 @@ One record is one image/mask pair, already resized to `image_size` x `image_size
   original/width   int64
   source/image     bytes   source file names relative to the images / masks folders
   source/mask      bytes
+  source           bytes   the name of the input folder the pair came from (the
+                           manifest's "sources" maps it to the folders); optional: records
+                           written before it existed read as b""
 
-Bump SCHEMA_VERSION whenever a key or an encoding changes; the manifest records it and
-the reader refuses records written under another version.
+Bump SCHEMA_VERSION whenever a key or an encoding changes in a way old readers or old
+records cannot follow; the manifest records it and the reader refuses records written
+under another version. A new key with a default (as `source`) needs no bump: old
+records parse with the default, and old readers ignore the key.
+
+Importing this module does not import TensorFlow (its functions do): `isic-preprocess`
+checks a finished build against SCHEMA_VERSION before TensorFlow is loaded.
 """
 
 import numpy as np
-import tensorflow as tf
 
 SCHEMA_VERSION = 1
 
@@ -29,29 +36,33 @@ ORIGINAL_HEIGHT = "original/height"
 ORIGINAL_WIDTH = "original/width"
 SOURCE_IMAGE = "source/image"
 SOURCE_MASK = "source/mask"
+SOURCE = "source"
 
-FEATURE_SPEC = {
-    IMAGE: tf.io.FixedLenFeature([], tf.string),
-    MASK: tf.io.FixedLenFeature([], tf.string),
-    SIZE: tf.io.FixedLenFeature([], tf.int64),
-    CASE_ID: tf.io.FixedLenFeature([], tf.string),
-    ORIGINAL_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-    ORIGINAL_WIDTH: tf.io.FixedLenFeature([], tf.int64),
-    SOURCE_IMAGE: tf.io.FixedLenFeature([], tf.string),
-    SOURCE_MASK: tf.io.FixedLenFeature([], tf.string),
+# key -> (kind, default). Default None: every record has the key.
+_FEATURES = {
+    IMAGE: ("bytes", None),
+    MASK: ("bytes", None),
+    SIZE: ("int64", None),
+    CASE_ID: ("bytes", None),
+    ORIGINAL_HEIGHT: ("int64", None),
+    ORIGINAL_WIDTH: ("int64", None),
+    SOURCE_IMAGE: ("bytes", None),
+    SOURCE_MASK: ("bytes", None),
+    SOURCE: ("bytes", ""),
 }
 
 
-def _bytes(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int64(value: int) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+def feature_spec() -> dict:
+    """The parse spec {key: tf.io.FixedLenFeature} of a record."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  (see module doc)
+    dtypes = {"bytes": tf.string, "int64": tf.int64}
+    return {key: tf.io.FixedLenFeature([], dtypes[kind], default_value=default)
+            for key, (kind, default) in _FEATURES.items()}
 
 
 def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
-                   original_size: tuple[int, int], image_file: str, mask_file: str) -> bytes:
+                   original_size: tuple[int, int], image_file: str, mask_file: str,
+                   source: str = "") -> bytes:
     """Serializes one resized pair into a `tf.train.Example`.
 
     Args:
@@ -60,9 +71,11 @@ def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
       mask: uint8 [S, S], values 0/1.
       original_size: (height, width) of the source image.
       image_file, mask_file: source file names (relative to their folders).
+      source: the name of the input folder (a key of the manifest's "sources").
     Returns:
       The serialized example (deterministic bytes for equal inputs).
     """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  (see module doc)
     size = image.shape[0]
     if image.dtype != np.uint8 or image.shape != (size, size, 3):
         raise ValueError(f"{case_id}: image must be uint8 [S, S, 3], got {image.dtype} {image.shape}")
@@ -70,6 +83,13 @@ def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
         raise ValueError(f"{case_id}: mask must be uint8 [{size}, {size}], got {mask.dtype} {mask.shape}")
     if mask.max(initial=0) > 1:
         raise ValueError(f"{case_id}: mask values must be 0/1, found {int(mask.max())}")
+
+    def _bytes(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int64(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
     features = {
         IMAGE: _bytes(np.ascontiguousarray(image).tobytes()),
         MASK: _bytes(np.ascontiguousarray(mask).tobytes()),
@@ -79,23 +99,25 @@ def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
         ORIGINAL_WIDTH: _int64(original_size[1]),
         SOURCE_IMAGE: _bytes(image_file.encode()),
         SOURCE_MASK: _bytes(mask_file.encode()),
+        SOURCE: _bytes(source.encode()),
     }
     example = tf.train.Example(features=tf.train.Features(feature=features))
     return example.SerializeToString(deterministic=True)
 
 
-def parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+def parse_batch(serialized, image_size: int) -> dict:
     """Parses a batch of serialized examples (vectorised: one op for the whole batch).
 
     Args:
-      serialized: string [B].
+      serialized: string tensor [B].
       image_size: S, the size recorded in the manifest.
     Returns:
-      dict with "image" uint8 [B, S, S, 3], "mask" uint8 [B, S, S, 1] (0/1),
+      dict of tensors: "image" uint8 [B, S, S, 3], "mask" uint8 [B, S, S, 1] (0/1),
       "case_id" string [B], "original_size" int64 [B, 2] (height, width),
-      "source_image" and "source_mask" string [B].
+      "source_image", "source_mask" and "source" string [B].
     """
-    parsed = tf.io.parse_example(serialized, FEATURE_SPEC)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  (see module doc)
+    parsed = tf.io.parse_example(serialized, feature_spec())
     checks = [tf.debugging.assert_equal(
         parsed[SIZE], tf.constant(image_size, tf.int64),
         message=f"record image size differs from the manifest's {image_size}")]
@@ -109,4 +131,5 @@ def parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
         "original_size": tf.stack([parsed[ORIGINAL_HEIGHT], parsed[ORIGINAL_WIDTH]], axis=-1),
         "source_image": parsed[SOURCE_IMAGE],
         "source_mask": parsed[SOURCE_MASK],
+        "source": parsed[SOURCE],
     }

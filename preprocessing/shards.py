@@ -1,23 +1,26 @@
-"""Writes TFRecord shards: temporary name first, then sha256, fsync and rename.
+"""Writes TFRecord shards: temporary name first, then fsync, sha256 and rename.
 
 Shards are named `{split}-{index:05d}-of-{count:05d}.tfrecord` (manifest.shard_name).
-A shard is written under `<name>.tmp` and renamed only when complete, so a final name
-always holds a complete file; the manifest, written after all shards, is what makes a
-dataset directory usable (see preprocessing/manifest.py).
+A shard is written under its temporary name (`train-00000-of-00008.tmp.tfrecord`,
+files.temporary_name) and renamed only when complete, so a final name always holds a
+complete file; the manifest, written after all shards, is what makes a dataset directory
+usable (see preprocessing/manifest.py).
 """
 
 import hashlib
 import math
 import os
 import re
+from typing import Iterable
 
 import tensorflow as tf
 
+from preprocessing import files
 from preprocessing import manifest as manifest_lib
 
-# Files this builder owns in an output directory (and may delete when rebuilding).
-_OWN_FILE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp)?$")
-_TMP_SUFFIX = ".tmp"
+# Files this builder owns in an output directory (and may delete when rebuilding): shards,
+# their temporary files, and the manifest's temporary file.
+_OWN_FILE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}(\.tmp)?\.tfrecord$")
 
 
 def default_num_shards(num_records: int) -> int:
@@ -44,12 +47,13 @@ def shard_sizes(num_records: int, num_shards: int) -> list[int]:
 def remove_build_files(output_dir: str) -> list[str]:
     """Deletes the shards and temporary files of earlier builds in `output_dir`.
 
-    Only names this builder writes are touched (shards, `*.tfrecord.tmp`, the manifest's
-    temporary file); other files are left alone. Returns the deleted names.
+    Only names this builder writes are touched; other files are left alone. Returns the
+    deleted names.
     """
+    manifest_tmp = files.temporary_name(manifest_lib.MANIFEST_NAME)
     removed = []
     for name in sorted(os.listdir(output_dir)):
-        if _OWN_FILE.match(name) or name == manifest_lib.MANIFEST_NAME + _TMP_SUFFIX:
+        if _OWN_FILE.match(name) or name == manifest_tmp:
             os.remove(os.path.join(output_dir, name))
             removed.append(name)
     return removed
@@ -64,33 +68,25 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-class ShardWriter:
-    """Writes one shard: `write()` serialized records, then `close()` or `abort()`."""
+def write_shard(output_dir: str, split: str, index: int, num_shards: int,
+                records: Iterable[bytes]) -> dict:
+    """Writes one shard from serialized records; returns its manifest entry.
 
-    def __init__(self, output_dir: str, split: str, index: int, num_shards: int):
-        self.name = manifest_lib.shard_name(split, index, num_shards)
-        self._path = os.path.join(output_dir, self.name)
-        self._tmp = self._path + _TMP_SUFFIX
-        self._writer = tf.io.TFRecordWriter(self._tmp)
-        self._records = 0
-
-    def write(self, record: bytes) -> None:
-        self._writer.write(record)
-        self._records += 1
-
-    def close(self) -> dict:
-        """Finishes the shard; returns its manifest entry {file, records, sha256}."""
-        self._writer.close()
+    The records are consumed lazily (one in memory at a time). If iterating them raises,
+    the temporary file is deleted, the shard's name is untouched and the error propagates.
+    Returns:
+      {"file": name, "records": n, "sha256": hex digest}.
+    """
+    name = manifest_lib.shard_name(split, index, num_shards)
+    count = 0
+    with files.atomic_path(os.path.join(output_dir, name)) as tmp:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in records:
+                writer.write(record)
+                count += 1
         # fsync before the rename: the manifest written later must never point to a
         # shard whose bytes are still only in the page cache when the power fails.
-        with open(self._tmp, "rb") as f:
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        digest = sha256_file(self._tmp)
-        os.replace(self._tmp, self._path)
-        return {"file": self.name, "records": self._records, "sha256": digest}
-
-    def abort(self) -> None:
-        """Stops writing and deletes the temporary file."""
-        self._writer.close()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        digest = sha256_file(tmp)
+    return {"file": name, "records": count, "sha256": digest}

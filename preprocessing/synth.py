@@ -31,9 +31,10 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from preprocessing import files
 from preprocessing import parallel
 
-# Bump when the drawing changes: `synth_main` records it so a re-run knows whether the
+# Bump when the drawing changes: `write_dataset` records it so a re-run knows whether the
 # files on disk are what this code would write.
 GENERATOR_VERSION = 1
 
@@ -133,11 +134,11 @@ def write_dataset(output_dir: str, num_images: int, seed: int, num_workers: int 
     tasks = ((seed, i) for i in range(num_images))
     with parallel.ordered_map(_draw, tasks, workers) as encoded:
         for i, ((image_name, mask_name), (jpg, png)) in enumerate(zip(names, encoded)):
-            _write_atomic(os.path.join(images_dir, image_name), jpg)
-            _write_atomic(os.path.join(masks_dir, mask_name), png)
+            files.write_atomic(os.path.join(images_dir, image_name), jpg)
+            files.write_atomic(os.path.join(masks_dir, mask_name), png)
             if bar:
                 bar.update(i + 1)
-    _write_atomic(os.path.join(output_dir, STAMP_NAME), json.dumps(stamp, sort_keys=True).encode())
+    files.write_atomic(os.path.join(output_dir, STAMP_NAME), json.dumps(stamp, sort_keys=True).encode())
     if progress:
         print(f"Wrote {num_images} pairs to {images_dir} and {masks_dir}")
     return True
@@ -159,7 +160,7 @@ def _read_stamp(output_dir: str) -> dict | None:
 def _remove_stale(output_dir, images_dir, masks_dir, keep_images, keep_masks) -> None:
     """Deletes the stamp, then SYNTH_* and temporary files that this run will not
     rewrite; refuses to mix synthetic pairs with anything else."""
-    for folder, keep in ((images_dir, keep_images), (masks_dir, keep_masks)):
+    for folder in (images_dir, masks_dir):
         foreign = [n for n in os.listdir(folder) if not n.startswith("SYNTH_")]
         if foreign:
             raise FileExistsError(
@@ -172,13 +173,6 @@ def _remove_stale(output_dir, images_dir, masks_dir, keep_images, keep_masks) ->
         for name in os.listdir(folder):
             if name not in keep:
                 os.remove(os.path.join(folder, name))
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: float) -> np.ndarray:

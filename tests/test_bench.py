@@ -1,21 +1,33 @@
 """Smoke tests of isic-bench's code paths at the smallest settings (not timed tests).
 
 The measurements run in this process on tiny models; the child-process runner is tested
-with a target that does not load TensorFlow. Figures are only checked to be positive and
-consistent with each other.
+with targets that do not load TensorFlow. Figures are only checked to be positive and
+consistent with each other; the rows and results.json are checked field by field.
 """
 
+import dataclasses
 import json
 import math
 import os
+import time
 
 import pytest
 
 from benchmarks import child
+from benchmarks import config as config_lib
 from benchmarks import inference
-from benchmarks import suite
+from benchmarks import machine
+from benchmarks import pipeline
+from benchmarks import preprocess
+from benchmarks import results
 from benchmarks import stages
+from benchmarks import startup
+from benchmarks import suite
 from benchmarks import training
+from benchmarks.config import BenchConfig
+from preprocessing.options import UserError
+
+ROW_FIELDS = {"stage", "measure", "unit", "ours", "baseline", "gain", "target", "passed", "detail"}
 
 
 @pytest.fixture(scope="module")
@@ -27,100 +39,190 @@ def loop_result():
 def unet_runs():
     common = dict(base_filters=2, batch_size=2, image_size=16, timed_steps=2, peak_size=64,
                   peak_repeats=1, depth=1)
-    return [dict(training.measure_unet(loop=loop, **common), env=env)
-            for loop, env in (("ours", "tuned"), ("fit", "plain"))]
+    return {"ours": training.measure_unet(loop="ours", **common),
+            "fit": training.measure_unet(loop="fit", **common)}
+
+
+def test_config_reads_comma_lists_and_rejects_bad_ones():
+    config = BenchConfig(stages="4, 3,3", unet_filters="8,16")
+    assert config.stage_numbers == (3, 4) and config.unet_filter_counts == (8, 16)
+    assert BenchConfig().stage_numbers == config_lib.STAGES == tuple(stages.STAGES)
+    for bad in ({"stages": ""}, {"stages": "6"}, {"stages": "1,x"}, {"unet_filters": "0"},
+                {"inference_filters": 0}):
+        with pytest.raises(UserError):
+            BenchConfig(**bad)
 
 
 def test_loop_measures_both_loops_per_chunk(loop_result):
-    assert set(loop_result["ours"]) == {"1", "4"} and set(loop_result["fit"]) == {"1"}
-    for side in ("ours", "fit"):
-        for chunk, m in loop_result[side].items():
-            assert m["ms_per_step"] > 0 and m["steps"] % int(chunk) == 0
-            assert m["steps_per_s"] == pytest.approx(1000 / m["ms_per_step"])
+    assert set(loop_result.ours) == {1, 4} and set(loop_result.fit) == {1}
+    for side in (loop_result.ours, loop_result.fit):
+        for chunk, timing in side.items():
+            assert timing.ms_per_step > 0 and timing.steps % chunk == 0
+            assert timing.steps_per_s == pytest.approx(1000 / timing.ms_per_step)
     rows = stages.rows_loop(loop_result)
-    assert [r["passed"] is None for r in rows] == [True, False]  # target only when chunked
-    assert all(r["gain"] > 0 for r in rows)
+    assert [r.passed is None for r in rows] == [True, False]  # target only when chunked
+    assert all(r.gain > 0 for r in rows)
 
 
 def test_unet_measurement_counts_training_flops(unet_runs):
     from model import unet
-    for run in unet_runs:
-        flop = unet.unet_flops_per_image(16, 2, 1) * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
-        assert run["images_per_s"] > 0 and run["warmup_s"] > 0 and run["peak"]["gflops"] > 0
-        assert run["gflops"] == pytest.approx(run["images_per_s"] * flop / 1e9)
-        assert run["images_per_s"] == pytest.approx(2 * 2 / (run["step_s"] * 2))
+    flop = unet.unet_flops_per_image(16, 2, 1) * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
+    for run in unet_runs.values():
+        assert run.images_per_s > 0 and run.warmup_s > 0 and run.peak.gflops > 0
+        assert run.gflops == pytest.approx(run.images_per_s * flop / 1e9)
+        assert run.images_per_s == pytest.approx(2 * 2 / (run.step_s * 2))
 
 
-def test_unet_rows_use_the_best_oneDNN_probe_as_peak(unet_runs, monkeypatch):
-    calls = []
+def test_unet_cases_run_ours_tuned_and_fit_plain():
+    cases = training.unet_cases((2, 32), 2, 16, fit_tuned_filters=(2,), peak_size=64,
+                                plain_peak_size=32)
+    assert [(c["base_filters"], c["loop"]) for c in cases["tuned"]] == [(2, "ours"), (2, "fit"),
+                                                                      (32, "ours")]
+    assert [(c["loop"], c["peak_size"]) for c in cases["plain"]] == [("fit", 32), ("fit", 32)]
 
-    def fake_child(target, kwargs, env=None):
-        calls.append((target, env))
-        return [next(r for r in unet_runs if r["loop"] == c["loop"]) for c in kwargs["configs"]]
 
-    monkeypatch.setattr(child, "run_child", fake_child)
-    raw = training.run_unet_benchmark(filters=(2,), batch_size=2, image_size=16,
-                                      fit_tuned_filters=(), peak_size=64)
-    assert [env for _, env in calls] == [child.TUNED_ENV, child.PLAIN_ENV]
-    peak = unet_runs[0]["peak"]["gflops"]  # the tuned child's probe; plain probes only reported
-    assert raw["peak_gflops"] == peak
-    for run in raw["runs"]:
-        assert run["fraction_of_peak"] == pytest.approx(run["gflops"] / peak)
-    rows = stages.rows_unet(raw)
-    assert rows[0]["unit"] == "GFLOP/s" and rows[1]["passed"] is not None
-    assert rows[1]["ours"] == raw["runs"][0]["images_per_s"]
+def test_unet_rows_use_the_best_oneDNN_probe_as_peak(unet_runs):
+    report = training.unet_report({"tuned": [unet_runs["ours"]], "plain": [unet_runs["fit"]]},
+                                  peak_size=64)
+    peak = unet_runs["ours"].peak.gflops  # the tuned child's probe; plain probes only reported
+    assert report.peak_gflops == peak
+    assert [r.env for r in report.runs] == ["tuned", "plain"]
+    for run in report.runs:
+        assert run.fraction_of_peak == pytest.approx(run.gflops / peak)
+    rows = stages.rows_unet(report)
+    assert rows[0].unit == "GFLOP/s" and rows[1].passed is not None
+    assert rows[1].ours == report.runs[0].images_per_s
+    assert rows[1].baseline == report.runs[1].images_per_s
 
 
 @pytest.mark.parametrize("loop", ["ours", "keras"])
 def test_inference_returns_every_image(loop):
     result = inference.measure_inference(base_filters=2, loop=loop, image_size=16, batch_size=3,
                                          num_batches=2, depth=1)
-    assert result["images"] == 6 and result["images_per_s"] > 0 and result["gflops"] > 0
+    assert result.images == 6 and result.images_per_s > 0 and result.gflops > 0
 
 
 def test_child_runs_a_function_in_a_fresh_interpreter():
-    env = child.run_child("benchmarks.child:child_env", {"overrides": {"ISIC_BENCH_X": "7",
-                                                                       "TF_ENABLE_ONEDNN_OPTS": None}})
-    assert env["ISIC_BENCH_X"] == "7" and "TF_ENABLE_ONEDNN_OPTS" not in env
+    run = child.run_child("benchmarks.child:child_env",
+                          {"overrides": {"ISIC_BENCH_X": "7", "TF_ENABLE_ONEDNN_OPTS": None}},
+                          watch_tree=True)
+    assert run.value["ISIC_BENCH_X"] == "7" and "TF_ENABLE_ONEDNN_OPTS" not in run.value
+    assert run.max_rss_mb > 0 and run.tree_rss_mb > 0 and run.started_at <= time.time()
     with pytest.raises(RuntimeError, match="no_such_function"):
         child.run_child("benchmarks.child:no_such_function", {})
 
 
-def test_child_can_be_pinned_to_one_core():
+def test_child_is_pinned_and_its_dataclass_rebuilt():
     first = min(os.sched_getaffinity(0))
-    assert child.run_child("benchmarks.machine:describe", {}, cpus={first})["cores"] == 1
+    described = child.run_child("benchmarks.machine:describe", {}, machine.Machine,
+                                cpus={first}).value
+    assert isinstance(described, machine.Machine) and described.cores == 1
+    assert described.cpu_flags == machine.describe().cpu_flags
+
+
+def test_child_is_stopped_when_asked():
+    start = time.monotonic()
+    run = child.run_child("benchmarks.startup:run_module",
+                          {"module": "timeit", "argv": ["-n", "1", "import time; time.sleep(60)"]},
+                          stop_when=lambda: time.monotonic() - start > 0.5)
+    assert run.value is None and time.monotonic() - start < 30
+
+
+def test_machine_records_cpu_model_and_vector_extensions():
+    described = machine.describe()
+    assert set(described.cpu_flags) <= set(machine.KERNEL_FLAGS)
+    assert described.avx512 == ("avx512f" in described.cpu_flags)
+    assert described.amx == bool({"amx_tile", "amx_bf16"} & set(described.cpu_flags))
+    assert described.cpu in described.summary() and "AVX-512" in described.summary()
+
+
+def _numbers(cls, **given):
+    """An instance of a measurement dataclass: the given fields, 1.0 (or 1) for the others."""
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    return cls(**{name: given.get(name, 1 if hints[name] is int else 1.0) for name in hints})
 
 
 def test_rows_of_the_other_stages_follow_their_reports():
-    build = {"pairs": 10, "naive_pairs_per_s": 10.0, "builder_1w_pairs_per_s": 30.0,
-             "builder_2w_pairs_per_s": 50.0, "builder_1w_speedup_per_worker": 3.0,
-             "builder_2w_speedup_per_worker": 2.5, "builder_1w_peak_rss_mb": 100.0,
-             "doubled_1w_peak_rss_mb": 101.0, "builder_2w_peak_tree_rss_mb": 300.0,
-             "doubled_2w_peak_tree_rss_mb": 400.0,
-             "full_size": {"size": "4000x3000", "naive_pairs_per_s": 1.0,
-                           "builder_1w_pairs_per_s": 4.0, "builder_1w_speedup": 4.0}}
+    build = preprocess.BuildReport(
+        data_dir="d", pairs=10, image_size=8, cpus=2, naive_pairs_per_s=10.0,
+        naive_pairs_per_cpu_s=12.0,
+        one_worker=_numbers(preprocess.Builder, workers=1, pairs_per_s=30.0, speedup_per_worker=3.0,
+                            peak_rss_mb=100.0),
+        two_workers=_numbers(preprocess.Builder, workers=2, pairs_per_s=50.0,
+                             speedup_per_worker=2.5, peak_tree_rss_mb=300.0),
+        doubled_one_worker=_numbers(preprocess.Doubled, peak_rss_mb=101.0),
+        doubled_two_workers=_numbers(preprocess.Doubled, peak_tree_rss_mb=400.0),
+        full_size=preprocess.FullSize(pairs=1, size="4000x3000", naive_pairs_per_s=1.0,
+                                      pairs_per_s=4.0, speedup=4.0, cpu_speedup=4.0,
+                                      peak_rss_mb=1.0),
+        load_average_before=0.0, load_average_after=0.0)
     rows = stages.rows_build(build)
-    assert [r["passed"] for r in rows] == [True, True, False, True, False]
-    assert rows[3]["gain"] == pytest.approx(100 / 101)  # memory: lower is better
-    pipe = {"baseline_1core": {"images_per_s": 20.0, "images_per_cpu_s": 50.0},
-            "pipeline_1core": {"images_per_s": 900.0, "images_per_cpu_s": 1200.0,
-                               "steady_images_per_cpu_s": 1300.0},
-            "pipeline_all_cores": {"images_per_s": 1500.0, "images_per_cpu_s": 900.0, "cores": 2}}
-    assert [r["passed"] for r in stages.rows_pipeline(pipe)] == [True, False]
-    serving = {"inference": {"ours": {"base_filters": 4, "batch_size": 2, "images_per_s": 4.0,
-                                      "gflops": 1.0},
-                             "keras_predict": {"images_per_s": 2.0}},
-               "startup": {"ours": {"seconds": 10.0, "onednn": True}, "fit": {"seconds": 20.0}}}
-    assert [r["gain"] for r in stages.rows_serving(serving)] == [2.0, 2.0]
+    assert [r.passed for r in rows] == [True, True, False, True, False]
+    assert rows[3].gain == pytest.approx(100 / 101)  # memory: lower is better
+    pipe = pipeline.PipelineReport(
+        pipeline_1core=_numbers(pipeline.Throughput, images_per_s=900.0, images_per_cpu_s=1200.0,
+                                steady_images_per_cpu_s=1300.0),
+        pipeline_1core_no_augment=_numbers(pipeline.Throughput),
+        pipeline_all_cores=_numbers(pipeline.Throughput, images_per_s=1500.0, images_per_cpu_s=900.0),
+        baseline_1core=_numbers(pipeline.Throughput, images_per_s=20.0, images_per_cpu_s=50.0),
+        cores=2, speedup_per_core=45.0, speedup_per_cpu_s=24.0, batch_size=2, image_size=8,
+        records=4, epochs=1, baseline_source="synthetic", baseline_pairs=4)
+    assert [r.passed for r in stages.rows_pipeline(pipe)] == [True, False]
+    serving = stages.ServingReport(
+        inference=inference.InferenceReport(
+            ours=_numbers(inference.InferenceRun, loop="ours", base_filters=4, batch_size=2,
+                          images_per_s=4.0, onednn=True),
+            keras_predict=_numbers(inference.InferenceRun, loop="keras", images_per_s=2.0,
+                                   onednn=False), speedup=2.0),
+        startup=startup.StartupReport(ours=startup.FirstStep(10.0, True),
+                                      fit=startup.FirstStep(20.0), speedup=2.0, base_filters=4,
+                                      batch_size=2, image_size=8, records=4))
+    assert [r.gain for r in stages.rows_serving(serving)] == [2.0, 2.0]
 
 
-def test_run_stages_writes_results_and_table(loop_result, tmp_path, monkeypatch):
-    monkeypatch.setitem(stages.RUNNERS, 3, lambda settings, data_dir, work_dir: loop_result)
-    results = suite.run_stages([3], str(tmp_path), {3: {}}, None, argv=["isic-bench"])
-    with open(os.path.join(tmp_path, "results.json")) as f:
+def test_reports_survive_json(unet_runs, loop_result):
+    report = training.unet_report({"tuned": [unet_runs["ours"]], "plain": [unet_runs["fit"]]}, 64)
+    for value in (report, loop_result):
+        assert results.from_json(type(value), json.loads(json.dumps(results.to_json(value)))) == value
+
+
+def test_run_stages_writes_results_and_table(loop_result, tmp_path):
+    only_loop = {3: stages.Stage("loop", lambda config, data_dir, work_dir: loop_result,
+                                 stages.rows_loop)}
+    config = BenchConfig(stages="3", quick=True)
+    report = suite.run_stages(config, str(tmp_path), None, argv=["isic-bench"], stages=only_loop)
+    with open(os.path.join(tmp_path, results.RESULTS_FILE)) as f:
         written = json.load(f)
-    assert written["rows"] == results["rows"] and len(written["rows"]) == 2
-    assert written["machine"]["cores"] >= 1 and written["stages"]["3"]["ours"]
-    table = stages.format_table(results["rows"])
+    assert len(report.rows) == 2 and all(isinstance(r, results.Row) for r in report.rows)
+    assert [set(r) for r in written["rows"]] == [ROW_FIELDS] * 2
+    assert [results.from_json(results.Row, r) for r in written["rows"]] == report.rows
+    assert results.from_json(training.LoopReport, written["stages"]["3"]) == loop_result
+    assert written["config"] == dataclasses.asdict(config)
+    assert written["machine"]["cores"] >= 1 and "avx512" in written["machine"]
+    assert written["machine"]["cpu"] == machine.cpu_name()
+    table = results.format_table(report.rows)
     assert table.count("\n") == 3 and "loop overhead, 4 step(s) per call" in table
-    assert not any(isinstance(v, float) and math.isnan(v) for v in results["rows"][0].values())
+    assert not any(isinstance(v, float) and math.isnan(v)
+                   for v in dataclasses.asdict(report.rows[0]).values())
+
+
+def test_stage_helpers_build_read_and_fit_tiny_records(tmp_path):
+    records = startup.write_records(str(tmp_path / "startup"), num_pairs=8, image_size=32)
+    raw = str(tmp_path / "startup" / "raw")
+    built = preprocess.time_build(os.path.join(raw, "images"), os.path.join(raw, "masks"),
+                                  str(tmp_path / "built"), image_size=32, num_workers=1)
+    assert built.records == 8 and built.seconds > 0 and built.max_rss_mb is None
+    before = time.time()
+    assert startup.fit_first_step(records, base_filters=2, batch_size=4, image_size=32) > before
+    synthetic = str(tmp_path / "synthetic")
+    pipeline.write_synthetic_records(synthetic, num_images=8, size=16)
+    throughput = pipeline.measure_pipeline(synthetic, batch_size=4, epochs=1, augment=True,
+                                           single_core=False)
+    assert throughput.images == 8 and throughput.steady_images_per_cpu_s > 0
+
+
+def test_quick_loop_stage_runs_in_a_child(tmp_path):
+    report = stages.STAGES[3].run(BenchConfig(quick=True), None, str(tmp_path))
+    assert isinstance(report, training.LoopReport) and report.onednn  # the tuned environment
+    assert set(report.ours) == {1, 16, 64} and set(report.fit) == {1, 64}
+    assert len(stages.STAGES[3].rows(report)) == 3

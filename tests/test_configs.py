@@ -1,24 +1,27 @@
-"""Every shipped flag file parses as isic-train flags, with the values its header promises."""
-import copy
+"""TrainConfig: every shipped flag file parses into one, and bad values are clear errors."""
+import dataclasses
 import glob
+import json
 import os
 
 import pytest
+from absl import app
 from absl import flags
 
-from launch.commands import train  # noqa: F401  (defines the isic-train flags)
+from launch import cli
+from launch.training.config import TrainConfig
+from preprocessing import options
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "configs")
 FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.flags")))
 
 
-def _parse(path: str) -> flags.FlagValues:
+def _parse(*argv: str) -> TrainConfig:
+    """Parses isic-train's config flags into a fresh FlagValues (the global FLAGS untouched)."""
     values = flags.FlagValues()
-    for name, flag in flags.FLAGS._flags().items():  # pylint: disable=protected-access
-        if flags.FLAGS.find_module_defining_flag(name) == train.__name__:
-            values[name] = copy.deepcopy(flag)  # parsing must not touch the global FLAGS
-    values(["isic-train", f"--flagfile={path}", "--data_dir=d", "--model_dir=m"])
-    return values
+    cli.define_config_flags(TrainConfig, values)
+    values(["isic-train", *argv])
+    return cli.config_from_flags(TrainConfig, values)
 
 
 def test_every_config_is_found():
@@ -28,20 +31,50 @@ def test_every_config_is_found():
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
 def test_config_parses_and_documents_itself(path):
-    values = _parse(path)  # an unknown flag or a bad value raises here
-    assert values.epochs > 0 and values.batch_size > 0 and values.base_filters > 0
+    config = _parse(f"--flagfile={path}")  # an unknown flag or a bad value raises here
+    assert isinstance(config, TrainConfig) and config != TrainConfig()
     with open(path) as f:
         assert f.readline().startswith("#"), "a flag file starts with a header saying what it is"
 
 
 def test_full_scale_config_is_the_original_setting():
-    values = _parse(os.path.join(CONFIG_DIR, "isic2018_full_gpu.flags"))
-    assert (values.base_filters, values.batch_size, values.epochs) == (64, 32, 20)
-    assert values.precision == "auto"  # mixed float16 on GPUs
+    config = _parse(f"--flagfile={os.path.join(CONFIG_DIR, 'isic2018_full_gpu.flags')}")
+    assert (config.base_filters, config.batch_size, config.epochs) == (64, 32, 20)
+    assert config.precision == "auto"  # mixed float16 on GPUs
 
 
-def test_bn_momentum_flag_default_is_the_models():
-    # launch/commands/train.py cannot import model.unet (that would load Keras for --help), so the
-    # default is written twice; this keeps the copies equal.
-    from model import unet
-    assert flags.FLAGS["bn_momentum"].default == unet.BN_MOMENTUM
+def test_flag_defaults_are_the_config_defaults():
+    assert _parse() == TrainConfig()
+    config = _parse("--epochs=3", "--noaugment", "--warm_start=w.keras", "--collective_timeout=5",
+                    "--summary_images=0")
+    assert (config.epochs, config.augment, config.warm_start) == (3, False, "w.keras")
+    assert (config.collective_timeout, config.summary_images) == (5.0, 0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"batch_size": 0}, "--batch_size must be >= 1"),
+    ({"epochs": 0}, "--epochs must be >= 1"),
+    ({"steps_per_execution": -1}, "--steps_per_execution must be >= 0"),
+    ({"bn_momentum": 1.0}, r"--bn_momentum must be in \[0, 1\)"),
+    ({"bn_momentum": -0.1}, "--bn_momentum must be >= 0"),
+    ({"lr_schedule": "linear"}, "--lr_schedule must be one of constant, cosine"),
+    ({"precision": "float64"}, "--precision must be one of"),
+    ({"strategy": "tpu"}, "--strategy must be one of"),
+    ({"augment_strength": -1.0}, "--augment_strength must be >= 0"),
+    ({"collective_timeout": 0.0}, "--collective_timeout must be > 0"),
+    ({"warmup_epochs": 1.0}, "needs --lr_schedule cosine"),
+    ({"warmup_epochs": 30.0, "lr_schedule": "cosine"}, "longer than the run"),
+])
+def test_bad_values_are_user_errors(changes, message):
+    with pytest.raises(options.UserError, match=message):
+        dataclasses.replace(TrainConfig(), **changes)
+
+
+def test_bad_flag_values_are_usage_errors():
+    with pytest.raises(app.UsageError, match="--epochs must be >= 1"):
+        _parse("--epochs=0")
+
+
+def test_config_round_trips_through_json():
+    config = TrainConfig(epochs=3, warm_start="a/b", seed=7)
+    assert options.from_dict(TrainConfig, json.loads(options.to_json(config))) == config

@@ -2,13 +2,19 @@
 sharding across input pipelines, evaluation padding and clear errors."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipeline import dataset
+from pipeline.config import AugmentConfig
+from preprocessing import manifest as manifest_lib
+from preprocessing.options import UserError
 from tests import factory
+
+NO_AUGMENT = AugmentConfig(augment=False)
 
 SIZE = 16
 BATCH = 8  # with SIZE, the augmentation shape shared with test_augment (one XLA compile)
@@ -19,14 +25,14 @@ def data_dir(tmp_path_factory):
     """train 32 records in 4 shards, val 7 in 2 shards, test empty."""
     out = str(tmp_path_factory.mktemp("records"))
     factory.write_records(out, {"train": 32, "val": 7, "test": 0}, size=SIZE, shards_per_split=4)
-    return out
+    return dataset.Records.open(out)
 
 
 @pytest.fixture(scope="module")
 def one_shard_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("one_shard"))
     factory.write_records(out, {"train": 32, "val": 4}, size=SIZE, shards_per_split=1)
-    return out
+    return dataset.Records.open(out)
 
 
 def _context(pipelines, pipeline_id, replicas=None):
@@ -61,7 +67,7 @@ def test_training_batches_have_static_shapes_and_valid_values(data_dir):
     assert images_spec.shape == (BATCH, SIZE, SIZE, 3) and images_spec.dtype == tf.float32
     assert masks_spec.shape == (BATCH, SIZE, SIZE, 1) and masks_spec.dtype == tf.float32
     batches = _batches(ds)
-    assert len(batches) == len(ds) == dataset.steps_per_epoch(data_dir, "train", BATCH) == 4
+    assert len(batches) == len(ds) == data_dir.steps_per_epoch("train", BATCH) == 4
     for images, masks in batches:
         assert images.min() >= 0.0 and images.max() <= 1.0
         assert set(np.unique(masks)) <= {0.0, 1.0}
@@ -85,7 +91,7 @@ def test_training_order_and_augmentation_are_a_pure_function_of_seed_and_epoch(d
 def test_an_epoch_is_each_example_once_in_an_epoch_dependent_order(data_dir):
     table = _case_ids_by_image(data_dir, "train")
     orders = [_case_ids(_batches(dataset.make_dataset(
-        data_dir, "train", batch_size=BATCH, training=True, epoch=e, augment=False)), table)
+        data_dir, "train", batch_size=BATCH, training=True, epoch=e, augment=NO_AUGMENT)), table)
         for e in range(2)]
     for order in orders:
         assert sorted(order) == sorted(table.values())  # 32 records, 4 full batches: all
@@ -107,15 +113,14 @@ def test_skip_batches_gives_the_same_batches_as_dropping_them(data_dir):
 def test_two_input_pipelines_get_disjoint_halves_of_the_split(fixture, expect_by_data, request):
     data_dir = request.getfixturevalue(fixture)
     table = _case_ids_by_image(data_dir, "train")
-    shards = dataset._list_shards(data_dir, json.load(open(os.path.join(data_dir, "manifest.json"))), "train")
-    assert dataset._plan_sharding(shards, 2, 0, 16)[2] == expect_by_data
+    assert dataset._plan_sharding(data_dir.files("train"), 2, 0, 16)[2] == expect_by_data
     halves = []
     for pipeline_id in range(2):
-        ds = dataset.make_dataset(data_dir, "train", batch_size=BATCH, training=True, augment=False,
-                                  input_context=_context(2, pipeline_id))
+        ds = dataset.make_dataset(data_dir, "train", batch_size=BATCH, training=True,
+                                  augment=NO_AUGMENT, input_context=_context(2, pipeline_id))
         assert ds.element_spec[0].shape == (BATCH // 2, SIZE, SIZE, 3)  # per-replica batch
         batches = _batches(ds)
-        assert len(batches) == dataset.steps_per_epoch(data_dir, "train", BATCH)
+        assert len(batches) == data_dir.steps_per_epoch("train", BATCH)
         halves.append(set(_case_ids(batches, table)))
     assert not halves[0] & halves[1]
     assert halves[0] | halves[1] == set(table.values())
@@ -142,7 +147,7 @@ def test_evaluation_pads_to_full_global_batches_and_sees_every_example_once(data
         for images, masks, weights in batches:  # padding is blank
             assert not images[weights == 0].any() and not masks[weights == 0].any()
     assert lengths == [2, 2]
-    assert total_weight == 7 == dataset.split_size(data_dir, "val")
+    assert total_weight == 7 == data_dir.size("val")
     assert sorted(seen) == sorted(table.values())
 
 
@@ -167,30 +172,53 @@ def test_read_examples_yields_every_record_with_metadata(data_dir):
 
 def test_empty_split_is_a_clear_error(data_dir):
     for training in (True, False):
-        with pytest.raises(ValueError, match=r"split 'test' of .* is empty"):
+        with pytest.raises(dataset.RecordsError, match=r"split 'test' of .* is empty"):
             dataset.make_dataset(data_dir, "test", batch_size=4, training=training)
-    with pytest.raises(ValueError, match="is empty"):
+    with pytest.raises(dataset.RecordsError, match="is empty"):
         dataset.read_examples(data_dir, "test", batch_size=4)
 
 
-def test_missing_manifest_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manifest.json not found"):
-        dataset.make_dataset(str(tmp_path), "train", batch_size=4, training=True)
+def test_read_examples_opens_a_directory_too(data_dir):
+    by_path = list(dataset.read_examples(data_dir.data_dir, "val", batch_size=7))
+    by_handle = list(dataset.read_examples(data_dir, "val", batch_size=7))
+    np.testing.assert_array_equal(by_path[0]["image"], by_handle[0]["image"])
 
 
-def test_bad_batch_sizes_and_options_are_clear_errors(data_dir):
+def test_augment_config_reaches_the_augmentation(data_dir):
+    def first_images(config):
+        ds = dataset.make_dataset(data_dir, "train", batch_size=BATCH, training=True, augment=config)
+        return next(iter(ds))[0].numpy()
+
+    plain = first_images(NO_AUGMENT)
+    default = first_images(AugmentConfig())
+    assert not np.array_equal(plain, default)
+    assert not np.array_equal(default, first_images(AugmentConfig(augment_strength=0.5)))
+    # Unaugmented batches are exactly the records' pixels, as evaluation reads them.
+    table = _case_ids_by_image(data_dir, "train")
+    assert len(_case_ids([(plain,)], table)) == BATCH
+
+
+def test_an_unusable_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(dataset.RecordsError, match="manifest.json not found"):
+        dataset.Records.open(str(tmp_path))
+    out = str(tmp_path / "records")
+    factory.write_records(out, {"train": 8, "val": 2}, size=SIZE, shards_per_split=2)
+    os.remove(os.path.join(out, manifest_lib.shard_name("val", 1, 2)))
+    with pytest.raises(dataset.RecordsError, match="missing"):
+        dataset.Records.open(out)
+    assert issubclass(dataset.RecordsError, UserError)  # printed without a traceback
+
+
+def test_bad_batch_sizes_are_clear_errors(data_dir):
     with pytest.raises(ValueError, match="does not divide by the 3 replicas"):
         dataset.make_dataset(data_dir, "train", batch_size=8, training=True,
                              input_context=_context(1, 0, replicas=3))
-    with pytest.raises(ValueError, match="fewer than one global batch"):
+    with pytest.raises(dataset.RecordsError, match="fewer than one global batch"):
         dataset.make_dataset(data_dir, "train", batch_size=64, training=True)
     with pytest.raises(ValueError, match="positive integer"):
         dataset.make_dataset(data_dir, "train", batch_size=0, training=True)
     with pytest.raises(ValueError, match="skip_batches=5"):
         dataset.make_dataset(data_dir, "train", batch_size=8, training=True, skip_batches=5)
-    with pytest.raises(ValueError, match="unknown augment_options"):
-        dataset.make_dataset(data_dir, "train", batch_size=8, training=True,
-                             augment_options={"rotation": 3})
 
 
 def test_shards_that_disagree_with_the_manifest_fail_loudly(tmp_path):
@@ -201,6 +229,29 @@ def test_shards_that_disagree_with_the_manifest_fail_loudly(tmp_path):
     manifest["shards"]["train"][0]["records"] += 1
     manifest["counts"]["train"] += 1
     json.dump(manifest, open(path, "w"))
-    ds = dataset.make_dataset(out, "train", batch_size=4, training=True, augment=False)
+    records = dataset.Records.open(out)
+    ds = dataset.make_dataset(records, "train", batch_size=4, training=True, augment=NO_AUGMENT)
     with pytest.raises(tf.errors.InvalidArgumentError, match="different number of records"):
         _batches(ds)
+    # Read under `dataset.reading`, as the trainer does, it is a user error naming the folder.
+    with pytest.raises(dataset.RecordsError, match=re.escape(f"{out}: the shards hold a different")):
+        with dataset.reading(records):
+            _batches(ds)
+    manifest["counts"]["train"] += 1
+    json.dump(manifest, open(path, "w"))
+    with pytest.raises(dataset.RecordsError, match=r"counts\['train'\]=18 but its train shards list 17"):
+        dataset.Records.open(out)
+
+
+def test_a_corrupt_shard_is_a_clear_error(tmp_path):
+    out = str(tmp_path)
+    factory.write_records(out, {"train": 8}, size=SIZE, shards_per_split=1)
+    shard = os.path.join(out, manifest_lib.shard_name("train", 0, 1))
+    with open(shard, "r+b") as f:  # flip bytes inside the first record's payload
+        f.seek(40)
+        f.write(b"\xff" * 8)
+    records = dataset.Records.open(out)
+    ds = dataset.make_dataset(records, "train", batch_size=4, training=True, augment=NO_AUGMENT)
+    with pytest.raises(dataset.RecordsError, match=re.escape(f"{out}: a shard is corrupt")):
+        with dataset.reading(records):
+            _batches(ds)

@@ -4,6 +4,8 @@ The model is a saved 1x1 convolution whose probability is the red channel (p = R
 so every expected mask is known exactly without training.
 """
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +18,12 @@ from PIL import Image
 
 from launch.inference import models as inference
 from launch.inference import prediction
+from launch.inference.config import PredictConfig
+from preprocessing.options import UserError
 
 S = 16
+CONFIG = PredictConfig()
+OVERLAYS = dataclasses.replace(CONFIG, overlays=True)
 
 
 def red_channel_model(path: str, image_size: int = S) -> str:
@@ -55,7 +61,7 @@ def test_masks_have_the_input_size_mode_and_values(model_path, tmp_path, height,
     inp.mkdir()
     image = np.full((height, width, 3), 255, np.uint8) if width == 1 else _half_red(height, width)
     Image.fromarray(image).save(inp / f"ISIC_1{ext}", quality=95)
-    report = prediction.predict_folder(model_path, str(inp), str(out), progress=False)
+    report = prediction.predict_folder(model_path, str(inp), str(out), CONFIG, progress=False)
     assert report["failed"] == [] and len(report["written"]) == 1
     mask = _read(out / "ISIC_1_segmentation.png")
     assert mask.mode == "L" and mask.size == (width, height)
@@ -89,7 +95,7 @@ def test_any_mode_gives_binary_mask_of_the_input_size(model_path, tmp_path, mode
     rgb = np.zeros((40, 30, 3), np.uint8)
     rgb[:, :15] = 255  # white left half: p = 1 in every mode (gray, palette, CMYK, 16-bit)
     _save_mode(inp / f"x{ext}", rgb, mode)
-    report = prediction.predict_folder(model_path, str(inp), str(out), overlays=True, progress=False)
+    report = prediction.predict_folder(model_path, str(inp), str(out), OVERLAYS, progress=False)
     assert report["failed"] == []
     mask = _read(out / "x_segmentation.png")
     assert (mask.mode, mask.size) == ("L", (30, 40))
@@ -107,36 +113,11 @@ def test_exif_rotated_jpeg_is_segmented_upright(model_path, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display: upright is 20 wide x 40 high
     Image.fromarray(stored).save(inp / "r.jpg", exif=exif, quality=95)
-    prediction.predict_folder(model_path, str(inp), str(out), overlays=True, progress=False)
+    prediction.predict_folder(model_path, str(inp), str(out), OVERLAYS, progress=False)
     mask = np.asarray(_read(out / "r_segmentation.png"))
     assert mask.shape == (40, 20) and _read(out / "overlays" / "r_overlay.jpg").size == (20, 40)
     # The stored top rows become the right-hand columns once rotated clockwise.
     assert (mask[:, 14:] == 255).all() and (mask[:, :6] == 0).all()
-
-
-@pytest.mark.parametrize("mode,ext", [("RGB", ".jpg"), ("RGB", ".png"), ("L", ".png"), ("RGBA", ".png"),
-                                      ("P", ".png"), ("I;16", ".png"), ("CMYK", ".jpg"),
-                                      ("exif6", ".jpg")])
-def test_load_image_matches_the_builder_byte_for_byte(tmp_path, mode, ext):
-    # The model must see at prediction time exactly the pixels it was trained on.
-    load = pytest.importorskip("preprocessing.load")
-    pairs = pytest.importorskip("preprocessing.pairs")
-    rng = np.random.default_rng(1)
-    rgb = rng.integers(0, 256, size=(75, 61, 3), dtype=np.uint8)
-    image_path = str(tmp_path / f"a{ext}")
-    upright = (75, 61)
-    if mode == "exif6":  # stored 61 high x 75 wide, displayed rotated: upright 75 x 61
-        exif = Image.Exif()
-        exif[0x0112] = 6
-        Image.fromarray(rgb.transpose(1, 0, 2)).save(image_path, exif=exif, quality=95)
-    else:
-        _save_mode(image_path, rgb, mode)
-    mask_path = str(tmp_path / "a_segmentation.png")
-    Image.fromarray(np.full(upright, 255, np.uint8)).save(mask_path)
-    built, _, built_size = load.load_pair(pairs.Pair("a", image_path, mask_path), S)
-    ours, size = inference.load_image(image_path, S)
-    assert size == built_size == upright
-    np.testing.assert_array_equal(ours, built)
 
 
 def test_unreadable_image_is_skipped_and_named(model_path, tmp_path):
@@ -149,7 +130,8 @@ def test_unreadable_image_is_skipped_and_named(model_path, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:100])
     (inp / "notes.txt").write_text("not an image")
     (inp / ".DS_Store").write_bytes(b"\0")
-    report = prediction.predict_folder(model_path, str(inp), str(out), batch_size=2, progress=False)
+    report = prediction.predict_folder(model_path, str(inp), str(out), dataclasses.replace(CONFIG, batch_size=2),
+                                       progress=False)
     assert [os.path.basename(p) for p in report["written"]] == ["good_segmentation.png"]
     assert [name for name, _ in report["failed"]] == ["broken.jpg", "truncated.png"]
     assert all("cannot" in reason for _, reason in report["failed"])
@@ -163,7 +145,7 @@ def test_two_images_with_one_id_are_both_reported(model_path, tmp_path):
     for ext in (".jpg", ".png", ".PNG"):
         Image.fromarray(_half_red(8, 8)).save(inp / f"x{ext}", format="PNG" if ext != ".jpg" else "JPEG")
     Image.fromarray(_half_red(8, 8)).save(inp / "y.png")
-    report = prediction.predict_folder(model_path, str(inp), str(tmp_path / "out"), progress=False)
+    report = prediction.predict_folder(model_path, str(inp), str(tmp_path / "out"), CONFIG, progress=False)
     assert [os.path.basename(p) for p in report["written"]] == ["y_segmentation.png"]
     assert [name for name, _ in report["failed"]] == ["x.PNG", "x.jpg", "x.png"]
 
@@ -171,13 +153,13 @@ def test_two_images_with_one_id_are_both_reported(model_path, tmp_path):
 def test_folder_without_images_is_a_clear_error(model_path, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no .jpg, .jpeg or .png images"):
-        prediction.predict_folder(model_path, str(tmp_path / "empty"), str(tmp_path / "out"))
+        prediction.predict_folder(model_path, str(tmp_path / "empty"), str(tmp_path / "out"), CONFIG)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "LICENSE.txt").write_text("x")
     with pytest.raises(ValueError, match=r"1 other entries ignored"):
-        prediction.predict_folder(model_path, str(tmp_path / "other"), str(tmp_path / "out"))
+        prediction.predict_folder(model_path, str(tmp_path / "other"), str(tmp_path / "out"), CONFIG)
     with pytest.raises(FileNotFoundError, match="is not a folder"):
-        prediction.predict_folder(model_path, str(tmp_path / "missing"), str(tmp_path / "out"))
+        prediction.predict_folder(model_path, str(tmp_path / "missing"), str(tmp_path / "out"), CONFIG)
 
 
 def test_model_paths_resolve_or_fail_with_the_fix(model_path, tmp_path):
@@ -221,8 +203,79 @@ def test_cli_reports_the_bad_file_and_exits_1(model_path, tmp_path):
     (inp / "broken.png").write_bytes(b"garbage")
     result = subprocess.run(
         [sys.executable, "-m", "launch.commands.predict", f"--model={model_path}", f"--input_dir={inp}",
-         f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+         f"--output_dir={tmp_path / 'out'}", "--tta", "--fill_holes", "--largest_component"],
+        capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr
     assert "1 masks written" in result.stdout and "1 images failed" in result.stdout
     assert (tmp_path / "out" / "good_segmentation.png").exists()
+
+
+def test_prediction_applies_the_models_colour_constancy(tmp_path):
+    # R = 100 under a green-blue cast: p = 100/255 < 0.5 as stored, but Shades of Gray
+    # scales red by sqrt((100^2 + 2 * 200^2) / 3) / 100 = 1.73: p = 0.68, foreground.
+    inp = tmp_path / "in"
+    inp.mkdir()
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[..., 0], image[..., 1:] = 100, 200
+    Image.fromarray(image).save(inp / "x.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    red_channel_model(str(run / inference.MODEL_FILE))
+    prediction.predict_folder(str(run), str(inp), str(tmp_path / "plain"), CONFIG, progress=False)
+    assert (np.asarray(_read(tmp_path / "plain" / "x_segmentation.png")) == 0).all()
+    (run / inference.PREPROCESSING_FILE).write_text(json.dumps(
+        {"image_size": S, "colour_constancy": "shades_of_gray", "colour_constancy_p": 6}))
+    prediction.predict_folder(str(run), str(inp), str(tmp_path / "sog"), CONFIG, progress=False)
+    assert (np.asarray(_read(tmp_path / "sog" / "x_segmentation.png")) == 255).all()
+
+
+# ----------------------------------------------------------------------------- inference options
+
+def test_post_processing_options_shape_the_written_mask(model_path, tmp_path):
+    # 64 x 64, red where the lesion is: a ring (outer 12-44, inner 20-36) and a speck.
+    inp = tmp_path / "in"
+    inp.mkdir()
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[12:44, 12:44, 0] = 255
+    image[20:36, 20:36, 0] = 0
+    image[52:60, 52:60, 0] = 255
+    Image.fromarray(image).save(inp / "x.png")
+    masks = {}
+    for name, options in {"plain": {}, "fill": {"fill_holes": True}, "largest": {"largest_component": True},
+                          "both": {"fill_holes": True, "largest_component": True, "tta": True}}.items():
+        out = tmp_path / name
+        prediction.predict_folder(model_path, str(inp), str(out), dataclasses.replace(CONFIG, **options),
+                                  progress=False)
+        masks[name] = np.asarray(_read(out / "x_segmentation.png")) == 255
+    plain = masks["plain"]
+    assert plain[28, 28] == 0 and plain[56, 56] == 1 and plain[14, 28] == 1  # hole, speck, ring
+    assert masks["fill"][28, 28] and masks["fill"][56, 56]                  # hole filled
+    assert not masks["largest"][28, 28] and not masks["largest"][56, 56]    # speck gone
+    assert masks["both"][28, 28] and not masks["both"][56, 56]
+    # The red-channel model commutes with flips and rotations: TTA changes nothing else.
+    speck = masks["plain"] & ~masks["largest"]
+    np.testing.assert_array_equal(masks["both"], masks["fill"] & ~speck)
+
+
+def test_unwritable_output_is_refused_before_any_prediction(model_path, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(_half_red(8, 8)).save(inp / "good.png")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match=r"cannot write to the output folder .*a_file/out"):
+        prediction.predict_folder(model_path, str(inp), str(tmp_path / "a_file" / "out"), CONFIG)
+
+
+def test_inference_options_are_validated_and_keep_each_commands_defaults():
+    from launch.inference.config import EvaluateConfig
+    with pytest.raises(UserError, match=r"--threshold must be in \[0, 1\), got 1.0"):
+        PredictConfig(threshold=1.0)
+    with pytest.raises(UserError, match="--batch_size must be >= 1"):
+        EvaluateConfig(batch_size=0)
+    with pytest.raises(UserError, match="--split must be one of train, val, test"):
+        EvaluateConfig(split="validation")
+    assert (PredictConfig().batch_size, EvaluateConfig().batch_size) == (16, 32)
+    for config in (PredictConfig(), EvaluateConfig()):
+        assert (config.threshold, config.tta, config.fill_holes, config.largest_component) == \
+            (0.5, False, False, False)

@@ -1,11 +1,13 @@
-"""isic-preprocess: round trip with exact values, splits, determinism across worker
-counts, build-once behaviour, bad data, interruption safety, the CLI, the real sample.
+"""isic-preprocess: round trip with exact values, splits, several input folders,
+determinism across worker counts, colour constancy, build-once behaviour (also without
+TensorFlow), bad data, interruption safety, the CLI, the real sample.
 
 Images are hand-made and tiny (tens of pixels), records 16 x 16, so that every expected
 value can be computed by hand. Per-file decoding cases are in test_preprocess_load.py.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,12 +19,15 @@ import tensorflow as tf
 from PIL import Image
 
 from preprocessing import build
+from preprocessing import decode
 from preprocessing import load
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 from preprocessing import schema
 from preprocessing import shards
 from preprocessing import splits
+from preprocessing.config import BuildConfig
+from preprocessing.options import UserError
 from tests.conftest import ISIC_SAMPLE, PROJECT_ROOT
 
 S = 16
@@ -41,7 +46,7 @@ def write_pair(root, case_id, image, mask, ext=".png", **save_kw):
     return image_path, mask_path
 
 
-def random_dataset(root, n, seed=0, h=30, w=40):
+def random_dataset(root, n, seed=0, h=30, w=40, prefix="ID"):
     """n random JPEG pairs of h x w with a random 0/255 rectangle mask each."""
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -49,15 +54,18 @@ def random_dataset(root, n, seed=0, h=30, w=40):
         mask = np.zeros((h, w), np.uint8)
         y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
         mask[y:y + h // 2, x:x + w // 2] = 255
-        write_pair(root, f"ID_{i:03d}", image, mask, ext=".jpg", quality=90)
+        write_pair(root, f"{prefix}_{i:03d}", image, mask, ext=".jpg", quality=90)
     return os.path.join(root, "images"), os.path.join(root, "masks")
 
 
+CONFIG = BuildConfig(image_size=S, num_workers=1)
+
+
 def build_dir(root, out, **kw):
-    kw.setdefault("image_size", S)
-    kw.setdefault("num_workers", 1)
-    kw.setdefault("progress", False)
-    return build.build_records(os.path.join(root, "images"), os.path.join(root, "masks"), out, **kw)
+    """Builds root/images + root/masks (or several roots) into out with CONFIG + kw."""
+    roots = [root] if isinstance(root, str) else root
+    inputs = [pairs_lib.dataset_dirs(r) for r in roots]
+    return build.build_records(inputs, out, dataclasses.replace(CONFIG, **kw), progress=False)
 
 
 def read_records(out, manifest):
@@ -75,7 +83,8 @@ def read_records(out, manifest):
                     "mask": parsed["mask"][i, ..., 0].numpy(),
                     "original_size": tuple(parsed["original_size"][i].numpy().tolist()),
                     "source_image": parsed["source_image"][i].numpy().decode(),
-                    "source_mask": parsed["source_mask"][i].numpy().decode()}
+                    "source_mask": parsed["source_mask"][i].numpy().decode(),
+                    "source": parsed["source"][i].numpy().decode()}
     return records
 
 
@@ -111,7 +120,7 @@ def test_round_trip_exact_values(tmp_path):
     for junk in ("images/.DS_Store", "images/LICENSE.txt", "masks/ATTRIBUTION.txt"):
         (tmp_path / "data" / junk).write_bytes(b"junk")
 
-    manifest = build_dir(root, out, fractions=(1, 0, 0))
+    manifest = build_dir(root, out, splits="1,0,0")
     records = read_records(out, manifest)
 
     assert sorted(records) == ["ISIC_A", "ISIC_B", "ISIC_C"]
@@ -141,6 +150,12 @@ def test_round_trip_exact_values(tmp_path):
         assert entry["sha256"] == shards.sha256_file(os.path.join(out, entry["file"]))
     assert manifest == manifest_lib.read_manifest(out)
     assert manifest["source"]["images_dir"] == os.path.join(root, "images")
+    assert manifest["sources"] == {"data": {
+        "images_dir": os.path.join(root, "images"), "masks_dir": os.path.join(root, "masks"),
+        "counts": {"train": 3, "val": 0, "test": 0}}}
+    assert {r["source"] for r in records.values()} == {"data"}
+    assert manifest["preprocessing"] == {"image_size": S, "colour_constancy": "none",
+                                         "colour_constancy_p": 6}
 
 
 # ----------------------------------------------------------------------------- splits
@@ -201,21 +216,125 @@ def test_splits_and_shards_in_the_manifest(tmp_path):
     records = read_records(out, manifest)
     assert {i: r["split"] for i, r in records.items()} == manifest["splits"]
 
-    test_only = build_dir(root, str(tmp_path / "test_only"), fractions=(0, 0, 1))
+    test_only = build_dir(root, str(tmp_path / "test_only"), splits="0,0,1")
     assert test_only["counts"] == {"train": 0, "val": 0, "test": 20}
     assert not [n for n in os.listdir(tmp_path / "test_only") if n.startswith(("train", "val"))]
 
 
 # ----------------------------------------------------------------------------- determinism
 
-def test_outputs_are_byte_identical_across_worker_counts(tmp_path):
-    root = str(tmp_path / "data")
-    random_dataset(root, 24, seed=5)
-    one = build_dir(root, str(tmp_path / "w1"), num_workers=1)
-    two = build_dir(root, str(tmp_path / "w2"), num_workers=2)
+def test_outputs_are_byte_identical_across_worker_counts_and_rebuilds(tmp_path):
+    roots = [str(tmp_path / "clinic_a"), str(tmp_path / "clinic_b")]
+    random_dataset(roots[0], 14, seed=5, prefix="A")
+    random_dataset(roots[1], 10, seed=6, prefix="B")
+    one = build_dir(roots, str(tmp_path / "w1"), num_workers=1)
+    two = build_dir(roots, str(tmp_path / "w2"), num_workers=2)
     assert shard_bytes(str(tmp_path / "w1")) == shard_bytes(str(tmp_path / "w2"))
     assert len(shard_bytes(str(tmp_path / "w1"))) == 8 + 3 + 2   # 19/3/2 records
     assert one == two
+    again = build_dir(roots, str(tmp_path / "w1"), num_workers=2, overwrite=True)
+    assert shard_bytes(str(tmp_path / "w1")) == shard_bytes(str(tmp_path / "w2")) and again == one
+    with open(os.path.join(tmp_path / "w1", manifest_lib.MANIFEST_NAME), "rb") as a, \
+            open(os.path.join(tmp_path / "w2", manifest_lib.MANIFEST_NAME), "rb") as b:
+        assert a.read() == b.read()
+
+
+# ----------------------------------------------------------------------------- several folders
+
+def test_several_folders_make_one_build_that_remembers_each_record_source(tmp_path):
+    roots = [str(tmp_path / "clinic_a"), str(tmp_path / "clinic_b")]
+    random_dataset(roots[0], 12, seed=1, prefix="A")
+    random_dataset(roots[1], 8, seed=2, prefix="B")
+    (tmp_path / "clinic_b" / "images" / "LICENSE.txt").write_text("ignored")
+    out = str(tmp_path / "out")
+    manifest = build_dir(roots, out, splits="0.5,0.25,0.25")
+
+    ids = [f"A_{i:03d}" for i in range(12)] + [f"B_{i:03d}" for i in range(8)]
+    # Splits are the same pure function of the union of IDs and the seed as for one folder.
+    expected = splits.assign_splits(ids, (0.5, 0.25, 0.25), 0)
+    assert manifest["splits"] == {i: s for s, members in expected.items() for i in members}
+    assert manifest["counts"] == {"train": 10, "val": 5, "test": 5}
+    records = read_records(out, manifest)
+    assert {i: r["source"] for i, r in records.items()} == {
+        i: "clinic_a" if i.startswith("A") else "clinic_b" for i in ids}
+    assert sorted(manifest["sources"]) == ["clinic_a", "clinic_b"]
+    for name, prefix in (("clinic_a", "A"), ("clinic_b", "B")):
+        source = manifest["sources"][name]
+        assert source["images_dir"] == os.path.join(tmp_path, name, "images")
+        assert source["counts"] == {s: sum(i.startswith(prefix) for i in expected[s])
+                                    for s in splits.SPLITS}
+    assert "source" not in manifest          # one folder only: see test_round_trip_exact_values
+    assert manifest["build"]["sources"] == ["clinic_a", "clinic_b"]
+    assert manifest["ignored_files"] == 1
+    assert records["B_003"]["source_image"] == "B_003.jpg"
+
+    # Adding a folder to an existing build is a change of inputs, refused without --overwrite.
+    with pytest.raises(build.OutputConflictError, match="sources"):
+        build_dir(roots[:1], out)
+
+
+def test_ids_in_several_folders_are_refused_with_the_list(tmp_path):
+    roots = [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")]
+    random_dataset(roots[0], 3)                       # ID_000..ID_002
+    random_dataset(roots[1], 2, seed=1)               # ID_000, ID_001 again
+    random_dataset(roots[2], 2, prefix="C")
+    with pytest.raises(UserError) as info:
+        build_dir(roots, str(tmp_path / "out"))
+    message = str(info.value)
+    assert "2 ID(s) appear in more than one input folder" in message
+    assert f"ID_000: in a ({os.path.join(roots[0], 'images')}), b ({os.path.join(roots[1], 'images')})" in message
+    assert "ID_001: in a" in message and "ID_002" not in message and "C_000" not in message
+    assert not os.path.exists(tmp_path / "out" / manifest_lib.MANIFEST_NAME)
+
+
+def test_input_folders_are_named_after_their_data_folder():
+    named = pairs_lib.name_sources([("/d/isic2017-train-256/images", "/d/isic2017-train-256/masks"),
+                                    ("/d/ISIC-2017_Test_Data", "/d/ISIC-2017_Test_GroundTruth")])
+    assert [s.name for s in named] == ["isic2017-train-256", "ISIC-2017_Test_Data"]
+    assert named[1] == pairs_lib.Source("ISIC-2017_Test_Data", "/d/ISIC-2017_Test_Data",
+                                        "/d/ISIC-2017_Test_GroundTruth")
+    same = pairs_lib.name_sources([pairs_lib.dataset_dirs("/x/clinic1/isic"),
+                                   pairs_lib.dataset_dirs("/x/clinic2/isic")])
+    assert [s.name for s in same] == ["clinic1/isic", "clinic2/isic"]
+    with pytest.raises(UserError, match="given twice"):
+        pairs_lib.name_sources([pairs_lib.dataset_dirs("/x/a"), pairs_lib.dataset_dirs("/x/a/")])
+
+
+# ----------------------------------------------------------------------------- options
+
+def test_build_config_validates_and_names_the_flag():
+    assert BuildConfig().fractions == (0.8, 0.1, 0.1)
+    assert dataclasses.replace(CONFIG, splits="0,0,1").fractions == (0.0, 0.0, 1.0)
+    for bad, message in (({"splits": "0.8,0.1"}, "--splits"), ({"splits": "0.5,0.5,0.5"}, "--splits"),
+                         ({"image_size": 0}, "--image_size must be >= 1"),
+                         ({"num_workers": 0}, "--num_workers"), ({"num_shards": 0}, "--num_shards"),
+                         ({"colour_constancy": "retinex"}, "--colour_constancy must be one of"),
+                         ({"colour_constancy_p": 0}, "--colour_constancy_p")):
+        with pytest.raises(UserError, match=message):
+            BuildConfig(**bad)
+
+
+def test_colour_constancy_is_applied_recorded_and_part_of_the_build(tmp_path):
+    root, out = str(tmp_path / "data"), str(tmp_path / "out")
+    # A bluish cast: Shades of Gray must pull it towards grey, exactly as decode does it.
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 90, 120, 200
+    image[8:24, 8:24] = (40, 50, 110)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    image_path, _ = write_pair(root, "CAST", image, mask)
+    manifest = build_dir(root, out, splits="1,0,0", colour_constancy="shades_of_gray")
+    record = read_records(out, manifest)["CAST"]
+    colour = decode.ColourConstancy("shades_of_gray", 6)
+    np.testing.assert_array_equal(record["image"], decode.load_image(image_path, S, colour)[0])
+    assert np.ptp(record["image"][0, 0].astype(int)) < np.ptp(image[0, 0].astype(int))
+    assert manifest["preprocessing"] == {"image_size": S, "colour_constancy": "shades_of_gray",
+                                         "colour_constancy_p": 6}
+    assert manifest["build"]["colour_constancy"] == "shades_of_gray"
+    with pytest.raises(build.OutputConflictError, match="colour_constancy: 'shades_of_gray' .* 'none' now"):
+        build_dir(root, out, splits="1,0,0")
+    with pytest.raises(build.OutputConflictError, match="colour_constancy_p: 6 .* 4 now"):
+        build_dir(root, out, splits="1,0,0", colour_constancy="shades_of_gray", colour_constancy_p=4)
 
 
 # ----------------------------------------------------------------------------- build once
@@ -251,16 +370,17 @@ def test_second_run_returns_at_once_and_other_options_are_refused(tmp_path, monk
 # ----------------------------------------------------------------------------- interruption
 
 def _fail_after(monkeypatch, n):
-    original = shards.ShardWriter.write
+    """Makes the build stop as if killed while it encodes its record number n + 1."""
+    original = schema.encode_example
     count = {"n": 0}
 
-    def write(self, record):
+    def encode_example(*args, **kwargs):
         count["n"] += 1
         if count["n"] > n:
             raise KeyboardInterrupt("simulated kill")
-        original(self, record)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(shards.ShardWriter, "write", write)
+    monkeypatch.setattr(schema, "encode_example", encode_example)
 
 
 def test_interrupted_build_leaves_no_manifest_and_next_run_rebuilds(tmp_path, monkeypatch):
@@ -275,7 +395,8 @@ def test_interrupted_build_leaves_no_manifest_and_next_run_rebuilds(tmp_path, mo
     monkeypatch.undo()
 
     # A run killed with SIGKILL cannot clean up: leave what it would have left.
-    (tmp_path / "out" / "train-00001-of-00008.tfrecord.tmp").write_bytes(b"partial")
+    (tmp_path / "out" / "train-00001-of-00008.tmp.tfrecord").write_bytes(b"partial")
+    (tmp_path / "out" / "manifest.tmp.json").write_bytes(b"{")
     (tmp_path / "out" / "train-00000-of-00008.tfrecord").write_bytes(b"complete but unpublished")
     (tmp_path / "out" / "notes.txt").write_text("the user's own file")
     manifest = build_dir(root, out)
@@ -341,7 +462,7 @@ def test_bad_data_is_listed_and_nothing_is_published(tmp_path):
 def test_skip_bad_records_the_problems_and_keeps_exact_splits(tmp_path):
     root, out = str(tmp_path / "data"), str(tmp_path / "out")
     expected = _bad_dataset(root)
-    manifest = build_dir(root, out, skip_bad=True, fractions=(0.5, 0.25, 0.25))
+    manifest = build_dir(root, out, skip_bad=True, splits="0.5,0.25,0.25")
     assert sorted(e["id"] for e in manifest["skipped"]) == sorted(expected)
     assert all(set(e) == {"id", "file", "reason"} for e in manifest["skipped"])
     # Splits are computed over the 4 good pairs only (2/1/1), as if the bad ones were absent.
@@ -351,26 +472,30 @@ def test_skip_bad_records_the_problems_and_keeps_exact_splits(tmp_path):
         good, (0.5, 0.25, 0.25), 0).items() for i in ids}
     assert sorted(read_records(out, manifest)) == good
     assert manifest["ignored_files"] == 4
-    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
 
 
 def test_no_pairs_at_all_is_an_error(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     (tmp_path / "images" / "README.txt").write_text("empty")
-    with pytest.raises(build.BadDataError, match="no image/mask pairs found"):
+    with pytest.raises(UserError, match="no image/mask pairs found: .* in .*/images"):
         build_dir(str(tmp_path), str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="masks folder .* does not exist"):
-        build.build_records(str(tmp_path / "images"), str(tmp_path / "nope"), str(tmp_path / "o"))
+        build.build_records([(str(tmp_path / "images"), str(tmp_path / "nope"))],
+                            str(tmp_path / "o"), CONFIG)
 
 
 # ----------------------------------------------------------------------------- CLI
 
-def test_input_flags_are_exclusive():
-    assert pairs_lib.input_dirs("D", None, None) == (os.path.join("D", "images"), os.path.join("D", "masks"))
-    assert pairs_lib.input_dirs(None, "I", "M") == ("I", "M")
-    for args, message in ((("D", "I", None), "cannot be combined"), (("D", None, "M"), "cannot be combined"),
-                          ((None, "I", None), "together"), ((None, None, None), "pass --data_dir")):
+def test_input_flags_are_exclusive_and_repeatable():
+    assert pairs_lib.input_dirs(["D"]) == [(os.path.join("D", "images"), os.path.join("D", "masks"))]
+    assert pairs_lib.input_dirs(["A", "B"])[1] == (os.path.join("B", "images"), os.path.join("B", "masks"))
+    assert pairs_lib.input_dirs((), ["I"], ["M"]) == [("I", "M")]
+    assert pairs_lib.input_dirs((), ["I1", "I2"], ["M1", "M2"]) == [("I1", "M1"), ("I2", "M2")]
+    for args, message in (((["D"], ["I"], []), "cannot be combined"), ((["D"], [], ["M"]), "cannot be combined"),
+                          (([], ["I"], []), "together"), (([], ["I1", "I2"], ["M1"]), "got 2 --images_dir and 1"),
+                          (([], [], []), "pass --data_dir")):
         with pytest.raises(ValueError, match=message):
             pairs_lib.input_dirs(*args)
 
@@ -385,22 +510,53 @@ def test_cli_reports_bad_data_without_traceback(tmp_path):
          "--num_workers", "1"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    error_lines = [l for l in result.stderr.splitlines() if l.startswith("  /")]
+    message = result.stderr[result.stderr.index(": error: 6 bad pair(s)"):]
+    error_lines = [l for l in message.splitlines() if l.startswith("  /")]
     assert len(error_lines) == len(expected)
-    assert "isic-preprocess: error: 6 bad pair(s)" in result.stderr
     assert own_files(out) == []
 
 
 def test_worker_imports_stay_free_of_tensorflow():
     # 'spawn' workers re-import the entry point's module and unpickle the task function's
-    # module; TensorFlow there would cost each worker seconds and ~600 MB for nothing.
-    # (The two entry points define flags of the same name: one process each.)
-    for entry in ("build_main", "synth_main"):
-        code = (f"import sys; import preprocessing.{entry}, preprocessing.load, preprocessing.synth; "
-                "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=60)
-        assert result.stdout.strip() == "[]", (entry, result.stdout, result.stderr)
+    # module; TensorFlow there would cost each worker seconds and memory for nothing.
+    code = ("import sys; import launch.commands.preprocess, launch.commands.synth, "
+            "preprocessing.build, preprocessing.load, preprocessing.synth; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=60)
+    assert result.stdout.strip() == "[]", (result.stdout, result.stderr)
+
+
+# Runs isic-preprocess in this process and reports whether TensorFlow got imported.
+_RERUN = """
+import sys
+from launch.commands import preprocess
+sys.argv = ["isic-preprocess", *sys.argv[1:]]
+try:
+    preprocess.run()
+except SystemExit as e:
+    print("exit", e.code, "tensorflow" in sys.modules)
+"""
+
+
+def test_rerun_on_a_finished_build_returns_without_tensorflow(tmp_path):
+    roots = [str(tmp_path / "a"), str(tmp_path / "b")]
+    random_dataset(roots[0], 4)
+    random_dataset(roots[1], 3, prefix="B")
+    out = str(tmp_path / "out")
+    build_dir(roots, out)
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    flags = ["--data_dir", roots[0], "--data_dir", roots[1], "--output_dir", out,
+             "--image_size", str(S), "--num_workers", "2"]
+    result = subprocess.run([sys.executable, "-c", _RERUN, *flags], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert "already built" in result.stdout, result.stderr
+    assert result.stdout.strip().endswith("exit 0 False"), result.stdout
+    # A conflicting re-run is refused before TensorFlow too, with the error convention.
+    result = subprocess.run([sys.executable, "-c", _RERUN, *flags, "--seed", "1"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip().endswith("exit 1 False"), (result.stdout, result.stderr)
+    assert "isic-preprocess: error: " in result.stderr and "seed: 0 in the existing build" in result.stderr
 
 
 # ----------------------------------------------------------------------------- real data
@@ -417,6 +573,7 @@ def test_real_sample_subset(tmp_path):
     out = str(tmp_path / "out")
     manifest = build_dir(str(tmp_path), out, image_size=32)
     assert manifest["counts"] == {"train": 16, "val": 2, "test": 2}
+    assert list(manifest["sources"]) == [os.path.basename(str(tmp_path))]
     records = read_records(out, manifest)
     assert len(records) == 20
     for row in rows:

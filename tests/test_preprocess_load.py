@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from preprocessing import decode
 from preprocessing import load
 from preprocessing import pairs as pairs_lib
 from tests.test_preprocess import write_pair
@@ -127,7 +128,7 @@ def test_jpeg_draft_stays_aligned_with_the_full_decode(tmp_path):
     reference = np.asarray(Image.open(path).convert("RGB").resize((S, S), Image.BOX)).astype(int)
     assert np.abs(small - reference).max() <= 32
     assert np.abs(small - reference).mean() <= 3
-    assert load.load_image(path, S)[0].tobytes() == small.tobytes()
+    assert decode.load_image(path, S)[0].tobytes() == small.tobytes()
 
 
 # ----------------------------------------------------------------------------- masks
@@ -198,3 +199,79 @@ def test_truncated_png_image_and_empty_files_name_the_file(tmp_path):
     assert info.value.problem.file == mask_path
     # The pool variant returns the problem instead of raising.
     assert load.try_load_pair((pair, S)) == (None, info.value.problem)
+
+
+def test_unsupported_mask_mode_is_refused(tmp_path):
+    # A float mask has no agreed 0-255 scale (saved as TIFF: PNG cannot hold mode F).
+    image_path, mask_path = write_pair(str(tmp_path), "X", np.zeros((8, 8, 3), np.uint8),
+                                       np.zeros((8, 8), np.uint8))
+    Image.fromarray(np.full((8, 8), 255.0, np.float32)).save(mask_path, format="TIFF")
+    with pytest.raises(load.BadPairError, match="unsupported mask mode F"):
+        load.load_pair(pairs_lib.Pair("X", image_path, mask_path), S)
+
+
+# ----------------------------------------------------------------------------- colour constancy
+
+def test_shades_of_gray_follows_its_formula():
+    # Two pixels per channel: e_c = ((a^6 + b^6) / 2)^(1/6); the grey target is the RMS
+    # of the three estimates; each channel is scaled by target / e_c and rounded.
+    image = np.array([[[100, 200, 50], [100, 100, 150]]], np.uint8)   # [1, 2, 3]
+    x = image.astype(np.float64)
+    e = ((x[0, 0] ** 6 + x[0, 1] ** 6) / 2) ** (1 / 6)
+    target = np.sqrt(np.mean(e ** 2))
+    expected = np.clip(np.rint(x * (target / e)), 0, 255).astype(np.uint8)
+    out = decode.shades_of_gray(image, 6)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    # After correction the illuminant is grey (up to rounding).
+    e_out = np.mean(out.reshape(-1, 3).astype(np.float64) ** 6, axis=0) ** (1 / 6)
+    assert np.ptp(e_out) < 1.0
+
+
+def test_shades_of_gray_edge_cases():
+    grey = np.full((4, 4, 3), 90, np.uint8)
+    np.testing.assert_array_equal(decode.shades_of_gray(grey), grey)      # already grey
+    black = np.zeros((2, 2, 3), np.uint8)
+    np.testing.assert_array_equal(decode.shades_of_gray(black), black)
+    red = np.zeros((2, 2, 3), np.uint8)
+    red[..., 0] = 200
+    out = decode.shades_of_gray(red)
+    assert (out[..., 1:] == 0).all() and (out[..., 0] == round(200 / np.sqrt(3))).all()
+    # Red mean 63.75 against a grey target of 167.4: x 2.63 takes 255 past the top.
+    bright = np.array([[[255, 200, 200], [0, 200, 200], [0, 200, 200], [0, 200, 200]]], np.uint8)
+    assert decode.shades_of_gray(bright, 1)[0, :, 0].tolist() == [255, 0, 0, 0]
+    with pytest.raises(ValueError, match="uint8"):
+        decode.shades_of_gray(np.zeros((2, 2, 3), np.float32))
+
+
+def test_colour_constancy_record_round_trips_and_is_checked():
+    on = decode.ColourConstancy("shades_of_gray", 6)
+    assert on.to_dict() == {"colour_constancy": "shades_of_gray", "colour_constancy_p": 6}
+    assert decode.ColourConstancy.from_dict(on.to_dict()) == on
+    assert decode.ColourConstancy.from_dict(None) == decode.NO_COLOUR_CONSTANCY
+    # A manifest's "preprocessing" also records the image size: other keys are ignored.
+    assert decode.ColourConstancy.from_dict({"image_size": 128}) == decode.NO_COLOUR_CONSTANCY
+    with pytest.raises(ValueError, match="unknown colour constancy 'grey_world'"):
+        decode.ColourConstancy("grey_world")
+    with pytest.raises(ValueError, match="integer >= 1"):
+        decode.ColourConstancy("shades_of_gray", 0)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_colour_constancy_is_applied_to_the_resized_image(tmp_path, ext):
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    image[..., 2] //= 3                      # a blue-poor illuminant to correct
+    image_path, mask_path = write_pair(str(tmp_path), "X", image, np.zeros((40, 56), np.uint8),
+                                       ext=ext, quality=95)
+    pair = pairs_lib.Pair("X", image_path, mask_path)
+    on = decode.ColourConstancy("shades_of_gray", 6)
+    plain, _, _ = load.load_pair(pair, S)
+    corrected, mask, size = load.load_pair(pair, S, on)
+    np.testing.assert_array_equal(corrected, decode.shades_of_gray(plain, 6))
+    assert size == (40, 56) and not mask.any()
+    # The pool variant takes the same colour constancy.
+    (result, problem) = load.try_load_pair((pair, S, on))
+    assert problem is None and result[0].tobytes() == corrected.tobytes()
+    # And inference's loader, the same function, gives the same bytes.
+    assert decode.load_image(image_path, S, on)[0].tobytes() == corrected.tobytes()

@@ -8,8 +8,8 @@ import pytest
 SNIPPET = """
 import os, sys
 {before}
-from launch import cli as runtime
-print(runtime.prefer_onednn(), os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+from launch import cli
+print(cli.prefer_onednn(), os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
 """
 
 

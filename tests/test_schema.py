@@ -1,10 +1,15 @@
 """The writer/reader contract: encode_example -> parse_batch round trip."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from preprocessing import schema
 from tests import factory
+from tests.conftest import PROJECT_ROOT
 
 
 def test_round_trip_exact_values():
@@ -21,6 +26,30 @@ def test_round_trip_exact_values():
     assert out["case_id"].numpy().tolist() == [b"ID_0", b"ID_1", b"ID_2"]
     assert out["original_size"].numpy().tolist() == [[30, 40], [31, 40], [32, 40]]
     assert out["source_mask"][1].numpy() == b"ID_1_segmentation.png"
+    assert out["source"].numpy().tolist() == [b"", b"", b""]   # not given: ""
+
+
+def test_source_round_trip_and_records_written_without_it():
+    im, m = factory.make_pair(np.random.default_rng(3), 8)
+    new = schema.encode_example("X", im, m, (8, 8), "X.jpg", "X_segmentation.png", "clinic_a")
+    # A record as builders wrote them before the `source` feature existed.
+    example = tf.train.Example()
+    example.ParseFromString(new)
+    del example.features.feature[schema.SOURCE]
+    old = example.SerializeToString(deterministic=True)
+    out = schema.parse_batch(tf.constant([new, old]), 8)
+    assert out["source"].numpy().tolist() == [b"clinic_a", b""]
+    for parsed in (out["image"][0], out["image"][1]):
+        np.testing.assert_array_equal(parsed.numpy(), im)
+
+
+def test_importing_the_schema_does_not_import_tensorflow():
+    # isic-preprocess checks a finished build (manifest.py -> schema.py) before TensorFlow.
+    code = ("import sys; import preprocessing.schema, preprocessing.manifest; "
+            "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_encoding_is_deterministic():

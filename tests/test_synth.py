@@ -9,6 +9,7 @@ from PIL import Image
 from preprocessing import build
 from preprocessing import pairs as pairs_lib
 from preprocessing import synth
+from preprocessing.config import BuildConfig
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,6 +69,8 @@ def test_generate_writes_the_input_layout_once(tmp_path):
     with open(os.path.join(out, "images", "SYNTH_0000001.jpg"), "rb") as f:
         assert f.read() == synth.encode_pair(*synth.make_pair(2, 1))[0]
 
+    assert not [n for sub in ("images", "masks") for n in os.listdir(os.path.join(out, sub))
+                if ".tmp" in n]
     # Same flags: nothing is rewritten, so a build of these inputs stays valid.
     mtimes = [os.stat(p.image_path).st_mtime_ns for p in listing.pairs]
     assert not synth.write_dataset(out, 2, seed=2, num_workers=1, progress=False)
@@ -79,9 +82,9 @@ def test_generate_writes_the_input_layout_once(tmp_path):
     assert synth.write_dataset(out, 2, seed=3, num_workers=1, progress=False)
 
     # The builder accepts the output as it is.
-    manifest = build.build_records(os.path.join(out, "images"), os.path.join(out, "masks"),
-                                   str(tmp_path / "records"), image_size=16, num_workers=1,
-                                   fractions=(0.5, 0.5, 0), progress=False)
+    config = BuildConfig(image_size=16, num_workers=1, splits="0.5,0.5,0")
+    manifest = build.build_records([pairs_lib.dataset_dirs(out)], str(tmp_path / "records"),
+                                   config, progress=False)
     assert manifest["counts"] == {"train": 1, "val": 1, "test": 0}
 
 

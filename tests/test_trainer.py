@@ -1,10 +1,13 @@
-"""The trainer end to end on tiny records: learning, outputs, precision, NaN, resume.
+"""The trainer end to end on tiny records: learning, outputs, precision, NaN, resume; and its
+host-side parts (steps per call, the reporter) without training.
 
 In-process tests use the one-device strategy; tests that need logical CPU devices or
 several processes run `isic-train` in subprocesses (see test_trainer_distributed.py).
 """
 
 import csv
+import dataclasses
+import json
 import os
 import shutil
 
@@ -12,14 +15,22 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_framework_config
 
 from launch.training import checkpoints
+from launch.training import report
 from launch.training import steps as steps_lib
 from launch.training import trainer
+from launch.training.config import TrainConfig
+from preprocessing import options
 from tests import factory
 
-TINY = dict(batch_size=4, base_filters=4, strategy="one_device", precision="float32",
-            num_summary_images=2, verbose=False, learning_rate=3e-3)
+BASE = TrainConfig(batch_size=4, base_filters=4, strategy="one_device", precision="float32",
+                   summary_images=2, learning_rate=3e-3)
+
+
+def _train(records, model_dir, **changes):
+    return trainer.train(records, model_dir, dataclasses.replace(BASE, **changes), verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -31,51 +42,37 @@ def records(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_epoch_run(records, tmp_path_factory):
-    """A model directory after one epoch (4 steps); tests copy it before changing it."""
+    """A model directory after one epoch (4 steps); tests copy it before changing it.
+
+    Cosine schedule: its rate comes from the config, not from the checkpoint (a constant
+    rate is an optimizer variable, restored on resume), so a resumed run can change it."""
     model_dir = str(tmp_path_factory.mktemp("one_epoch") / "run")
-    trainer.train(records, model_dir, epochs=1, **TINY)
+    _train(records, model_dir, epochs=1, lr_schedule="cosine")
     return model_dir
 
 
-def test_training_lowers_loss_and_writes_every_output(records, tmp_path, monkeypatch):
+def test_training_lowers_loss_and_writes_every_output(records, tmp_path):
     model_dir = str(tmp_path / "run")
-    seen = []  # augmentation options of every training dataset the trainer builds
-    real_make_dataset = trainer.dataset_lib.make_dataset
-
-    def spy(*args, **kwargs):
-        if kwargs.get("training"):
-            seen.append(kwargs["augment_options"])
-        return real_make_dataset(*args, **kwargs)
-
-    monkeypatch.setattr(trainer.dataset_lib, "make_dataset", spy)
-    chunks = []  # steps per train_steps call: auto chunking (the default) grows them
-    real_make_train_steps = steps_lib.make_train_steps
-
-    def counting_train_steps(*args, **kwargs):
-        train_steps = real_make_train_steps(*args, **kwargs)
-
-        def call(iterator, num_steps):
-            chunks.append(int(num_steps))
-            return train_steps(iterator, num_steps)
-        return call
-
-    monkeypatch.setattr(trainer.steps_lib, "make_train_steps", counting_train_steps)
-    row = trainer.train(records, model_dir, epochs=4, checkpoint_every_steps=3,
-                        flags_text="--epochs=4\n", bn_momentum=0.8, augment_strength=0.5, **TINY)
-    assert len(seen) == 4 and all(o["rotation_degrees"] == 7.5 for o in seen)
-    # 4 epochs of 4 steps, chunks cut at the checkpoint boundaries (every 3 steps).
-    assert sum(chunks) == 16 and max(chunks) > 1 and len(chunks) < 16
+    config = dataclasses.replace(BASE, epochs=4, checkpoint_every_steps=3, bn_momentum=0.8,
+                                 augment_strength=0.5)
+    row = trainer.train(records, model_dir, config, verbose=False)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        assert options.from_dict(TrainConfig, json.load(f)) == config
     with open(os.path.join(model_dir, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     for key in ("val_loss", "val_dice", "val_accuracy", "val_jaccard", "dice", "accuracy"):
         assert 0.0 <= float(rows[-1][key]) <= 2.0, key
-    assert row["epoch"] == 4 and row["step"] == 16
-    for name in ("flags.txt", "loss.png", "accuracy.png", "dice.png", "ISIC-UNet.keras",
+    assert row["epoch"] == 4 and row["step"] == 16 and row["chief"]
+    for name in ("config.json", "loss.png", "accuracy.png", "dice.png", "ISIC-UNet.keras",
                  "best/ISIC-UNet.keras", "checkpoints/run.json"):
         assert os.path.getsize(os.path.join(model_dir, name)) > 0, name
-    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-16")
+    assert not os.path.exists(os.path.join(model_dir, "flags.txt"))
+    # Checkpoints at every 3rd step and at epoch ends (4, 8, ...); the newest 3 are kept.
+    state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+        "ckpt-12", "ckpt-15", "ckpt-16"]
     events = [f for d, _, fs in os.walk(os.path.join(model_dir, "logs")) for f in fs]
     assert len(events) >= 2
     # The exported models load and agree with each other.
@@ -91,8 +88,7 @@ def test_training_lowers_loss_and_writes_every_output(records, tmp_path, monkeyp
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_trains_with_float32_output(records, tmp_path, precision):
     model_dir = str(tmp_path / precision)
-    args = dict(TINY, precision=precision)
-    row = trainer.train(records, model_dir, epochs=1, **args)
+    row = _train(records, model_dir, epochs=1, precision=precision)
     assert np.isfinite(row["loss"])
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     model = keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
@@ -109,37 +105,48 @@ def _weights(model_dir):
 
 def test_resume_at_epoch_boundary_is_bit_identical(records, tmp_path):
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
-    trainer.train(records, full, epochs=2, deterministic=True, **TINY)
-    trainer.train(records, split, epochs=1, deterministic=True, **TINY)
-    row = trainer.train(records, split, epochs=2, deterministic=True, **TINY)
+    _train(records, full, epochs=2, deterministic=True)
+    assert not tf_framework_config.is_op_determinism_enabled()  # restored afterwards
+    _train(records, split, epochs=1, deterministic=True)
+    row = _train(records, split, epochs=2, deterministic=True)
     assert row["step"] == 8
     for a, b in zip(_weights(full), _weights(split)):
         np.testing.assert_array_equal(a, b)
     with open(os.path.join(split, "history.csv")) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    with open(os.path.join(split, "config.json")) as f:  # rewritten by every run
+        assert json.load(f)["epochs"] == 2
+    # Nothing left to train: the last recorded row comes back, the weights stay.
+    again = _train(records, split, epochs=2, deterministic=True)
+    assert again["epoch"] == 2 and again["weights_sha256"] == row["weights_sha256"]
 
 
-def test_nan_stops_training_and_keeps_last_checkpoint(records, one_epoch_run, tmp_path, monkeypatch):
+def test_nan_stops_training_and_keeps_last_checkpoint(records, one_epoch_run, tmp_path):
     model_dir = str(tmp_path / "nan")
     shutil.copytree(one_epoch_run, model_dir)
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     before = {f: os.path.getmtime(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir)}
-    # Simulate divergence: the resumed run's loss is NaN from its first step.
-    original = steps_lib.losses.bce_dice_loss
-    monkeypatch.setattr(steps_lib.losses, "bce_dice_loss",
-                        lambda t, p, dice_weight=1.0: original(t, p, dice_weight) * float("nan"))
-    with pytest.raises(trainer.NonFiniteLossError, match="ckpt-4"):
-        trainer.train(records, model_dir, epochs=3, checkpoint_every_steps=1, **TINY)
+    # Resumed with a learning rate far too high: the weights blow up at step 5, and the
+    # loss of step 6 is NaN.
+    with pytest.raises(trainer.NonFiniteLossError, match="at step 6.*ckpt-4"):
+        _train(records, model_dir, epochs=3, checkpoint_every_steps=0, lr_schedule="cosine",
+               learning_rate=1e30)
     after = {f: os.path.getmtime(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir)}
     assert after == before  # nothing written, the good checkpoint untouched
+    assert issubclass(trainer.NonFiniteLossError, options.UserError)
 
 
 def test_changing_model_shape_is_a_clear_error(records, one_epoch_run):
     model_dir = one_epoch_run  # the checks fail before anything is written
+    with open(os.path.join(model_dir, "config.json")) as f:
+        written = f.read()
     with pytest.raises(checkpoints.CheckpointMismatchError, match="base_filters=4"):
-        trainer.train(records, model_dir, epochs=2, **dict(TINY, base_filters=8))
+        _train(records, model_dir, epochs=2, base_filters=8)
     with pytest.raises(checkpoints.CheckpointMismatchError, match="batch_size"):
-        trainer.train(records, model_dir, epochs=2, **dict(TINY, batch_size=8))
+        _train(records, model_dir, epochs=2, batch_size=8)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        assert f.read() == written
+    assert issubclass(checkpoints.CheckpointMismatchError, options.UserError)
 
 
 def test_warm_start_loads_weights_into_a_new_run(records, one_epoch_run, tmp_path):
@@ -147,10 +154,70 @@ def test_warm_start_loads_weights_into_a_new_run(records, one_epoch_run, tmp_pat
     target = str(tmp_path / "target")
     model = keras.models.load_model(os.path.join(source, "ISIC-UNet.keras"))
     # lr 0 keeps the weights; BN moving statistics still move, so compare conv kernels only.
-    trainer.train(records, target, epochs=1, warm_start=source, **dict(TINY, learning_rate=0.0))
+    _train(records, target, epochs=1, warm_start=source, learning_rate=0.0)
     warmed = keras.models.load_model(os.path.join(target, "ISIC-UNet.keras"))
     kernels = [(a.kernel.numpy(), b.kernel.numpy()) for a, b in zip(model.layers, warmed.layers)
                if isinstance(a, keras.layers.Conv2D)]
     assert len(kernels) == 19
     for a, b in kernels:
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(checkpoints.MissingCheckpointError, match="no such file"):
+        _train(records, str(tmp_path / "other"), epochs=1, warm_start=str(tmp_path / "nowhere"))
+
+
+def test_too_few_records_for_one_batch_is_a_user_error(records, tmp_path):
+    with pytest.raises(options.UserError, match="fewer than one global batch of 32"):
+        _train(records, str(tmp_path / "run"), epochs=1, batch_size=32)
+
+
+# --- Host-side parts, without training.
+
+def _calls(planner, start, end, seconds=0.0):
+    """The steps per call from global step `start` to `end`, each call taking `seconds`."""
+    calls, step = [], start
+    while step < end:
+        n = planner.next(step)
+        planner.record(n, seconds)
+        calls.append(n)
+        step += n
+    return calls
+
+
+def test_steps_per_call_double_while_fast_up_to_the_cap():
+    planner = steps_lib.StepsPerCall(steps_per_epoch=1000, checkpoint_every_steps=0,
+                                     steps_per_execution=0, auto=True)
+    assert _calls(planner, 0, 1000)[:10] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 256]
+    slow = steps_lib.StepsPerCall(1000, 0, 0, auto=True)
+    assert _calls(slow, 0, 5, seconds=1.0) == [1] * 5  # calls of >= 0.2 s do not grow
+
+
+def test_steps_per_call_stop_at_checkpoints_and_epoch_ends():
+    planner = steps_lib.StepsPerCall(steps_per_epoch=10, checkpoint_every_steps=4,
+                                     steps_per_execution=0, auto=True)
+    # Epoch 1 from step 0: 1, 2, then 1 to reach checkpoint 4, 4 to 8, 2 to the epoch end.
+    assert _calls(planner, 0, 10) == [1, 2, 1, 4, 2]
+    assert [s for s in range(1, 21) if planner.checkpoint_due(s)] == [4, 8, 12, 16]  # not 20
+    # A resumed run (step 13) stops at 16 and 20 with its fixed chunk.
+    fixed = steps_lib.StepsPerCall(10, 4, steps_per_execution=8, auto=True)
+    assert _calls(fixed, 13, 20) == [3, 4]
+
+
+def test_steps_per_call_fixed_or_multi_worker_never_grows():
+    fixed = steps_lib.StepsPerCall(10, 0, steps_per_execution=3, auto=True)
+    assert _calls(fixed, 0, 10) == [3, 3, 3, 1]
+    workers = steps_lib.StepsPerCall(100, 0, steps_per_execution=0, auto=False)
+    assert _calls(workers, 0, 4) == [1, 1, 1, 1]
+
+
+def test_reporter_of_other_workers_writes_nothing(tmp_path):
+    model_dir = str(tmp_path / "run")
+    silent = report.create(model_dir, chief=False, verbose=True)
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(1, 1)])
+    silent.start(BASE, {"steps_per_epoch": 2}, model, start_epoch=0)
+    silent.epoch_start(0, 0)
+    silent.chunk(1, 1, {"loss": 1.0, "dice": 0.5, "count": 4.0}, 10.0)
+    silent.epoch_end({"epoch": 1, "step": 2, "loss": 1.0, "val_dice": 0.5}, model, None)
+    silent.finish(model)
+    assert not silent.chief and silent.last_row() == {}
+    assert not os.path.exists(model_dir)
+    assert report.create(model_dir, chief=True, verbose=False).chief

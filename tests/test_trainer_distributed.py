@@ -113,8 +113,8 @@ def test_two_worker_processes_train_identical_weights(records, tmp_path):
     assert digests[0] and digests[0] == digests[1]
     # Only the chief writes into the model directory.
     assert sorted(os.listdir(multi)) == sorted(
-        ["ISIC-UNet.keras", "best", "checkpoints", "flags.txt", "history.csv", "logs", "saved_model",
-         "loss.png", "accuracy.png", "dice.png"])
+        ["ISIC-UNet.keras", "best", "checkpoints", "config.json", "history.csv", "logs", "saved_model",
+         "loss.png", "accuracy.png", "dice.png", "preprocessing.json"])
     _run(_cmd(records, single, "--strategy=one_device", *WHOLE_BATCH))
     _assert_close(single, multi)
 

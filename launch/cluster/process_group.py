@@ -8,13 +8,13 @@ The group's contract:
     {"type": "worker", "index": i}}; worker 0 is the chief (launch/distribute.is_chief);
   * every line a worker prints is copied to the launcher's stdout/stderr as "[wi] line";
   * when a worker dies (non-zero exit or signal) the others get SIGTERM and, after
-    `grace_s`, SIGKILL, so the group ends within about `grace_s` + 0.1 s of the death even
-    if the survivors are blocked in a collective. (TensorFlow workers ignore SIGTERM once
+    `grace_seconds`, SIGKILL, so the group ends within about `grace_seconds` + POLL_S of
+    the death even if the survivors are blocked in a collective. (TensorFlow workers ignore SIGTERM once
     MultiWorkerMirroredStrategy exists: its preemption notifier catches it. They fail by
-    themselves ~10 s after a peer died, when the coordination service misses its
-    heartbeats, and --collective_timeout bounds that too; a launcher must not rely on it.)
+    themselves once the coordination service misses a peer's heartbeats, and
+    --collective_timeout bounds that too; a launcher must not rely on it.)
   * SIGINT/SIGTERM sent to the launcher are forwarded to every worker (then SIGKILL after
-    `grace_s`; a second signal kills at once);
+    `grace_seconds`; a second signal kills at once);
   * `launch` relaunches the whole group after a failure, up to `restarts` times, on fresh
     ports. Resuming is the trainer's job: it continues from --model_dir's last checkpoint.
 
@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+
+from launch.cluster.config import LaunchConfig
 
 LOCALHOST = "127.0.0.1"
 POLL_S = 0.05  # how often the launcher checks its workers: adds at most this to every bound
@@ -183,19 +185,19 @@ class WorkerGroup:
       commands: one argv list per worker.
       envs: one environment dict per worker (see `worker_env`).
       out, err: text streams receiving the workers' prefixed stdout and stderr lines.
-      grace_s: seconds between SIGTERM (or the forwarded signal) and SIGKILL.
+      grace_seconds: seconds between SIGTERM (or the forwarded signal) and SIGKILL.
       interrupts: where signals to the launcher are recorded (shared across restarts).
       cwd: the workers' working directory.
       log: called with the launcher's own messages (default: written to `err`).
     """
 
     def __init__(self, commands: list[list[str]], envs: list[dict], *, out, err,
-                 grace_s: float = 10.0, interrupts: Interrupts | None = None,
+                 grace_seconds: float = 10.0, interrupts: Interrupts | None = None,
                  cwd: str | None = None, log=None):
         if len(commands) != len(envs) or not commands:
             raise ValueError(f"need one environment per command, got {len(commands)} commands "
                              f"and {len(envs)} environments")
-        self.commands, self.envs, self.cwd, self.grace_s = commands, envs, cwd, grace_s
+        self.commands, self.envs, self.cwd, self.grace_seconds = commands, envs, cwd, grace_seconds
         self.interrupts = interrupts or Interrupts()
         lock = threading.Lock()  # one lock for both streams keeps [w0]/[w1] lines whole
         self.out, self.err = _Output(out, lock), _Output(err, lock)
@@ -227,14 +229,14 @@ class WorkerGroup:
                 signum = self.interrupts.received[self.signals_before]
                 name = signal.Signals(signum).name
                 self.log(f"got {name}: forwarding it to all workers")
-                seconds = self._stop(signum, self.grace_s)
+                seconds = self._stop(signum, self.grace_seconds)
                 self.log(f"group stopped {seconds:.2f} s after {name}")
                 return self._result(interrupted=signum, stop_seconds=seconds)
             codes = [p.poll() for p in self.procs]
             failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
             if failed is not None:
                 self.log(f"worker {failed} died ({describe_exit(codes[failed])}): stopping the others")
-                seconds = self._stop(signal.SIGTERM, self.grace_s)
+                seconds = self._stop(signal.SIGTERM, self.grace_seconds)
                 self.log(f"group stopped {seconds:.2f} s after worker {failed} died")
                 return self._result(failed=failed, stop_seconds=seconds)
             if all(c == 0 for c in codes):
@@ -254,12 +256,12 @@ class WorkerGroup:
                 except ProcessLookupError:
                     pass
 
-    def _stop(self, signum: int, grace_s: float) -> float:
-        """Sends `signum`, then SIGKILL after `grace_s` (or at a further signal); returns seconds."""
+    def _stop(self, signum: int, grace_seconds: float) -> float:
+        """Sends `signum`, then SIGKILL after `grace_seconds` (or at a further signal); returns seconds."""
         t0 = time.monotonic()
         signals_before = len(self.interrupts.received)
         self._send(signum)
-        deadline = t0 + grace_s
+        deadline = t0 + grace_seconds
         while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
             if len(self.interrupts.received) > signals_before:
                 break  # a second Ctrl-C: do not wait for the grace period
@@ -283,19 +285,16 @@ class WorkerGroup:
             thread.join(timeout=1.0)
 
 
-def launch(command: list[str], num_workers: int, *, port: int | None = None, restarts: int = 0,
-           grace_s: float = 10.0, gpus_per_worker: int = 0, env: dict | None = None,
+def launch(command: list[str], config: LaunchConfig, *, env: dict | None = None,
            cwd: str | None = None, out=None, err=None, interrupts: Interrupts | None = None,
            handle_signals: bool = False) -> int:
-    """Runs `command` as `num_workers` local workers, relaunching up to `restarts` times.
+    """Runs `command` as `config.num_workers` local workers, relaunching up to
+    `config.restarts` times.
 
     Args:
       command: the argv every worker runs (each gets its own TF_CONFIG).
-      num_workers: processes in the group.
-      port: first port to try (None: let the kernel pick). Each launch uses fresh ports.
-      restarts: how many times to relaunch the whole group after a worker failed.
-      grace_s: seconds from SIGTERM to SIGKILL when stopping the group.
-      gpus_per_worker: if > 0, give each worker its own CUDA_VISIBLE_DEVICES slice.
+      config: workers, first port (None: the kernel picks; each launch uses fresh ports),
+        restarts, grace seconds from SIGTERM to SIGKILL, GPUs per worker.
       env: base environment (default os.environ); cwd: the workers' directory.
       out, err: where prefixed worker lines and launcher messages go (default sys.stdout/err).
       interrupts: shared signal record (tests append to it to simulate a signal).
@@ -304,41 +303,36 @@ def launch(command: list[str], num_workers: int, *, port: int | None = None, res
     Returns:
       the launcher's exit code: 0, the failed worker's code, or 128 + signal.
     """
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if restarts < 0 or grace_s < 0:
-        raise ValueError(f"restarts and grace_s must be >= 0, got {restarts} and {grace_s}")
-    out, err = out or sys.stdout, err or sys.stderr
     interrupts = interrupts or Interrupts()
     previous = {}
     if handle_signals:
         previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _launch_attempts(command, num_workers, port, restarts, grace_s, gpus_per_worker,
-                                dict(os.environ if env is None else env), cwd, out, err, interrupts)
+        return _launch_attempts(command, config, dict(os.environ if env is None else env), cwd,
+                                out or sys.stdout, err or sys.stderr, interrupts)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _launch_attempts(command, num_workers, port, restarts, grace_s, gpus_per_worker, env, cwd,
-                     out, err, interrupts) -> int:
+def _launch_attempts(command, config: LaunchConfig, env, cwd, out, err, interrupts) -> int:
     used_ports: set[int] = set()
     result = None
+    n, restarts = config.num_workers, config.restarts
     for attempt in range(restarts + 1):
         if interrupts.received:
             return 128 + interrupts.received[0]
         # Fresh ports on every attempt: the dead group's may still be held (TIME_WAIT).
-        ports = find_free_ports(num_workers, port, exclude=used_ports)
+        ports = find_free_ports(n, config.port, exclude=used_ports)
         used_ports.update(ports)
         addresses = [f"{LOCALHOST}:{p}" for p in ports]
-        envs = [worker_env(env, addresses, i, gpus_per_worker) for i in range(num_workers)]
-        group = WorkerGroup([list(command)] * num_workers, envs, out=out, err=err,
-                            grace_s=grace_s, interrupts=interrupts, cwd=cwd)
+        envs = [worker_env(env, addresses, i, config.gpus_per_worker) for i in range(n)]
+        group = WorkerGroup([list(command)] * n, envs, out=out, err=err,
+                            grace_seconds=config.grace_seconds, interrupts=interrupts, cwd=cwd)
         if attempt:
             group.log(f"restart {attempt} of {restarts} on {', '.join(addresses)}")
         else:
-            group.log(f"{num_workers} worker(s) on {', '.join(addresses)}")
+            group.log(f"{n} worker(s) on {', '.join(addresses)}")
         group.start()
         result = group.wait()
         if result.ok:

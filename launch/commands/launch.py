@@ -20,25 +20,11 @@ import os
 import sys
 
 from absl import app
-from absl import flags
 
+import launch as launch_package
+from launch import cli
 from launch.cluster import process_group
-from launch import console_tmp as console
-
-FLAGS = flags.FLAGS
-
-flags.DEFINE_integer("num_workers", 2, "Worker processes to start on this machine.")
-flags.DEFINE_integer("port", None, "First port to try for the workers' gRPC servers (the next "
-                     "free ones above it are used). Default: ports picked by the kernel.")
-flags.DEFINE_integer("restarts", 0, "Relaunch the whole group up to this many times after a "
-                     "worker failed; training resumes from --model_dir's last checkpoint.")
-flags.DEFINE_float("grace_seconds", 10.0, "Seconds the other workers get to exit after SIGTERM "
-                   "(when a worker died, or on Ctrl-C) before they are SIGKILLed. TensorFlow's "
-                   "multi-worker runtime ignores SIGTERM, so this bounds how long they outlive "
-                   "a dead peer.")
-flags.DEFINE_integer("gpus_per_worker", 0, "If > 0, worker i sees only GPUs i*G..(i+1)*G-1 "
-                     "(CUDA_VISIBLE_DEVICES). Default: leave CUDA_VISIBLE_DEVICES alone. One "
-                     "machine with several GPUs needs no launcher: isic-train mirrors over them.")
+from launch.cluster.config import LaunchConfig
 
 
 def worker_command(args: list[str]) -> list[str]:
@@ -60,31 +46,23 @@ def worker_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "launch.commands.train", *args, "--strategy=multi_worker"]
 
 
-def main(argv):
-    if FLAGS.num_workers < 1:
-        raise app.UsageError(f"--num_workers must be >= 1, got {FLAGS.num_workers}")
-    if FLAGS.restarts < 0 or FLAGS.grace_seconds < 0 or FLAGS.gpus_per_worker < 0:
-        raise app.UsageError("--restarts, --grace_seconds and --gpus_per_worker must be >= 0")
-    if FLAGS.port is not None and not 1 <= FLAGS.port <= 65535:
-        raise app.UsageError(f"--port must be in 1..65535, got {FLAGS.port}")
-    command = worker_command(argv[1:])
-    # Workers run `-m launch.commands.train` from the current directory: make the project importable
-    # from there even when it is not installed.
-    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def main(args, config: LaunchConfig) -> int:
+    command = worker_command(args.argv)
+    # Workers run `-m launch.commands.train` from the current directory: make the project
+    # (the folder holding the `launch` package) importable from there even when it is not
+    # installed.
+    project = os.path.dirname(os.path.dirname(os.path.abspath(launch_package.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH")) if p)
     try:
-        return process_group.launch(
-            command, FLAGS.num_workers, port=FLAGS.port, restarts=FLAGS.restarts,
-            grace_s=FLAGS.grace_seconds, gpus_per_worker=FLAGS.gpus_per_worker, env=env,
-            handle_signals=True)
+        return process_group.launch(command, config, env=env, handle_signals=True)
     except RuntimeError as e:  # no free ports, a worker command that cannot start
-        print(f"isic-launch: error: {e}", file=sys.stderr)
-        return 1
+        raise cli.UserError(str(e)) from None
 
 
-def run():
-    console.run(main, __name__)
+def run() -> None:
+    """Console-script entry point (isic-launch)."""
+    cli.run(__name__, LaunchConfig, main, uses_tensorflow=False, passthrough=True)
 
 
 if __name__ == "__main__":

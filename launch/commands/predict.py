@@ -3,62 +3,43 @@
   isic-predict --model runs/unet --input_dir photos/ --output_dir masks/ [--overlays]
 
 Writes masks/<ID>_segmentation.png (8-bit, 0/255, the input's size) for each
-photos/<ID>.jpg|.jpeg|.png. Exits with 1 if any image could not be read (the others are
-still written).
+photos/<ID>.jpg|.jpeg|.png, prepared as the model's training records were (its colour
+constancy included) and made as isic-evaluate scores them: --threshold, --tta,
+--fill_holes, --largest_component. Exits with 1 if any image could not be read (the
+others are still written).
 """
 
 import sys
 
-from absl import app
-from absl import flags
+from launch import cli
+from launch.inference.config import PredictConfig
 
-from launch import cli as runtime
-from launch import console_tmp as console
-
-FLAGS = flags.FLAGS
-
-flags.DEFINE_string("model", None, "A model directory from isic-train (uses its ISIC-UNet.keras; "
-                    "pass runs/unet/best for the best-by-validation model) or a .keras file.")
-flags.DEFINE_string("input_dir", None, "Folder of JPEG or PNG images (any size and mode); other "
-                    "files are ignored.")
-flags.DEFINE_string("output_dir", None, "Where <ID>_segmentation.png files go (created).")
-flags.DEFINE_bool("overlays", False, "Also write overlays/<ID>_overlay.jpg: the image with the "
-                  "predicted lesion tinted and outlined.")
-flags.DEFINE_integer("batch_size", 16, "Images per prediction batch.")
-flags.DEFINE_float("threshold", 0.5, "A pixel is foreground where its probability is > threshold "
-                   "(0.5 in the ISIC challenge).")
-
-flags.mark_flags_as_required(["model", "input_dir", "output_dir"])
+PATHS = {
+    "model": "A model directory from isic-train (uses its ISIC-UNet.keras; pass "
+             "runs/unet/best for the best-by-validation model) or a .keras file.",
+    "input_dir": "Folder of JPEG or PNG images (any size and mode); other files are ignored.",
+    "output_dir": "Where <ID>_segmentation.png files go (created).",
+}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.batch_size <= 0:
-        raise app.UsageError(f"--batch_size must be positive, got {FLAGS.batch_size}")
-    if not 0.0 <= FLAGS.threshold < 1.0:
-        raise app.UsageError(f"--threshold must be in [0, 1), got {FLAGS.threshold}")
-    runtime.prefer_onednn()  # before TensorFlow is imported
-    # Imported after flag parsing so `isic-predict --help` answers without loading TensorFlow.
-    from launch.inference import prediction
+def main(args, config: PredictConfig) -> int:
+    from launch.inference import prediction  # after cli set the environment TensorFlow reads
 
     try:
-        report = prediction.predict_folder(
-            FLAGS.model, FLAGS.input_dir, FLAGS.output_dir, batch_size=FLAGS.batch_size,
-            threshold=FLAGS.threshold, overlays=FLAGS.overlays)
+        report = prediction.predict_folder(args.model, args.input_dir, args.output_dir, config)
     except (FileNotFoundError, ValueError) as e:
-        print(f"isic-predict: error: {e}", file=sys.stderr)
-        return 1
+        raise cli.UserError(str(e)) from None
     for name, reason in report["failed"]:
         print(f"isic-predict: skipped {name}: {reason}", file=sys.stderr)
     print(f"{len(report['written'])} masks written to {report['output_dir']}"
-          + (f" (overlays in {report['output_dir']}/overlays)" if FLAGS.overlays else "")
+          + (f" (overlays in {report['output_dir']}/overlays)" if config.overlays else "")
           + f"; {len(report['failed'])} images failed; {len(report['ignored'])} other files ignored")
     return 1 if report["failed"] else 0
 
 
-def run():
-    console.run(main, __name__)
+def run() -> None:
+    """Console-script entry point (isic-predict)."""
+    cli.run(__name__, PredictConfig, main, paths=PATHS, required=("model", "input_dir", "output_dir"))
 
 
 if __name__ == "__main__":

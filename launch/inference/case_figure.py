@@ -1,9 +1,11 @@
-"""The evaluation figure: the best, median and worst images of a split by Jaccard.
+"""The evaluation figure: the best, median and worst images by Jaccard.
 
 One row per case: the image, and the image with the true outline (green) and the
 predicted outline (magenta). At training size the records' S x S image and masks are
 drawn; at full resolution the source image and mask at their original size, shrunk for
 display by striding (only the picture is shrunk; the scores come from full-size masks).
+The predicted mask is recomputed through launch/inference/segment.py with the
+evaluation's config, so it is the one that was scored (TTA and post-processing included).
 """
 
 import os
@@ -11,9 +13,11 @@ import os
 import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
 
-from launch.inference import models as inference
+from launch.inference import models
+from launch.inference import segment
 from model import metrics
 from pipeline import dataset as dataset_lib
+from preprocessing import files
 
 _DISPLAY_PIXELS = 400  # longest side drawn per panel
 
@@ -31,10 +35,59 @@ def pick_cases(rows: list[dict]) -> list[tuple[str, dict]]:
     return unique
 
 
-def _records(data_dir: str, split: str, ids: set) -> dict:
+def record_panels(model, records: dataset_lib.Records, cases, config, folders=None) -> list[tuple]:
+    """The panels of `cases` (from `pick_cases`) scored from the records of config.split.
+
+    Args:
+      records: the dataset (pipeline.dataset.Records).
+      folders: as in scoring.score_records: None at the records' size, else source name ->
+        (images_dir, masks_dir) for full resolution.
+    Returns:
+      [(label, row, image uint8 [h, w, 3], truth bool [h, w], prediction bool [h, w])].
+    """
+    found = _find(records, config.split, {row["id"] for _, row in cases})
+    images = np.stack([found[row["id"]]["image"] for _, row in cases])  # [<=3, S, S, 3]
+    probabilities = segment.probabilities(model, images, config, max(config.batch_size, len(cases)))
+    panels = []
+    for (label, row), p in zip(cases, probabilities):
+        record = found[row["id"]]
+        if folders is None:
+            image = np.round(record["image"] * 255.0).astype(np.uint8)
+            truth, pred = record["mask"][..., 0] > 0.5, segment.to_mask(p, config)
+        else:
+            size = tuple(int(v) for v in record["original_size"])
+            images_dir, masks_dir = folders(record.get("source", b"").decode())
+            image = models.load_full_image(os.path.join(images_dir, record["source_image"].decode()))
+            truth = _truth(os.path.join(masks_dir, record["source_mask"].decode()), size)
+            pred = segment.to_mask(p, config, size)
+        panels.append((label, row, image, truth, pred))
+    return panels
+
+
+def pair_panels(model, pairs_by_id: dict, cases, config, colour_constancy) -> list[tuple]:
+    """The panels of `cases` scored from image/mask pairs at full resolution (as
+    `record_panels`); `pairs_by_id`: case ID -> preprocessing.pairs.Pair."""
+    size = models.model_image_size(model)
+    pairs = [pairs_by_id[row["id"]] for _, row in cases]
+    images = np.stack([models.load_image(pair.image_path, size, colour_constancy)[0] for pair in pairs])
+    probabilities = segment.probabilities(model, models.scale(images), config,
+                                          max(config.batch_size, len(cases)))
+    panels = []
+    for (label, row), pair, p in zip(cases, pairs, probabilities):
+        original = (row["height"], row["width"])
+        panels.append((label, row, models.load_full_image(pair.image_path),
+                       _truth(pair.mask_path, original), segment.to_mask(p, config, original)))
+    return panels
+
+
+def _truth(path: str, size: tuple[int, int]) -> np.ndarray:
+    return metrics.binarize_uint8_mask(models.read_mask(path, size)).numpy()
+
+
+def _find(records, split: str, ids: set) -> dict:
     """Finds the records of `ids` in the split: id -> dict of numpy values of one example."""
     found = {}
-    for batch in dataset_lib.read_examples(data_dir, split, 32).as_numpy_iterator():
+    for batch in dataset_lib.read_examples(records, split, 32).as_numpy_iterator():
         for i, case_id in enumerate(batch["case_id"]):
             if case_id.decode() in ids:
                 found[case_id.decode()] = {k: v[i] for k, v in batch.items()}
@@ -43,43 +96,18 @@ def _records(data_dir: str, split: str, ids: set) -> dict:
     return found
 
 
-def _panels(record: dict, probabilities: np.ndarray, threshold: float, images_dir, masks_dir):
-    """(image uint8 [h, w, 3], truth bool [h, w], prediction bool [h, w]) of one case,
-    from its record and its probabilities [S, S]."""
-    if masks_dir is None:
-        image = np.round(record["image"] * 255.0).astype(np.uint8)
-        truth = record["mask"][..., 0] > 0.5
-        pred = metrics.binarize_probabilities(probabilities, threshold).numpy()
-        return image, truth, pred
-    size = tuple(int(v) for v in record["original_size"])
-    image = inference.load_full_image(os.path.join(images_dir, record["source_image"].decode()))
-    truth = metrics.binarize_uint8_mask(
-        inference.read_mask(os.path.join(masks_dir, record["source_mask"].decode()), size)).numpy()
-    pred = metrics.binarize_probabilities(inference.to_original_size(probabilities, size), threshold).numpy()
-    return image, truth, pred
-
-
 def _outline(ax, mask: np.ndarray, color: str) -> None:
     # contour() of a constant mask has no level to draw (and warns): nothing to outline.
     if mask.any() and not mask.all():
         ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=1.2)
 
 
-def draw(path: str, model, data_dir: str, split: str, cases: list[tuple[str, dict]], *,
-         threshold: float = 0.5, images_dir: str | None = None, masks_dir: str | None = None,
-         batch_size: int | None = None) -> str:
-    """Draws `cases` (from `pick_cases`) into a PNG at `path`; returns `path`.
-
-    With `masks_dir` (full resolution), images and masks are read from the source folders.
-    `batch_size`: pad the prediction batch to it (the evaluation's batch shape, no retrace).
-    """
-    records = _records(data_dir, split, {row["id"] for _, row in cases})
-    images = np.stack([records[row["id"]]["image"] for _, row in cases])  # [<=3, S, S, 3]
-    probabilities = inference.predict(model, images, max(batch_size or 0, len(cases)))
-    fig = Figure(figsize=(7, 3.3 * len(cases)), dpi=100)
-    axes = fig.subplots(len(cases), 2, squeeze=False)
-    for (label, row), p, (ax_image, ax_outline) in zip(cases, probabilities, axes):
-        image, truth, pred = _panels(records[row["id"]], p, threshold, images_dir, masks_dir)
+def draw(path: str, panels: list[tuple]) -> str:
+    """Draws `panels` (from `record_panels` or `pair_panels`) into a PNG at `path`
+    (written atomically); returns `path`."""
+    fig = Figure(figsize=(7, 3.3 * len(panels)), dpi=100)
+    axes = fig.subplots(len(panels), 2, squeeze=False)
+    for (label, row, image, truth, pred), (ax_image, ax_outline) in zip(panels, axes):
         stride = max(1, -(-max(image.shape[:2]) // _DISPLAY_PIXELS))
         image, truth, pred = image[::stride, ::stride], truth[::stride, ::stride], pred[::stride, ::stride]
         ax_image.imshow(image)
@@ -93,7 +121,6 @@ def draw(path: str, model, data_dir: str, split: str, cases: list[tuple[str, dic
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    tmp = path[:-len(".png")] + ".tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path

@@ -1,32 +1,35 @@
-"""Scores a trained model on one split of a TFRecord dataset, as ISIC 2018 Task 1 does.
+"""Scores a trained model as ISIC 2018 Task 1 does (`isic-evaluate`).
 
-Two resolutions:
-  training size     the records' S x S masks against the thresholded S x S predictions;
-  full resolution   each probability map resized (bilinear) to the image's original size,
-                    then thresholded, against the original 8-bit mask read from the source
-                    folder (foreground > 128). This is the number the challenge reports.
+  evaluate         one split of a TFRecord dataset, at one of two resolutions:
+                     training size    the records' S x S masks against the S x S predictions;
+                     full resolution  each probability map resized (bilinear) to the image's
+                                      original size, then thresholded, against the original
+                                      8-bit mask read from the source folder (foreground
+                                      > 128). This is the number the challenge reports.
+  evaluate_folder  a folder of images and masks, at full resolution, without records
 
-The metrics are model/metrics.py's (per image, unweighted mean over images, headline the
-mean thresholded Jaccard); counts are float64, exact for any image size.
+Scoring is launch/inference/scoring.py (the metrics of model/metrics.py: per image,
+unweighted mean over images, headline the mean thresholded Jaccard). When the records
+come from several input folders, metrics.json also has "per_source".
 
-Outputs in `output_dir`: metrics.json (summary), per_image.csv (one row per image) and
-cases.png (best, median and worst images by Jaccard).
+Outputs in `output_dir` (checked writable before any work): metrics.json (summary),
+per_image.csv (one row per image) and cases.png (best, median and worst by Jaccard).
 """
 
 import csv
 import json
 import os
-import time
-
-import keras
-import numpy as np
-import tensorflow as tf
 
 from launch.inference import case_figure
-from launch.inference import models as inference
+from launch.inference import models
+from launch.inference import scoring
+from launch.inference.config import EvaluateConfig
 from model import metrics
 from pipeline import dataset as dataset_lib
+from preprocessing import decode
+from preprocessing import files
 from preprocessing import manifest as manifest_lib
+from preprocessing import pairs as pairs_lib
 
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
@@ -39,29 +42,74 @@ class EmptySplitError(ValueError):
 
 def default_output_dir(model_path: str, split: str, full_resolution: bool) -> str:
     """<model dir>/eval-<split>[-full]; a .keras file's directory is its model dir."""
-    model_dir = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
-    return os.path.join(model_dir, f"eval-{split}" + ("-full" if full_resolution else ""))
+    return os.path.join(_model_dir(model_path), f"eval-{split}" + ("-full" if full_resolution else ""))
 
 
-def source_dirs(manifest: dict, data_dir: str, images_dir: str | None,
-                masks_dir: str | None) -> tuple[str, str]:
-    """The folders of the original images and masks: the overrides, else the manifest's.
+def folder_output_dir(model_path: str, images_dir: str, masks_dir: str) -> str:
+    """<model dir>/eval-folder-<name>, name: the folder's as isic-preprocess names its
+    sources (D/images -> D, else the images folder's own)."""
+    name = pairs_lib.name_sources([(images_dir, masks_dir)])[0].name
+    return os.path.join(_model_dir(model_path), f"eval-folder-{name}")
 
+
+def _model_dir(model_path: str) -> str:
+    return model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
+
+
+def source_folders(manifest: dict, data_dir: str, images_dir: str | None = None,
+                   masks_dir: str | None = None):
+    """The folders of the original images and masks of each record's source.
+
+    Returns a function: a record's source name -> (images_dir, masks_dir), from the
+    overrides (one-folder records only), else from the manifest ("sources", or "source"
+    for records built before several input folders existed).
     Raises:
       FileNotFoundError: a folder does not exist (the message says how to point at it).
+      ValueError: overrides for records built from several folders.
     """
-    source = manifest.get("source", {})
-    resolved = []
-    for what, override in (("images", images_dir), ("masks", masks_dir)):
-        folder = override or source.get(f"{what}_dir", "")
-        if not folder or not os.path.isdir(folder):
-            origin = "as passed" if override else f"recorded in {os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}"
-            raise FileNotFoundError(
-                f"full-resolution evaluation needs the original {what}, but the {what} folder "
-                f"{folder or '(none)'} ({origin}) does not exist. Pass --data_source DIR "
-                f"(with DIR/images and DIR/masks), or --images_dir and --masks_dir")
-        resolved.append(folder)
-    return resolved[0], resolved[1]
+    recorded = _recorded_folders(manifest, data_dir, images_dir, masks_dir)
+    for images, masks in recorded.values():
+        _check_folder("images", images, images_dir, data_dir)
+        _check_folder("masks", masks, masks_dir, data_dir)
+
+    def folders(name: str) -> tuple[str, str]:
+        if len(recorded) == 1:
+            return next(iter(recorded.values()))
+        if name not in recorded:
+            raise ValueError(f"a record of {data_dir} names the source {name!r}, which its "
+                             f"manifest does not list ({', '.join(sorted(recorded))}); rebuild "
+                             "the records with isic-preprocess --overwrite")
+        return recorded[name]
+
+    return folders
+
+
+def _recorded_folders(manifest, data_dir, images_dir, masks_dir) -> dict:
+    """{source name: (images_dir, masks_dir)}, the overrides replacing the one source's."""
+    recorded = {name: (s.get("images_dir", ""), s.get("masks_dir", ""))
+                for name, s in manifest.get("sources", {}).items()}
+    if not recorded:
+        source = manifest.get("source", {})
+        recorded = {"": (source.get("images_dir", ""), source.get("masks_dir", ""))}
+    if not (images_dir or masks_dir):
+        return recorded
+    if len(recorded) > 1:
+        raise ValueError(f"the records of {data_dir} come from {len(recorded)} input folders "
+                         f"({', '.join(sorted(recorded))}); --data_source, --images_dir and "
+                         "--masks_dir can only replace the folder of one-folder records")
+    (name, (images, masks)), = recorded.items()
+    return {name: (images_dir or images, masks_dir or masks)}
+
+
+def _check_folder(what: str, folder: str, override: str | None, data_dir: str) -> None:
+    if folder and os.path.isdir(folder):
+        return
+    origin = ("as passed" if override else
+              f"recorded in {os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}")
+    raise FileNotFoundError(
+        f"full-resolution evaluation needs the original {what}, but the {what} folder "
+        f"{folder or '(none)'} ({origin}) does not exist. Pass --data_source DIR "
+        f"(with DIR/images and DIR/masks), or --images_dir and --masks_dir")
 
 
 def _check_inputs(manifest: dict, data_dir: str, split: str, model_size: int, model_path: str) -> int:
@@ -81,116 +129,147 @@ def _check_inputs(manifest: dict, data_dir: str, split: str, model_size: int, mo
     return count
 
 
-def _score_full_resolution(probabilities, batch, masks_dir, threshold):
-    """Per-image confusion counts at the original sizes: 4 float64 arrays [B]."""
-    counts = []
-    for i, p in enumerate(probabilities):
-        size = tuple(int(v) for v in batch["original_size"][i])
-        mask_path = os.path.join(masks_dir, batch["source_mask"][i].decode())
-        truth = metrics.binarize_uint8_mask(inference.read_mask(mask_path, size))
-        pred = metrics.binarize_probabilities(inference.to_original_size(p, size), threshold)
-        counts.append([c.numpy() for c in metrics.confusion_per_image(truth[None], pred[None], tf.float64)])
-    return [np.concatenate(c) for c in zip(*counts)]
+def _check_colour_constancy(manifest: dict, data_dir: str, model_path: str) -> None:
+    """Records must hold the pixels the model was trained on (colour constancy or not)."""
+    trained = models.read_preprocessing(model_path)
+    built = decode.ColourConstancy.from_dict(manifest.get("preprocessing"))
+    if trained != built:
+        raise ValueError(
+            f"{model_path} was trained on images with colour constancy {trained.to_dict()} but "
+            f"the records of {data_dir} were built with {built.to_dict()}; evaluate on records "
+            "built like the training records, or score the folder with --images_dir and "
+            "--masks_dir (images are then prepared as the model expects)")
 
 
-def score_split(model, data_dir: str, split: str, count: int, *, masks_dir: str | None,
-                batch_size: int, threshold: float, progress: bool) -> list[dict]:
-    """Scores every record of `split`; returns one dict per image (id, size, counts,
-    metrics). Full resolution when `masks_dir` is given, else at the records' size."""
-    rows = []
-    bar = keras.utils.Progbar(count, stateful_metrics=("img/s",), verbose=1 if progress else 0,
-                              unit_name="image")
-    start = time.perf_counter()
-    for batch in dataset_lib.read_examples(data_dir, split, batch_size).as_numpy_iterator():
-        probabilities = inference.predict(model, batch["image"], batch_size)  # [B, S, S]
-        if masks_dir is None:
-            truth = metrics.binarize_probabilities(batch["mask"][..., 0], 0.5)
-            pred = metrics.binarize_probabilities(probabilities, threshold)
-            counts = [c.numpy() for c in metrics.confusion_per_image(truth, pred, tf.float64)]
-        else:
-            counts = _score_full_resolution(probabilities, batch, masks_dir, threshold)
-        scores = {k: v.numpy() for k, v in metrics.isic_scores(*counts).items()}
-        for i, case_id in enumerate(batch["case_id"]):
-            row = {"id": case_id.decode(), "height": int(batch["original_size"][i][0]),
-                   "width": int(batch["original_size"][i][1])}
-            row.update({name: float(scores[name][i]) for name in metrics.METRIC_NAMES})
-            row.update({k: int(c[i]) for k, c in zip(("tp", "fp", "fn", "tn"), counts)})
-            rows.append(row)
-        bar.update(len(rows), values=[("img/s", len(rows) / max(time.perf_counter() - start, 1e-9))])
-    if len(rows) != count:
-        raise ValueError(f"read {len(rows)} records of split {split!r} but {data_dir}'s manifest "
-                         f"counts {count}; the dataset is damaged: rebuild it with isic-preprocess --overwrite")
-    return rows
-
-
-def write_per_image(path: str, rows: list[dict]) -> None:
-    """per_image.csv: id, original height and width, the metrics, the confusion counts."""
-    columns = ["id", "height", "width", *metrics.METRIC_NAMES, "tp", "fp", "fn", "tn"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in columns})
-
-
-def evaluate(model_path: str, data_dir: str, split: str = "test", *, full_resolution: bool = False,
+def evaluate(model_path: str, data_dir: str, config: EvaluateConfig, *,
              images_dir: str | None = None, masks_dir: str | None = None,
-             output_dir: str | None = None, batch_size: int = 32, threshold: float = 0.5,
-             progress: bool = True) -> dict:
-    """Evaluates a model on a split and writes metrics.json, per_image.csv and cases.png.
+             output_dir: str | None = None, progress: bool = True) -> dict:
+    """Evaluates a model on config.split of a dataset; writes metrics.json, per_image.csv
+    and cases.png.
 
     Args:
       model_path: a model directory (uses its ISIC-UNet.keras) or a .keras file.
       data_dir: a TFRecord dataset from isic-preprocess.
-      split: "train", "val" or "test".
-      full_resolution: score at each image's original size against the source masks.
-      images_dir, masks_dir: the source folders; default: those the manifest records.
+      config: split, resolution, batch size and how masks are made (threshold, TTA,
+        post-processing).
+      images_dir, masks_dir: full resolution: the source folders of one-folder records;
+        default: those the manifest records.
       output_dir: default `default_output_dir(model_path, split, full_resolution)`.
-      batch_size: images per prediction batch.
-      threshold: a probability map is foreground where p > threshold (ISIC: 0.5).
       progress: show a progress bar.
     Returns:
-      The summary written to metrics.json: `metrics.summarize` output plus "split",
-      "resolution", "model", "data_dir", "threshold", "count" and "output_dir".
+      The summary written to metrics.json: `scoring.summarize` output plus "split",
+      "resolution", "model", "data_dir", "threshold", "count", "output_dir" and the
+      inference options.
     Raises:
       FileNotFoundError: missing model, dataset, source folder or mask.
       ValueError: unusable model or records, empty split, mask of the wrong size.
+      UserError: the output folder is not writable.
     """
-    model, resolved = inference.load_model(model_path)
+    model, resolved = models.load_model(model_path)
     manifest = manifest_lib.read_manifest(data_dir)
-    count = _check_inputs(manifest, data_dir, split, inference.model_image_size(model), resolved)
-    if full_resolution:
-        images_dir, masks_dir = source_dirs(manifest, data_dir, images_dir, masks_dir)
-    output_dir = output_dir or default_output_dir(model_path, split, full_resolution)
-    rows = score_split(model, data_dir, split, count, masks_dir=masks_dir if full_resolution else None,
-                       batch_size=batch_size, threshold=threshold, progress=progress)
-
-    summary = metrics.summarize({name: [r[name] for r in rows] for name in metrics.METRIC_NAMES})
-    size = manifest["image_size"]
-    summary.update({
-        "split": split, "resolution": "full" if full_resolution else f"{size}x{size}",
-        "model": os.path.abspath(resolved), "data_dir": os.path.abspath(data_dir),
-        "threshold": threshold, "count": len(rows), "output_dir": os.path.abspath(output_dir)})
-    os.makedirs(output_dir, exist_ok=True)
-    write_per_image(os.path.join(output_dir, PER_IMAGE_FILE), rows)
+    count = _check_inputs(manifest, data_dir, config.split, models.model_image_size(model), resolved)
+    _check_colour_constancy(manifest, data_dir, resolved)
+    folders = (source_folders(manifest, data_dir, images_dir, masks_dir)
+               if config.full_resolution else None)
+    output_dir = output_dir or default_output_dir(model_path, config.split, config.full_resolution)
+    models.ensure_writable(output_dir)
+    records = dataset_lib.Records.open(data_dir)
+    rows = scoring.score_records(model, records, config, count, folders=folders, progress=progress)
     cases = case_figure.pick_cases(rows)
-    case_figure.draw(os.path.join(output_dir, FIGURE_FILE), model, data_dir, split, cases,
-                     threshold=threshold, images_dir=images_dir if full_resolution else None,
-                     masks_dir=masks_dir if full_resolution else None, batch_size=batch_size)
-    with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
+    panels = case_figure.record_panels(model, records, cases, config, folders)
+    size = manifest["image_size"]
+    summary = _summary(rows, config, resolved, output_dir, {
+        "split": config.split, "resolution": "full" if config.full_resolution else f"{size}x{size}",
+        "data_dir": os.path.abspath(data_dir)})
+    return _write_outputs(output_dir, summary, rows, panels)
+
+
+def evaluate_folder(model_path: str, images_dir: str, masks_dir: str, config: EvaluateConfig, *,
+                    output_dir: str | None = None, progress: bool = True) -> dict:
+    """Evaluates a model on the image/mask pairs of two folders at full resolution,
+    without records (config.split and config.full_resolution do not apply).
+
+    Pairs are found as isic-preprocess finds them (preprocessing.pairs.discover_pairs)
+    and read as it reads them, with the model's colour constancy. A pair it would refuse
+    is not scored: summary["skipped"] lists it ({"id", "file", "reason"}).
+    Returns:
+      The summary written to metrics.json (as `evaluate`'s, with "images_dir" and
+      "masks_dir" instead of "data_dir", and "split" None).
+    Raises:
+      FileNotFoundError: missing model or folder. ValueError: no usable pair, unusable
+      model. UserError: the output folder is not writable.
+    """
+    model, resolved = models.load_model(model_path)
+    colour_constancy = models.read_preprocessing(resolved)
+    listing = pairs_lib.discover_pairs(images_dir, masks_dir)
+    if not listing.pairs:
+        raise ValueError(f"{images_dir} and {masks_dir} hold no image/mask pairs "
+                         f"({len(listing.problems)} problems, {len(listing.ignored)} files "
+                         "ignored); masks must be named <ID>_segmentation.png")
+    output_dir = output_dir or folder_output_dir(model_path, images_dir, masks_dir)
+    models.ensure_writable(output_dir)
+    rows, problems = scoring.score_pairs(model, listing.pairs, config, colour_constancy,
+                                         progress=progress)
+    problems = sorted(listing.problems + problems, key=lambda p: (p.case_id, p.file))
+    if not rows:
+        raise ValueError("no pair could be scored:\n" + "\n".join("  " + p.line() for p in problems))
+    cases = case_figure.pick_cases(rows)
+    panels = case_figure.pair_panels(model, {p.case_id: p for p in listing.pairs}, cases, config,
+                                     colour_constancy)
+    summary = _summary(rows, config, resolved, output_dir, {
+        "split": None, "resolution": "full", "images_dir": os.path.abspath(images_dir),
+        "masks_dir": os.path.abspath(masks_dir), "skipped": [p.as_dict() for p in problems]})
+    return _write_outputs(output_dir, summary, rows, panels)
+
+
+def _summary(rows, config: EvaluateConfig, model_path: str, output_dir: str, extra: dict) -> dict:
+    summary = scoring.summarize(rows)
+    summary.update(extra)
+    summary.update({
+        "model": os.path.abspath(model_path), "threshold": config.threshold, "tta": config.tta,
+        "fill_holes": config.fill_holes, "largest_component": config.largest_component,
+        "count": len(rows), "output_dir": os.path.abspath(output_dir)})
     return summary
 
 
+def _write_outputs(output_dir: str, summary: dict, rows: list[dict], panels: list) -> dict:
+    """per_image.csv, cases.png, then metrics.json (last: its presence means done)."""
+    write_per_image(os.path.join(output_dir, PER_IMAGE_FILE), rows)
+    case_figure.draw(os.path.join(output_dir, FIGURE_FILE), panels)
+    files.write_atomic(os.path.join(output_dir, METRICS_FILE), json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def write_per_image(path: str, rows: list[dict]) -> None:
+    """per_image.csv: id, (source, when the records have one), original height and width,
+    the metrics, the confusion counts."""
+    source = ["source"] if any("source" in row for row in rows) else []
+    columns = ["id", *source, "height", "width", *metrics.METRIC_NAMES, *scoring.COUNT_NAMES]
+    with files.atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row.get(k, ""))
+                             for k in columns})
+
+
 def format_table(summary: dict) -> str:
-    """A short text table: mean and median of each metric, and the headline."""
-    lines = [f"{summary['split']} split, {summary['count']} images, resolution {summary['resolution']}",
+    """A short text table: mean and median of each metric, the headline, and one line
+    per source when there are several."""
+    where = f"{summary['split']} split" if summary.get("split") else f"folder {summary.get('images_dir')}"
+    lines = [f"{where}, {summary['count']} images, resolution {summary['resolution']}",
              f"{'metric':<20} {'mean':>8} {'median':>8}"]
     for name in metrics.METRIC_NAMES:
         lines.append(f"{name:<20} {summary['mean'][name]:>8.4f} {summary['median'][name]:>8.4f}")
-    below = summary[f"fraction_jaccard_below_{metrics.JACCARD_THRESHOLD}"]
-    lines.append(f"images with Jaccard < {metrics.JACCARD_THRESHOLD}: {below:.1%}")
+    below_key = f"fraction_jaccard_below_{metrics.JACCARD_THRESHOLD}"
+    lines.append(f"images with Jaccard < {metrics.JACCARD_THRESHOLD}: {summary[below_key]:.1%}")
     lines.append(f"headline: thresholded Jaccard {summary['headline']['thresholded_jaccard']:.4f}, "
                  f"Dice {summary['headline']['dice']:.4f}")
+    if summary.get("per_source"):
+        width = max(len("source"), *(len(name) for name in summary["per_source"]))
+        lines.append(f"{'source':<{width}} {'images':>6} {'Dice':>7} {'thr. Jaccard':>12} "
+                     f"{'J < ' + str(metrics.JACCARD_THRESHOLD):>9}")
+        for name, s in summary["per_source"].items():
+            lines.append(f"{name:<{width}} {s['num_images']:>6} {s['mean']['dice']:>7.4f} "
+                         f"{s['headline']['thresholded_jaccard']:>12.4f} {s[below_key]:>9.1%}")
     return "\n".join(lines)

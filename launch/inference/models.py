@@ -1,33 +1,40 @@
 """Applying a trained model to images on disk, shared by `isic-evaluate` and `isic-predict`.
 
   load_model        a model directory (-> M/ISIC-UNet.keras) or a .keras file, checked
+  read_preprocessing  the colour constancy the model was trained with (preprocessing.json)
   load_image        a JPEG/PNG of any size and mode -> uint8 [S, S, 3], as the builder does
   load_full_image   the same file -> uint8 [H, W, 3] RGB at full size (figures, overlays)
   read_mask         an 8-bit (or 16-bit, palette, ...) mask -> uint8 [H, W] on the 0-255 scale
   scale             uint8 images -> float32 in [0, 1], as the input pipeline scales records
   predict           float32 [B, S, S, 3] in [0, 1] -> float32 probabilities [B, S, S]
   to_original_size  probabilities [S, S] -> [H, W] (bilinear), before any thresholding
+  ensure_writable   an output folder, checked before any work
+  Progress          the progress bar (images and images/s) both commands show
 
 Image preprocessing must match the builder's pixel for pixel, or the model sees other
-inputs at prediction time than in training, so `load_image` is the builder's own
-`preprocessing.load.load_image` (EXIF orientation, any mode to 8-bit RGB, DCT-domain JPEG
-downscaling, box resize to S x S); tests/test_predict.py checks it against `load_pair`.
+inputs at prediction time than in training: both call preprocessing/decode.py
+(`decode.prepare_image`), with the colour constancy the model's preprocessing.json
+records; tests/test_predict.py checks it against `load.load_pair`.
 """
 
+import json
 import os
+import tempfile
+import time
 
 import keras
 import numpy as np
 from PIL import Image
-from PIL import ImageOps
 
-from preprocessing import load
+from preprocessing import decode
+from preprocessing import manifest
+from preprocessing.options import UserError
 
-# The file name launch/training/trainer.py exports (trainer.FINAL_MODEL; a test checks they agree).
+# The file name the trainer exports (launch/training/report.py FINAL_MODEL; a test checks they agree).
 # Not imported from there so that prediction does not load the training stack.
 MODEL_FILE = "ISIC-UNet.keras"
-
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Written by the trainer into the model directory: the records' manifest["preprocessing"].
+PREPROCESSING_FILE = manifest.PREPROCESSING_FILE
 
 
 def resolve_model_path(path: str) -> str:
@@ -83,68 +90,65 @@ def model_image_size(model: keras.Model) -> int:
     return int(model.input_shape[1])
 
 
-def load_image(path: str, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Loads an image exactly as the TFRecord builder does (preprocessing.load.load_image).
+def read_preprocessing(model_path: str) -> decode.ColourConstancy:
+    """The colour constancy a model was trained with, from its preprocessing.json.
+
+    The file is looked for next to the .keras file `model_path` resolves to, then in that
+    folder's parent (runs/unet/best/ISIC-UNet.keras -> runs/unet/preprocessing.json).
+    None found: no colour constancy (models from before the option).
+    Raises:
+      FileNotFoundError: see `resolve_model_path`.
+      ValueError: the file is not valid JSON or names an unknown method.
+    """
+    folder = os.path.dirname(os.path.abspath(resolve_model_path(model_path)))
+    for candidate in (os.path.join(folder, PREPROCESSING_FILE),
+                      os.path.join(os.path.dirname(folder), PREPROCESSING_FILE)):
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate) as f:
+                    return decode.ColourConstancy.from_dict(json.load(f))
+            except (OSError, ValueError, TypeError, AttributeError) as e:
+                raise ValueError(f"{candidate} is not a usable preprocessing record ({e}); "
+                                 "it is written by isic-train: restore it from the run") from None
+    return decode.NO_COLOUR_CONSTANCY
+
+
+def load_image(path: str, image_size: int,
+               colour_constancy: decode.ColourConstancy = decode.NO_COLOUR_CONSTANCY
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Loads an image exactly as the TFRecord builder does (`decode.load_image`).
 
     Returns:
       (uint8 [S, S, 3] RGB, (height, width) of the upright original).
     Raises:
-      preprocessing.load.BadPairError (a ValueError): unreadable, truncated or unsupported.
+      decode.DecodeError (a ValueError): unreadable, truncated or unsupported.
     """
-    return load.load_image(path, image_size)
-
-
-def _sixteen_to_eight(path: str, im: Image.Image) -> np.ndarray:
-    """uint8 [H, W] from a 16-bit grayscale image (value // 257: 65535 -> 255, as the builder)."""
-    values = np.asarray(im).astype(np.int64)
-    if values.size and (values.min() < 0 or values.max() > 65535):
-        raise ValueError(f"{path}: {im.mode} values outside 0..65535 ({values.min()}.."
-                         f"{values.max()}); save it as 8 or 16 bit")
-    return (values // 257).astype(np.uint8)
+    return decode.load_image(path, image_size, colour_constancy)
 
 
 def load_full_image(path: str) -> np.ndarray:
-    """Loads an image upright at full size for display (figures, overlays): uint8 [H, W, 3].
-
-    Same conversions as the builder (EXIF orientation, 16-bit // 257, any mode to RGB),
-    without the resize.
-    """
-    with Image.open(path) as im:
-        im.load()
-        try:
-            upright = ImageOps.exif_transpose(im)
-        except Exception:  # Unreadable EXIF: the builder keeps the stored pixels too.
-            upright = im
-        if upright.mode in _SIXTEEN_BIT_MODES:
-            upright = Image.fromarray(_sixteen_to_eight(path, upright), "L")
-        return np.asarray(upright.convert("RGB"))
+    """Loads an image upright at full size for display: uint8 [H, W, 3] (`decode.load_full_image`)."""
+    return decode.load_full_image(path)
 
 
 def read_mask(path: str, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     """Reads a ground-truth mask on the 8-bit scale (binarise with metrics.binarize_uint8_mask).
 
-    Any mode is accepted as the builder accepts it: 16-bit -> value // 257, palette and
-    colour -> luminance. Masks are label maps stored upright; EXIF is ignored.
+    The builder's rules (`decode.read_mask`): the modes of decode.MASK_MODES, 16-bit ->
+    value // 257, palette and colour -> luminance, and a mask with values but none above
+    128 is refused. Masks are label maps stored upright; EXIF is ignored.
     Args:
       path: the mask file.
       expected_size: (height, width) it must have, e.g. the manifest's original size.
     Returns:
       uint8 [H, W].
     Raises:
-      FileNotFoundError: no such file. ValueError: unreadable, or not `expected_size`.
+      FileNotFoundError: no such file. ValueError: unusable, or not `expected_size`.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"mask {path} does not exist; pass the folder that holds the "
                                 "original masks (--data_source or --masks_dir)")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in _SIXTEEN_BIT_MODES:
-                mask = _sixteen_to_eight(path, im)
-            else:
-                mask = np.asarray(im if im.mode == "L" else im.convert("L"))
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read mask {path} ({type(e).__name__}: {e})") from None
+    mask = decode.read_mask(path)
     if expected_size is not None and mask.shape != tuple(expected_size):
         raise ValueError(
             f"mask {path} is {mask.shape[1]}x{mask.shape[0]} (width x height) but the records say "
@@ -165,9 +169,10 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int | None = Non
     predict function is traced for one shape only.
     """
     n = images.shape[0]
+    images = np.ascontiguousarray(images, np.float32)
     if batch_size and n < batch_size:
         pad = np.zeros((batch_size - n, *images.shape[1:]), np.float32)
-        images = np.concatenate([images.astype(np.float32), pad])
+        images = np.concatenate([images, pad])
     return np.asarray(model.predict_on_batch(images), np.float32)[:n, ..., 0]
 
 
@@ -177,9 +182,38 @@ def to_original_size(probabilities: np.ndarray, size: tuple[int, int]) -> np.nda
     Bilinear (triangle filter, half-pixel centres), antialiased when shrinking so that a
     side smaller than S averages the map instead of sampling it: Pillow's BILINEAR on a
     float32 ("F") image, which equals tf.image.resize(..., "bilinear", antialias=True) to
-    ~1e-5 and is 3x faster on CPU (27 vs 82 ms for 1600x1200). Done before thresholding:
-    enlarging a thresholded map would give staircase borders.
+    ~1e-5 and is faster on CPU (docs/performance.md). Done before thresholding: enlarging
+    a thresholded map would give staircase borders.
     """
     height, width = int(size[0]), int(size[1])
     p = Image.fromarray(np.ascontiguousarray(probabilities, np.float32), "F")
     return np.asarray(p.resize((width, height), Image.BILINEAR))
+
+
+def ensure_writable(folder: str) -> None:
+    """Creates `folder` and checks that files can be written in it, before any work.
+
+    Raises:
+      UserError: the folder cannot be created or written to (the message names it).
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {folder} ({e.strerror or e}); "
+                        "pass an --output_dir you can write to") from None
+
+
+class Progress:
+    """A progress bar over images (keras Progbar) that also shows images per second."""
+
+    def __init__(self, count: int, show: bool = True):
+        self._bar = keras.utils.Progbar(count, stateful_metrics=("img/s",),
+                                        verbose=1 if show else 0, unit_name="image")
+        self._start = time.perf_counter()
+
+    def advance(self, done: int) -> None:
+        """Shows `done` images finished."""
+        rate = done / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.update(done, values=[("img/s", rate)])

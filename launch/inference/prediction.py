@@ -2,10 +2,13 @@
 
 For each `IN/<ID>.jpg|.jpeg|.png` (any size and mode), writes `OUT/<ID>_segmentation.png`:
 8-bit single channel ("L"), values 0 and 255, exactly the input's (upright) size, the
-format the ISIC 2018 Task 1 challenge accepts. The probability map is predicted at the
-model's S x S, resized bilinearly to the original size, then thresholded (p > 0.5).
-With `overlays`, also `OUT/overlays/<ID>_overlay.jpg`: the image with the prediction
-tinted red and outlined.
+format the ISIC 2018 Task 1 challenge accepts. Images are prepared as the model's training
+records were (launch/inference/models.py, with the colour constancy of its
+preprocessing.json); the probability map is predicted at the model's S x S (averaged over
+flips and rotations with `tta`), resized bilinearly to the original size, thresholded
+(p > threshold) and post-processed as the config asks: launch/inference/segment.py, the
+path isic-evaluate scores. With `overlays`, also `OUT/overlays/<ID>_overlay.jpg`: the
+image with the prediction tinted red and outlined.
 
 Unreadable images are reported by name and skipped; the caller decides the exit code.
 Other files (hidden files, non-image extensions, ISIC `_superpixels.png`) are ignored and
@@ -13,17 +16,16 @@ counted.
 """
 
 import os
-import time
 
-import keras
 import numpy as np
 from PIL import Image
 
-from launch.inference import models as inference
-from model import metrics
-from preprocessing import load
+from launch.inference import models
+from launch.inference import segment
+from launch.inference.config import PredictConfig
+from preprocessing import decode
+from preprocessing import files
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _IGNORED_SUFFIXES = ("_superpixels.png",)
 OVERLAY_DIR = "overlays"
 _TINT = np.array([255, 0, 0], np.float32)  # red
@@ -45,7 +47,7 @@ def list_images(input_dir: str) -> tuple[list[str], list[str], list[tuple[str, s
     images, ignored = [], []
     for name in sorted(os.listdir(input_dir)):
         lower = name.lower()
-        if (name.startswith(".") or not lower.endswith(IMAGE_EXTENSIONS)
+        if (name.startswith(".") or not lower.endswith(decode.IMAGE_EXTENSIONS)
                 or lower.endswith(_IGNORED_SUFFIXES) or not os.path.isfile(os.path.join(input_dir, name))):
             ignored.append(name)
         else:
@@ -60,10 +62,9 @@ def list_images(input_dir: str) -> tuple[list[str], list[str], list[tuple[str, s
     return [n for n in images if n not in clashes], ignored, problems
 
 
-def binary_mask_image(probabilities: np.ndarray, threshold: float) -> Image.Image:
-    """float [H, W] probabilities -> "L" image of 0 (background) and 255 (p > threshold)."""
-    foreground = metrics.binarize_probabilities(probabilities, threshold).numpy()
-    return Image.fromarray(foreground.astype(np.uint8) * np.uint8(255), "L")
+def binary_mask_image(mask: np.ndarray) -> Image.Image:
+    """bool [H, W] -> "L" image of 0 (background) and 255 (foreground)."""
+    return Image.fromarray(mask.astype(np.uint8) * np.uint8(255), "L")
 
 
 def _border(mask: np.ndarray, width: int) -> np.ndarray:
@@ -86,15 +87,15 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _load_batch(input_dir, names, image_size, failed):
+def _load_batch(input_dir, names, image_size, colour_constancy, failed):
     """Loads `names` at S x S; unreadable ones go to `failed`. Returns (names, uint8
     [B, S, S, 3], sizes)."""
     ok, images, sizes = [], [], []
     for name in names:
         try:
-            image, size = inference.load_image(os.path.join(input_dir, name), image_size)
-        except load.BadPairError as e:  # unreadable, truncated or unsupported: named, skipped
-            failed.append((name, e.problem.reason))
+            image, size = models.load_image(os.path.join(input_dir, name), image_size, colour_constancy)
+        except decode.DecodeError as e:  # unreadable, truncated or unsupported: named, skipped
+            failed.append((name, e.reason))
             continue
         ok.append(name)
         images.append(image)
@@ -102,23 +103,21 @@ def _load_batch(input_dir, names, image_size, failed):
     return ok, images, sizes
 
 
-def _write(input_dir, output_dir, name, probabilities, size, threshold, overlays):
-    """Writes one image's mask (and overlay); returns the mask path."""
+def _write(input_dir, output_dir, name, mask, overlays):
+    """Writes one image's mask (bool [H, W]) and overlay (atomically); returns the mask path."""
     case_id = os.path.splitext(name)[0]
-    full = inference.to_original_size(probabilities, size)  # float32 [H, W]
-    mask_image = binary_mask_image(full, threshold)
     path = os.path.join(output_dir, f"{case_id}_segmentation.png")
-    mask_image.save(path)
+    with files.atomic_path(path) as tmp:
+        binary_mask_image(mask).save(tmp)
     if overlays:
-        image = inference.load_full_image(os.path.join(input_dir, name))
-        picture = overlay(image, np.asarray(mask_image) == 255)
-        Image.fromarray(picture).save(os.path.join(output_dir, OVERLAY_DIR, f"{case_id}_overlay.jpg"),
-                                      quality=90)
+        picture = overlay(models.load_full_image(os.path.join(input_dir, name)), mask)
+        with files.atomic_path(os.path.join(output_dir, OVERLAY_DIR, f"{case_id}_overlay.jpg")) as tmp:
+            Image.fromarray(picture).save(tmp, quality=90)
     return path
 
 
-def predict_folder(model_path: str, input_dir: str, output_dir: str, *, batch_size: int = 16,
-                   threshold: float = 0.5, overlays: bool = False, progress: bool = True) -> dict:
+def predict_folder(model_path: str, input_dir: str, output_dir: str, config: PredictConfig, *,
+                   progress: bool = True) -> dict:
     """Segments every image of `input_dir` into `output_dir` (see the module docstring).
 
     Returns:
@@ -127,26 +126,27 @@ def predict_folder(model_path: str, input_dir: str, output_dir: str, *, batch_si
     Raises:
       FileNotFoundError: no model, or `input_dir` is not a folder.
       ValueError: `input_dir` holds no JPEG or PNG image; unusable model.
+      UserError: `output_dir` cannot be written (checked before any prediction).
     """
     names, ignored, failed = list_images(input_dir)
     if not names and not failed:
         raise ValueError(f"--input_dir {input_dir} holds no .jpg, .jpeg or .png images "
                          f"({len(ignored)} other entries ignored); pass the folder of the images")
-    model, resolved = inference.load_model(model_path)
-    size = inference.model_image_size(model)
-    os.makedirs(os.path.join(output_dir, OVERLAY_DIR) if overlays else output_dir, exist_ok=True)
+    model, resolved = models.load_model(model_path)
+    size = models.model_image_size(model)
+    colour_constancy = models.read_preprocessing(resolved)
+    models.ensure_writable(os.path.join(output_dir, OVERLAY_DIR) if config.overlays else output_dir)
     written = []
-    bar = keras.utils.Progbar(len(names), stateful_metrics=("img/s",), verbose=1 if progress else 0,
-                              unit_name="image")
-    start, done = time.perf_counter(), 0
-    for first in range(0, len(names), batch_size):
-        batch_names = names[first:first + batch_size]
-        ok, images, sizes = _load_batch(input_dir, batch_names, size, failed)
+    bar = models.Progress(len(names), progress)
+    for first in range(0, len(names), config.batch_size):
+        batch_names = names[first:first + config.batch_size]
+        ok, images, sizes = _load_batch(input_dir, batch_names, size, colour_constancy, failed)
         if ok:
-            probabilities = inference.predict(model, inference.scale(np.stack(images)), batch_size)
+            probabilities = segment.probabilities(model, models.scale(np.stack(images)), config,
+                                                  config.batch_size)
             for name, p, original in zip(ok, probabilities, sizes):
-                written.append(_write(input_dir, output_dir, name, p, original, threshold, overlays))
-        done += len(batch_names)
-        bar.update(done, values=[("img/s", done / max(time.perf_counter() - start, 1e-9))])
+                mask = segment.to_mask(p, config, original)
+                written.append(_write(input_dir, output_dir, name, mask, config.overlays))
+        bar.advance(first + len(batch_names))
     return {"written": written, "failed": sorted(failed), "ignored": ignored,
             "model": resolved, "output_dir": output_dir}

@@ -21,20 +21,42 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from launch.training.config import TrainConfig
+from preprocessing import files
+from preprocessing.options import UserError
+
+CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "run.json"
 # Settings that define the model's variables: a mismatch cannot be restored.
 SHAPE_KEYS = ("image_size", "base_filters", "depth")
 # Settings that define the data order: a mismatch would not continue the same run.
 ORDER_KEYS = ("batch_size", "steps_per_epoch", "seed")
+# Recorded since later versions, so checked only when the earlier run.json has them: the
+# schedule's state is part of the optimizer checkpoint (another one fails to restore), and
+# what was done to the pixels (manifest["preprocessing"]) must not change within a run.
+INPUT_KEYS = ("lr_schedule", "preprocessing")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """The model directory holds a run whose settings differ from the requested ones."""
+
+
+class MissingCheckpointError(UserError, FileNotFoundError):
+    """--warm_start names no file or model directory with a checkpoint."""
+
+
+def run_identity(config: TrainConfig, image_size: int, depth: int, steps_per_epoch: int,
+                 preprocessing: dict) -> dict:
+    """What run.json records: the SHAPE_KEYS, ORDER_KEYS and the records' preprocessing."""
+    return {"image_size": image_size, "base_filters": config.base_filters, "depth": depth,
+            "batch_size": config.batch_size, "steps_per_epoch": steps_per_epoch,
+            "seed": config.seed, "lr_schedule": config.lr_schedule,
+            "preprocessing": preprocessing}
 
 
 def check_run(model_dir: str, run: dict) -> None:
     """Raises CheckpointMismatchError if `model_dir` holds a run with other settings."""
-    path = os.path.join(model_dir, "checkpoints", RUN_FILE)
+    path = os.path.join(model_dir, CHECKPOINT_DIR, RUN_FILE)
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -45,7 +67,9 @@ def check_run(model_dir: str, run: dict) -> None:
                 f"{model_dir} holds a model with {key}={previous.get(key)}, but this run asks for "
                 f"{key}={run.get(key)}. Use a new --model_dir, or start a new run from those weights "
                 "with --warm_start only if the shapes match.")
-    for key in ORDER_KEYS:
+    for key in ORDER_KEYS + INPUT_KEYS:
+        if key in INPUT_KEYS and key not in previous:
+            continue  # run.json from before the key was recorded
         if previous.get(key) != run.get(key):
             raise CheckpointMismatchError(
                 f"{model_dir} was trained with {key}={previous.get(key)}; resuming with "
@@ -55,22 +79,10 @@ def check_run(model_dir: str, run: dict) -> None:
 
 def write_run(model_dir: str, run: dict) -> None:
     """Records the run's identity next to its checkpoints (chief only, atomic)."""
-    directory = os.path.join(model_dir, "checkpoints")
-    path = os.path.join(directory, RUN_FILE)
+    path = os.path.join(model_dir, CHECKPOINT_DIR, RUN_FILE)
     if os.path.exists(path):  # check_run has verified it matches: leave it untouched
         return
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, RUN_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(run, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def make_manager(checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int = 3
-                 ) -> tf.train.CheckpointManager:
-    """A manager that keeps the last `max_to_keep` checkpoints in `directory`."""
-    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep,
-                                      checkpoint_name="ckpt")
+    files.write_atomic(path, json.dumps(run, indent=1, sort_keys=True))
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | None:
@@ -78,7 +90,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | Non
 
     Returns its path, or None when the directory has none (a fresh run).
     """
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
     if latest is None:
         return None
     checkpoint.restore(latest).assert_existing_objects_matched()
@@ -86,34 +98,45 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | Non
     return latest
 
 
-def save(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager | None,
-         step: int) -> str | None:
-    """Saves on every worker, because saving may run collectives.
+class Saver:
+    """Saves `checkpoint` on every worker, because saving may run collectives.
 
-    The chief passes its manager (files in the model directory, old ones rotated out);
-    other workers pass None and write into a temporary directory deleted right away.
+    The chief writes `model_dir/checkpoints/ckpt-<step>` and keeps the newest
+    `max_to_keep`; other workers write into a temporary directory deleted right away.
+    `last` is the newest checkpoint of the run (the restored one until the first save).
     """
-    if manager is not None:
-        return manager.save(checkpoint_number=step)
-    tmp = tempfile.mkdtemp(prefix="isic-ckpt-")
-    try:
-        checkpoint.save(os.path.join(tmp, "ckpt"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return None
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool,
+                 last: str | None = None, max_to_keep: int = 3):
+        self._checkpoint = checkpoint
+        self._manager = (tf.train.CheckpointManager(
+            checkpoint, os.path.join(model_dir, CHECKPOINT_DIR), max_to_keep=max_to_keep,
+            checkpoint_name="ckpt") if chief else None)
+        self.last = last
+
+    def save(self, step: int) -> None:
+        """Writes the checkpoint of global step `step`."""
+        if self._manager is not None:
+            self.last = self._manager.save(checkpoint_number=step)
+            return
+        tmp = tempfile.mkdtemp(prefix="isic-ckpt-")
+        try:
+            self._checkpoint.save(os.path.join(tmp, "ckpt"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def warm_start(model: keras.Model, source: str) -> None:
     """Loads weights only from a `.keras` file or another run's model directory."""
     if os.path.isdir(source):
-        latest = tf.train.latest_checkpoint(os.path.join(source, "checkpoints"))
+        latest = tf.train.latest_checkpoint(os.path.join(source, CHECKPOINT_DIR))
         if latest is None:
-            raise FileNotFoundError(f"--warm_start {source}: no checkpoints/ckpt-* in that directory")
+            raise MissingCheckpointError(f"--warm_start {source}: no checkpoints/ckpt-* in that directory")
         tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
         logging.info("warm-started from %s", latest)
         return
     if not os.path.isfile(source):
-        raise FileNotFoundError(f"--warm_start {source}: no such file or model directory")
+        raise MissingCheckpointError(f"--warm_start {source}: no such file or model directory")
     other = keras.models.load_model(source, compile=False)
     try:
         model.set_weights(other.get_weights())

@@ -1,28 +1,28 @@
 """Choosing the device setup of a run: logical CPU devices, precision, strategy, chief.
 
 Everything here touches devices or process-global state, so it is only ever called from
-the top of a training or benchmark run, never at import time.
+the top of a training or benchmark run, never at import time. The names it accepts
+(precisions, strategies) are validated by `launch.training.config.TrainConfig`.
 """
 
-import json
+import contextlib
 import os
 
 import keras
 import tensorflow as tf
 from absl import logging
+# TensorFlow exports enable_op_determinism only; its inverse lives next to it.
+from tensorflow.python.framework import config as tf_framework_config
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-
-# A collective that waits longer than this for a peer raises instead of hanging, so a
-# job whose worker died stops within a bounded time (see launch/commands/launch.py).
-DEFAULT_COLLECTIVE_TIMEOUT_S = 120
+from launch.training.config import STRATEGIES, TrainConfig
 
 
 def split_cpu(num_devices: int) -> None:
     """Splits the host CPU into `num_devices` logical devices (for testing mirrored runs).
 
-    Must run before TensorFlow initialises its devices; raises RuntimeError otherwise.
+    Must run before TensorFlow initialises its devices; raises RuntimeError otherwise. It
+    cannot be undone: the process keeps the logical devices until it exits, which is why
+    it does nothing for `num_devices` <= 1.
     """
     if num_devices <= 1:
         return
@@ -38,8 +38,6 @@ def split_cpu(num_devices: int) -> None:
 
 def resolve_precision(precision: str) -> str:
     """Maps 'auto' to mixed_float16 on GPUs with compute capability >= 7.0, else float32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
     gpus = tf.config.list_physical_devices("GPU")
@@ -60,9 +58,8 @@ def _slurm_resolver():
         os.environ.get("ISIC_SLURM_PORT_BASE", "8888")))
 
 
-def make_strategy(name: str, collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
-                  ) -> tf.distribute.Strategy:
-    """Creates the distribution strategy.
+def make_strategy(name: str, collective_timeout: float) -> tf.distribute.Strategy:
+    """Creates the distribution strategy; `collective_timeout` in seconds (multi_worker).
 
     'auto' picks multi_worker when TF_CONFIG (or a multi-task SLURM step) describes a
     cluster, mirrored when this machine has several GPUs (or logical CPUs), else one_device.
@@ -81,7 +78,7 @@ def make_strategy(name: str, collective_timeout_s: float = DEFAULT_COLLECTIVE_TI
         if not os.environ.get("TF_CONFIG") and slurm is None:
             raise ValueError("--strategy multi_worker needs TF_CONFIG (set by isic-launch or your "
                              "cluster operator) or a SLURM job step with several tasks")
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
         # An explicit TF_CONFIG wins: SLURM variables also leak into local processes
         # started from inside an allocation (e.g. isic-launch in an sbatch shell).
         resolver = (tf.distribute.cluster_resolver.TFConfigClusterResolver()
@@ -112,25 +109,44 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def worker_label(strategy: tf.distribute.Strategy) -> str:
-    """A short name of this process, e.g. 'worker-1', for temporary directories and logs."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return "local"
-    return f"{resolver.task_type}-{resolver.task_id}"
+@contextlib.contextmanager
+def process_settings(config: TrainConfig):
+    """The process-wide settings of a run (devices, determinism, seeds, dtype policy);
+    yields the resolved precision.
+
+    Op determinism and the Keras dtype policy are restored when the block ends. Two
+    settings outlive it: logical CPU devices (`split_cpu` cannot be undone; only made when
+    `--num_cpu_devices` > 1) and the global seeds of Python, NumPy and TensorFlow
+    (`keras.utils.set_random_seed`, as any seeded Keras program sets them).
+    """
+    split_cpu(config.num_cpu_devices)
+    was_deterministic = tf_framework_config.is_op_determinism_enabled()
+    previous_policy = keras.mixed_precision.global_policy().name
+    try:
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(config.seed)  # weight init; data randomness is seeded apart
+        precision = resolve_precision(config.precision)
+        keras.mixed_precision.set_global_policy(precision)
+        yield precision
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        if not was_deterministic:
+            tf_framework_config.disable_op_determinism()
 
 
-def set_precision(precision: str) -> str:
-    """Sets the Keras global dtype policy; returns the previous policy name to restore."""
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(precision)
-    return previous
+def distribute_datasets(strategy: tf.distribute.Strategy, dataset_fn):
+    """Distributes the per-input-pipeline dataset `dataset_fn(input_context)` over replicas.
 
-
-def describe_cluster() -> str:
-    """The TF_CONFIG task of this process, for log lines."""
-    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    return json.dumps(config.get("task", {}))
+    One CPU replica gets the plain dataset: there is nothing to split or copy to a device,
+    and the distributed iterator's per-step machinery would be pure overhead
+    (docs/performance.md).
+    """
+    if (isinstance(strategy, tf.distribute.OneDeviceStrategy)
+            and "CPU" in strategy.extended.worker_devices[0].upper()):
+        return dataset_fn(tf.distribute.InputContext())
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    return strategy.distribute_datasets_from_function(dataset_fn, options)
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:

@@ -8,6 +8,8 @@ dropped, because those epochs are trained again.
 import csv
 import os
 
+from preprocessing import files
+
 HISTORY_FILE = "history.csv"
 COLUMNS = ("epoch", "step", "loss", "accuracy", "dice", "jaccard",
            "val_loss", "val_accuracy", "val_dice", "val_jaccard",
@@ -40,27 +42,31 @@ def read_history(model_dir: str, up_to_epoch: int | None = None) -> list[dict]:
 def write_history(model_dir: str, rows: list[dict]) -> str:
     """Atomically rewrites `history.csv` with `rows`; returns its path."""
     path = os.path.join(model_dir, HISTORY_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with files.atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, ""))
                              for k in COLUMNS})
-    os.replace(tmp, path)
     return path
 
 
 def plot_history(model_dir: str, rows: list[dict]) -> list[str]:
-    """Draws loss, accuracy and Dice per epoch (training and validation) as PNGs."""
-    import matplotlib  # Imported here: choosing a backend is process-global state.
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    """Draws loss, accuracy and Dice per epoch (training and validation) as PNGs.
+
+    Each figure is a standalone `Figure` on an Agg canvas: no pyplot, so no global figure
+    registry or backend choice is touched.
+    """
+    # Imported here: matplotlib reads its rc file and font cache from disk when imported.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     paths = []
     epochs = [r["epoch"] for r in rows]
     for name, key, label in PLOTS:
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig = Figure(figsize=(6, 4), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
         ax.plot(epochs, [r.get(key) for r in rows], "o-", label="training")
         ax.plot(epochs, [r.get("val_" + key) for r in rows], "s-", label="validation")
         ax.set_xlabel("epoch")
@@ -69,8 +75,7 @@ def plot_history(model_dir: str, rows: list[dict]) -> list[str]:
         ax.legend()
         fig.tight_layout()
         path = os.path.join(model_dir, name)
-        fig.savefig(path + ".tmp.png")
-        plt.close(fig)
-        os.replace(path + ".tmp.png", path)
+        with files.atomic_path(path) as tmp:
+            fig.savefig(tmp)
         paths.append(path)
     return paths

@@ -7,14 +7,15 @@ Keras 3 optimizer sums gradients across replicas, so the update equals that of o
 device seeing the whole global batch.
 
 Both step functions run several steps per `tf.function` call (like Keras'
-`steps_per_execution`): the Python loop then costs one call per chunk, not per step.
-They return metric SUMS over the images seen (reduced over replicas), so averages over
-an epoch are exact whatever the chunking.
+`steps_per_execution`; `StepsPerCall` decides how many): the Python loop then costs one
+call per chunk, not per step. They return metric SUMS over the images seen (reduced over
+replicas), so averages over an epoch are exact whatever the chunking.
 """
 
 import keras
 import tensorflow as tf
 
+from launch.training.config import AUTO_CHUNK_SECONDS, MAX_AUTO_CHUNK
 from model import losses
 from model import metrics
 
@@ -44,9 +45,26 @@ def _add_reduced(strategy, totals: dict, per_replica: dict) -> dict:
             for k in METRIC_KEYS}
 
 
+def _run_steps(strategy: tf.distribute.Strategy, replica_step):
+    """`run_steps(iterator, num_steps) -> dict of float32 sums`: a tf.function that runs
+    `replica_step(*next(iterator))` on every replica `num_steps` times, summing its
+    metric sums over replicas and steps."""
+
+    # autograph=False: the loop is an explicit tf.while_loop, and converting the model's
+    # Python code with autograph would make the tracing of every start much slower.
+    @tf.function(autograph=False)
+    def run_steps(iterator, num_steps):
+        def body(i, totals):
+            out = strategy.run(replica_step, args=tuple(next(iterator)))
+            return i + 1, _add_reduced(strategy, totals, out)
+        return tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0), _zeros()))[1]
+
+    return run_steps
+
+
 def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
                      optimizer: keras.optimizers.Optimizer, global_batch_size: int,
-                     dice_weight: float = 1.0):
+                     dice_weight: float):
     """Returns `train_steps(iterator, num_steps) -> dict of float32 sums` (a tf.function).
 
     The iterator is a distributed iterator of (images [b,S,S,3], masks [b,S,S,1]).
@@ -66,20 +84,10 @@ def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
         weights = tf.ones_like(per_image)
         return _per_image_sums(masks, tf.stop_gradient(probs), per_image, weights)
 
-    # autograph=False: the loop is an explicit tf.while_loop, and converting the model's
-    # Python code with autograph would cost tens of seconds of tracing on every start.
-    @tf.function(autograph=False)
-    def train_steps(iterator, num_steps):
-        def body(i, totals):
-            images, masks = next(iterator)
-            out = strategy.run(replica_step, args=(images, masks))
-            return i + 1, _add_reduced(strategy, totals, out)
-        return tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0), _zeros()))[1]
-
-    return train_steps
+    return _run_steps(strategy, replica_step)
 
 
-def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float = 1.0):
+def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float):
     """Returns `eval_steps(iterator, num_steps) -> dict of float32 sums` (a tf.function).
 
     The iterator yields (images, masks, weights [b]); padding examples have weight 0, so
@@ -91,18 +99,47 @@ def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_w
         per_image = losses.bce_dice_loss(masks, probs, dice_weight=dice_weight)
         return _per_image_sums(masks, probs, per_image, weights)
 
-    @tf.function(autograph=False)
-    def eval_steps(iterator, num_steps):
-        def body(i, totals):
-            images, masks, weights = next(iterator)
-            out = strategy.run(replica_step, args=(images, masks, weights))
-            return i + 1, _add_reduced(strategy, totals, out)
-        return tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0), _zeros()))[1]
-
-    return eval_steps
+    return _run_steps(strategy, replica_step)
 
 
 def means(totals: dict) -> dict:
     """Turns metric sums into per-image means (host floats)."""
     count = max(float(totals["count"]), 1.0)
     return {k: float(totals[k]) / count for k in METRIC_KEYS if k != "count"}
+
+
+class StepsPerCall:
+    """Decides how many training steps each `train_steps` call runs (pure host logic).
+
+    A call never crosses the end of an epoch or a checkpoint boundary (a multiple of
+    `checkpoint_every_steps`), so checkpoints land on exactly those steps. With
+    `steps_per_execution` 0 and `auto` (one process), the chunk starts at 1 and doubles
+    after each full-size call faster than AUTO_CHUNK_SECONDS, up to MAX_AUTO_CHUNK: the
+    fixed host work of a call (function call, metric fetch, TensorBoard scalar) then stays
+    small beside the steps on fast devices, while progress still updates often on slow
+    ones. Several workers must run the same steps per call and their timings differ, so
+    their chunk never grows.
+    """
+
+    def __init__(self, steps_per_epoch: int, checkpoint_every_steps: int,
+                 steps_per_execution: int, auto: bool):
+        self._steps_per_epoch = steps_per_epoch
+        self._every = checkpoint_every_steps
+        self.chunk = steps_per_execution or 1
+        self._grow = not steps_per_execution and auto
+
+    def next(self, step: int) -> int:
+        """Steps of the call that starts after global step `step`."""
+        boundary = (step // self._steps_per_epoch + 1) * self._steps_per_epoch
+        if self._every:
+            boundary = min(boundary, (step // self._every + 1) * self._every)
+        return min(self.chunk, boundary - step)
+
+    def record(self, num_steps: int, seconds: float) -> None:
+        """Reports how long a call of `num_steps` took; may grow the chunk."""
+        if self._grow and num_steps == self.chunk and seconds < AUTO_CHUNK_SECONDS:
+            self.chunk = min(2 * self.chunk, MAX_AUTO_CHUNK)
+
+    def checkpoint_due(self, step: int) -> bool:
+        """A mid-epoch checkpoint boundary (epoch ends are checkpointed anyway)."""
+        return bool(self._every) and step % self._every == 0 and step % self._steps_per_epoch != 0

@@ -36,9 +36,10 @@ class Writer:
         self._train.flush()
         self._val.flush()
 
-    def validation_images(self, step: int, model: keras.Model, data_dir: str, count: int) -> None:
+    def validation_images(self, step: int, model: keras.Model, records: dataset_lib.Records,
+                          count: int) -> None:
         """The first `count` validation images as [image | true mask | predicted mask] strips."""
-        batch = next(iter(dataset_lib.read_examples(data_dir, "val", count)))
+        batch = next(iter(dataset_lib.read_examples(records, "val", count)))
         probs = model(batch["image"], training=False)  # float32 [n,S,S,1]
         pred = tf.cast(probs > 0.5, tf.float32)
         strip = tf.concat([batch["image"], tf.tile(batch["mask"], [1, 1, 1, 3]),
@@ -48,5 +49,6 @@ class Writer:
         self._val.flush()
 
     def close(self) -> None:
+        """Flushes and closes both event files."""
         self._train.close()
         self._val.close()

@@ -1,7 +1,10 @@
-"""The training run, as one plain function: `train(data_dir, model_dir, ...)`.
+"""The training run, as one plain function: `train(data_dir, model_dir, config)`.
 
-It reads top to bottom: setup (determinism, policy, strategy, output dir, flags) -> data
--> model and optimizer inside `strategy.scope()` -> restore -> loop -> export.
+`train` reads top to bottom: process settings (devices, determinism, dtype policy) and
+strategy -> set up (records, the run's identity, model and optimizer inside
+`strategy.scope()`, restore, config dump) -> per epoch: train, then end the epoch
+(validate, record, checkpoint, keep the best) -> export. What only the chief writes goes
+through one reporter (report.py) that does nothing on the other workers.
 
 Resume contract: the data order is a pure function of (seed, epoch), and the checkpoint
 holds the global step, so a restarted run rebuilds the epoch's dataset, skips the batches
@@ -9,9 +12,11 @@ already consumed and continues with the very batches the uninterrupted run would
 seen. With `deterministic=True` the final weights are bit-identical.
 """
 
+import dataclasses
+import functools
 import hashlib
-import os
 import time
+from typing import Callable
 
 import keras
 import numpy as np
@@ -20,266 +25,215 @@ from absl import logging
 
 from launch.training import checkpoints
 from launch.training import distribute
-from launch.training import history
+from launch.training import report
 from launch.training import steps as steps_lib
-from launch.training import summaries
+from launch.training.config import TrainConfig
 from model import unet
-from pipeline import augment as augment_lib
 from pipeline import dataset as dataset_lib
-from preprocessing import manifest as manifest_lib
-
-FINAL_MODEL = "ISIC-UNet.keras"
-# steps_per_execution=0 (auto): the chunk doubles while a call is faster than this, so the
-# per-call host work (~3-6 ms: function call, metric fetch, TensorBoard scalar) stays a few
-# percent of the step time on fast devices, and progress still updates on slow ones.
-AUTO_CHUNK_SECONDS = 0.2
-MAX_AUTO_CHUNK = 256
-SAVED_MODEL_DIR = "saved_model"
+from preprocessing.options import UserError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """Training diverged; the last good checkpoint is kept."""
 
 
-def _learning_rate(base: float, schedule: str, total_steps: int, warmup_steps: int):
-    """A constant rate, or cosine decay to 0 over the run after a linear warmup."""
-    if schedule == "constant":
-        return base
-    if schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup_steps else base,
-            decay_steps=max(total_steps - warmup_steps, 1),
-            warmup_target=base if warmup_steps else None, warmup_steps=warmup_steps)
-    raise ValueError(f"--lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+def train(data_dir: str, model_dir: str, config: TrainConfig, *, verbose: bool = True) -> dict:
+    """Trains the U-Net on `data_dir`'s records; checkpoints, logs and exports into `model_dir`.
 
+    Running it again on the same `model_dir` resumes from its newest checkpoint.
 
-def _make_optimizer(learning_rate, weight_decay: float, precision: str):
-    inner = (keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay
-             else keras.optimizers.Adam(learning_rate))
-    # float16 needs loss scaling; bfloat16 has float32's exponent range and does not.
-    return keras.optimizers.LossScaleOptimizer(inner) if precision == "mixed_float16" else inner
-
-
-def _distributed(strategy, fn):
-    """Distributes the per-input-pipeline dataset `fn(input_context)` over the replicas.
-
-    One CPU replica gets the plain dataset: there is nothing to split or copy to a device,
-    and the distributed iterator's machinery costs 0.2-0.4 ms per step (loop probe on 2
-    cores: 0.89 ms against 0.67 ms per step with a tiny model; isic-bench stage 3).
+    Args:
+      data_dir: records from isic-preprocess.
+      model_dir: the run's directory (see README for what lands there).
+      config: the options (`isic-train --help`); written to `model_dir/config.json`.
+      verbose: print the model summary, progress bars and per-epoch lines (chief only).
+    Returns:
+      The last epoch's history row (epoch, step, training and validation means, learning
+      rate, images/s, seconds) plus "weights_sha256" and "chief". When `model_dir` has
+      already trained `config.epochs` epochs, the row is the last one of its history.csv
+      (on the chief; other workers then return only the two extra keys).
     """
-    if (isinstance(strategy, tf.distribute.OneDeviceStrategy)
-            and "CPU" in strategy.extended.worker_devices[0].upper()):
-        return fn(tf.distribute.InputContext())
-    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
-    return strategy.distribute_datasets_from_function(fn, options)
+    with distribute.process_settings(config) as precision:
+        strategy = distribute.make_strategy(config.strategy, config.collective_timeout)
+        reporter = report.create(model_dir, chief=distribute.is_chief(strategy), verbose=verbose)
+        run = _set_up(data_dir, model_dir, config, strategy, precision, reporter)
+        with dataset_lib.reading(run.records):
+            for epoch in range(run.step // run.steps_per_epoch, config.epochs):
+                sums, seconds = _train_epoch(run, epoch)
+                run.row = _end_epoch(run, epoch, sums, seconds)
+        return _export(run)
 
 
-def _check_finite(values: dict, step: int, last_checkpoint: str | None) -> None:
-    if not np.isfinite(values["loss"]):
+@dataclasses.dataclass
+class _Run:
+    """What the phases of one run share; `step` and `row` advance as it trains."""
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    records: dataset_lib.Records
+    steps_per_epoch: int
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step_var: tf.Variable  # the checkpointed copy of `step`, assigned before each save
+    saver: checkpoints.Saver
+    reporter: report.SilentReporter
+    planner: steps_lib.StepsPerCall
+    train_steps: Callable
+    eval_steps: Callable
+    step: int
+    row: dict
+
+
+def _set_up(data_dir, model_dir, config, strategy, precision, reporter) -> _Run:
+    """Records, the run's identity, model and optimizer, restore, and the config dump."""
+    records = dataset_lib.Records.open(data_dir)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise UserError(f"--batch_size {config.batch_size} does not divide over "
+                        f"{strategy.num_replicas_in_sync} replicas; use a multiple of it")
+    # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
+    steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
+    identity = checkpoints.run_identity(config, records.image_size, unet.DEPTH, steps_per_epoch,
+                                        records.preprocessing)
+    checkpoints.check_run(model_dir, identity)  # before anything is written
+    model, optimizer = _build(strategy, config, records.image_size, steps_per_epoch, precision)
+    # The global step lives outside the scope: it is only read and written by the host.
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    restored = _restore(checkpoint, model, model_dir, config.warm_start)
+    step = int(step_var.numpy())
+    reporter.start(config, identity, model, start_epoch=step // steps_per_epoch)
+    logging.info("%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
+                 "resuming" if restored else "starting", step, step // steps_per_epoch + 1,
+                 config.epochs, steps_per_epoch, config.batch_size, precision)
+    if step // steps_per_epoch >= config.epochs:
+        logging.info("%s has already trained %d epochs: nothing left to train", model_dir,
+                     config.epochs)
+    return _Run(
+        config, strategy, records, steps_per_epoch, model, optimizer, step_var,
+        saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored),
+        reporter=reporter,
+        planner=steps_lib.StepsPerCall(steps_per_epoch, config.checkpoint_every_steps,
+                                       config.steps_per_execution,
+                                       auto=distribute.num_workers(strategy) == 1),
+        train_steps=steps_lib.make_train_steps(strategy, model, optimizer, config.batch_size,
+                                               config.dice_weight),
+        eval_steps=steps_lib.make_eval_steps(strategy, model, config.dice_weight),
+        step=step, row=reporter.last_row())
+
+
+def _build(strategy, config: TrainConfig, image_size: int, steps_per_epoch: int, precision: str):
+    """(model, optimizer), created inside the strategy scope so variables are mirrored."""
+    with strategy.scope():
+        model = unet.build_unet(image_size, config.base_filters, bn_momentum=config.bn_momentum,
+                                sync_batch_norm=config.sync_batch_norm)
+        rate = config.learning_rate
+        if config.lr_schedule == "cosine":  # to 0 over the run, after a linear warmup
+            warmup = int(config.warmup_epochs * steps_per_epoch)
+            rate = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=0.0 if warmup else config.learning_rate,
+                decay_steps=max(config.epochs * steps_per_epoch - warmup, 1),
+                warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+        optimizer = (keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+                     if config.weight_decay else keras.optimizers.Adam(rate))
+        # float16 needs loss scaling; bfloat16 has float32's exponent range and does not.
+        if precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        # Built before the first step: creating slot variables inside strategy.run fails.
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def _restore(checkpoint, model, model_dir: str, warm_start: str | None) -> str | None:
+    """Resumes from `model_dir`'s newest checkpoint, else warm-starts a new run from
+    `warm_start` if given; returns the restored checkpoint's path (None: a new run)."""
+    restored = checkpoints.restore_latest(checkpoint, model_dir)
+    if restored and warm_start:
+        logging.warning("%s already has checkpoints: resuming at step %d, --warm_start %s is "
+                        "not used", model_dir, int(checkpoint.step.numpy()), warm_start)
+    elif warm_start:
+        checkpoints.warm_start(model, warm_start)
+    return restored
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
+    """Trains the rest of `epoch` (0-based), chunk by chunk; returns (metric sums, seconds)."""
+    first_step = epoch * run.steps_per_epoch
+    skip = run.step - first_step  # global steps of this epoch already trained
+    iterator = iter(distribute.distribute_datasets(
+        run.strategy, functools.partial(_train_input, run, epoch, skip)))
+    run.reporter.epoch_start(epoch, skip)
+    sums = dict.fromkeys(steps_lib.METRIC_KEYS, 0.0)
+    start = time.perf_counter()
+    while run.step < first_step + run.steps_per_epoch:
+        n = run.planner.next(run.step)
+        call_start = time.perf_counter()
+        totals = {k: float(v) for k, v in run.train_steps(iterator, tf.constant(n)).items()}
+        run.planner.record(n, time.perf_counter() - call_start)
+        run.step += n
+        _check_finite(totals, run.step, run.saver.last)
+        sums = {k: sums[k] + totals[k] for k in sums}
+        images_per_s = sums["count"] / max(time.perf_counter() - start, 1e-9)
+        run.reporter.chunk(run.step, run.step - first_step, totals, images_per_s)
+        if run.planner.checkpoint_due(run.step):
+            _save(run)
+    return sums, time.perf_counter() - start
+
+
+def _train_input(run: _Run, epoch: int, skip: int, ctx: tf.distribute.InputContext):
+    """This input pipeline's part of `epoch`, from its `skip`-th global step on."""
+    per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # batches per step
+    return dataset_lib.make_dataset(
+        run.records, "train", batch_size=run.config.batch_size, training=True,
+        seed=run.config.seed, epoch=epoch, skip_batches=skip * per_pipeline,
+        augment=run.config, input_context=ctx)
+
+
+def _check_finite(totals: dict, step: int, last_checkpoint: str | None) -> None:
+    if not np.isfinite(totals["loss"]):
         raise NonFiniteLossError(
-            f"the training loss became {values['loss']} at step {step}. The last good checkpoint "
+            f"the training loss became {totals['loss']} at step {step}. The last good checkpoint "
             f"({last_checkpoint or 'none yet'}) is kept. Lower --learning_rate, or use "
             "--precision float32 if this happened under mixed precision.")
 
 
-def train(data_dir: str, model_dir: str, *, epochs: int = 20, batch_size: int = 32,
-          learning_rate: float = 1e-3, lr_schedule: str = "constant", warmup_epochs: float = 0.0,
-          weight_decay: float = 0.0, base_filters: int = 64, sync_batch_norm: bool = False,
-          bn_momentum: float = unet.BN_MOMENTUM, dice_weight: float = 1.0,
-          augment: bool = True, augment_strength: float = 1.0, precision: str = "auto",
-          strategy: str = "auto",
-          num_cpu_devices: int = 0, checkpoint_every_steps: int = 100,
-          steps_per_execution: int = 0, seed: int = 0, deterministic: bool = False,
-          warm_start: str | None = None, collective_timeout_s: float = distribute.DEFAULT_COLLECTIVE_TIMEOUT_S,
-          num_summary_images: int = 3, flags_text: str | None = None, verbose: bool = True) -> dict:
-    """Trains the U-Net on `data_dir`'s records; checkpoints, logs and exports into `model_dir`.
-
-    Args mirror the `isic-train` flags (see launch/commands/train.py for their help). Returns the
-    last epoch's history row (training and validation means), or {} if nothing was left
-    to train.
-    """
-    # --- Setup: determinism, devices, precision, strategy, output directory.
-    distribute.split_cpu(num_cpu_devices)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(seed)  # weight init; data randomness is seeded separately
-    precision = distribute.resolve_precision(precision)
-    previous_policy = distribute.set_precision(precision)
-    try:
-        strat = distribute.make_strategy(strategy, collective_timeout_s)
-        chief = distribute.is_chief(strat)
-        if chief:
-            os.makedirs(model_dir, exist_ok=True)
-            if flags_text is not None:
-                with open(os.path.join(model_dir, "flags.txt"), "w") as f:
-                    f.write(flags_text)
-        return _train(strat, chief, data_dir, model_dir, epochs=epochs, batch_size=batch_size,
-                      learning_rate=learning_rate, lr_schedule=lr_schedule,
-                      warmup_epochs=warmup_epochs, weight_decay=weight_decay,
-                      base_filters=base_filters, sync_batch_norm=sync_batch_norm,
-                      bn_momentum=bn_momentum, dice_weight=dice_weight, augment=augment,
-                      augment_strength=augment_strength, precision=precision,
-                      checkpoint_every_steps=checkpoint_every_steps,
-                      steps_per_execution=steps_per_execution, seed=seed, warm_start=warm_start,
-                      num_summary_images=num_summary_images, verbose=verbose)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+def _end_epoch(run: _Run, epoch: int, sums: dict, seconds: float) -> dict:
+    """Validates, checkpoints, and hands the epoch's history row to the reporter."""
+    train_means = steps_lib.means(sums) if sums["count"] else {}
+    val_means = _validate(run)
+    row = {"epoch": epoch + 1, "step": run.step, **train_means,
+           **{"val_" + k: v for k, v in val_means.items()},
+           "learning_rate": float(run.optimizer.learning_rate.numpy()),
+           "images_per_s": sums["count"] / max(seconds, 1e-9), "seconds": seconds}
+    _save(run)
+    run.reporter.epoch_end(row, run.model, run.records)  # history, plots, logs, best model
+    return row
 
 
-def _train(strat, chief, data_dir, model_dir, *, epochs, batch_size, learning_rate, lr_schedule,
-           warmup_epochs, weight_decay, base_filters, sync_batch_norm, bn_momentum, dice_weight, augment,
-           augment_strength, precision,
-           checkpoint_every_steps, steps_per_execution, seed, warm_start, num_summary_images,
-           verbose):
-    # --- Data: sizes from the manifest; datasets are built per epoch (order = f(seed, epoch)).
-    manifest = manifest_lib.read_manifest(data_dir)
-    image_size = manifest["image_size"]
-    if batch_size % strat.num_replicas_in_sync:
-        raise ValueError(f"--batch_size {batch_size} does not divide over "
-                         f"{strat.num_replicas_in_sync} replicas; use a multiple of it")
-    # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
-    steps_per_epoch = dataset_lib.steps_per_epoch(data_dir, "train", batch_size)
-    val_count = manifest["counts"].get("val", 0)
-    val_steps = -(-val_count // batch_size)  # eval is padded to whole global batches
-    total_steps = epochs * steps_per_epoch
-    run = {"image_size": image_size, "base_filters": base_filters, "depth": 4,
-           "batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "seed": seed}
-    checkpoints.check_run(model_dir, run)
+def _validate(run: _Run) -> dict:
+    """Means over the whole validation split ({} without one)."""
+    val_steps = -(-run.records.size("val") // run.config.batch_size)  # padded global batches
+    if not val_steps:
+        return {}
 
-    augment_options = augment_lib.scaled_strengths(augment_strength)
+    def val_input(ctx):
+        return dataset_lib.make_dataset(run.records, "val", batch_size=run.config.batch_size,
+                                        training=False, input_context=ctx)
 
-    # --- Model and optimizer, created inside the strategy scope so variables are mirrored.
-    with strat.scope():
-        model = unet.build_unet(image_size=image_size, base_filters=base_filters,
-                                sync_batch_norm=sync_batch_norm, bn_momentum=bn_momentum)
-        lr = _learning_rate(learning_rate, lr_schedule, total_steps, int(warmup_epochs * steps_per_epoch))
-        optimizer = _make_optimizer(lr, weight_decay, precision)
-        # Built before the first step: creating slot variables inside strategy.run fails.
-        optimizer.build(model.trainable_variables)
-    # The global step lives outside the scope: it is only read and written by the host.
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    if chief and verbose:
-        model.summary(print_fn=lambda line, **_: print(line))
+    iterator = iter(distribute.distribute_datasets(run.strategy, val_input))
+    return steps_lib.means(run.eval_steps(iterator, tf.constant(val_steps)))
 
-    # --- Restore (resume), or warm-start a new run from other weights.
-    restored = checkpoints.restore_latest(checkpoint, model_dir)
-    step = int(step_var.numpy())
-    if restored and warm_start:
-        logging.warning("%s already has checkpoints: resuming at step %d, --warm_start %s is not used",
-                        model_dir, step, warm_start)
-    elif warm_start:
-        checkpoints.warm_start(model, warm_start)
-    manager = None
-    if chief:
-        checkpoints.write_run(model_dir, run)
-        manager = checkpoints.make_manager(checkpoint, os.path.join(model_dir, "checkpoints"))
-    start_epoch = step // steps_per_epoch
-    rows = history.read_history(model_dir, up_to_epoch=start_epoch) if chief else []
-    best_dice = max([r.get("val_dice", -1.0) for r in rows], default=-1.0)
-    logging.info("%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
-                 "resuming" if restored else "starting", step, start_epoch + 1, epochs,
-                 steps_per_epoch, batch_size, precision)
 
-    train_steps = steps_lib.make_train_steps(strat, model, optimizer, batch_size, dice_weight)
-    eval_steps = steps_lib.make_eval_steps(strat, model, dice_weight)
-    writer = summaries.Writer(model_dir) if chief else None
-    last_checkpoint = restored
-    row = dict(rows[-1]) if rows else {}
-    # Auto chunking only in one process: every worker must run the same steps per call, and
-    # timings differ between workers (set --steps_per_execution for multi-worker jobs).
-    chunk = steps_per_execution or 1
-    grow_chunk = not steps_per_execution and distribute.num_workers(strat) == 1
-    if start_epoch >= epochs:
-        logging.info("%s has already trained %d epochs: nothing left to train", model_dir, epochs)
-    for epoch in range(start_epoch, epochs):
-        skip = step - epoch * steps_per_epoch  # global steps of this epoch already trained
+def _save(run: _Run) -> None:
+    """Checkpoints the current step (on every worker: saving may run collectives)."""
+    run.step_var.assign(run.step)
+    run.saver.save(run.step)
 
-        def train_fn(ctx, epoch=epoch, skip=skip):
-            per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-            return dataset_lib.make_dataset(
-                data_dir, "train", batch_size=batch_size, training=True, seed=seed, epoch=epoch,
-                skip_batches=skip * per_pipeline, augment=augment, input_context=ctx,
-                augment_options=augment_options)
 
-        iterator = iter(_distributed(strat, train_fn))
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=("loss", "dice", "img/s"),
-                                  verbose=1 if (chief and verbose) else 0)
-        bar.update(skip)
-        print_epoch = chief and verbose
-        if print_epoch:
-            print(f"Epoch {epoch + 1}/{epochs}")
-        sums = {k: 0.0 for k in steps_lib.METRIC_KEYS}
-        t0 = time.perf_counter()
-        while step < (epoch + 1) * steps_per_epoch:
-            # A chunk ends at the epoch's end and at each checkpoint boundary.
-            boundary = (epoch + 1) * steps_per_epoch
-            if checkpoint_every_steps:
-                boundary = min(boundary, (step // checkpoint_every_steps + 1) * checkpoint_every_steps)
-            n = min(chunk, boundary - step)
-            call_start = time.perf_counter()
-            totals = {k: float(v) for k, v in train_steps(iterator, tf.constant(n)).items()}
-            if grow_chunk and n == chunk and time.perf_counter() - call_start < AUTO_CHUNK_SECONDS:
-                chunk = min(2 * chunk, MAX_AUTO_CHUNK)
-            step += n
-            _check_finite(totals, step, last_checkpoint)
-            sums = {k: sums[k] + totals[k] for k in sums}
-            rate = sums["count"] / max(time.perf_counter() - t0, 1e-9)
-            bar.update(step - epoch * steps_per_epoch, values=[
-                ("loss", totals["loss"] / totals["count"]), ("dice", totals["dice"] / totals["count"]),
-                ("img/s", rate)])
-            if writer:
-                writer.scalars(step, {"train/loss_step": totals["loss"] / totals["count"]})
-            if checkpoint_every_steps and step % checkpoint_every_steps == 0 and step % steps_per_epoch:
-                step_var.assign(step)
-                last_checkpoint = checkpoints.save(checkpoint, manager, step) or last_checkpoint
-        seconds = time.perf_counter() - t0
-
-        # --- Epoch end: validate, record, plot, checkpoint, keep the best model.
-        train_means = steps_lib.means(sums) if sums["count"] else {}
-        val_means = {}
-        if val_steps:
-            def val_fn(ctx):
-                return dataset_lib.make_dataset(data_dir, "val", batch_size=batch_size,
-                                                training=False, input_context=ctx)
-            val_means = steps_lib.means(eval_steps(iter(_distributed(strat, val_fn)), tf.constant(val_steps)))
-        row = {"epoch": epoch + 1, "step": step, **train_means,
-               **{"val_" + k: v for k, v in val_means.items()},
-               "learning_rate": float(optimizer.learning_rate.numpy()),
-               "images_per_s": sums["count"] / max(seconds, 1e-9), "seconds": seconds}
-        step_var.assign(step)
-        last_checkpoint = checkpoints.save(checkpoint, manager, step) or last_checkpoint
-        if chief:
-            rows.append(row)
-            history.write_history(model_dir, rows)
-            history.plot_history(model_dir, rows)
-            writer.epoch(step, row)
-            if val_steps and num_summary_images:
-                writer.validation_images(step, model, data_dir, num_summary_images)
-            if val_means and val_means["dice"] > best_dice:
-                best_dice = val_means["dice"]
-                _save_model(model, os.path.join(model_dir, "best", FINAL_MODEL))
-            if verbose:
-                print(" - ".join(f"{k} {row[k]:.4f}" for k in
-                                 ("loss", "dice", "val_loss", "val_dice") if k in row))
-
-    row["weights_sha256"] = weights_digest(model)
+def _export(run: _Run) -> dict:
+    """The final models (chief) and the result row, with a digest every worker computes."""
+    row = dict(run.row, weights_sha256=weights_digest(run.model))
     logging.info("final weights sha256 %s", row["weights_sha256"])
-
-    # --- Export (chief only): the final model and a SavedModel for serving.
-    if chief:
-        _save_model(model, os.path.join(model_dir, FINAL_MODEL))
-        model.export(os.path.join(model_dir, SAVED_MODEL_DIR), verbose=False)
-        if writer:
-            writer.close()
-        if verbose:
-            print(f"Final model: {os.path.join(model_dir, FINAL_MODEL)}")
-            if best_dice >= 0:
-                print(f"Best by validation Dice ({best_dice:.4f}): "
-                      f"{os.path.join(model_dir, 'best', FINAL_MODEL)}")
-            else:
-                print("No validation split: no best model was kept")
-    row["chief"] = chief
+    run.reporter.finish(run.model)
+    row["chief"] = run.reporter.chief
     return row
 
 
@@ -293,11 +247,3 @@ def weights_digest(model: keras.Model) -> str:
     for w in model.trainable_weights:
         digest.update(np.ascontiguousarray(w.numpy()).tobytes())
     return digest.hexdigest()
-
-
-def _save_model(model: keras.Model, path: str) -> None:
-    """Saves a `.keras` file atomically (a crash never leaves a truncated model)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path[:-len(".keras")] + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)

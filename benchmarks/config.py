@@ -1,0 +1,52 @@
+"""Options of `isic-bench`: each field's name, default and help, once.
+
+Standard library only, so `isic-bench --help` does not wait for TensorFlow. The comma
+lists keep today's flag syntax (`--stages 3,4`): they are strings here, checked in
+`__post_init__`, read as integers through the properties.
+"""
+
+import dataclasses
+
+from preprocessing.options import UserError, check_fields, option
+
+STAGES = (1, 2, 3, 4, 5)  # see benchmarks/stages.py
+
+
+def parse_ints(name: str, text: str, allowed: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """'3, 4' -> (3, 4); UserError unless every item is a positive integer (in `allowed`)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        numbers = tuple(int(item) for item in items)
+    except ValueError:
+        raise UserError(f"--{name} must be a comma-separated list of integers, "
+                        f"got {text!r}") from None
+    if not numbers or min(numbers) < 1 or (allowed and not set(numbers) <= set(allowed)):
+        expected = f"values from {list(allowed)}" if allowed else "positive integers"
+        raise UserError(f"--{name} got {text!r}; expected {expected}")
+    return numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """`isic-bench`: which stages to run and at which sizes (see benchmarks/stages.py)."""
+    quick: bool = option(False, "Tiny settings (a few minutes): checks that every stage runs; "
+                         "the figures mean little.")
+    stages: str = option("1,2,3,4,5", "Stages to run, e.g. 3,4.")
+    unet_filters: str = option("16,32,64", "U-Net base filters of stage 4.")
+    inference_filters: int = option(32, "U-Net base filters of the inference measurement.",
+                                    lower_bound=1)
+
+    def __post_init__(self):
+        check_fields(self)
+        parse_ints("stages", self.stages, STAGES)
+        parse_ints("unet_filters", self.unet_filters)
+
+    @property
+    def stage_numbers(self) -> tuple[int, ...]:
+        """The selected stages, each once, in order."""
+        return tuple(sorted(set(parse_ints("stages", self.stages, STAGES))))
+
+    @property
+    def unet_filter_counts(self) -> tuple[int, ...]:
+        """Stage 4's U-Net widths, as given."""
+        return parse_ints("unet_filters", self.unet_filters)

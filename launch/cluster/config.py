@@ -1,0 +1,34 @@
+"""Options of `isic-launch`: each field's name, default and help, once.
+
+Standard library only: the launcher never imports TensorFlow (its workers do).
+"""
+
+import dataclasses
+
+from preprocessing.options import UserError, check_fields, option
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """`isic-launch`: N local worker processes as one group (launch/cluster/process_group.py)."""
+    num_workers: int = option(2, "Worker processes to start on this machine.", lower_bound=1)
+    port: int | None = option(None, "First port to try for the workers' gRPC servers (the "
+                              "next free ones above it are used). Default: ports picked by "
+                              "the kernel.", lower_bound=1)
+    restarts: int = option(0, "Relaunch the whole group up to this many times after a worker "
+                           "failed; training resumes from --model_dir's last checkpoint.",
+                           lower_bound=0)
+    grace_seconds: float = option(10.0, "Seconds the other workers get to exit after SIGTERM "
+                                  "(when a worker died, or on Ctrl-C) before they are "
+                                  "SIGKILLed. TensorFlow's multi-worker runtime ignores "
+                                  "SIGTERM, so this bounds how long they outlive a dead peer.",
+                                  lower_bound=0)
+    gpus_per_worker: int = option(0, "If > 0, worker i sees only GPUs i*G..(i+1)*G-1 "
+                                  "(CUDA_VISIBLE_DEVICES). Default: leave CUDA_VISIBLE_DEVICES "
+                                  "alone. One machine with several GPUs needs no launcher: "
+                                  "isic-train mirrors over them.", lower_bound=0)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.port is not None and self.port > 65535:
+            raise UserError(f"--port must be in 1..65535, got {self.port}")

@@ -1,0 +1,63 @@
+"""Options of `isic-evaluate` and `isic-predict`: each field's name, default and help, once.
+
+The two commands turn probability maps into masks the same way, so those options live in
+one base class, `InferenceConfig`; each command adds its own. Standard library only: the
+commands build their flags from these fields before anything imports TensorFlow.
+
+The path flags (--model, --data_dir, --input_dir, --output_dir, ...) are not options:
+they are the arguments of the library functions (`evaluation.evaluate(model, data_dir,
+config)`), since the same settings apply to any folder.
+"""
+
+import dataclasses
+
+from preprocessing.options import UserError, check_fields, option
+from preprocessing.splits import SPLITS
+
+_BATCH_HELP = "Images per prediction batch."
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """From probabilities to a mask: threshold, test-time augmentation, post-processing.
+
+    Order (launch/inference/segment.py): probabilities at the model's S x S (averaged over
+    the 8 flips and rotations with `tta`), resized to the scored or written size,
+    thresholded, holes filled, then the largest region kept.
+    """
+    threshold: float = option(0.5, "A pixel is foreground where its probability is > threshold "
+                              "(0.5 in the ISIC challenge).")
+    tta: bool = option(False, "Test-time augmentation: average each image's probabilities over "
+                       "its 8 flips and 90-degree rotations (each turned back) before "
+                       "thresholding; 8 times the prediction work.")
+    fill_holes: bool = option(False, "Fill holes: background regions of the thresholded mask "
+                              "that do not reach the image border become lesion (ISIC ground "
+                              "truth has no holes).")
+    largest_component: bool = option(False, "Keep only the largest connected region "
+                                     "(8-connected) of the thresholded mask, after any hole "
+                                     "filling (ISIC ground truth is one region).")
+
+    def __post_init__(self):
+        check_fields(self)
+        if not 0.0 <= self.threshold < 1.0:
+            raise UserError(f"--threshold must be in [0, 1), got {self.threshold}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig(InferenceConfig):
+    """`isic-evaluate`: scores against ground truth (launch/inference/evaluation.py)."""
+    split: str = option("test", "With --data_dir: the split to score.", choices=SPLITS)
+    full_resolution: bool = option(
+        False, "With --data_dir: resize each probability map to its image's original size "
+        "before thresholding and compare with the original mask from the source folder (the "
+        "challenge's numbers). Default: score at the records' size (fast). A folder given "
+        "without --data_dir is always scored at full resolution.")
+    batch_size: int = option(32, _BATCH_HELP, lower_bound=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig(InferenceConfig):
+    """`isic-predict`: masks for a folder of images (launch/inference/prediction.py)."""
+    overlays: bool = option(False, "Also write overlays/<ID>_overlay.jpg: the image with the "
+                            "predicted lesion tinted and outlined.")
+    batch_size: int = option(16, _BATCH_HELP, lower_bound=1)

@@ -1,0 +1,93 @@
+"""Options of `isic-train`: each field's name, default and help, once.
+
+`TrainConfig` inherits the augmentation fields of `pipeline.config.AugmentConfig`, so the
+command has one flat set of flags and the input pipeline reads its options from the same
+object. Standard library only: `isic-train --help` builds its flags from these fields
+without loading TensorFlow. Each run writes its config into `model_dir/config.json`.
+"""
+
+import dataclasses
+
+from pipeline.config import AugmentConfig
+from preprocessing.options import UserError, option
+
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+# --steps_per_execution 0: the chunk doubles while a call is faster than this, up to the cap
+# (steps.StepsPerCall says why).
+AUTO_CHUNK_SECONDS = 0.2
+MAX_AUTO_CHUNK = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(AugmentConfig):
+    """`isic-train`: model, optimisation, devices and bookkeeping of one training run."""
+    epochs: int = option(20, "Number of passes over the training split.", lower_bound=1)
+    batch_size: int = option(32, "GLOBAL batch size, split evenly across all replicas.",
+                             lower_bound=1)
+    learning_rate: float = option(
+        1e-3, "Peak Adam learning rate. Scale it with the global batch (linearly from 1e-3 at "
+        "batch 32, with warmup) when you scale out.", lower_bound=0.0)
+    lr_schedule: str = option("constant", "Learning-rate schedule: constant, or cosine decay "
+                              "to 0 over the run.", choices=LR_SCHEDULES)
+    warmup_epochs: float = option(0.0, "Linear learning-rate warmup (cosine schedule only).",
+                                  lower_bound=0.0)
+    weight_decay: float = option(0.0, "Decoupled weight decay (AdamW) when > 0.", lower_bound=0.0)
+    base_filters: int = option(64, "Filters of the first U-Net block (64 = 31.0M parameters); "
+                               "8-16 for CPU runs.", lower_bound=1)
+    sync_batch_norm: bool = option(
+        False, "Batch-norm statistics over the global batch across replicas (one all-reduce "
+        "per layer); use when per-replica batches are small.")
+    dice_weight: float = option(1.0, "Loss = BCE + dice_weight * (1 - soft Dice).",
+                                lower_bound=0.0)
+    # Keras' default 0.99 makes the moving statistics lag ~100 steps behind the weights; with
+    # the few hundred steps of a run on ISIC-sized data, validation then scores a stale
+    # model. 0.9 follows within ~10 steps (docs/recipes.md).
+    bn_momentum: float = option(
+        0.9, "Momentum of the batch-norm moving statistics (Keras' default is 0.99; 0.9 "
+        "tracks the weights within ~10 steps, see docs/recipes.md).", lower_bound=0.0)
+    precision: str = option(
+        "auto", "auto = mixed_float16 on GPUs with compute capability >= 7.0, float32 "
+        "otherwise.", choices=PRECISIONS)
+    strategy: str = option(
+        "auto", "auto = multi_worker when TF_CONFIG (or SLURM) describes a cluster, mirrored "
+        "over all local GPUs (or --num_cpu_devices) when there are several, else one_device.",
+        choices=STRATEGIES)
+    num_cpu_devices: int = option(0, "Split the CPU into this many logical devices (to test "
+                                  "mirrored training without GPUs).", lower_bound=0)
+    checkpoint_every_steps: int = option(
+        100, "Also checkpoint every N steps (0: epoch ends only).", lower_bound=0)
+    steps_per_execution: int = option(
+        0, "Training steps run per tf.function call (fewer Python round trips; progress "
+        "updates per chunk). 0 = auto: start at 1 and double while a call takes under "
+        f"{AUTO_CHUNK_SECONDS} s, up to {MAX_AUTO_CHUNK} (one process only; multi-worker jobs "
+        "keep 1 unless set).", lower_bound=0)
+    seed: int = option(0, "Seed of weights, data order and augmentation.", lower_bound=0)
+    deterministic: bool = option(
+        False, "Enable TF op determinism: a killed and resumed run ends bit-identical to an "
+        "uninterrupted one (slower on GPUs).")
+    warm_start: str | None = option(
+        None, "Start a NEW run from these weights (a .keras file or another model directory). "
+        "Ignored, with a warning, when --model_dir resumes.")
+    # A collective that waits longer than this for a peer raises instead of hanging, so a
+    # job whose worker died stops within a bounded time (see launch/commands/launch.py).
+    collective_timeout: float = option(
+        120.0, "Seconds a multi-worker collective waits for a peer before failing the job "
+        "(a dead worker never hangs it).")
+    summary_images: int = option(3, "Validation images logged to TensorBoard per epoch.",
+                                 lower_bound=0)
+
+    def __post_init__(self):
+        super().__post_init__()  # check_fields: choices and lower bounds of every field
+        if not self.bn_momentum < 1.0:
+            raise UserError(f"--bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
+        if not self.collective_timeout > 0:
+            raise UserError(f"--collective_timeout must be > 0 seconds; got "
+                            f"{self.collective_timeout!r}")
+        if self.warmup_epochs and self.lr_schedule != "cosine":
+            raise UserError(f"--warmup_epochs {self.warmup_epochs} needs --lr_schedule cosine "
+                            "(the constant schedule has no warmup)")
+        if self.warmup_epochs > self.epochs:
+            raise UserError(f"--warmup_epochs {self.warmup_epochs} is longer than the run "
+                            f"(--epochs {self.epochs})")

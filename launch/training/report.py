@@ -1,0 +1,134 @@
+"""Everything of a run that only the chief writes or prints, behind one object.
+
+`create(model_dir, chief=..., verbose=...)` returns a `Reporter` on the chief and a
+`SilentReporter` (the same methods, doing nothing) on every other worker, so the trainer
+calls it unconditionally, like Flax's `create_default_writer(just_logging=...)`. It
+writes `config.json`, `checkpoints/run.json`, `history.csv` and its plots, the TensorBoard
+logs, the best and the final model and the SavedModel, and prints the progress. Checkpoints
+are not here: every worker must take part in saving them (checkpoints.Saver).
+"""
+
+import json
+import os
+
+import keras
+
+from launch.training import checkpoints
+from launch.training import history
+from launch.training import summaries
+from launch.training.config import TrainConfig
+from preprocessing import files
+from preprocessing import manifest
+from preprocessing import options
+
+CONFIG_FILE = "config.json"
+FINAL_MODEL = "ISIC-UNet.keras"
+BEST_DIR = "best"
+SAVED_MODEL_DIR = "saved_model"
+
+
+def create(model_dir: str, *, chief: bool, verbose: bool) -> "SilentReporter":
+    """The reporter of this worker: writing on the chief, silent elsewhere."""
+    return Reporter(model_dir, verbose) if chief else SilentReporter()
+
+
+class SilentReporter:
+    """A reporter that writes and prints nothing: what non-chief workers get."""
+    chief = False
+
+    def start(self, config: TrainConfig, run: dict, model: keras.Model, start_epoch: int) -> None:
+        """Run start: config.json, run.json, model summary, history of the finished epochs."""
+
+    def last_row(self) -> dict:
+        """The last recorded history row ({} when none)."""
+        return {}
+
+    def epoch_start(self, epoch: int, done_steps: int) -> None:
+        """An epoch begins (0-based `epoch`), `done_steps` of its steps already trained."""
+
+    def chunk(self, step: int, epoch_step: int, totals: dict, images_per_s: float) -> None:
+        """A `train_steps` call ended at global `step` with these metric sums."""
+
+    def epoch_end(self, row: dict, model: keras.Model, records) -> None:
+        """An epoch's history row: record, plot, log, keep the best model, print."""
+
+    def finish(self, model: keras.Model) -> None:
+        """Exports the final model and the SavedModel, closes the logs."""
+
+
+class Reporter(SilentReporter):
+    """The chief's reporter (see the module docstring)."""
+    chief = True
+
+    def __init__(self, model_dir: str, verbose: bool):
+        self._model_dir = model_dir
+        self._verbose = verbose
+        self._rows: list[dict] = []
+        self._best_dice = -1.0
+        self._writer = None
+        self._bar = None
+        self._epochs = self._steps_per_epoch = self._summary_images = 0
+
+    def start(self, config, run, model, start_epoch):
+        files.write_atomic(os.path.join(self._model_dir, CONFIG_FILE), options.to_json(config))
+        # isic-evaluate and isic-predict prepare new images as the training records were.
+        files.write_atomic(os.path.join(self._model_dir, manifest.PREPROCESSING_FILE),
+                           json.dumps(run["preprocessing"], indent=1, sort_keys=True) + "\n")
+        checkpoints.write_run(self._model_dir, run)
+        if self._verbose:
+            model.summary(print_fn=lambda line, **_: print(line))
+        self._rows = history.read_history(self._model_dir, up_to_epoch=start_epoch)
+        self._best_dice = max([r.get("val_dice", -1.0) for r in self._rows], default=-1.0)
+        self._epochs, self._summary_images = config.epochs, config.summary_images
+        self._steps_per_epoch = run["steps_per_epoch"]
+        self._writer = summaries.Writer(self._model_dir)
+
+    def last_row(self):
+        return dict(self._rows[-1]) if self._rows else {}
+
+    def epoch_start(self, epoch, done_steps):
+        self._bar = keras.utils.Progbar(self._steps_per_epoch, verbose=1 if self._verbose else 0,
+                                        stateful_metrics=("loss", "dice", "img/s"))
+        self._bar.update(done_steps)
+        if self._verbose:
+            print(f"Epoch {epoch + 1}/{self._epochs}")
+
+    def chunk(self, step, epoch_step, totals, images_per_s):
+        loss = totals["loss"] / totals["count"]
+        self._bar.update(epoch_step, values=[
+            ("loss", loss), ("dice", totals["dice"] / totals["count"]), ("img/s", images_per_s)])
+        self._writer.scalars(step, {"train/loss_step": loss})
+
+    def epoch_end(self, row, model, records):
+        self._rows.append(row)
+        history.write_history(self._model_dir, self._rows)
+        history.plot_history(self._model_dir, self._rows)
+        self._writer.epoch(row["step"], row)
+        if "val_dice" in row and self._summary_images:
+            self._writer.validation_images(row["step"], model, records, self._summary_images)
+        if "val_dice" in row and row["val_dice"] > self._best_dice:
+            self._best_dice = row["val_dice"]
+            save_model(model, os.path.join(self._model_dir, BEST_DIR, FINAL_MODEL))
+        if self._verbose:
+            print(" - ".join(f"{k} {row[k]:.4f}" for k in ("loss", "dice", "val_loss", "val_dice")
+                             if k in row))
+
+    def finish(self, model):
+        final = os.path.join(self._model_dir, FINAL_MODEL)
+        save_model(model, final)
+        model.export(os.path.join(self._model_dir, SAVED_MODEL_DIR), verbose=False)
+        self._writer.close()
+        if not self._verbose:
+            return
+        print(f"Final model: {final}")
+        if self._best_dice >= 0:
+            print(f"Best by validation Dice ({self._best_dice:.4f}): "
+                  f"{os.path.join(self._model_dir, BEST_DIR, FINAL_MODEL)}")
+        else:
+            print("No validation split: no best model was kept")
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """Saves a `.keras` file atomically (a crash never leaves a truncated model)."""
+    with files.atomic_path(path) as tmp:
+        model.save(tmp)
