@@ -1,19 +1,22 @@
 # Two-command quick start: `make demo` and `make test`. Both create .venv on
-# first use and install the project (and its test extras) into it.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
-DEMO   := demo
+# first use and install the project (and its test and export extras) into it, at the
+# exact versions of constraints.txt (the ones the test suite passed with).
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed-stamp
+DEMO        := demo
+CONSTRAINTS := constraints.txt
+EXTRAS      := test,export
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench constraints clean
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 # Synthesize a dermoscopy-like dataset, build its TFRecords, train a small
@@ -26,16 +29,31 @@ demo: $(STAMP)
 	$(BIN)/isic-evaluate --data_dir $(DEMO)/records --model $(DEMO)/model --split test --full_resolution
 	@mkdir -p $(DEMO)/new_images && cp $$(ls $(DEMO)/raw/images/*.jpg | head -n 4) $(DEMO)/new_images/
 	$(BIN)/isic-predict --model $(DEMO)/model --input_dir $(DEMO)/new_images --output_dir $(DEMO)/predictions --overlays
+	$(BIN)/isic-export --model $(DEMO)/model --output_dir $(DEMO)/export
 	@echo
 	@echo "Demo done. Model: $(DEMO)/model/ISIC-UNet.keras (best: $(DEMO)/model/best/), plots: $(DEMO)/model/{loss,accuracy,dice}.png,"
 	@echo "history: $(DEMO)/model/history.csv, TensorBoard: tensorboard --logdir $(DEMO)/model/logs,"
-	@echo "test metrics: $(DEMO)/model/eval-test*/metrics.json, predicted masks: $(DEMO)/predictions/"
+	@echo "test metrics: $(DEMO)/model/eval-test*/metrics.json, predicted masks: $(DEMO)/predictions/,"
+	@echo "exported model: $(DEMO)/export/ (serving/ SavedModel with JPEG/PNG in, mask out; model.onnx; model.tflite; README.md)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(BIN)/isic-bench --output_dir bench_out
+
+# Refreshes constraints.txt with the newest versions setup.py allows, resolved in a
+# fresh venv (so it lists exactly what the project pulls in). Then run `make test` on
+# them (`rm -rf $(VENV) && make test`) and commit the file if the suite passes.
+CONSTRAINTS_VENV := .venv-constraints
+constraints:
+	rm -rf $(CONSTRAINTS_VENV)
+	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(CONSTRAINTS_VENV)/bin/python -m pip freeze --all --exclude-editable; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(CONSTRAINTS_VENV)
 
 clean:
 	rm -rf $(DEMO) bench_out build *.egg-info

@@ -18,7 +18,12 @@ setup(
         # TF 2.21 no longer pulls in TensorBoard; tf.summary needs it.
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "pytest-xdist"],
+        # isic-export's ONNX and TFLite files: converting (tf2onnx, onnx) and running them
+        # for its parity checks (onnxruntime, ai-edge-litert). The SavedModel needs none.
+        "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
+    },
     entry_points={
         "console_scripts": [
             "isic-synth=launch.commands.synth:run",
@@ -28,6 +33,7 @@ setup(
             "isic-predict=launch.commands.predict:run",
             "isic-launch=launch.commands.launch:run",
             "isic-bench=launch.commands.bench:run",
+            "isic-export=launch.commands.export:run",
         ]
     },
 )

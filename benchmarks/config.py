@@ -9,7 +9,7 @@ import dataclasses
 
 from preprocessing.options import UserError, check_fields, option
 
-STAGES = (1, 2, 3, 4, 5)  # see benchmarks/stages.py
+STAGES = (1, 2, 3, 4, 5, 6)  # see benchmarks/stages.py
 
 
 def parse_ints(name: str, text: str, allowed: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -31,7 +31,7 @@ class BenchConfig:
     """`isic-bench`: which stages to run and at which sizes (see benchmarks/stages.py)."""
     quick: bool = option(False, "Tiny settings (a few minutes): checks that every stage runs; "
                          "the figures mean little.")
-    stages: str = option("1,2,3,4,5", "Stages to run, e.g. 3,4.")
+    stages: str = option("1,2,3,4,5,6", "Stages to run, e.g. 3,4.")
     unet_filters: str = option("16,32,64", "U-Net base filters of stage 4.")
     inference_filters: int = option(32, "U-Net base filters of the inference measurement.",
                                     lower_bound=1)

@@ -181,7 +181,8 @@ def time_build(images_dir: str, masks_dir: str, output_dir: str, image_size: int
     """Runs in the child: one build, timed after TensorFlow's import (the same for any
     builder). CPU time counts this process and its reaped workers: on a shared machine it
     is far steadier than wall time, which other jobs stretch."""
-    from preprocessing import build  # imports TensorFlow
+    from preprocessing import build
+    from preprocessing import writer  # noqa: F401  (imports TensorFlow before the clock starts)
     from preprocessing.config import BuildConfig
 
     def cpu() -> float:

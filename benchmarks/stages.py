@@ -1,4 +1,4 @@
-"""The five stages of isic-bench: how each is run, and the table rows made of its results.
+"""The six stages of isic-bench: how each is run, and the table rows made of its results.
 
 `STAGES[n].run(config, data_dir, work_dir)` measures stage n and returns its report (a
 frozen dataclass of the stage's module); `STAGES[n].rows(report)` turns it into table
@@ -12,6 +12,7 @@ import os
 from typing import Callable
 
 from benchmarks import inference
+from benchmarks import latency
 from benchmarks import pipeline
 from benchmarks import preprocess
 from benchmarks import startup
@@ -224,4 +225,5 @@ STAGES = {
     3: Stage("training-loop overhead", run_loop, rows_loop),
     4: Stage("U-Net training step", run_unet, rows_unet),
     5: Stage("inference and time to the first training step", run_serving, rows_serving),
+    6: Stage("inference latency of the exported formats", latency.run_stage, latency.rows),
 }

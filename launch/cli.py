@@ -175,7 +175,8 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
     prepare_environment()
     program = os.path.basename(sys.argv[0])
     if not program.startswith("isic-"):  # `python -m launch.commands.train`: name the command
-        program = "isic-" + module_name.rsplit(".", 1)[-1]
+        spec = getattr(sys.modules[module_name], "__spec__", None)  # under -m: __main__
+        program = "isic-" + (spec.name if spec else module_name).rsplit(".", 1)[-1]
     module = sys.modules[module_name]
     main_module = sys.modules["__main__"]
     if main_module.__doc__ is None:

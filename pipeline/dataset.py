@@ -26,11 +26,14 @@ every replica sees the same number of full batches and the weights sum to the sp
 import contextlib
 import dataclasses
 import os
+import re
+import time
 
 import numpy as np
 import tensorflow as tf
 
 from pipeline import augment as augment_lib
+from pipeline import verify as verify_lib
 from pipeline.config import AugmentConfig
 from preprocessing import manifest as manifest_lib
 from preprocessing import schema
@@ -58,11 +61,13 @@ class Records:
       shards: {split: ((path, records), ...)} sorted by path, for every split.
       preprocessing: manifest["preprocessing"], what was done to the pixels (colour
         constancy); training copies it into the model directory for inference.
+      manifest: the whole manifest (sha256 of each shard, how the records were built).
     """
     data_dir: str
     image_size: int
     shards: dict
     preprocessing: dict
+    manifest: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, data_dir: str) -> "Records":
@@ -80,7 +85,7 @@ class Records:
         # Records from before the field existed had no colour constancy.
         preprocessing = manifest.get("preprocessing") or {
             "image_size": size, "colour_constancy": "none"}
-        return cls(data_dir, size, shards, preprocessing)
+        return cls(data_dir, size, shards, preprocessing, manifest)
 
     def size(self, split: str) -> int:
         """Number of records of `split` (0 for an empty split)."""
@@ -91,6 +96,8 @@ class Records:
     def steps_per_epoch(self, split: str, batch_size: int) -> int:
         """Training steps in one epoch: full global batches, `size // batch_size` (>= 1)."""
         _check_batch_size(batch_size)
+        if not self.size(split):
+            raise self._empty(split)
         steps = self.size(split) // batch_size
         if steps == 0:
             raise RecordsError(
@@ -101,10 +108,37 @@ class Records:
     def files(self, split: str) -> list[tuple[str, int]]:
         """(path, records) of each shard of `split`; raises RecordsError on an empty split."""
         if not self.size(split):
-            raise RecordsError(
-                f"split {split!r} of {self.data_dir} is empty (0 records in its manifest); "
-                f"rebuild it with isic-preprocess --splits giving {split!r} a non-zero fraction")
+            raise self._empty(split)
         return list(self.shards[split])
+
+    def _empty(self, split: str) -> "RecordsError":
+        return RecordsError(
+            f"split {split!r} of {self.data_dir} is empty (0 records in its manifest); "
+            f"rebuild it with isic-preprocess --splits giving {split!r} a non-zero fraction")
+
+    def verify(self, splits, level: str = "sha256") -> dict:
+        """Checks the shards of `splits` against the manifest (pipeline/verify.py levels).
+
+        Returns {"shards": n, "bytes": b, "seconds": s}, for the log.
+        Raises:
+          RecordsError: a shard disagrees; the message names each bad shard and gives
+            the isic-preprocess command that rebuilds the records.
+        """
+        start = time.perf_counter()
+        shards = verify_lib.listed(self.data_dir, self.manifest, [self.shards[s] for s in splits])
+        found = verify_lib.problems(shards, level)
+        if found:
+            raise RecordsError(verify_lib.report(self.data_dir, self.manifest, found))
+        return {"shards": len(shards), "bytes": verify_lib.total_bytes(shards),
+                "seconds": time.perf_counter() - start}
+
+    def corrupt_error(self, detail: str) -> "RecordsError":
+        """The RecordsError for a read that failed with `detail` (a DataLossError's
+        message); every shard is hashed to name the bad one(s)."""
+        shards = verify_lib.listed(self.data_dir, self.manifest, list(self.shards.values()))
+        return RecordsError(verify_lib.report(
+            self.data_dir, self.manifest, verify_lib.digest_problems(shards),
+            prefix=f"{self.data_dir}: a shard is corrupt ({detail}). "))
 
 
 def _split_shards(data_dir: str, manifest: dict, split: str) -> tuple[tuple[str, int], ...]:
@@ -129,8 +163,9 @@ def reading(records: Records):
     try:
         yield
     except tf.errors.DataLossError as e:
-        raise RecordsError(f"{records.data_dir}: a shard is corrupt ({e.message}); rebuild "
-                           "with isic-preprocess --overwrite") from None
+        # "{{function_node ...}} corrupted record at 12 [Op:IteratorGetNext]": the middle.
+        detail = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", e.message, flags=re.S)
+        raise records.corrupt_error(detail) from None
     except tf.errors.InvalidArgumentError as e:
         if _COUNT_MISMATCH not in e.message:
             raise

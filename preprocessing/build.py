@@ -20,9 +20,9 @@ good pairs and the shards rewritten (a second pass), so the counts stay exact.
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 
+from preprocessing import locks
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 from preprocessing.config import BuildConfig
@@ -140,14 +140,14 @@ def already_built_message(output_dir: str) -> str:
 
 @contextlib.contextmanager
 def _exclusive(output_dir: str):
-    """Holds an exclusive lock on output_dir (released by the OS if the process dies)."""
-    with open(os.path.join(output_dir, _LOCK_NAME), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BuildError(f"another isic-preprocess is writing to {output_dir}; wait for "
-                             "it to finish or use another --output_dir") from None
-        yield
+    """Holds the exclusive lock on output_dir (preprocessing/locks.py: released by the OS
+    if the process dies; a second build is refused with the holder's pid, host and start)."""
+    try:
+        with locks.exclusive(output_dir, _LOCK_NAME, "isic-preprocess",
+                             advice="wait for it to finish or use another --output_dir"):
+            yield
+    except locks.LockedError as e:
+        raise BuildError(str(e)) from None
 
 
 def _finished_build(output_dir: str, options: dict) -> dict | None:

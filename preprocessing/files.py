@@ -3,11 +3,13 @@
 Every output of the project that a reader may open while it is being replaced (manifest,
 shards, run.json, config.json, history.csv, plots, models, figures) is written to a
 temporary name in the same folder and renamed over the target: POSIX `rename` is atomic,
-so readers see the old file or the new one, never a mix.
+so readers see the old file or the new one, never a mix. Folders (a SavedModel) are
+written the same way with `atomic_dir`.
 """
 
 import contextlib
 import os
+import shutil
 
 
 def temporary_name(path: str) -> str:
@@ -48,3 +50,31 @@ def write_atomic(path: str, data: bytes | str) -> None:
     """Writes `data` (bytes or text) to `path` atomically."""
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str):
+    """Yields a temporary folder to fill; puts it at `path` if the block succeeds.
+
+    On an exception the temporary folder is removed and `path` is untouched. A folder
+    cannot be renamed over a non-empty one, so an existing `path` is first renamed to
+    `<path>.old` and deleted after the new one is in place: a crash between the two
+    renames leaves the previous folder complete at `<path>.old`.
+    """
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp, old = temporary_name(path), path + ".old"
+    for leftover in (tmp, old):  # from a run killed in the middle
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(old) and not os.path.exists(path):
+            os.rename(old, path)  # the second rename failed: put the previous one back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -47,7 +47,7 @@ def test_config_reads_comma_lists_and_rejects_bad_ones():
     config = BenchConfig(stages="4, 3,3", unet_filters="8,16")
     assert config.stage_numbers == (3, 4) and config.unet_filter_counts == (8, 16)
     assert BenchConfig().stage_numbers == config_lib.STAGES == tuple(stages.STAGES)
-    for bad in ({"stages": ""}, {"stages": "6"}, {"stages": "1,x"}, {"unet_filters": "0"},
+    for bad in ({"stages": ""}, {"stages": "7"}, {"stages": "1,x"}, {"unet_filters": "0"},
                 {"inference_filters": 0}):
         with pytest.raises(UserError):
             BenchConfig(**bad)

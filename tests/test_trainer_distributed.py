@@ -114,7 +114,7 @@ def test_two_worker_processes_train_identical_weights(records, tmp_path):
     # Only the chief writes into the model directory.
     assert sorted(os.listdir(multi)) == sorted(
         ["ISIC-UNet.keras", "best", "checkpoints", "config.json", "history.csv", "logs", "saved_model",
-         "loss.png", "accuracy.png", "dice.png", "preprocessing.json"])
+         "loss.png", "accuracy.png", "dice.png", "preprocessing.json", ".isic-train.lock"])
     _run(_cmd(records, single, "--strategy=one_device", *WHOLE_BATCH))
     _assert_close(single, multi)
 

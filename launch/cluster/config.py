@@ -18,11 +18,10 @@ class LaunchConfig:
     restarts: int = option(0, "Relaunch the whole group up to this many times after a worker "
                            "failed; training resumes from --model_dir's last checkpoint.",
                            lower_bound=0)
-    grace_seconds: float = option(10.0, "Seconds the other workers get to exit after SIGTERM "
-                                  "(when a worker died, or on Ctrl-C) before they are "
-                                  "SIGKILLed. TensorFlow's multi-worker runtime ignores "
-                                  "SIGTERM, so this bounds how long they outlive a dead peer.",
-                                  lower_bound=0)
+    grace_seconds: float = option(10.0, "Seconds the workers get to exit after SIGTERM (on "
+                                  "Ctrl-C or SIGTERM to the launcher: time to write their "
+                                  "checkpoint; when a worker died: how long the others may "
+                                  "outlive it) before they are SIGKILLed.", lower_bound=0)
     gpus_per_worker: int = option(0, "If > 0, worker i sees only GPUs i*G..(i+1)*G-1 "
                                   "(CUDA_VISIBLE_DEVICES). Default: leave CUDA_VISIBLE_DEVICES "
                                   "alone. One machine with several GPUs needs no launcher: "

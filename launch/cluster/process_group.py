@@ -9,12 +9,16 @@ The group's contract:
   * every line a worker prints is copied to the launcher's stdout/stderr as "[wi] line";
   * when a worker dies (non-zero exit or signal) the others get SIGTERM and, after
     `grace_seconds`, SIGKILL, so the group ends within about `grace_seconds` + POLL_S of
-    the death even if the survivors are blocked in a collective. (TensorFlow workers ignore SIGTERM once
-    MultiWorkerMirroredStrategy exists: its preemption notifier catches it. They fail by
-    themselves once the coordination service misses a peer's heartbeats, and
+    the death even if the survivors are blocked in a collective. (isic-train workers
+    answer SIGTERM by checkpointing with their peers, which a dead peer prevents; they
+    also fail by themselves once the coordination service misses its heartbeats, and
     --collective_timeout bounds that too; a launcher must not rely on it.)
-  * SIGINT/SIGTERM sent to the launcher are forwarded to every worker (then SIGKILL after
-    `grace_seconds`; a second signal kills at once);
+  * SIGINT/SIGTERM sent to the launcher are forwarded to every worker, which then
+    checkpoint together and exit 130/143 (launch/training/preemption.py); the launcher
+    waits up to `grace_seconds` for that, then SIGKILLs (a second Ctrl-C kills at once);
+  * a worker that exits 143 or 130 by itself (the scheduler signalled it directly) has
+    checkpointed on a signal with its peers, which exit too: the launcher waits up to
+    `grace_seconds` for them (then SIGKILL), and the group is not restarted;
   * `launch` relaunches the whole group after a failure, up to `restarts` times, on fresh
     ports. Resuming is the trainer's job: it continues from --model_dir's last checkpoint.
 
@@ -39,6 +43,8 @@ from dataclasses import dataclass
 from launch.cluster.config import LaunchConfig
 
 LOCALHOST = "127.0.0.1"
+# Exit statuses of an isic-train that stopped on SIGTERM / SIGINT after checkpointing.
+STOPPED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 POLL_S = 0.05  # how often the launcher checks its workers: adds at most this to every bound
 KILL_WAIT_S = 5.0  # a SIGKILLed process is gone in milliseconds; longer means it is stuck in the kernel
 
@@ -111,7 +117,8 @@ class GroupResult:
 
     returncodes: per worker, as subprocess reports them (negative = killed by that signal).
     failed: index of the first worker seen to fail, or None.
-    interrupted: the signal the launcher received and forwarded, or None.
+    interrupted: the signal the launcher received and forwarded (or that a worker stopped
+      on by itself, exiting 128 + it after checkpointing), or None.
     stop_seconds: seconds from noticing the failure or signal to the last worker's exit.
     """
     returncodes: list[int]
@@ -231,9 +238,19 @@ class WorkerGroup:
                 self.log(f"got {name}: forwarding it to all workers")
                 seconds = self._stop(signum, self.grace_seconds)
                 self.log(f"group stopped {seconds:.2f} s after {name}")
+                self._log_stopped()
                 return self._result(interrupted=signum, stop_seconds=seconds)
             codes = [p.poll() for p in self.procs]
             failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if failed is not None and codes[failed] in STOPPED_CODES:
+                # Its peers checkpointed the same step and are exiting too: a signal now
+                # could only cut their exit short.
+                signum = codes[failed] - 128
+                self.log(f"worker {failed} stopped on {signal.Signals(signum).name} after "
+                         f"checkpointing: waiting up to {self.grace_seconds:g} s for the others")
+                seconds = self._stop(None, self.grace_seconds)
+                self._log_stopped()
+                return self._result(interrupted=signum, stop_seconds=seconds)
             if failed is not None:
                 self.log(f"worker {failed} died ({describe_exit(codes[failed])}): stopping the others")
                 seconds = self._stop(signal.SIGTERM, self.grace_seconds)
@@ -243,6 +260,16 @@ class WorkerGroup:
                 self._join_output()
                 return self._result()
             time.sleep(POLL_S)
+
+    def _log_stopped(self) -> None:
+        """Says whether every worker checkpointed (exit 130/143) before it stopped."""
+        codes = [p.returncode for p in self.procs]
+        if all(c in STOPPED_CODES for c in codes):
+            self.log("every worker checkpointed and stopped; run the same command to resume")
+        else:
+            self.log("exit codes " + ", ".join(f"worker {i}: {describe_exit(c)}"
+                                               for i, c in enumerate(codes))
+                     + "; the job resumes from its last complete checkpoint")
 
     def _result(self, **kwargs) -> GroupResult:
         return GroupResult([p.returncode for p in self.procs], **kwargs)
@@ -256,14 +283,16 @@ class WorkerGroup:
                 except ProcessLookupError:
                     pass
 
-    def _stop(self, signum: int, grace_seconds: float) -> float:
-        """Sends `signum`, then SIGKILL after `grace_seconds` (or at a further signal); returns seconds."""
+    def _stop(self, signum: int | None, grace_seconds: float) -> float:
+        """Sends `signum` (None: nothing), then SIGKILL after `grace_seconds` (or at a
+        further Ctrl-C; a repeated SIGTERM, as schedulers send, is not one); returns seconds."""
         t0 = time.monotonic()
         signals_before = len(self.interrupts.received)
-        self._send(signum)
+        if signum is not None:
+            self._send(signum)
         deadline = t0 + grace_seconds
         while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
-            if len(self.interrupts.received) > signals_before:
+            if signal.SIGINT in self.interrupts.received[signals_before:]:
                 break  # a second Ctrl-C: do not wait for the grace period
             time.sleep(POLL_S)
         running = [i for i, p in enumerate(self.procs) if p.poll() is None]

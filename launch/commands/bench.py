@@ -5,7 +5,8 @@
   isic-bench --output_dir bench_out --stages 3,4
 
 Stages: 1 building records, 2 input pipeline, 3 training-loop overhead, 4 U-Net training
-step, 5 inference and time to the first training step. Prints the machine (CPU model,
+step, 5 inference and time to the first training step, 6 inference latency of the
+exported formats (Keras, SavedModel, ONNX Runtime, LiteRT). Prints the machine (CPU model,
 AVX-512, AMX), then one table (stage, measure, ours, baseline, gain, target, pass) and
 writes results.json (every raw figure, the rows, the config, the machine) into
 --output_dir. docs/performance.md explains each one.

@@ -8,10 +8,16 @@ Everything after `--` is passed to every worker's `python -m launch.commands.tra
 whole worker command instead (for your own scripts), e.g. `-- python my_worker.py --x 1`.
 
 Each worker gets TF_CONFIG for 127.0.0.1 (worker 0 is the chief), its output lines are
-prefixed with "[wI] ", Ctrl-C/SIGTERM reach every worker, and when one worker dies the
-others are stopped (SIGTERM, then SIGKILL after --grace_seconds) and the launcher exits
-non-zero. With --restarts K the group is relaunched up to K times on fresh ports; the
-trainer resumes from --model_dir's last checkpoint by itself.
+prefixed with "[wI] ", and when one worker dies the others are stopped (SIGTERM, then
+SIGKILL after --grace_seconds) and the launcher exits non-zero. With --restarts K the
+group is relaunched up to K times on fresh ports; the trainer resumes from --model_dir's
+last checkpoint by itself.
+
+Ctrl-C or SIGTERM to the launcher reaches every worker: they finish the step in flight,
+write a checkpoint together and exit; the launcher waits up to --grace_seconds for that
+(SIGKILL after it, or at a second Ctrl-C) and exits 130 (SIGINT) or 143 (SIGTERM). The
+same command resumes. A worker that exits 143/130 by itself stops the group the same way,
+without a restart.
 
 For several machines use your cluster's launcher instead (launch/examples/: SLURM, TFJob).
 """

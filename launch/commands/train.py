@@ -5,7 +5,14 @@
 Running the same command again resumes from the model directory's last checkpoint. The
 options are launch/training/config.py's TrainConfig; each run writes them to
 <model_dir>/config.json.
+
+Exit status: 0 done; 1 a problem the message explains (bad records, a model directory in
+use by another run, an output that cannot be written, ...); 143 (SIGTERM) or 130 (SIGINT):
+stopped on that signal after checkpointing the step in flight, and the same command
+resumes (launch/training/preemption.py, docs/scaling.md).
 """
+
+import sys
 
 from launch import cli
 from launch.training.config import TrainConfig
@@ -18,8 +25,13 @@ PATHS = {
 
 
 def main(args, config: TrainConfig) -> int:
-    from launch.training import trainer  # after cli set the environment TensorFlow reads
-    result = trainer.train(args.data_dir, args.model_dir, config)
+    from launch.training import preemption  # after cli set the environment TensorFlow reads
+    from launch.training import trainer
+    try:
+        result = trainer.train(args.data_dir, args.model_dir, config)
+    except preemption.Stopped as stopped:
+        print(f"isic-train: {stopped}", file=sys.stderr)
+        return stopped.exit_status
     if result.get("chief") and "epoch" in result:
         dice = (f"Validation Dice {result['val_dice']:.4f}" if "val_dice" in result
                 else "No validation split")

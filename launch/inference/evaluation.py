@@ -174,6 +174,7 @@ def evaluate(model_path: str, data_dir: str, config: EvaluateConfig, *,
     output_dir = output_dir or default_output_dir(model_path, config.split, config.full_resolution)
     models.ensure_writable(output_dir)
     records = dataset_lib.Records.open(data_dir)
+    records.verify([config.split])  # a damaged shard is named before any work
     rows = scoring.score_records(model, records, config, count, folders=folders, progress=progress)
     cases = case_figure.pick_cases(rows)
     panels = case_figure.record_panels(model, records, cases, config, folders)

@@ -47,12 +47,25 @@ def resolve_model_path(path: str) -> str:
         candidate = os.path.join(path, MODEL_FILE)
         if os.path.isfile(candidate):
             return candidate
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            parent = os.path.dirname(os.path.abspath(path))
+            beside = (f"pass {parent} (its model directory) or {os.path.join(parent, MODEL_FILE)}"
+                      if os.path.isfile(os.path.join(parent, MODEL_FILE))
+                      else f"pass a model directory from isic-train or its {MODEL_FILE}")
+            raise FileNotFoundError(
+                f"--model {path} is a TensorFlow SavedModel (for TF Serving or "
+                f"tf.saved_model.load); isic-evaluate and isic-predict need the Keras model: {beside}")
         hint = (f" (it has best/{MODEL_FILE}: pass --model {os.path.join(path, 'best')})"
                 if os.path.isfile(os.path.join(path, "best", MODEL_FILE)) else "")
         raise FileNotFoundError(
             f"model directory {path} has no {MODEL_FILE}{hint}. isic-train writes it when "
             f"training ends; pass a finished model directory or a .keras file to --model")
     if os.path.isfile(path):
+        if path.endswith((".h5", ".hdf5")):
+            raise FileNotFoundError(
+                f"--model {path} is a Keras HDF5 (.h5) file, a format these commands do not "
+                "read; pass a model directory from isic-train or a .keras file (convert with "
+                "keras.models.load_model(path).save('model.keras'))")
         if not path.endswith(".keras"):
             raise FileNotFoundError(f"--model {path} is not a .keras file; pass a model "
                                     f"directory from isic-train or its {MODEL_FILE}")

@@ -12,6 +12,7 @@ collectives), so non-chief workers save into a private temporary directory that 
 delete afterwards: only the chief's files appear in the model directory.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from launch.training import faults
 from launch.training.config import TrainConfig
 from preprocessing import files
 from preprocessing.options import UserError
@@ -61,6 +63,12 @@ def check_run(model_dir: str, run: dict) -> None:
         return
     with open(path) as f:
         previous = json.load(f)
+    if previous.get("image_size") != run.get("image_size"):
+        size, asked = previous.get("image_size"), run.get("image_size")
+        raise CheckpointMismatchError(
+            f"{model_dir} holds a model trained on {size}x{size} records, but these records "
+            f"are {asked}x{asked}. To resume, pass records built with isic-preprocess "
+            f"--image_size {size}; to train at {asked}x{asked}, use a new --model_dir.")
     for key in SHAPE_KEYS:
         if previous.get(key) != run.get(key):
             raise CheckpointMismatchError(
@@ -103,27 +111,46 @@ class Saver:
 
     The chief writes `model_dir/checkpoints/ckpt-<step>` and keeps the newest
     `max_to_keep`; other workers write into a temporary directory deleted right away.
-    `last` is the newest checkpoint of the run (the restored one until the first save).
+    `last` is the newest checkpoint of the run (the restored one until the first save; on
+    other workers the chief's file of the same step) and
+    `last_step` its step (None for a new run before its first save). A save that cannot be written
+    (full or read-only disk) raises faults.OutputError; the previous checkpoints stay
+    intact and `checkpoints/checkpoint` keeps naming `last`.
     """
 
     def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool,
                  last: str | None = None, max_to_keep: int = 3):
         self._checkpoint = checkpoint
+        self._directory = os.path.join(model_dir, CHECKPOINT_DIR)  # the chief's
         self._manager = (tf.train.CheckpointManager(
             checkpoint, os.path.join(model_dir, CHECKPOINT_DIR), max_to_keep=max_to_keep,
             checkpoint_name="ckpt") if chief else None)
         self.last = last
+        self.last_step = int(last.rsplit("-", 1)[1]) if last else None
 
     def save(self, step: int) -> None:
         """Writes the checkpoint of global step `step`."""
         if self._manager is not None:
-            self.last = self._manager.save(checkpoint_number=step)
+            target = os.path.join(self._manager.directory, f"ckpt-{step}")
+            kept = (f"The previous checkpoint {self.last} is intact" if self.last
+                    else "No earlier checkpoint exists")
+            try:
+                with faults.writing("checkpoint", target, kept=kept):
+                    self.last = self._manager.save(checkpoint_number=step)
+            except faults.OutputError:
+                # TensorFlow leaves its half-written ckpt-<step>_temp folder: free its space.
+                for leftover in glob.glob(glob.escape(target) + "_temp*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                raise
+            self.last_step = step
             return
         tmp = tempfile.mkdtemp(prefix="isic-ckpt-")
         try:
-            self._checkpoint.save(os.path.join(tmp, "ckpt"))
+            with faults.writing("temporary checkpoint (a worker's share of the save)", tmp):
+                self._checkpoint.save(os.path.join(tmp, "ckpt"))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self.last, self.last_step = os.path.join(self._directory, f"ckpt-{step}"), step
 
 
 def warm_start(model: keras.Model, source: str) -> None:
@@ -131,7 +158,11 @@ def warm_start(model: keras.Model, source: str) -> None:
     if os.path.isdir(source):
         latest = tf.train.latest_checkpoint(os.path.join(source, CHECKPOINT_DIR))
         if latest is None:
-            raise MissingCheckpointError(f"--warm_start {source}: no checkpoints/ckpt-* in that directory")
+            hint = (" (it is a TensorFlow SavedModel, which holds no training state: pass the "
+                    "model directory above it, or its ISIC-UNet.keras)"
+                    if os.path.isfile(os.path.join(source, "saved_model.pb")) else "")
+            raise MissingCheckpointError(
+                f"--warm_start {source}: no checkpoints/ckpt-* in that directory{hint}")
         tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
         logging.info("warm-started from %s", latest)
         return

@@ -9,6 +9,7 @@ without loading TensorFlow. Each run writes its config into `model_dir/config.js
 import dataclasses
 
 from pipeline.config import AugmentConfig
+from pipeline.verify import LEVELS as VERIFY_LEVELS
 from preprocessing.options import UserError, option
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -77,6 +78,11 @@ class TrainConfig(AugmentConfig):
         "(a dead worker never hangs it).")
     summary_images: int = option(3, "Validation images logged to TensorBoard per epoch.",
                                  lower_bound=0)
+    verify_records: str = option(
+        "sha256", "Check the train and val shards against manifest.json before training: "
+        "sha256 (every byte; one read of the records, see docs/scaling.md), size (record "
+        "counts and file ends only, for huge datasets on slow storage), or none.",
+        choices=VERIFY_LEVELS)
 
     def __post_init__(self):
         super().__post_init__()  # check_fields: choices and lower bounds of every field

@@ -6,6 +6,10 @@ calls it unconditionally, like Flax's `create_default_writer(just_logging=...)`.
 writes `config.json`, `checkpoints/run.json`, `history.csv` and its plots, the TensorBoard
 logs, the best and the final model and the SavedModel, and prints the progress. Checkpoints
 are not here: every worker must take part in saving them (checkpoints.Saver).
+
+Every write goes through `faults.writing`: a full or read-only disk stops the run with a
+message naming the file (an OutputError), and, the writes being atomic, the files of
+earlier epochs stay intact.
 """
 
 import json
@@ -14,6 +18,7 @@ import os
 import keras
 
 from launch.training import checkpoints
+from launch.training import faults
 from launch.training import history
 from launch.training import summaries
 from launch.training.config import TrainConfig
@@ -70,18 +75,24 @@ class Reporter(SilentReporter):
         self._epochs = self._steps_per_epoch = self._summary_images = 0
 
     def start(self, config, run, model, start_epoch):
-        files.write_atomic(os.path.join(self._model_dir, CONFIG_FILE), options.to_json(config))
+        path = os.path.join(self._model_dir, CONFIG_FILE)
+        with faults.writing("run configuration", path):
+            files.write_atomic(path, options.to_json(config))
         # isic-evaluate and isic-predict prepare new images as the training records were.
-        files.write_atomic(os.path.join(self._model_dir, manifest.PREPROCESSING_FILE),
-                           json.dumps(run["preprocessing"], indent=1, sort_keys=True) + "\n")
-        checkpoints.write_run(self._model_dir, run)
+        path = os.path.join(self._model_dir, manifest.PREPROCESSING_FILE)
+        with faults.writing("preprocessing record", path):
+            files.write_atomic(path, json.dumps(run["preprocessing"], indent=1, sort_keys=True) + "\n")
+        path = os.path.join(self._model_dir, checkpoints.CHECKPOINT_DIR, checkpoints.RUN_FILE)
+        with faults.writing("run identity", path):
+            checkpoints.write_run(self._model_dir, run)
         if self._verbose:
             model.summary(print_fn=lambda line, **_: print(line))
         self._rows = history.read_history(self._model_dir, up_to_epoch=start_epoch)
         self._best_dice = max([r.get("val_dice", -1.0) for r in self._rows], default=-1.0)
         self._epochs, self._summary_images = config.epochs, config.summary_images
         self._steps_per_epoch = run["steps_per_epoch"]
-        self._writer = summaries.Writer(self._model_dir)
+        with self._logging():
+            self._writer = summaries.Writer(self._model_dir)
 
     def last_row(self):
         return dict(self._rows[-1]) if self._rows else {}
@@ -97,27 +108,33 @@ class Reporter(SilentReporter):
         loss = totals["loss"] / totals["count"]
         self._bar.update(epoch_step, values=[
             ("loss", loss), ("dice", totals["dice"] / totals["count"]), ("img/s", images_per_s)])
-        self._writer.scalars(step, {"train/loss_step": loss})
+        with self._logging():
+            self._writer.scalars(step, {"train/loss_step": loss})
 
     def epoch_end(self, row, model, records):
         self._rows.append(row)
-        history.write_history(self._model_dir, self._rows)
-        history.plot_history(self._model_dir, self._rows)
-        self._writer.epoch(row["step"], row)
-        if "val_dice" in row and self._summary_images:
+        path = os.path.join(self._model_dir, history.HISTORY_FILE)
+        with faults.writing("training history", path):
+            history.write_history(self._model_dir, self._rows)
+        with faults.writing("history plots", os.path.join(self._model_dir, history.PLOTS[0][0])):
+            history.plot_history(self._model_dir, self._rows)
+        with self._logging():
+            self._writer.epoch(row["step"], row)
+        if "val_dice" in row and self._summary_images:  # runs the model: not only a write
             self._writer.validation_images(row["step"], model, records, self._summary_images)
         if "val_dice" in row and row["val_dice"] > self._best_dice:
+            save_model(model, os.path.join(self._model_dir, BEST_DIR, FINAL_MODEL), "best model")
             self._best_dice = row["val_dice"]
-            save_model(model, os.path.join(self._model_dir, BEST_DIR, FINAL_MODEL))
         if self._verbose:
             print(" - ".join(f"{k} {row[k]:.4f}" for k in ("loss", "dice", "val_loss", "val_dice")
                              if k in row))
 
     def finish(self, model):
         final = os.path.join(self._model_dir, FINAL_MODEL)
-        save_model(model, final)
-        model.export(os.path.join(self._model_dir, SAVED_MODEL_DIR), verbose=False)
-        self._writer.close()
+        save_model(model, final, "final model")
+        export_saved_model(model, os.path.join(self._model_dir, SAVED_MODEL_DIR))
+        with self._logging():
+            self._writer.close()
         if not self._verbose:
             return
         print(f"Final model: {final}")
@@ -128,7 +145,26 @@ class Reporter(SilentReporter):
             print("No validation split: no best model was kept")
 
 
-def save_model(model: keras.Model, path: str) -> None:
-    """Saves a `.keras` file atomically (a crash never leaves a truncated model)."""
-    with files.atomic_path(path) as tmp:
-        model.save(tmp)
+    def _logging(self):
+        return faults.writing("TensorBoard log", os.path.join(self._model_dir, summaries.LOG_DIR))
+
+
+def save_model(model: keras.Model, path: str, what: str = "model") -> None:
+    """Saves a `.keras` file atomically (a crash or a full disk never leaves a truncated
+    model; the previous file stays); OutputError if it cannot be written."""
+    with faults.writing(what, path, kept=_kept(path)):
+        with files.atomic_path(path) as tmp:
+            model.save(tmp)
+
+
+def export_saved_model(model: keras.Model, path: str) -> None:
+    """Exports the SavedModel folder atomically (files.atomic_dir); OutputError if it
+    cannot be written."""
+    with faults.writing("SavedModel", path, kept=_kept(path)):
+        with files.atomic_dir(path) as tmp:
+            model.export(tmp, verbose=False)
+
+
+def _kept(path: str) -> str:
+    return (f"The previous {os.path.basename(path)} is intact" if os.path.exists(path)
+            else "")

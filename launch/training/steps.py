@@ -45,29 +45,38 @@ def _add_reduced(strategy, totals: dict, per_replica: dict) -> dict:
             for k in METRIC_KEYS}
 
 
-def _run_steps(strategy: tf.distribute.Strategy, replica_step):
+def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable | None = None):
     """`run_steps(iterator, num_steps) -> dict of float32 sums`: a tf.function that runs
     `replica_step(*next(iterator))` on every replica `num_steps` times, summing its
-    metric sums over replicas and steps."""
+    metric sums over replicas and steps. With `stop` (a bool variable), the loop also
+    ends before any step that finds it True (a stop signal, launch/training/preemption.py):
+    the sums then cover the steps run, and "count" tells how many."""
 
     # autograph=False: the loop is an explicit tf.while_loop, and converting the model's
     # Python code with autograph would make the tracing of every start much slower.
     @tf.function(autograph=False)
     def run_steps(iterator, num_steps):
+        def more(i, _):
+            if stop is None:
+                return i < num_steps
+            # Read afresh before every step: another thread sets it (preemption.py).
+            return tf.logical_and(i < num_steps, tf.logical_not(stop.read_value()))
+
         def body(i, totals):
             out = strategy.run(replica_step, args=tuple(next(iterator)))
             return i + 1, _add_reduced(strategy, totals, out)
-        return tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0), _zeros()))[1]
+        return tf.while_loop(more, body, (tf.constant(0), _zeros()))[1]
 
     return run_steps
 
 
 def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
                      optimizer: keras.optimizers.Optimizer, global_batch_size: int,
-                     dice_weight: float):
+                     dice_weight: float, stop: tf.Variable | None = None):
     """Returns `train_steps(iterator, num_steps) -> dict of float32 sums` (a tf.function).
 
-    The iterator is a distributed iterator of (images [b,S,S,3], masks [b,S,S,1]).
+    The iterator is a distributed iterator of (images [b,S,S,3], masks [b,S,S,1]). With
+    `stop`, a call ends early once it is True; it then ran count / global_batch_size steps.
     """
     scale_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -84,7 +93,7 @@ def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
         weights = tf.ones_like(per_image)
         return _per_image_sums(masks, tf.stop_gradient(probs), per_image, weights)
 
-    return _run_steps(strategy, replica_step)
+    return _run_steps(strategy, replica_step, stop)
 
 
 def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float):

@@ -6,12 +6,20 @@ strategy -> set up (records, the run's identity, model and optimizer inside
 (validate, record, checkpoint, keep the best) -> export. What only the chief writes goes
 through one reporter (report.py) that does nothing on the other workers.
 
+Faults (docs/scaling.md): the chief holds an exclusive lock on `model_dir` for the whole
+run (a second run is refused, naming the holder); the records are verified against their
+manifest before training (--verify_records); SIGTERM or SIGINT finishes the step in
+flight, checkpoints it and raises preemption.Stopped (exit status 143 or 130); a shard
+that fails while reading, or an output that cannot be written, stops with a UserError
+naming the file, and the last checkpoint stays.
+
 Resume contract: the data order is a pure function of (seed, epoch), and the checkpoint
 holds the global step, so a restarted run rebuilds the epoch's dataset, skips the batches
 already consumed and continues with the very batches the uninterrupted run would have
 seen. With `deterministic=True` the final weights are bit-identical.
 """
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -25,12 +33,17 @@ from absl import logging
 
 from launch.training import checkpoints
 from launch.training import distribute
+from launch.training import preemption
 from launch.training import report
 from launch.training import steps as steps_lib
 from launch.training.config import TrainConfig
 from model import unet
 from pipeline import dataset as dataset_lib
+from preprocessing import locks
 from preprocessing.options import UserError
+
+# In model_dir while a run holds it: names the holder (preprocessing/locks.py).
+LOCK_FILE = ".isic-train.lock"
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -55,13 +68,25 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, *, verbose: bool =
     """
     with distribute.process_settings(config) as precision:
         strategy = distribute.make_strategy(config.strategy, config.collective_timeout)
-        reporter = report.create(model_dir, chief=distribute.is_chief(strategy), verbose=verbose)
-        run = _set_up(data_dir, model_dir, config, strategy, precision, reporter)
-        with dataset_lib.reading(run.records):
-            for epoch in range(run.step // run.steps_per_epoch, config.epochs):
-                sums, seconds = _train_epoch(run, epoch)
-                run.row = _end_epoch(run, epoch, sums, seconds)
-        return _export(run)
+        chief = distribute.is_chief(strategy)
+        with (_exclusive(model_dir, chief),
+              preemption.stopper(strategy, distribute.num_workers(strategy)) as stop):
+            reporter = report.create(model_dir, chief=chief, verbose=verbose)
+            run = _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop)
+            with _reading(run):
+                for epoch in range(run.step // run.steps_per_epoch, config.epochs):
+                    sums, seconds = _train_epoch(run, epoch)
+                    run.row = _end_epoch(run, epoch, sums, seconds)
+                    run.stop.between_epochs()  # a signal during validation: stop here
+            return _export(run)
+
+
+def _exclusive(model_dir: str, chief: bool):
+    """The chief's exclusive lock on `model_dir` (other workers write nothing there)."""
+    if not chief:
+        return contextlib.nullcontext()
+    return locks.exclusive(model_dir, LOCK_FILE, "isic-train",
+                           advice="wait for it to finish (or stop it), or use another --model_dir")
 
 
 @dataclasses.dataclass
@@ -76,6 +101,7 @@ class _Run:
     step_var: tf.Variable  # the checkpointed copy of `step`, assigned before each save
     saver: checkpoints.Saver
     reporter: report.SilentReporter
+    stop: preemption.LocalStop | preemption.ClusterStop
     planner: steps_lib.StepsPerCall
     train_steps: Callable
     eval_steps: Callable
@@ -83,9 +109,9 @@ class _Run:
     row: dict
 
 
-def _set_up(data_dir, model_dir, config, strategy, precision, reporter) -> _Run:
+def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) -> _Run:
     """Records, the run's identity, model and optimizer, restore, and the config dump."""
-    records = dataset_lib.Records.open(data_dir)
+    records = _verified_records(data_dir, config.verify_records)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise UserError(f"--batch_size {config.batch_size} does not divide over "
                         f"{strategy.num_replicas_in_sync} replicas; use a multiple of it")
@@ -107,17 +133,29 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter) -> _Run:
     if step // steps_per_epoch >= config.epochs:
         logging.info("%s has already trained %d epochs: nothing left to train", model_dir,
                      config.epochs)
-    return _Run(
+    run = _Run(
         config, strategy, records, steps_per_epoch, model, optimizer, step_var,
         saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored),
-        reporter=reporter,
+        reporter=reporter, stop=stop,
         planner=steps_lib.StepsPerCall(steps_per_epoch, config.checkpoint_every_steps,
                                        config.steps_per_execution,
                                        auto=distribute.num_workers(strategy) == 1),
         train_steps=steps_lib.make_train_steps(strategy, model, optimizer, config.batch_size,
-                                               config.dice_weight),
+                                               config.dice_weight, stop=stop.flag),
         eval_steps=steps_lib.make_eval_steps(strategy, model, config.dice_weight),
         step=step, row=reporter.last_row())
+    stop.attach(checkpoint, save=functools.partial(_save, run), step=lambda: run.step)
+    return run
+
+
+def _verified_records(data_dir: str, level: str) -> dataset_lib.Records:
+    """The records, their train and val shards checked against the manifest at `level`."""
+    records = dataset_lib.Records.open(data_dir)
+    if level != "none":
+        done = records.verify(("train", "val"), level)
+        logging.info("verified %d shards (%.1f MB, %s) in %.2f s", done["shards"],
+                     done["bytes"] / 1e6, level, done["seconds"])
+    return records
 
 
 def _build(strategy, config: TrainConfig, image_size: int, steps_per_epoch: int, precision: str):
@@ -167,14 +205,18 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
         n = run.planner.next(run.step)
         call_start = time.perf_counter()
         totals = {k: float(v) for k, v in run.train_steps(iterator, tf.constant(n)).items()}
-        run.planner.record(n, time.perf_counter() - call_start)
-        run.step += n
-        _check_finite(totals, run.step, run.saver.last)
-        sums = {k: sums[k] + totals[k] for k in sums}
-        images_per_s = sums["count"] / max(time.perf_counter() - start, 1e-9)
-        run.reporter.chunk(run.step, run.step - first_step, totals, images_per_s)
+        # Fewer than n steps when a stop signal ended the call early (preemption.py).
+        done = round(totals["count"]) // run.config.batch_size
+        run.planner.record(done, time.perf_counter() - call_start)
+        run.step += done
+        if done:
+            _check_finite(totals, run.step, run.saver.last)
+            sums = {k: sums[k] + totals[k] for k in sums}
+            images_per_s = sums["count"] / max(time.perf_counter() - start, 1e-9)
+            run.reporter.chunk(run.step, run.step - first_step, totals, images_per_s)
         if run.planner.checkpoint_due(run.step):
             _save(run)
+        run.stop.after_chunk()  # after SIGTERM/SIGINT: checkpoint, raise Stopped
     return sums, time.perf_counter() - start
 
 
@@ -222,10 +264,26 @@ def _validate(run: _Run) -> dict:
     return steps_lib.means(run.eval_steps(iterator, tf.constant(val_steps)))
 
 
-def _save(run: _Run) -> None:
-    """Checkpoints the current step (on every worker: saving may run collectives)."""
-    run.step_var.assign(run.step)
-    run.saver.save(run.step)
+def _save(run: _Run) -> str | None:
+    """Checkpoints the current step unless its checkpoint exists (on every worker: saving
+    may run collectives); returns the newest checkpoint (None: nothing trained yet)."""
+    if run.saver.last_step != run.step and (run.step or run.saver.last):
+        run.step_var.assign(run.step)
+        run.saver.save(run.step)
+    return run.saver.last
+
+
+@contextlib.contextmanager
+def _reading(run: _Run):
+    """dataset.reading, plus where the run stopped and which checkpoint is kept."""
+    try:
+        with dataset_lib.reading(run.records):
+            yield
+    except dataset_lib.RecordsError as e:
+        raise dataset_lib.RecordsError(
+            f"{e}\nTraining stopped at step {run.step}; the last checkpoint "
+            f"({run.saver.last or 'none yet'}) is kept, and after the rebuild the same command "
+            "resumes from it.") from None
 
 
 def _export(run: _Run) -> dict:

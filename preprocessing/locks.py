@@ -1,0 +1,161 @@
+"""One writer per output folder: an exclusive lock that names its holder.
+
+    with locks.exclusive(model_dir, ".isic-train.lock", "isic-train", advice="..."):
+        ...  # only this process writes into model_dir
+
+The lock is `flock` on a file in the folder, so the kernel releases it whenever the holder
+ends, even by SIGKILL or a crash; on Linux NFS clients flock is forwarded to the server,
+so it also holds between machines sharing the folder. The file records the holder (host,
+pid, start time, command) as one JSON line, so that a refused second run can say who has
+the folder. The holder empties the file when it is done; a file that still names a
+holder while nobody holds the lock was left by a process that died (SIGKILL, a crashed
+machine): the lock is taken over with a warning saying whose it was.
+
+The lock file itself is never deleted: deleting it while another process waits on the
+old inode would let two processes hold "the" lock at once.
+
+Standard library and absl only: the builder takes this lock before it imports TensorFlow.
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+
+from absl import logging
+
+from preprocessing.options import UserError
+
+
+class LockedError(UserError):
+    """Another live process holds the folder's lock; `holder` says who (or None)."""
+
+    def __init__(self, message: str, holder: "Holder | None"):
+        super().__init__(message)
+        self.holder = holder
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Who holds (or held) a lock."""
+    host: str
+    pid: int
+    started: str  # local time with UTC offset, e.g. 2025-12-01 21:04:38 +0000
+    command: str
+
+    @classmethod
+    def this_process(cls, command: str) -> "Holder":
+        started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+        return cls(socket.gethostname(), os.getpid(), started, command)
+
+    def describe(self) -> str:
+        """'isic-train (pid 1234 on node7, started 2025-12-01 21:04:38 +0000)'."""
+        return f"{self.command} (pid {self.pid} on {self.host}, started {self.started})"
+
+    def is_gone(self) -> bool | None:
+        """True if the process is known to be dead (same host, no such pid); None when it
+        runs on another host, where this cannot be checked."""
+        if self.host != socket.gethostname() or self.pid <= 0:
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # exists, owned by another user
+            return False
+        return False
+
+
+@contextlib.contextmanager
+def exclusive(directory: str, name: str, command: str, *, advice: str):
+    """Holds the exclusive lock `directory/name` for the block (creating `directory`).
+
+    Args:
+      directory: the folder one process at a time may write.
+      name: the lock file's name inside it.
+      command: what the holder is, for the messages ("isic-train").
+      advice: the end of the refusal message, e.g. "wait for it to finish or use
+        another --model_dir".
+    Yields:
+      The Holder of a stale lock that was taken over, or None.
+    Raises:
+      LockedError: a live process holds the lock; the message names it.
+      UserError: the lock file cannot be created (read-only or full disk, no permission).
+    """
+    path = os.path.join(directory, name)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot create the lock file {path}: {e.strerror or e}; "
+                        f"{command} needs a folder it can write to") from None
+    with os.fdopen(fd, "r+", errors="replace") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = _read_holder(lock)
+            who = holder.describe() if holder else f"another {command}"
+            raise LockedError(f"{directory} is in use by {who}; {advice}. (Lock file: {path}.)",
+                              holder) from None
+        stale = _read_holder(lock)
+        if stale is not None:
+            _warn_stale(stale, path)
+        try:
+            _write_holder(lock, Holder.this_process(command))
+        except OSError as e:  # a full disk: not even the few bytes of the holder fit
+            raise UserError(f"cannot write the lock file {path}: {e.strerror or e}; {command} "
+                            "needs a folder it can write to") from None
+        try:
+            yield stale
+        finally:
+            with contextlib.suppress(OSError):  # e.g. the disk went read-only meanwhile
+                lock.seek(0)
+                lock.truncate()  # released: nobody is named any more (flock ends at close)
+
+
+def _warn_stale(stale: Holder, path: str) -> None:
+    gone = stale.is_gone()
+    if gone is None:
+        why = (f"its host {stale.host} no longer holds it (crashed or killed); if that run is "
+               "in fact still going, this filesystem does not share locks between machines: "
+               "stop one of the two runs")
+    elif gone:
+        why = f"pid {stale.pid} is gone (killed or crashed)"
+    else:
+        why = f"pid {stale.pid} no longer holds it (it is now another process)"
+    logging.warning("taking over the lock %s left by %s: %s", path, stale.describe(), why)
+
+
+def _read_holder(lock) -> Holder | None:
+    """The holder the lock file names, or None (empty, or not written by this module)."""
+    lock.seek(0)
+    text = lock.read().strip()
+    if not text:
+        return None
+    try:
+        return Holder(**json.loads(text))
+    except (ValueError, TypeError):
+        return Holder("unknown host", -1, "unknown time", f"a process ({text[:80]!r})")
+
+
+def _write_holder(lock, holder: Holder) -> None:
+    lock.seek(0)
+    lock.truncate()
+    lock.write(json.dumps(dataclasses.asdict(holder), sort_keys=True) + "\n")
+    lock.flush()
+
+
+def holder_of(directory: str, name: str) -> Holder | None:
+    """The holder named in `directory/name` (None: no file, or nobody named); no locking."""
+    try:
+        with open(os.path.join(directory, name)) as f:
+            return _read_holder(f)
+    except FileNotFoundError:
+        return None
+

@@ -1,0 +1,391 @@
+"""Faults a cluster job meets, one test each: damaged records, two runs in one model
+directory, SIGTERM, full and read-only disks, and bad values at the edges.
+
+Full and read-only disks are real: a tiny tmpfs is mounted for the test (tests run as
+root, which chmod does not stop, but a full or read-only filesystem stops everybody).
+Those tests skip where mounting is not allowed.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from launch.inference import models
+from launch.training import checkpoints
+from launch.training import faults
+from launch.training import preemption
+from launch.training import steps as steps_lib
+from launch.training import trainer
+from launch.training.config import TrainConfig
+from pipeline import dataset as dataset_lib
+from preprocessing import build
+from preprocessing import locks
+from preprocessing import manifest as manifest_lib
+from preprocessing import synth
+from preprocessing.config import BuildConfig
+from preprocessing.options import UserError
+from tests import factory
+
+BASE = TrainConfig(batch_size=4, base_filters=4, strategy="one_device", precision="float32",
+                   summary_images=0, checkpoint_every_steps=2, epochs=1)
+
+
+def _train(records, model_dir, **changes):
+    return trainer.train(records, model_dir, dataclasses.replace(BASE, **changes), verbose=False)
+
+
+@pytest.fixture(scope="module")
+def clean_records(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("records") / "r")
+    factory.write_records(out, {"train": 16, "val": 4}, size=32, shards_per_split=2)
+    return out
+
+
+@pytest.fixture
+def records(clean_records, tmp_path):
+    """A private copy of the records, free to damage."""
+    out = str(tmp_path / "records")
+    shutil.copytree(clean_records, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(clean_records, tmp_path_factory):
+    """A model directory after one epoch (4 steps, checkpoints 2 and 4); copy before use."""
+    model_dir = str(tmp_path_factory.mktemp("one_epoch") / "run")
+    _train(clean_records, model_dir)
+    return model_dir
+
+
+def _shard(records, split="train", index=0):
+    return os.path.join(records, manifest_lib.shard_name(split, index, 2))
+
+
+def _edit_manifest(records, edit):
+    path = os.path.join(records, manifest_lib.MANIFEST_NAME)
+    with open(path) as f:
+        manifest = json.load(f)
+    edit(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+
+
+def _timed(fn):
+    """(exception raised by fn(), seconds until it was raised)."""
+    start = time.perf_counter()
+    with pytest.raises(Exception) as caught:
+        fn()
+    return caught.value, time.perf_counter() - start
+
+
+# --- Damaged records.
+
+def test_a_corrupt_byte_stops_before_training_naming_the_shard(records, tmp_path):
+    shard = _shard(records)
+    with open(shard, "r+b") as f:  # one byte inside the first record's payload
+        f.seek(12 + 100)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    model_dir = str(tmp_path / "run")
+    error, seconds = _timed(lambda: _train(records, model_dir))
+    print(f"corrupt byte: stopped {seconds:.2f} s after the start: {error}")
+    assert isinstance(error, dataset_lib.RecordsError) and isinstance(error, UserError)
+    message = str(error)
+    assert "train-00000-of-00002.tfrecord: its sha256 differs" in message
+    assert message.endswith(f"--output_dir {records} --image_size 32 --overwrite")
+    assert not os.path.exists(os.path.join(model_dir, "config.json"))  # nothing written
+
+
+def test_a_truncated_shard_is_found_by_the_size_check(records, tmp_path):
+    shard = _shard(records, "val", 1)
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) - 100)
+    with pytest.raises(dataset_lib.RecordsError, match=r"val-00001-of-00002.tfrecord: truncated"):
+        _train(records, str(tmp_path / "run"), verify_records="size")
+
+
+def test_a_wrong_sha256_in_the_manifest_is_reported(records, tmp_path):
+    def edit(manifest):
+        manifest["shards"]["val"][0]["sha256"] = "0" * 64
+    _edit_manifest(records, edit)
+    with pytest.raises(dataset_lib.RecordsError, match=r"val-00000-of-00002.tfrecord: its sha256 "
+                                                       r"differs from manifest.json's"):
+        _train(records, str(tmp_path / "run"))
+    # --verify_records none trusts the manifest: the run trains.
+    assert _train(records, str(tmp_path / "trusting"), verify_records="none")["step"] == 4
+
+
+def test_hand_edited_record_counts_are_found_by_the_size_check(records, tmp_path):
+    def edit(manifest):  # consistent with each other, not with the shard
+        manifest["shards"]["train"][1]["records"] += 1
+        manifest["counts"]["train"] += 1
+    _edit_manifest(records, edit)
+    with pytest.raises(dataset_lib.RecordsError, match="train-00001-of-00002.tfrecord: it holds 8 "
+                                                       "records but manifest.json says 9"):
+        _train(records, str(tmp_path / "run"), verify_records="size")
+
+
+def test_corruption_met_while_training_names_the_shard_and_keeps_the_checkpoint(
+        records, one_epoch_run, tmp_path):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(one_epoch_run, model_dir)
+    before = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
+    with open(_shard(records), "r+b") as f:  # damage a payload, keep the framing
+        f.seek(40)
+        f.write(b"\xff" * 8)
+    # Without the sha256 check the damage is met by the reader, in the resumed epoch 2.
+    with pytest.raises(dataset_lib.RecordsError) as caught:
+        _train(records, model_dir, epochs=2, verify_records="size")
+    message = str(caught.value)
+    assert "a shard is corrupt" in message and "train-00000-of-00002.tfrecord: its sha256" in message
+    assert f"Training stopped at step 4; the last checkpoint ({model_dir}/checkpoints/ckpt-4) is kept" \
+           in message
+    assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == before
+
+
+# --- One run per model directory.
+
+def test_a_second_run_is_refused_naming_the_holder(clean_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    with locks.exclusive(model_dir, trainer.LOCK_FILE, "isic-train", advice="wait"):
+        holder = locks.holder_of(model_dir, trainer.LOCK_FILE)
+        error, seconds = _timed(lambda: _train(clean_records, model_dir))
+    print(f"second run: refused {seconds:.2f} s after its start: {error}")
+    assert isinstance(error, locks.LockedError) and isinstance(error, UserError)
+    assert holder.pid == os.getpid() and holder.host == socket.gethostname()
+    assert (f"{model_dir} is in use by isic-train (pid {os.getpid()} on {socket.gethostname()}, "
+            f"started {holder.started})") in str(error)
+    assert os.listdir(model_dir) == [trainer.LOCK_FILE]  # the refused run wrote nothing
+    assert _train(clean_records, model_dir)["step"] == 4  # free again afterwards
+    assert locks.holder_of(model_dir, trainer.LOCK_FILE) is None
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(clean_records, tmp_path, caplog):
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free now: the lock it "held" is stale
+    stale = locks.Holder(socket.gethostname(), dead.pid, "2025-01-01 00:00:00 +0000", "isic-train")
+    with open(os.path.join(model_dir, trainer.LOCK_FILE), "w") as f:
+        json.dump(dataclasses.asdict(stale), f)
+    with caplog.at_level("WARNING"):
+        assert _train(clean_records, model_dir)["step"] == 4
+    assert f"left by {stale.describe()}: pid {dead.pid} is gone" in caplog.text
+
+
+def test_the_builder_refuses_a_second_build_naming_the_holder(tmp_path):
+    source = str(tmp_path / "source")
+    synth.write_dataset(source, num_images=4, seed=0, num_workers=1)
+    output = str(tmp_path / "out")
+    inputs = [(os.path.join(source, "images"), os.path.join(source, "masks"))]
+    with locks.exclusive(output, ".isic-preprocess.lock", "isic-preprocess", advice="wait"):
+        with pytest.raises(build.BuildError, match=rf"{output} is in use by isic-preprocess "
+                                                   rf"\(pid {os.getpid()} on "):
+            build.build_records(inputs, output, BuildConfig(image_size=16, num_workers=1),
+                                progress=False)
+
+
+# --- SIGTERM and SIGINT.
+
+@pytest.fixture
+def survive_signals():
+    """A late SIGTERM (after the trainer restored the handlers) must not end pytest."""
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    yield received
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _signal_when(path, signum=signal.SIGTERM):
+    """Sends `signum` to this process as soon as `path` exists (from a thread)."""
+    def run():
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signum)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_bit_identical(records, tmp_path, survive_signals):
+    config = {"epochs": 2, "deterministic": True, "checkpoint_every_steps": 3}
+    reference = _train(records, str(tmp_path / "reference"), **config)
+    model_dir = str(tmp_path / "stopped")
+    # The signal comes right after the checkpoint of step 3 (epoch 1 has 4 steps): the run
+    # stops at step 3, or after the step in flight when the next call already started.
+    _signal_when(os.path.join(model_dir, "checkpoints", "ckpt-3.index"))
+    with pytest.raises(preemption.Stopped) as caught:
+        _train(records, model_dir, **config)
+    stopped = caught.value
+    print(f"SIGTERM: {stopped}")
+    assert stopped.exit_status == 143 and stopped.signum == signal.SIGTERM
+    assert 3 <= stopped.step < 8 and stopped.step != 4, stopped.step  # mid-epoch
+    assert stopped.checkpoint == os.path.join(model_dir, "checkpoints", f"ckpt-{stopped.step}")
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) == stopped.checkpoint
+    assert not os.path.exists(os.path.join(model_dir, "ISIC-UNet.keras"))
+    resumed = _train(records, model_dir, **config)  # the same command
+    assert resumed["step"] == 8 and resumed["weights_sha256"] == reference["weights_sha256"]
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the test's handler is back
+
+
+def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(1, 3, padding="same",
+                                                                            activation="sigmoid")])
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    records = dataset_lib.Records.open(clean_records)
+    batches = dataset_lib.make_dataset(records, "train", batch_size=4, training=True).repeat()
+    saved = []
+    with preemption.LocalStop() as stop:
+        stop.attach(None, save=lambda: saved.append("ckpt") or "ckpt-x", step=lambda: 7)
+        train_steps = steps_lib.make_train_steps(strategy, model, optimizer, 4, 1.0, stop=stop.flag)
+        train_steps(iter(batches), tf.constant(1))  # traced before the clock starts
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.perf_counter()
+        totals = train_steps(iter(batches), tf.constant(10 ** 7))  # hours, without the signal
+        seconds = time.perf_counter() - start
+        with pytest.raises(preemption.Stopped, match=r"stopped by SIGINT at step 7; its checkpoint is ckpt-x\. "
+                                                        r"Run the same command"):
+            stop.after_chunk()
+    assert 0 < totals["count"] / 4 < 10 ** 7 and seconds < 10, (totals["count"], seconds)
+    assert saved == ["ckpt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+# --- Full and read-only disks (a real tmpfs).
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 16 MB tmpfs, unmounted afterwards; skips where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield str(mount)
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk, leave_bytes):
+    """Fills `disk` up to `leave_bytes` of free space (a real ENOSPC for larger writes)."""
+    filler = os.path.join(disk, "filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * (1 << 16))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(os.path.getsize(filler) - leave_bytes, 0))
+
+
+def test_a_full_disk_during_a_checkpoint_stops_and_keeps_the_previous_one(clean_records, tiny_disk):
+    model_dir = os.path.join(tiny_disk, "run")
+    _train(clean_records, model_dir)  # checkpoints 2 and 4, the models
+    _fill(tiny_disk, leave_bytes=600_000)  # room for logs and history, not a checkpoint
+    error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
+    print(f"disk full: stopped {seconds:.2f} s after the start: {error}")
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    assert isinstance(error, faults.OutputError) and isinstance(error, UserError)
+    assert (f"cannot write the checkpoint {ckpt_dir}/ckpt-6: No space left on device. The previous "
+            f"checkpoint {ckpt_dir}/ckpt-4 is intact") in str(error)
+    assert tf.train.latest_checkpoint(ckpt_dir) == os.path.join(ckpt_dir, "ckpt-4")
+    assert not [n for n in os.listdir(ckpt_dir) if "temp" in n]  # the half-written one is gone
+    reader = tf.train.load_checkpoint(os.path.join(ckpt_dir, "ckpt-4"))
+    assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
+    keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
+
+
+def test_a_full_disk_during_the_export_keeps_the_previous_models(clean_records, tiny_disk):
+    model_dir = os.path.join(tiny_disk, "run")
+    _train(clean_records, model_dir)
+    saved = os.path.join(model_dir, "saved_model")
+    before = {n: os.path.getsize(os.path.join(saved, n)) for n in os.listdir(saved)}
+    # Room for the .keras file (written first, then renamed over the old one), not for
+    # a second SavedModel beside the first.
+    _fill(tiny_disk, leave_bytes=1_100_000)
+    error, seconds = _timed(lambda: _train(clean_records, model_dir))  # nothing left to train
+    print(f"export on a full disk: stopped after {seconds:.2f} s: {error}")
+    assert isinstance(error, faults.OutputError)
+    assert f"cannot write the SavedModel {saved}: No space left on device" in str(error)
+    assert "The previous saved_model is intact" in str(error)
+    assert {n: os.path.getsize(os.path.join(saved, n)) for n in os.listdir(saved)} == before
+    assert not [n for n in os.listdir(model_dir) if ".tmp" in n or n.endswith(".old")]
+    served = tf.saved_model.load(saved)
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    np.testing.assert_allclose(served.serve(x).numpy(), keras.models.load_model(
+        os.path.join(model_dir, "ISIC-UNet.keras")).predict(x, verbose=0), atol=1e-5)
+
+
+def test_a_read_only_disk_stops_at_once_and_inference_refuses_it_early(clean_records, tiny_disk):
+    model_dir = os.path.join(tiny_disk, "run")
+    _train(clean_records, model_dir)
+    subprocess.run(["mount", "-o", "remount,ro", tiny_disk], check=True)
+    error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
+    print(f"read-only model dir: stopped after {seconds:.2f} s: {error}")
+    assert isinstance(error, UserError)
+    assert f"cannot create the lock file {model_dir}/{trainer.LOCK_FILE}: Read-only file system" \
+           in str(error)
+    with pytest.raises(UserError, match="cannot write to the output folder .*Read-only file system"):
+        models.ensure_writable(os.path.join(model_dir, "eval-test"))  # isic-evaluate, isic-predict
+    keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
+
+
+def test_write_failures_become_user_errors_naming_the_path():
+    for error in (PermissionError(13, "Permission denied"), OSError(28, "No space left on device"),
+                  tf.errors.PermissionDeniedError(None, None, "/m/x_temp; Permission denied [Op:SaveV2]")):
+        with pytest.raises(faults.OutputError, match=r"cannot write the plot /m/loss.png: "
+                                                     r"(Permission denied|No space left on device)\."):
+            with faults.writing("plot", "/m/loss.png"):
+                raise error
+    # Failures that are not about the disk pass through untouched.
+    with pytest.raises(tf.errors.UnavailableError):
+        with faults.writing("checkpoint", "/m/checkpoints/ckpt-2"):
+            raise tf.errors.UnavailableError(None, None, "peer worker 1 is gone")
+
+
+# --- Bad values at the edges.
+
+def test_resuming_on_records_of_another_image_size_is_a_clear_error(one_epoch_run, tmp_path):
+    other = str(tmp_path / "records-48")
+    factory.write_records(other, {"train": 16, "val": 4}, size=48)
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match=rf"{one_epoch_run} holds a model trained on 32x32 records, but these "
+                             r"records are 48x48. To resume, pass records built with "
+                             r"isic-preprocess --image_size 32"):
+        _train(other, one_epoch_run, epochs=2)
+
+
+def test_an_empty_training_split_is_a_clear_error(tmp_path):
+    out = str(tmp_path / "records")
+    factory.write_records(out, {"train": 0, "val": 4, "test": 4}, size=32)
+    with pytest.raises(dataset_lib.RecordsError, match=r"split 'train' of .* is empty \(0 records"):
+        _train(out, str(tmp_path / "run"))
+
+
+def test_a_saved_model_or_h5_as_model_is_a_clear_error(one_epoch_run, tmp_path):
+    saved = os.path.join(one_epoch_run, "saved_model")
+    with pytest.raises(FileNotFoundError, match=rf"--model {saved} is a TensorFlow SavedModel .*"
+                                                rf"pass {one_epoch_run}"):
+        models.resolve_model_path(saved)
+    h5 = str(tmp_path / "model.h5")
+    keras.models.load_model(os.path.join(one_epoch_run, "ISIC-UNet.keras")).save(h5)
+    with pytest.raises(FileNotFoundError, match=r"is a Keras HDF5 \(\.h5\) file"):
+        models.resolve_model_path(h5)

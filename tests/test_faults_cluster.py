@@ -1,0 +1,104 @@
+"""Preemption of a multi-worker job under `isic-launch`: SIGTERM to the launcher makes both
+workers checkpoint the same step (TensorFlow's PreemptionCheckpointHandler) and exit 143;
+the same command resumes bit-identical. And, with stand-in workers (no TensorFlow): a
+worker that exits 143 by itself stops the group without a restart.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests import factory
+from tests.conftest import PROJECT_ROOT
+
+
+def _launcher(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "launch.commands.launch", *args],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _latest_step(model_dir):
+    with open(os.path.join(model_dir, "checkpoints", "checkpoint")) as f:
+        return int(re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', f.read(), re.M).group(1))
+
+
+def _digests(stdout):
+    return dict(re.findall(r"^\[w(\d)\] weights sha256 (\w+)$", stdout, re.M))
+
+
+@pytest.mark.timeout(400)
+def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identical(tmp_path):
+    records = str(tmp_path / "records")
+    factory.write_records(records, {"train": 64}, size=32)  # 8 steps per epoch at batch 8
+    scratch = tmp_path / "scratch"  # the workers' TMPDIR (non-chief temporary checkpoints)
+    scratch.mkdir()
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="", TMPDIR=str(scratch))
+
+    def command(model_dir):
+        return ["--num_workers=2", "--grace_seconds=60", "--", f"--data_dir={records}",
+                f"--model_dir={model_dir}", "--base_filters=4", "--batch_size=8",
+                "--precision=float32", "--summary_images=0", "--epochs=2",
+                "--checkpoint_every_steps=2", "--noaugment", "--collective_timeout=60",
+                "--deterministic"]
+
+    model_dir = str(tmp_path / "stopped")
+    proc = _launcher(*command(model_dir), env=env)
+    first = os.path.join(model_dir, "checkpoints", "ckpt-2.index")
+    deadline = time.monotonic() + 240
+    while not os.path.exists(first) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    print(f"2 workers: group stopped {time.monotonic() - sent:.2f} s after SIGTERM")
+    assert proc.returncode == 143, err[-3000:]
+    stops = dict(re.findall(r"^\[w(\d)\] isic-train: stopped by SIGTERM at step (\d+);", err, re.M))
+    assert sorted(stops) == ["0", "1"] and stops["0"] == stops["1"], err[-3000:]
+    step = int(stops["0"])
+    assert 2 <= step < 16 and _latest_step(model_dir) == step
+    assert "every worker checkpointed and stopped" in err
+    assert not os.path.exists(os.path.join(model_dir, "ISIC-UNet.keras"))
+    assert not [n for n in os.listdir(model_dir) if "worker" in n]  # only the chief's files
+
+    resumed = _launcher(*command(model_dir), env=env)  # the same command
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert re.search(rf"^\[w1\] .*resuming at step {step} ", err, re.M), err[-3000:]
+    reference = _launcher(*command(str(tmp_path / "reference")), env=env)
+    ref_out, ref_err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_err[-3000:]
+    digests, ref_digests = _digests(out), _digests(ref_out)
+    assert len(set(digests.values())) == 1 and digests == ref_digests
+
+
+# Worker 0 got SIGTERM from the scheduler and exits 143 after the checkpoint; worker 1
+# (told by the coordination service) exits 143 a moment later. Any signal from the
+# launcher would make worker 1 exit 1 instead.
+STOPS_BY_ITSELF = textwrap.dedent("""
+    import json, os, signal, sys, time
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    time.sleep(0.5 + index)
+    sys.exit(143)  # as isic-train does after checkpointing on SIGTERM
+""")
+
+
+def test_a_worker_stopped_by_a_signal_stops_the_group_without_a_restart(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(STOPS_BY_ITSELF)
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    proc = _launcher("--num_workers=2", "--restarts=2", "--grace_seconds=5", "--",
+                     sys.executable, str(script), env=env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "worker 0 stopped on SIGTERM after checkpointing: waiting up to 5 s for the others" in err
+    assert "every worker checkpointed and stopped" in err and "restart" not in err
