@@ -23,6 +23,7 @@ from launch.training import steps as steps_lib
 from launch.training import trainer
 from launch.training.config import TrainConfig
 from preprocessing import options
+from preprocessing.options import UserError
 from tests import factory
 
 BASE = TrainConfig(batch_size=4, base_filters=4, strategy="one_device", precision="float32",
@@ -221,3 +222,23 @@ def test_reporter_of_other_workers_writes_nothing(tmp_path):
     assert not silent.chief and silent.last_row() == {}
     assert not os.path.exists(model_dir)
     assert report.create(model_dir, chief=True, verbose=False).chief
+
+
+def test_steps_per_call_stop_at_a_profiled_range():
+    planner = steps_lib.StepsPerCall(100, 0, steps_per_execution=8, auto=False, stops=(3, 6))
+    assert _calls(planner, 0, 22) == [3, 3, 8, 8]  # calls end exactly at steps 3 and 6
+
+
+def test_profile_steps_must_be_an_increasing_pair():
+    assert dataclasses.replace(BASE, profile_steps="2,5").profile_range == (2, 5)
+    for bad in ("5,2", "3", "a,b", "-1,2"):
+        with pytest.raises(UserError, match="--profile_steps"):
+            dataclasses.replace(BASE, profile_steps=bad)
+
+
+def test_profile_steps_write_a_trace_of_those_steps(records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    _train(records, model_dir, epochs=2, profile_steps="2,4", summary_images=0)
+    traces = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(model_dir, "logs"))
+              for f in names if f.endswith(".xplane.pb")]
+    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0

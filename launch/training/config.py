@@ -84,8 +84,29 @@ class TrainConfig(AugmentConfig):
         "counts and file ends only, for huge datasets on slow storage), or none.",
         choices=VERIFY_LEVELS)
 
+    profile_steps: str = option(
+        "", "START,END: write a TensorBoard profiler trace of global steps START+1 to END "
+        "into <model_dir>/logs/ (Profile tab of `tensorboard --logdir <model_dir>/logs`; "
+        "chief only). Empty: no trace.")
+
+    @property
+    def profile_range(self) -> tuple[int, int] | None:
+        """(START, END) of --profile_steps, or None."""
+        if not self.profile_steps:
+            return None
+        start, end = (int(v) for v in self.profile_steps.split(","))
+        return start, end
+
     def __post_init__(self):
         super().__post_init__()  # check_fields: choices and lower bounds of every field
+        if self.profile_steps:
+            try:
+                start, end = (int(v) for v in self.profile_steps.split(","))
+            except ValueError:
+                start, end = -1, -1
+            if not 0 <= start < end:
+                raise UserError(f"--profile_steps must be START,END with 0 <= START < END "
+                                f"(global steps); got {self.profile_steps!r}")
         if not self.bn_momentum < 1.0:
             raise UserError(f"--bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
         if not self.collective_timeout > 0:

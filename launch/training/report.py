@@ -16,6 +16,8 @@ import json
 import os
 
 import keras
+import tensorflow as tf
+from absl import logging
 
 from launch.training import checkpoints
 from launch.training import faults
@@ -51,6 +53,9 @@ class SilentReporter:
     def epoch_start(self, epoch: int, done_steps: int) -> None:
         """An epoch begins (0-based `epoch`), `done_steps` of its steps already trained."""
 
+    def before_call(self, step: int) -> None:
+        """A `train_steps` call starts after global `step` (starts a profiler trace)."""
+
     def chunk(self, step: int, epoch_step: int, totals: dict, images_per_s: float) -> None:
         """A `train_steps` call ended at global `step` with these metric sums."""
 
@@ -73,8 +78,11 @@ class Reporter(SilentReporter):
         self._writer = None
         self._bar = None
         self._epochs = self._steps_per_epoch = self._summary_images = 0
+        self._profile = None  # (START, END) of --profile_steps
+        self._profiling = False
 
     def start(self, config, run, model, start_epoch):
+        self._profile = config.profile_range
         path = os.path.join(self._model_dir, CONFIG_FILE)
         with faults.writing("run configuration", path):
             files.write_atomic(path, options.to_json(config))
@@ -104,7 +112,20 @@ class Reporter(SilentReporter):
         if self._verbose:
             print(f"Epoch {epoch + 1}/{self._epochs}")
 
+    def before_call(self, step):
+        if self._profile and step == self._profile[0]:
+            tf.profiler.experimental.start(os.path.join(self._model_dir, summaries.LOG_DIR))
+            self._profiling = True
+
+    def _stop_profile(self, step=None):
+        if self._profiling and (step is None or step >= self._profile[1]):
+            tf.profiler.experimental.stop()
+            self._profiling = False
+            logging.info("profiler trace of steps %d-%d written under %s", self._profile[0] + 1,
+                         self._profile[1], os.path.join(self._model_dir, summaries.LOG_DIR))
+
     def chunk(self, step, epoch_step, totals, images_per_s):
+        self._stop_profile(step)
         loss = totals["loss"] / totals["count"]
         self._bar.update(epoch_step, values=[
             ("loss", loss), ("dice", totals["dice"] / totals["count"]), ("img/s", images_per_s)])
@@ -130,6 +151,7 @@ class Reporter(SilentReporter):
                              if k in row))
 
     def finish(self, model):
+        self._stop_profile()  # END past the last step
         final = os.path.join(self._model_dir, FINAL_MODEL)
         save_model(model, final, "final model")
         export_saved_model(model, os.path.join(self._model_dir, SAVED_MODEL_DIR))

@@ -131,17 +131,19 @@ class StepsPerCall:
     """
 
     def __init__(self, steps_per_epoch: int, checkpoint_every_steps: int,
-                 steps_per_execution: int, auto: bool):
+                 steps_per_execution: int, auto: bool, stops: tuple[int, ...] = ()):
         self._steps_per_epoch = steps_per_epoch
         self._every = checkpoint_every_steps
         self.chunk = steps_per_execution or 1
         self._grow = not steps_per_execution and auto
+        self._stops = tuple(sorted(stops))  # extra boundaries, e.g. a profiled range
 
     def next(self, step: int) -> int:
         """Steps of the call that starts after global step `step`."""
         boundary = (step // self._steps_per_epoch + 1) * self._steps_per_epoch
         if self._every:
             boundary = min(boundary, (step // self._every + 1) * self._every)
+        boundary = min([boundary] + [s for s in self._stops if s > step])
         return min(self.chunk, boundary - step)
 
     def record(self, num_steps: int, seconds: float) -> None:

@@ -139,7 +139,8 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
         reporter=reporter, stop=stop,
         planner=steps_lib.StepsPerCall(steps_per_epoch, config.checkpoint_every_steps,
                                        config.steps_per_execution,
-                                       auto=distribute.num_workers(strategy) == 1),
+                                       auto=distribute.num_workers(strategy) == 1,
+                                       stops=config.profile_range or ()),
         train_steps=steps_lib.make_train_steps(strategy, model, optimizer, config.batch_size,
                                                config.dice_weight, stop=stop.flag),
         eval_steps=steps_lib.make_eval_steps(strategy, model, config.dice_weight),
@@ -203,6 +204,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
     start = time.perf_counter()
     while run.step < first_step + run.steps_per_epoch:
         n = run.planner.next(run.step)
+        run.reporter.before_call(run.step)
         call_start = time.perf_counter()
         totals = {k: float(v) for k, v in run.train_steps(iterator, tf.constant(n)).items()}
         # Fewer than n steps when a stop signal ended the call early (preemption.py).
