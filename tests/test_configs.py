@@ -26,7 +26,7 @@ def _parse(*argv: str) -> TrainConfig:
 
 def test_every_config_is_found():
     assert {os.path.basename(f) for f in FILES} >= {
-        "demo.flags", "isic2017_sample_cpu.flags", "isic2018_full_gpu.flags"}
+        "demo.flags", "isic2017_cpu.flags", "isic2017_sample_cpu.flags", "isic2018_full_gpu.flags"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
