@@ -30,8 +30,11 @@ from tests import factory
 from tests.test_predict import red_channel_model
 
 S, H, W = 16, 48, 32
-SMALL = EvaluateConfig(full_resolution=False)
-FULL = EvaluateConfig(full_resolution=True)
+# The network's raw mask: exact-count tests start from it (the defaults add TTA and
+# post-processing, tested on their own below).
+RAW = dict(tta=False, fill_holes=False, largest_component=False)
+SMALL = EvaluateConfig(full_resolution=False, **RAW)
+FULL = EvaluateConfig(full_resolution=True, **RAW)
 
 
 def _case(pred_rows, truth_box, fg=255, bg=0):

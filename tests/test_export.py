@@ -38,6 +38,9 @@ from preprocessing import decode
 from preprocessing import synth
 from preprocessing.options import UserError
 
+# The network's raw mask: tests of single options start from here (the defaults turn
+# TTA and both post-processing steps on).
+RAW = ExportConfig(tta=False, fill_holes=False, largest_component=False)
 S = 32
 ALL_FORMATS = not runtimes.onnx_missing() and not runtimes.litert_missing()
 
@@ -62,7 +65,7 @@ def model_dir(tmp_path_factory):
 def exported(model_dir, tmp_path_factory):
     """(export folder, report, loaded serving SavedModel) of the default export."""
     folder = str(tmp_path_factory.mktemp("export") / "e")
-    report = export.export_model(model_dir, folder, ExportConfig(), log=lambda _: None)
+    report = export.export_model(model_dir, folder, RAW, log=lambda _: None)
     return folder, report, tf.saved_model.load(os.path.join(folder, export.SERVING_DIR))
 
 
@@ -140,7 +143,7 @@ def test_export_writes_each_format_with_readme_and_record(exported):
     assert sorted(os.listdir(folder)) == sorted(
         ["serving", "README.md", "export.json"] + (["model.onnx", "model.tflite"] if ALL_FORMATS else []))
     record = json.load(open(os.path.join(folder, export.EXPORT_FILE)))
-    assert record["config"] == dataclasses.asdict(ExportConfig()) and record["image_size"] == S
+    assert record["config"] == dataclasses.asdict(RAW) and record["image_size"] == S
     assert min(r["mask_agreement"] for r in record["serving_parity"]) >= parity.MASK_AGREEMENT
     assert {f["name"]: f["path"] is not None for f in record["formats"]}["serving"]
     readme = open(os.path.join(folder, export.README_FILE)).read()
@@ -154,7 +157,7 @@ def test_segment_equals_isic_predict_for_every_size_mode_and_orientation(exporte
     _, _, served = exported
     names = _every_kind(tmp_path / "in")
     report = prediction.predict_folder(model_dir, str(tmp_path / "in"), str(tmp_path / "out"),
-                                       parity.predict_config(ExportConfig()), progress=False)
+                                       parity.predict_config(RAW), progress=False)
     assert report["failed"] == []
     worst = {}
     for name in names:
@@ -318,7 +321,7 @@ def test_in_graph_tta_equals_isic_predicts(model_dir):
     with_tta = InferenceConfig(tta=True)
     got = serving.ServingGraph(model, with_tta).network(tf.constant(images))["probabilities"].numpy()
     np.testing.assert_allclose(got, segment.probabilities(model, images, with_tta), atol=1e-5, rtol=0)
-    assert np.abs(got - segment.probabilities(model, images, InferenceConfig())).max() > 1e-3
+    assert np.abs(got - segment.probabilities(model, images, dataclasses.replace(RAW, tta=False))).max() > 1e-3
 
 
 def test_parity_checks_refuse_a_mismatch(exported, model_dir, tmp_path):
@@ -330,7 +333,7 @@ def test_parity_checks_refuse_a_mismatch(exported, model_dir, tmp_path):
     info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta tiff:Orientation="6"/>')
     Image.fromarray(_picture(60, (90, 40))).save(folder / "xmp.png", pnginfo=info)
     with pytest.raises(parity.ParityError, match="xmp.png"):
-        parity.check_serving(served, model_dir, str(folder), ["xmp.png"], ExportConfig(), str(tmp_path))
+        parity.check_serving(served, model_dir, str(folder), ["xmp.png"], RAW, str(tmp_path))
     images = np.random.default_rng(0).uniform(size=(2, S, S, 3)).astype(np.float32)
     reference = np.full((2, S, S), 0.5, np.float32)
     with pytest.raises(parity.ParityError, match="drifting"):
@@ -341,7 +344,7 @@ def test_parity_checks_refuse_a_mismatch(exported, model_dir, tmp_path):
 def test_a_folder_that_is_not_an_export_is_refused(model_dir, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
-        export.export_model(model_dir, str(tmp_path), ExportConfig(), log=lambda _: None)
+        export.export_model(model_dir, str(tmp_path), RAW, log=lambda _: None)
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 
