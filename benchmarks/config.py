@@ -33,6 +33,9 @@ class BenchConfig:
                          "the figures mean little.")
     stages: str = option("1,2,3,4,5,6", "Stages to run, e.g. 3,4.")
     unet_filters: str = option("16,32,64", "U-Net base filters of stage 4.")
+    profile_ops: bool = option(False, "Stage 4: also trace 2 steps of ours and of model.fit per "
+                               "width with the TensorFlow profiler and print the time per op "
+                               "type side by side (docs/performance.md).")
     inference_filters: int = option(32, "U-Net base filters of the inference measurement.",
                                     lower_bound=1)
 

@@ -13,6 +13,7 @@ from typing import Callable
 
 from benchmarks import inference
 from benchmarks import latency
+from benchmarks import loop
 from benchmarks import pipeline
 from benchmarks import preprocess
 from benchmarks import startup
@@ -23,7 +24,10 @@ from preprocessing import pairs as pairs_lib
 from preprocessing import synth
 
 LOOP_TARGET_MS = 1.0  # issue 6: loop overhead under 1 ms per step
-UNET_TARGET_FRACTION = 0.45  # issue 6: >= 45% of the matmul peak at 64 filters
+LOOP_TARGET_GAIN = 0.9  # issue 12: at 64 steps per call, within 10% of model.fit's
+FIT_TARGET_GAIN = 1.0  # issue 12: a U-Net step at least as fast as model.fit's ...
+NOISE_ALLOWANCE = 0.97  # ... where 3% below counts as noise on this shared machine
+PROFILE_ROWS = 8  # with --profile_ops: the op types taking most time, per width
 PIPELINE_TARGET = 1000.0  # issue 6: images/s per core with augmentation
 BUILD_TARGET_PER_WORKER = 2.0  # issue 6: >= 2x the naive baseline per worker (sample)
 BUILD_TARGET_FULL_SIZE = 5.0  # issue 6: >= 5x on full-size images
@@ -122,23 +126,27 @@ def rows_pipeline(raw: pipeline.PipelineReport) -> list[Row]:
     ]
 
 
-def run_loop(config: BenchConfig, data_dir: str | None, work_dir: str) -> training.LoopReport:
+def run_loop(config: BenchConfig, data_dir: str | None, work_dir: str) -> loop.LoopReport:
     """Stage 3 (its sizes are fixed: the model is tiny on purpose)."""
     del data_dir, work_dir
-    return training.run_loop_benchmark(quick=config.quick)
+    return loop.run_loop_benchmark(quick=config.quick)
 
 
-def rows_loop(raw: training.LoopReport) -> list[Row]:
+def rows_loop(raw: loop.LoopReport) -> list[Row]:
     rows = []
     for chunk, mine in raw.ours.items():
         against = chunk if chunk in raw.fit else 1
         fit = raw.fit[against]
         chunked = chunk != 1
+        same = against == chunk  # a like-for-like comparison: the 10% target applies
+        target = (f"< {LOOP_TARGET_MS:g} ms" + (f", >= {LOOP_TARGET_GAIN:g}x of fit" if same else "")
+                  if chunked else "")
+        passed = (mine.ms_per_step < LOOP_TARGET_MS
+                  and (not same or fit.ms_per_step >= LOOP_TARGET_GAIN * mine.ms_per_step))
         rows.append(Row.compare(
             3, f"loop overhead, {chunk} step(s) per call", "ms/step", mine.ms_per_step,
-            fit.ms_per_step, lower_is_better=True,
-            target=f"< {LOOP_TARGET_MS:g} ms" if chunked else "",
-            passed=mine.ms_per_step < LOOP_TARGET_MS if chunked else None,
+            fit.ms_per_step, lower_is_better=True, target=target,
+            passed=passed if chunked else None,
             detail=f"vs model.fit steps_per_execution={against}; CPU ms/step "
                    f"{mine.cpu_ms_per_step:.2f} vs {fit.cpu_ms_per_step:.2f}"))
     return rows
@@ -149,8 +157,10 @@ def run_unet(config: BenchConfig, data_dir: str | None, work_dir: str) -> traini
     del data_dir, work_dir
     if config.quick:
         return training.run_unet_benchmark(filters=(4,), batch_size=4, image_size=32,
-                                           fit_tuned_filters=(), peak_size=512)
-    return training.run_unet_benchmark(filters=config.unet_filter_counts)
+                                           plain_filters=(4,), peak_size=512, plain_peak_size=256,
+                                           profile_ops=config.profile_ops, quick=True)
+    return training.run_unet_benchmark(filters=config.unet_filter_counts,
+                                       profile_ops=config.profile_ops)
 
 
 def rows_unet(raw: training.UnetReport) -> list[Row]:
@@ -164,23 +174,42 @@ def rows_unet(raw: training.UnetReport) -> list[Row]:
                                 raw.peak_gflops, max(p.gflops for p in plain),
                                 detail=f"{tuned[0].size}^2 vs {plain[0].size}^2; the best oneDNN "
                                        "probe is the peak"))
-    widest = max(r.base_filters for r in runs)
+    target = f">= {FIT_TARGET_GAIN:g}x ({NOISE_ALLOWANCE:g} for noise)"
     for f in sorted({r.base_filters for r in runs}):
-        ours, fit = pick[(f, "ours", "tuned")], pick[(f, "fit", "plain")]
-        last = f == widest
+        ours, fit = pick[(f, "ours", "tuned")], pick[(f, "fit", "tuned")]
         rows.append(Row.compare(
-            4, f"U-Net {f} filters, train, batch {ours.batch_size}, {ours.image_size}px", "img/s",
-            ours.images_per_s, fit.images_per_s,
-            target=f">= {UNET_TARGET_FRACTION:.0%} of peak" if last else "",
-            passed=ours.fraction_of_peak >= UNET_TARGET_FRACTION if last else None,
-            detail=f"{ours.gflops:.1f} GFLOP/s = {ours.fraction_of_peak:.0%} of peak "
-                   f"({ours.fraction_per_cpu_s:.0%} per CPU-s); plain model.fit "
-                   f"{fit.fraction_of_peak:.0%}"))
-        same_env = pick.get((f, "fit", "tuned"))
-        if same_env:
-            rows.append(Row.compare(4, f"U-Net {f} filters, ours vs model.fit, both oneDNN", "img/s",
-                                    ours.images_per_s, same_env.images_per_s,
-                                    detail=f"model.fit {same_env.fraction_of_peak:.0%} of peak"))
+            4, f"U-Net {f} filters, ours vs model.fit, train batch {ours.batch_size}, "
+               f"{ours.image_size}px", "img/s", ours.images_per_s, fit.images_per_s,
+            target=target, passed=ours.images_per_s >= NOISE_ALLOWANCE * fit.images_per_s,
+            detail=f"same process, oneDNN; {ours.fraction_of_peak:.0%} of peak vs model.fit "
+                   f"{fit.fraction_of_peak:.0%}; best of {ours.rounds} round(s) of "
+                   f"{ours.timed_steps} step(s)"))
+        plain_fit = pick.get((f, "fit", "plain"))
+        if plain_fit:
+            rows.append(Row.compare(
+                4, f"U-Net {f} filters, ours vs plain model.fit (TF defaults)", "img/s",
+                ours.images_per_s, plain_fit.images_per_s,
+                detail=f"what isic-train's environment gives; plain model.fit "
+                       f"{plain_fit.fraction_of_peak:.0%} of peak"))
+        if ours.ops and fit.ops:
+            rows.extend(_op_rows(f, ours.ops, fit.ops))
+    return rows
+
+
+def _op_rows(filters: int, ours, fit) -> list[Row]:
+    """The PROFILE_ROWS op types taking most time, ours vs fit, then all traced ops."""
+    def both(op):
+        return ours.ms_per_step.get(op, 0.0) + fit.ms_per_step.get(op, 0.0)
+    top = sorted(set(ours.ms_per_step) | set(fit.ms_per_step), key=both, reverse=True)
+    rows = [Row.compare(4, f"  {filters} filters, op {op}", "ms/step",
+                        ours.ms_per_step.get(op), fit.ms_per_step.get(op), lower_is_better=True,
+                        detail=f"runs per step: {ours.count_per_step.get(op, 0):g} vs "
+                               f"{fit.count_per_step.get(op, 0):g} (profiler trace)")
+            for op in top[:PROFILE_ROWS]]
+    rows.append(Row.compare(4, f"  {filters} filters, all traced ops", "ms/step", ours.total_ms,
+                            fit.total_ms, lower_is_better=True,
+                            detail=f"{sum(ours.count_per_step.values()):.0f} vs "
+                                   f"{sum(fit.count_per_step.values()):.0f} op runs per step"))
     return rows
 
 

@@ -149,17 +149,41 @@ def isic_scores(tp, fp, fn, tn) -> dict:
     }
 
 
-def batch_scores(truth01, probabilities, threshold: float = 0.5,
-                 dtype: tf.DType = tf.float64) -> dict:
-    """Scores a batch at training size: 0/1 truth [B, S, S, 1] and probabilities, same shape.
+TRAINING_SCORES = ("accuracy", "dice", "jaccard")  # the columns of batch_scores
 
-    Shorthand for binarize_probabilities on both, confusion_per_image, isic_scores.
+
+def batch_scores(truth01, probabilities) -> tf.Tensor:
+    """Accuracy, Dice and Jaccard of each image at training size, for the training loop.
+
+    The same values as `isic_scores(*confusion_per_image(...))` (foreground where p > 0.5,
+    the same empty-mask rules), computed from three float32 sums per image (tp, |truth|,
+    |pred|) instead of four int64 counts and six scores: this runs inside every training
+    step, where the dozens of small ops of the general path cost about as much as the
+    whole step of a small model (docs/performance.md). float32 sums of 0/1 values are exact
+    below 2**24 pixels per image (128x128 has 16,384).
+
+    Args:
+      truth01: [B, S, S, 1] 0/1 truth, any numeric dtype.
+      probabilities: [B, S, S, 1] probabilities, any float dtype.
     Returns:
-      dict name -> `dtype` [B].
+      float32 [B, 3]: the TRAINING_SCORES columns.
     """
-    truth = binarize_probabilities(truth01, 0.5)
-    pred = binarize_probabilities(probabilities, threshold)
-    return isic_scores(*confusion_per_image(truth, pred, dtype))
+    def flat01(x):  # [B, S, S, 1] -> float32 [B, N] of 0/1
+        x = binarize_probabilities(x, 0.5)
+        return tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1])
+    truth, pred = flat01(truth01), flat01(probabilities)
+    if truth.shape[1] is not None and truth.shape[1] > _FLOAT32_EXACT_LIMIT:
+        raise ValueError(f"batch_scores counts in float32; images of {truth.shape[1]} pixels "
+                         "need confusion_per_image with dtype=tf.float64")
+    tp = tf.reduce_sum(truth * pred, axis=1)  # [B]
+    both = tf.reduce_sum(truth, axis=1) + tf.reduce_sum(pred, axis=1)  # 2tp + fp + fn
+    union = both - tp  # tp + fp + fn
+    pixels = tf.cast(tf.shape(truth)[1], tf.float32)
+    empty = tf.equal(union, 0.0)  # both masks empty: Dice and Jaccard are 1
+    safe = tf.maximum(union, 1.0)
+    return tf.stack([(pixels - union + tp) / pixels,  # (tp + tn) / N
+                     tf.where(empty, 1.0, 2.0 * tp / tf.maximum(both, 1.0)),
+                     tf.where(empty, 1.0, tp / safe)], axis=1)
 
 
 def summarize(per_image: dict) -> dict:

@@ -16,7 +16,9 @@ import pytest
 from benchmarks import child
 from benchmarks import config as config_lib
 from benchmarks import inference
+from benchmarks import loop
 from benchmarks import machine
+from benchmarks import op_profile
 from benchmarks import pipeline
 from benchmarks import preprocess
 from benchmarks import results
@@ -32,15 +34,15 @@ ROW_FIELDS = {"stage", "measure", "unit", "ours", "baseline", "gain", "target", 
 
 @pytest.fixture(scope="module")
 def loop_result():
-    return training.measure_loop(chunks=(1, 4), fit_chunks=(1,), seconds=0.05, rounds=1)
+    return loop.measure_loop(chunks=(1, 4), fit_chunks=(1, 4), seconds=0.05, rounds=1)
 
 
 @pytest.fixture(scope="module")
 def unet_runs():
-    common = dict(base_filters=2, batch_size=2, image_size=16, timed_steps=2, peak_size=64,
-                  peak_repeats=1, depth=1)
-    return {"ours": training.measure_unet(loop="ours", **common),
-            "fit": training.measure_unet(loop="fit", **common)}
+    ours, fit = training.measure_unet(base_filters=2, batch_size=2, image_size=16, timed_steps=2,
+                                      rounds=2, peak_size=64, peak_repeats=1, depth=1,
+                                      profile_ops=True)
+    return {"ours": ours, "fit": fit}
 
 
 def test_config_reads_comma_lists_and_rejects_bad_ones():
@@ -54,7 +56,7 @@ def test_config_reads_comma_lists_and_rejects_bad_ones():
 
 
 def test_loop_measures_both_loops_per_chunk(loop_result):
-    assert set(loop_result.ours) == {1, 4} and set(loop_result.fit) == {1}
+    assert set(loop_result.ours) == {1, 4} and set(loop_result.fit) == {1, 4}
     for side in (loop_result.ours, loop_result.fit):
         for chunk, timing in side.items():
             assert timing.ms_per_step > 0 and timing.steps % chunk == 0
@@ -62,37 +64,84 @@ def test_loop_measures_both_loops_per_chunk(loop_result):
     rows = stages.rows_loop(loop_result)
     assert [r.passed is None for r in rows] == [True, False]  # target only when chunked
     assert all(r.gain > 0 for r in rows)
+    assert rows[1].target == "< 1 ms, >= 0.9x of fit"  # like for like: the 10% target
 
 
-def test_unet_measurement_counts_training_flops(unet_runs):
+def test_loop_rows_pass_only_within_ten_percent_of_fit():
+    def report(ours_ms, fit_ms):
+        timing = lambda ms: loop.LoopTiming(ms_per_step=ms, steps_per_s=1e3 / ms, steps=64,
+                                            cpu_ms_per_step=ms)
+        return loop.LoopReport(ours={64: timing(ours_ms)}, fit={1: timing(2.0), 64: timing(fit_ms)},
+                               rounds=1, seconds=1.0, image_size=8, batch_size=8, onednn=True)
+    assert stages.rows_loop(report(0.50, 0.46))[0].passed  # 0.92x
+    assert not stages.rows_loop(report(0.50, 0.44))[0].passed  # 0.88x
+    assert not stages.rows_loop(report(1.20, 1.20))[0].passed  # over 1 ms
+
+
+def test_unet_measurement_counts_training_flops_and_profiles_ops(unet_runs):
     from model import unet
     flop = unet.unet_flops_per_image(16, 2, 1) * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
     for run in unet_runs.values():
         assert run.images_per_s > 0 and run.warmup_s > 0 and run.peak.gflops > 0
         assert run.gflops == pytest.approx(run.images_per_s * flop / 1e9)
         assert run.images_per_s == pytest.approx(2 * 2 / (run.step_s * 2))
+        assert run.rounds == 2 and run.ops.steps == 2
+        # The profiler saw the U-Net's convolutions and their gradients, in both loops.
+        assert {"Conv2DBackpropFilter", "Conv2DBackpropInput"} <= {
+            op.replace("_MklNative", "") for op in run.ops.ms_per_step}
+        assert run.ops.total_ms > 0 and min(run.ops.count_per_step.values()) > 0
+    assert [r.loop for r in unet_runs.values()] == ["ours", "fit"]
 
 
-def test_unet_cases_run_ours_tuned_and_fit_plain():
-    cases = training.unet_cases((2, 32), 2, 16, fit_tuned_filters=(2,), peak_size=64,
+def test_unet_cases_compare_ours_and_fit_in_one_child_and_fit_plain():
+    cases = training.unet_cases((2, 32, 64), 2, 16, plain_filters=(2,), peak_size=64,
                                 plain_peak_size=32)
-    assert [(c["base_filters"], c["loop"]) for c in cases["tuned"]] == [(2, "ours"), (2, "fit"),
-                                                                      (32, "ours")]
-    assert [(c["loop"], c["peak_size"]) for c in cases["plain"]] == [("fit", 32), ("fit", 32)]
+    assert [(c["base_filters"], c["loops"]) for c in cases["tuned"]] == [
+        (2, ("ours", "fit")), (32, ("ours", "fit")), (64, ("ours", "fit"))]
+    assert [(c["timed_steps"], c["rounds"]) for c in cases["tuned"]] == [(3, 2), (2, 2), (1, 1)]
+    assert [(c["base_filters"], c["loops"], c["peak_size"]) for c in cases["plain"]] == [
+        (2, ("fit",), 32)]
 
 
-def test_unet_rows_use_the_best_oneDNN_probe_as_peak(unet_runs):
-    report = training.unet_report({"tuned": [unet_runs["ours"]], "plain": [unet_runs["fit"]]},
-                                  peak_size=64)
+def test_unet_rows_compare_with_fit_in_the_same_process(unet_runs):
+    plain_fit = dataclasses.replace(unet_runs["fit"], ops=None)
+    report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"]],
+                                   "plain": [plain_fit]}, peak_size=64)
     peak = unet_runs["ours"].peak.gflops  # the tuned child's probe; plain probes only reported
     assert report.peak_gflops == peak
-    assert [r.env for r in report.runs] == ["tuned", "plain"]
+    assert [r.env for r in report.runs] == ["tuned", "tuned", "plain"]
     for run in report.runs:
         assert run.fraction_of_peak == pytest.approx(run.gflops / peak)
     rows = stages.rows_unet(report)
-    assert rows[0].unit == "GFLOP/s" and rows[1].passed is not None
-    assert rows[1].ours == report.runs[0].images_per_s
-    assert rows[1].baseline == report.runs[1].images_per_s
+    assert rows[0].unit == "GFLOP/s"
+    versus = rows[1]
+    assert "ours vs model.fit" in versus.measure and versus.target.startswith(">= 1x")
+    assert (versus.ours, versus.baseline) == (report.runs[0].images_per_s,
+                                              report.runs[1].images_per_s)
+    assert versus.passed == (versus.ours >= 0.97 * versus.baseline)
+    assert "plain model.fit" in rows[2].measure and rows[2].passed is None
+    ops = [r for r in rows if ", op " in r.measure]
+    assert 0 < len(ops) <= stages.PROFILE_ROWS and all(r.unit == "ms/step" for r in ops)
+    assert "all traced ops" in rows[-1].measure
+
+
+def test_op_times_sum_compute_thread_events_per_op_type():
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    names = {1: "a/conv:_MklNativeConv2D", 2: "b/conv:_MklNativeConv2D", 3: "x/mul:Mul",
+             4: "ExecutorState::Process"}
+    for i, name in names.items():
+        plane.event_metadata[i].id, plane.event_metadata[i].name = i, name
+    for line_name, events in (("tf_Compute/1", [(1, 3e9), (3, 1e9), (4, 9e9)]),
+                              ("tf_Compute/2", [(2, 1e9)]), ("python", [(1, 5e9)])):
+        line = plane.lines.add(name=line_name)
+        for metadata_id, picoseconds in events:
+            line.events.add(metadata_id=metadata_id, duration_ps=int(picoseconds))
+    times = op_profile.op_times(space.SerializeToString(), steps=2)
+    assert times.ms_per_step == {"_MklNativeConv2D": 2.0, "Mul": 0.5}  # python line, executor out
+    assert times.count_per_step == {"_MklNativeConv2D": 1.0, "Mul": 0.5}
+    assert times.total_ms == 2.5
 
 
 @pytest.mark.parametrize("loop", ["ours", "keras"])
@@ -181,7 +230,7 @@ def test_rows_of_the_other_stages_follow_their_reports():
 
 
 def test_reports_survive_json(unet_runs, loop_result):
-    report = training.unet_report({"tuned": [unet_runs["ours"]], "plain": [unet_runs["fit"]]}, 64)
+    report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"]]}, 64)
     for value in (report, loop_result):
         assert results.from_json(type(value), json.loads(json.dumps(results.to_json(value)))) == value
 
@@ -196,7 +245,7 @@ def test_run_stages_writes_results_and_table(loop_result, tmp_path):
     assert len(report.rows) == 2 and all(isinstance(r, results.Row) for r in report.rows)
     assert [set(r) for r in written["rows"]] == [ROW_FIELDS] * 2
     assert [results.from_json(results.Row, r) for r in written["rows"]] == report.rows
-    assert results.from_json(training.LoopReport, written["stages"]["3"]) == loop_result
+    assert results.from_json(loop.LoopReport, written["stages"]["3"]) == loop_result
     assert written["config"] == dataclasses.asdict(config)
     assert written["machine"]["cores"] >= 1 and "avx512" in written["machine"]
     assert written["machine"]["cpu"] == machine.cpu_name()
@@ -223,6 +272,6 @@ def test_stage_helpers_build_read_and_fit_tiny_records(tmp_path):
 
 def test_quick_loop_stage_runs_in_a_child(tmp_path):
     report = stages.STAGES[3].run(BenchConfig(quick=True), None, str(tmp_path))
-    assert isinstance(report, training.LoopReport) and report.onednn  # the tuned environment
+    assert isinstance(report, loop.LoopReport) and report.onednn  # the tuned environment
     assert set(report.ours) == {1, 16, 64} and set(report.fit) == {1, 64}
     assert len(stages.STAGES[3].rows(report)) == 3

@@ -254,10 +254,10 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
     with preemption.LocalStop() as stop:
         stop.attach(None, save=lambda: saved.append("ckpt") or "ckpt-x", step=lambda: 7)
         train_steps = steps_lib.make_train_steps(strategy, model, optimizer, 4, 1.0, stop=stop.flag)
-        train_steps(iter(batches), tf.constant(1))  # traced before the clock starts
+        train_steps(iter(batches), 1)  # traced before the clock starts
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
         start = time.perf_counter()
-        totals = train_steps(iter(batches), tf.constant(10 ** 7))  # hours, without the signal
+        totals = train_steps(iter(batches), 10 ** 7)  # hours, without the signal
         seconds = time.perf_counter() - start
         with pytest.raises(preemption.Stopped, match=r"stopped by SIGINT at step 7; its checkpoint is ckpt-x\. "
                                                         r"Run the same command"):

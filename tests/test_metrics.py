@@ -109,19 +109,24 @@ def test_truth_without_background_has_specificity_one():
     assert _scores(np.ones([2, 2]), np.zeros([2, 2]))["specificity"] == 1.0
 
 
-def test_batch_scores_in_tf_function_matches_eager():
-    truth = np.zeros([2, 8, 8, 1], np.uint8)
-    truth[0, 2:6, 2:6] = 1
-    probs = np.zeros([2, 8, 8, 1], np.float32)
-    probs[0, 3:6, 2:6] = 0.9
-    probs[1, 0, 0] = 0.5  # exactly 0.5: background, so image 1 is "both empty"
-    graph = tf.function(lambda t, p: metrics.batch_scores(t, p, dtype=tf.float32))(truth, probs)
-    eager = metrics.batch_scores(truth, probs)
-    for name in metrics.METRIC_NAMES:
-        assert graph[name].dtype == tf.float32 and eager[name].dtype == tf.float64
-        np.testing.assert_allclose(graph[name].numpy(), eager[name].numpy(), rtol=1e-7)
-    np.testing.assert_allclose(eager["dice"].numpy(), [24 / 28, 1.0])
-    np.testing.assert_allclose(eager["jaccard"].numpy(), [12 / 16, 1.0])
+def test_batch_scores_of_the_training_loop_match_the_isic_definitions():
+    rng = np.random.default_rng(3)
+    truth = (rng.uniform(size=[6, 8, 8, 1]) > 0.6).astype(np.uint8)
+    probs = rng.uniform(size=[6, 8, 8, 1]).astype(np.float32)
+    truth[0], probs[0] = 0, 0.5  # both empty (exactly 0.5 is background): Dice = Jaccard = 1
+    truth[1], probs[1] = 0, 0.0
+    probs[1, 0, 0] = 0.7  # empty truth, one false positive: 0 and 0
+    truth[2], probs[2] = 1, 0.2  # full truth, empty prediction
+    probs[3] = truth[3] * 0.9  # perfect
+    graph = tf.function(metrics.batch_scores)(truth, probs)
+    assert graph.dtype == tf.float32 and graph.shape == (6, len(metrics.TRAINING_SCORES))
+    reference = metrics.isic_scores(*metrics.confusion_per_image(
+        metrics.binarize_probabilities(truth), metrics.binarize_probabilities(probs)))
+    for column, name in enumerate(metrics.TRAINING_SCORES):
+        np.testing.assert_allclose(graph[:, column].numpy(), reference[name].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(graph[:4, 1].numpy(), [1.0, 0.0, 0.0, 1.0])  # Dice
+    np.testing.assert_array_equal(graph[:4, 2].numpy(), [1.0, 0.0, 0.0, 1.0])  # Jaccard
+    assert graph[1, 0].numpy() == np.float32(63 / 64)  # accuracy with one wrong pixel
 
 
 def test_float32_counts_refused_beyond_exact_range_float64_exact():

@@ -19,38 +19,26 @@ from launch.training.config import AUTO_CHUNK_SECONDS, MAX_AUTO_CHUNK
 from model import losses
 from model import metrics
 
-METRIC_KEYS = ("loss", "accuracy", "dice", "jaccard", "count")
+METRIC_KEYS = ("loss", "accuracy", "dice", "jaccard", "count")  # the sums' order
 
 
-def _per_image_sums(masks, probs, per_image_loss, weights):
-    """Sums of per-image loss and ISIC scores (thresholded at 0.5), weighted by `weights` [b]."""
-    # float32 counts are exact at training sizes (< 2**24 pixels per image).
-    scores = metrics.batch_scores(masks, probs, dtype=tf.float32)
-    return {
-        "loss": tf.reduce_sum(per_image_loss * weights),
-        "accuracy": tf.reduce_sum(scores["accuracy"] * weights),
-        "dice": tf.reduce_sum(scores["dice"] * weights),
-        "jaccard": tf.reduce_sum(scores["jaccard"] * weights),
-        "count": tf.reduce_sum(weights),
-    }
-
-
-def _zeros() -> dict:
-    return {k: tf.constant(0.0) for k in METRIC_KEYS}
-
-
-def _add_reduced(strategy, totals: dict, per_replica: dict) -> dict:
-    """totals + the per-replica values summed over all replicas (a cross-replica reduce)."""
-    return {k: totals[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k], axis=None)
-            for k in METRIC_KEYS}
+def _per_image_sums(masks, probs, per_image_loss, weights) -> tf.Tensor:
+    """float32 [5]: sums over the images of the METRIC_KEYS, each image weighted by
+    `weights` [b] (0 for padding). One vector, not five scalars: the loop then reduces
+    and adds one tensor per step instead of five (docs/performance.md, loop overhead)."""
+    scores = metrics.batch_scores(masks, probs)  # [b, 3]: accuracy, dice, jaccard
+    per_image = tf.concat([per_image_loss[:, None], scores, tf.ones_like(weights)[:, None]],
+                          axis=1)  # [b, 5]
+    return tf.reduce_sum(per_image * weights[:, None], axis=0)
 
 
 def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable | None = None):
-    """`run_steps(iterator, num_steps) -> dict of float32 sums`: a tf.function that runs
-    `replica_step(*next(iterator))` on every replica `num_steps` times, summing its
-    metric sums over replicas and steps. With `stop` (a bool variable), the loop also
-    ends before any step that finds it True (a stop signal, launch/training/preemption.py):
-    the sums then cover the steps run, and "count" tells how many."""
+    """`run_steps(iterator, num_steps: int) -> {METRIC_KEYS: host float}`: runs
+    `replica_step(*next(iterator))` (which returns `_per_image_sums`) on every replica
+    `num_steps` times in one tf.function call, summing over replicas and steps, and
+    fetches the sums once. With `stop` (a bool variable), the loop also ends before any
+    step that finds it True (a stop signal, launch/training/preemption.py): the sums then
+    cover the steps run, and "count" tells how many."""
 
     # autograph=False: the loop is an explicit tf.while_loop, and converting the model's
     # Python code with autograph would make the tracing of every start much slower.
@@ -62,18 +50,23 @@ def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable
             # Read afresh before every step: another thread sets it (preemption.py).
             return tf.logical_and(i < num_steps, tf.logical_not(stop.read_value()))
 
-        def body(i, totals):
+        def body(i, totals):  # totals: float32 [5]
             out = strategy.run(replica_step, args=tuple(next(iterator)))
-            return i + 1, _add_reduced(strategy, totals, out)
-        return tf.while_loop(more, body, (tf.constant(0), _zeros()))[1]
+            return i + 1, totals + strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
+        zeros = tf.zeros([len(METRIC_KEYS)], tf.float32)
+        return tf.while_loop(more, body, (tf.constant(0), zeros))[1]
 
-    return run_steps
+    def call(iterator, num_steps: int) -> dict:
+        totals = run_steps(iterator, tf.constant(num_steps, tf.int32)).numpy()  # [5], one fetch
+        return dict(zip(METRIC_KEYS, totals.tolist()))
+
+    return call
 
 
 def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
                      optimizer: keras.optimizers.Optimizer, global_batch_size: int,
                      dice_weight: float, stop: tf.Variable | None = None):
-    """Returns `train_steps(iterator, num_steps) -> dict of float32 sums` (a tf.function).
+    """Returns `train_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
     The iterator is a distributed iterator of (images [b,S,S,3], masks [b,S,S,1]). With
     `stop`, a call ends early once it is True; it then ran count / global_batch_size steps.
@@ -97,7 +90,7 @@ def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
 
 
 def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float):
-    """Returns `eval_steps(iterator, num_steps) -> dict of float32 sums` (a tf.function).
+    """Returns `eval_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
     The iterator yields (images, masks, weights [b]); padding examples have weight 0, so
     the sums cover every real example exactly once.
@@ -112,9 +105,9 @@ def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_w
 
 
 def means(totals: dict) -> dict:
-    """Turns metric sums into per-image means (host floats)."""
-    count = max(float(totals["count"]), 1.0)
-    return {k: float(totals[k]) / count for k in METRIC_KEYS if k != "count"}
+    """Turns metric sums into per-image means."""
+    count = max(totals["count"], 1.0)
+    return {k: totals[k] / count for k in METRIC_KEYS if k != "count"}
 
 
 class StepsPerCall:

@@ -1,6 +1,7 @@
 """TensorBoard logs of a run (chief only): scalars per chunk and epoch, validation images."""
 
 import os
+import time
 
 import keras
 import tensorflow as tf
@@ -8,6 +9,9 @@ import tensorflow as tf
 from pipeline import dataset as dataset_lib
 
 LOG_DIR = "logs"
+# Per-chunk training scalars are written at most this often: one write costs ~0.4 ms of
+# host time, a tenth of a 64-step call of a tiny model (docs/performance.md, loop overhead).
+SCALAR_SECONDS = 1.0
 
 
 class Writer:
@@ -16,9 +20,15 @@ class Writer:
     def __init__(self, model_dir: str):
         self._train = tf.summary.create_file_writer(os.path.join(model_dir, LOG_DIR, "train"))
         self._val = tf.summary.create_file_writer(os.path.join(model_dir, LOG_DIR, "validation"))
+        self._last_scalars = -float("inf")
 
     def scalars(self, step: int, values: dict) -> None:
-        """Training scalars at `step`, e.g. {"train/loss_step": 0.3}."""
+        """Training scalars at `step`, e.g. {"train/loss_step": 0.3}; skipped when the last
+        ones were written less than SCALAR_SECONDS ago (epoch scalars are never skipped)."""
+        now = time.monotonic()
+        if now - self._last_scalars < SCALAR_SECONDS:
+            return
+        self._last_scalars = now
         with self._train.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(name, value)

@@ -206,7 +206,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
         n = run.planner.next(run.step)
         run.reporter.before_call(run.step)
         call_start = time.perf_counter()
-        totals = {k: float(v) for k, v in run.train_steps(iterator, tf.constant(n)).items()}
+        totals = run.train_steps(iterator, n)
         # Fewer than n steps when a stop signal ended the call early (preemption.py).
         done = round(totals["count"]) // run.config.batch_size
         run.planner.record(done, time.perf_counter() - call_start)
@@ -263,7 +263,7 @@ def _validate(run: _Run) -> dict:
                                         training=False, input_context=ctx)
 
     iterator = iter(distribute.distribute_datasets(run.strategy, val_input))
-    return steps_lib.means(run.eval_steps(iterator, tf.constant(val_steps)))
+    return steps_lib.means(run.eval_steps(iterator, val_steps))
 
 
 def _save(run: _Run) -> str | None:
