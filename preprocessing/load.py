@@ -69,8 +69,7 @@ def try_load_pair(task: tuple):
 
 def _small_mask(im: Image.Image, size: int) -> np.ndarray:
     """Binarises at > 128 (8-bit scale) and area-downsamples: uint8 [S, S] of 0/1."""
-    gray = decode.mask_to_gray(im)
-    histogram = gray.histogram()                                    # 256 counts
+    gray, histogram = decode.mask_to_gray(im)                       # histogram: 256 counts
     # Foreground 255 / background 0 (ISIC masks already are: skip that full-size pass),
     # then the box filter gives 255 x (foreground fraction of each footprint); >= 128
     # means at least half.
