@@ -21,6 +21,8 @@ _PACKAGES = ("tensorflow", "keras", "numpy", "pillow")
 class Machine:
     """The machine a run measured (see `describe`)."""
     cpu: str  # model name, e.g. "AMD EPYC"
+    cpu_family_model: str  # e.g. "family 25 model 17": virtual machines often name only the
+    # vendor line, and two generations of it differ ~1.5x in matmul peak here
     cpu_flags: tuple[str, ...]  # the KERNEL_FLAGS it has
     avx512: bool
     amx: bool
@@ -32,26 +34,30 @@ class Machine:
     def summary(self) -> str:
         """One line for the printed header, e.g. 'AMD EPYC, 2 cores, AVX-512 yes, AMX no'."""
         yes_no = {True: "yes", False: "no"}
-        return (f"{self.cpu}, {self.cores} cores, AVX-512 {yes_no[self.avx512]}, AMX "
+        return (f"{self.cpu} ({self.cpu_family_model}), {self.cores} cores, AVX-512 {yes_no[self.avx512]}, AMX "
                 f"{yes_no[self.amx]} (flags: {' '.join(self.cpu_flags) or 'none'})")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    """(model name, flags) of the first CPU in /proc/cpuinfo; ("unknown", {}) elsewhere."""
-    name, flags = "unknown", set()
+def _cpuinfo() -> tuple[str, str, set[str]]:
+    """(model name, "family F model M", flags) of the first CPU in /proc/cpuinfo;
+    ("unknown", "unknown", {}) elsewhere."""
+    fields, flags = {}, set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and name == "unknown":
-                    name = value.strip()
-                elif key.strip() == "flags" and not flags:
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                elif key == "flags" and not flags:
                     flags = set(value.split())
-                if name != "unknown" and flags:
+                if len(fields) == 3 and flags:
                     break
     except OSError:
         pass
-    return name, flags
+    family_model = (f"family {fields['cpu family']} model {fields['model']}"
+                    if "cpu family" in fields and "model" in fields else "unknown")
+    return fields.get("model name", "unknown"), family_model, flags
 
 
 def cpu_name() -> str:
@@ -67,8 +73,8 @@ def describe() -> Machine:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    name, flags = _cpuinfo()
-    return Machine(cpu=name, cpu_flags=tuple(f for f in KERNEL_FLAGS if f in flags),
+    name, family_model, flags = _cpuinfo()
+    return Machine(cpu=name, cpu_family_model=family_model, cpu_flags=tuple(f for f in KERNEL_FLAGS if f in flags),
                    avx512="avx512f" in flags, amx=bool({"amx_tile", "amx_bf16"} & flags),
                    cores=len(os.sched_getaffinity(0)), python=platform.python_version(),
                    versions=versions,
