@@ -71,7 +71,7 @@ def _run_chunks(train_steps, iterator, chunk: int, seconds: float, writer,
     return step, time.perf_counter() - start, time.process_time() - cpu
 
 
-def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 1.0, rounds: int = 2,
+def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 0.5, rounds: int = 6,
                  image_size: int = LOOP_IMAGE_SIZE, batch_size: int = LOOP_BATCH_SIZE) -> LoopReport:
     """Stage 3: ms per step of our loop and of model.fit with a tiny model (see module doc).
 

@@ -121,8 +121,10 @@ def ours_train_steps(build_model, batch_size: int, dataset):
         model = build_model()
         optimizer = keras.optimizers.Adam(DEFAULTS.learning_rate)
         optimizer.build(model.trainable_variables)
+    # The trainer's stop flag too (launch/training/preemption.py): one read per step.
+    stop = tf.Variable(False, trainable=False)
     train_steps = steps_lib.make_train_steps(strategy, model, optimizer, batch_size,
-                                             DEFAULTS.dice_weight)
+                                             DEFAULTS.dice_weight, stop=stop)
     # The trainer's own way of distributing its datasets (input options included).
     iterator = iter(distribute.distribute_datasets(strategy, lambda ctx: dataset))
     return train_steps, iterator
