@@ -163,27 +163,25 @@ def batch_scores(truth01, probabilities) -> tf.Tensor:
     below 2**24 pixels per image (128x128 has 16,384).
 
     Args:
-      truth01: [B, S, S, 1] 0/1 truth, any numeric dtype.
+      truth01: [B, S, S, 1] 0/1 truth, any numeric dtype (S static).
       probabilities: [B, S, S, 1] probabilities, any float dtype.
     Returns:
       float32 [B, 3]: the TRAINING_SCORES columns.
     """
-    def flat01(x):  # [B, S, S, 1] -> float32 [B, N] of 0/1
-        x = binarize_probabilities(x, 0.5)
-        return tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1])
-    truth, pred = flat01(truth01), flat01(probabilities)
-    if truth.shape[1] is not None and truth.shape[1] > _FLOAT32_EXACT_LIMIT:
-        raise ValueError(f"batch_scores counts in float32; images of {truth.shape[1]} pixels "
+    truth = tf.cast(binarize_probabilities(truth01, 0.5), tf.float32)  # [B, S, S, 1] 0/1
+    pred = tf.cast(binarize_probabilities(probabilities, 0.5), tf.float32)
+    axes = list(range(1, truth.shape.rank))
+    pixels = int(np.prod(truth.shape[1:]))  # static at training sizes: no shape ops
+    if pixels > _FLOAT32_EXACT_LIMIT:
+        raise ValueError(f"batch_scores counts in float32; images of {pixels} pixels "
                          "need confusion_per_image with dtype=tf.float64")
-    tp = tf.reduce_sum(truth * pred, axis=1)  # [B]
-    both = tf.reduce_sum(truth, axis=1) + tf.reduce_sum(pred, axis=1)  # 2tp + fp + fn
+    tp = tf.reduce_sum(truth * pred, axis=axes)  # [B]
+    both = tf.reduce_sum(truth, axis=axes) + tf.reduce_sum(pred, axis=axes)  # 2tp + fp + fn
     union = both - tp  # tp + fp + fn
-    pixels = tf.cast(tf.shape(truth)[1], tf.float32)
     empty = tf.equal(union, 0.0)  # both masks empty: Dice and Jaccard are 1
-    safe = tf.maximum(union, 1.0)
     return tf.stack([(pixels - union + tp) / pixels,  # (tp + tn) / N
                      tf.where(empty, 1.0, 2.0 * tp / tf.maximum(both, 1.0)),
-                     tf.where(empty, 1.0, tp / safe)], axis=1)
+                     tf.where(empty, 1.0, tp / tf.maximum(union, 1.0))], axis=1)
 
 
 def summarize(per_image: dict) -> dict:

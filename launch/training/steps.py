@@ -22,14 +22,17 @@ from model import metrics
 METRIC_KEYS = ("loss", "accuracy", "dice", "jaccard", "count")  # the sums' order
 
 
-def _per_image_sums(masks, probs, per_image_loss, weights) -> tf.Tensor:
+def _per_image_sums(masks, probs, per_image_loss, weights=None) -> tf.Tensor:
     """float32 [5]: sums over the images of the METRIC_KEYS, each image weighted by
-    `weights` [b] (0 for padding). One vector, not five scalars: the loop then reduces
-    and adds one tensor per step instead of five (docs/performance.md, loop overhead)."""
+    `weights` [b] (0 for padding; None: all 1, the training batches). One vector, not five
+    scalars: the loop then reduces and adds one tensor per step instead of five
+    (docs/performance.md, loop overhead)."""
     scores = metrics.batch_scores(masks, probs)  # [b, 3]: accuracy, dice, jaccard
-    per_image = tf.concat([per_image_loss[:, None], scores, tf.ones_like(weights)[:, None]],
-                          axis=1)  # [b, 5]
-    return tf.reduce_sum(per_image * weights[:, None], axis=0)
+    ones = tf.ones_like(per_image_loss)[:, None]
+    per_image = tf.concat([per_image_loss[:, None], scores, ones], axis=1)  # [b, 5]
+    if weights is not None:
+        per_image *= weights[:, None]
+    return tf.reduce_sum(per_image, axis=0)
 
 
 def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable | None = None):
@@ -83,8 +86,7 @@ def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
             scaled = optimizer.scale_loss(loss) if scale_loss else loss
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        weights = tf.ones_like(per_image)
-        return _per_image_sums(masks, tf.stop_gradient(probs), per_image, weights)
+        return _per_image_sums(masks, tf.stop_gradient(probs), per_image)
 
     return _run_steps(strategy, replica_step, stop)
 
