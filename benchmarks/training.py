@@ -278,15 +278,16 @@ def unet_cases(filters, batch_size: int, image_size: int, plain_filters, peak_si
                quick: bool = False) -> dict[str, list[dict]]:
     """{"tuned": measure_unet kwargs (ours and fit), "plain": (fit only)}, per width.
 
-    Narrow U-Nets take several steps and two rounds; at 64 filters one step takes ~40 s
-    on the AMD machine, so it runs one round of one step (the spread of single rounds is
-    in docs/performance.md).
+    Narrow U-Nets take more steps and rounds: a round of one loop lasts a few seconds
+    and the best of 3-4 rounds keeps the noise of this shared machine below ~5%. At 64
+    filters a step takes 14-40 s (AMD machines), so it runs two rounds of one step.
     """
     tuned, plain = [], []
     for f in filters:
         common = {"base_filters": f, "batch_size": batch_size, "image_size": image_size,
                   "timed_steps": 1 if quick else 3 if f <= 16 else 2 if f <= 32 else 1,
-                  "rounds": 1 if quick or f > 32 else 2, "peak_size": peak_size}
+                  "rounds": 1 if quick else 4 if f <= 16 else 3 if f <= 32 else 2,
+                  "peak_size": peak_size}
         tuned.append(dict(common, loops=("ours", "fit"), profile_ops=profile_ops))
         if f in plain_filters:
             plain.append(dict(common, loops=("fit",), peak_size=plain_peak_size))

@@ -98,7 +98,7 @@ def test_unet_cases_compare_ours_and_fit_in_one_child_and_fit_plain():
                                 plain_peak_size=32)
     assert [(c["base_filters"], c["loops"]) for c in cases["tuned"]] == [
         (2, ("ours", "fit")), (32, ("ours", "fit")), (64, ("ours", "fit"))]
-    assert [(c["timed_steps"], c["rounds"]) for c in cases["tuned"]] == [(3, 2), (2, 2), (1, 1)]
+    assert [(c["timed_steps"], c["rounds"]) for c in cases["tuned"]] == [(3, 4), (2, 3), (1, 2)]
     assert [(c["base_filters"], c["loops"], c["peak_size"]) for c in cases["plain"]] == [
         (2, ("fit",), 32)]
 
