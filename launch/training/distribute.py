@@ -39,17 +39,18 @@ def split_cpu(num_devices: int) -> None:
 def resolve_precision(precision: str) -> str:
     """Maps 'auto' to mixed_float16 on GPUs with compute capability >= 7.0, else float32.
 
-    CPUs get float32: mixed_bfloat16 ran about 2x slower than float32 on the AMD EPYC
-    machine (AVX-512 BF16, no AMX). On CPUs with AMX, oneDNN runs bfloat16 matmuls on the
-    tile units and that may differ, but it has not been measured yet (docs/performance.md),
-    so auto does not pick it there either; --precision mixed_bfloat16 tries it.
+    CPUs get float32. mixed_bfloat16 ran about 2x slower than float32 on an earlier AMD
+    EPYC without AVX-512 BF16, but 1.36-1.46x faster at the same validation Dice on one
+    with it (family 25, docs/performance.md); on CPUs with AMX it has not been measured.
+    Until it is measured on more machines and seeds, auto stays float32 on every CPU;
+    --precision mixed_bfloat16 opts in.
     """
     if precision != "auto":
         return precision
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        logging.info("--precision auto: float32 on the CPU (mixed_bfloat16 was slower on the "
-                     "CPUs measured; see docs/performance.md)")
+        logging.info("--precision auto: float32 on the CPU (mixed_bfloat16 is faster on CPUs "
+                     "with AVX-512 BF16 but not yet the default; see docs/performance.md)")
         return "float32"
     for gpu in gpus:
         capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
