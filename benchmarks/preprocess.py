@@ -6,8 +6,8 @@ Measures:
     writing) and of the builder (discovery, decoding, validation, encoding, writing
     shards, hashing, manifest) with 1 and 2 workers, and the speed-up per worker;
   - peak memory of the builder (it runs in a benchmark child): the largest single process
-    (wait4's ru_maxrss) and the whole process tree (summed RSS, sampled, fork windows excluded), for the
-    dataset and for the dataset doubled (symlinks under new IDs);
+    (wait4's ru_maxrss) and the whole process tree (summed RSS, sampled, fork windows
+    excluded), for the dataset and for the dataset doubled (symlinks under new IDs);
   - the same speed comparison on "full-size" images: a few sample images enlarged to
     4000 x 3000, the size of the largest ISIC originals.
 Timings are ratios measured back to back in the same run, repeated (interleaved) and the

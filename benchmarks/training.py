@@ -53,7 +53,7 @@ class UnetRun:
     depth: int
     timed_steps: int  # per round; the best of `rounds` rounds counts
     rounds: int
-    warmup_s: float  # model building, tracing and the first step
+    warmup_s: float  # the first step: tracing, graph optimization, oneDNN primitives
     step_s: float
     images_per_s: float
     training_gflop_per_image: float
@@ -149,9 +149,9 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
     Args:
       loops: "ours" (launch.training.steps.make_train_steps, as the trainer drives it)
         and/or "fit" (model.fit; its steps are timed between on_train_batch_end callbacks,
-        each fit call's first step untimed). Both models are built from the same seed and
-        warmed up by one step; then `rounds` rounds time `timed_steps` steps of each loop,
-        in alternating order, and the best round of each loop counts.
+        each fit call's first step untimed). Both models are built from the same seed,
+        then each is warmed up by one step; then `rounds` rounds time `timed_steps` steps
+        of each loop, in alternating order, and the best round of each loop counts.
       peak_size, peak_repeats: the matmul probe run in this process before the models
         (0 skips it).
       depth: the U-Net's depth (None: isic-train's; smaller only to keep tests fast).
@@ -172,13 +172,16 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
         keras.utils.set_random_seed(0)
         return unet.build_unet(image_size, base_filters, depth, bn_momentum=DEFAULTS.bn_momentum)
 
+    # Every model is built before anything runs: each build sets the global seed, and
+    # tf.random.set_seed makes a traced tf.function retrace on its next call (1.2-1.7 s at
+    # 4 filters, measured). Then one warm-up step of each, so no timed step traces.
     timers = {loop: (_OursTimer if loop == "ours" else _FitTimer)(build, batch_size, dataset)
               for loop in loops}
-    # Building the next model set the global seed again, and tf.random.set_seed makes every
-    # tf.function retrace on its next call (1.2-1.7 s at 4 filters, measured): one more
-    # step of each, so no timed step includes a trace.
-    for timer in timers.values():
+    warmup_s = {}
+    for loop, timer in timers.items():
+        start = time.perf_counter()
         timer.run(1)
+        warmup_s[loop] = time.perf_counter() - start
     best = {}
     for i in range(rounds):
         for loop in (loops if i % 2 == 0 else loops[::-1]):
@@ -195,7 +198,7 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
         images_per_s = batch_size * timed_steps / seconds
         runs.append(UnetRun(
             loop=loop, base_filters=base_filters, batch_size=batch_size, image_size=image_size,
-            depth=depth, timed_steps=timed_steps, rounds=rounds, warmup_s=timers[loop].warmup_s,
+            depth=depth, timed_steps=timed_steps, rounds=rounds, warmup_s=warmup_s[loop],
             step_s=seconds / timed_steps, images_per_s=images_per_s,
             training_gflop_per_image=flops / 1e9, gflops=images_per_s * flops / 1e9,
             gflops_per_cpu_s=batch_size * timed_steps * flops / cpu_seconds / 1e9, peak=peak,
@@ -207,13 +210,10 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
 
 
 class _OursTimer:
-    """Our train_steps on one CPU replica, warmed up by one step."""
+    """Our train_steps on one CPU replica."""
 
     def __init__(self, build, batch_size: int, dataset):
-        start = time.perf_counter()
         self._train_steps, self._iterator = ours_train_steps(build, batch_size, dataset)
-        self.run(1)
-        self.warmup_s = time.perf_counter() - start
 
     def run(self, steps: int) -> None:
         self._train_steps(self._iterator, steps)  # returns once the sums are fetched
@@ -230,11 +230,8 @@ class _FitTimer:
 
     def __init__(self, build, batch_size: int, dataset):
         del batch_size  # the dataset's
-        start = time.perf_counter()
         self._model = compiled_for_fit(build())
         self._dataset = dataset
-        self.run(1)
-        self.warmup_s = time.perf_counter() - start
 
     def run(self, steps: int, callbacks=()) -> None:
         self._model.fit(self._dataset, steps_per_epoch=steps, epochs=1, verbose=0,
