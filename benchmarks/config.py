@@ -7,7 +7,8 @@ lists keep today's flag syntax (`--stages 3,4`): they are strings here, checked 
 
 import dataclasses
 
-from preprocessing.options import UserError, check_fields, option
+from core.errors import UserError
+from core.options import check_fields, option
 
 STAGES = (1, 2, 3, 4, 5, 6)  # see benchmarks/stages.py
 

@@ -3,7 +3,7 @@ report inference: latency percentiles at batch 1 and throughput at a large batch
 
 One child process (isic-train's environment: oneDNN on) builds a U-Net at
 --inference_filters (weights do not change the cost), exports it as isic-export does
-(launch/inference/serving.py, runtimes.py) and measures, on the same random float32
+(launch/export/serving.py, runtimes.py) and measures, on the same random float32
 inputs [B, S, S, 3]:
 
   the network  Keras `predict_on_batch`, the SavedModel's `network` signature (exported
@@ -84,8 +84,8 @@ def _predictors(model, work_dir: str, skipped: list[str]) -> dict:
     """{runtime name: float32 [N, S, S, 3] -> probabilities} for every available format,
     plus the loaded SavedModel under "_served"."""
     import tensorflow as tf
-    from launch.inference import runtimes
-    from launch.inference import serving
+    from launch.export import runtimes
+    from launch.export import serving
     from launch.inference.config import InferenceConfig
     # The `network` signature applies TTA when its config does (8 network passes, the
     # default since issue 11); the other runtimes hold the network alone, so the one
@@ -116,6 +116,8 @@ def _end_to_end(model, served, runs: int) -> tuple[list[RuntimeLatency], str]:
     import tensorflow as tf
     from PIL import Image
     from launch.inference import models, segment
+    from pipeline import pixels
+    from preprocessing import decode
     from launch.inference.config import InferenceConfig
     from preprocessing import synth
     picture, _ = synth.make_pair(0, 0)
@@ -128,8 +130,8 @@ def _end_to_end(model, served, runs: int) -> tuple[list[RuntimeLatency], str]:
         f.flush()
 
         def python_path(path):
-            image, original = models.load_image(path, size)
-            p = segment.probabilities(model, models.scale(image[None]), config)[0]
+            image, original = decode.load_image(path, size)
+            p = segment.probabilities(model, pixels.to_unit_range(image[None]), config)[0]
             return segment.to_mask(p, config, original)
 
         ours = _percentiles(_time_calls(python_path, f.name, runs))

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import child
+from core import names
 from preprocessing import pairs as pairs_lib
 from preprocessing import synth
 
@@ -225,7 +226,7 @@ def _doubled_dataset(pairs, root: str) -> tuple[str, str]:
         ext = os.path.splitext(pair.image_file)[1]
         for case_id in (pair.case_id, pair.case_id + "_copy"):
             for src, dst in ((pair.image_path, os.path.join(images_dir, case_id + ext)),
-                             (pair.mask_path, os.path.join(masks_dir, case_id + pairs_lib.MASK_SUFFIX))):
+                             (pair.mask_path, os.path.join(masks_dir, case_id + names.MASK_SUFFIX))):
                 if not os.path.lexists(dst):
                     os.symlink(os.path.abspath(src), dst)
     return images_dir, masks_dir
@@ -243,5 +244,5 @@ def _full_size_dataset(pairs, root: str, size=FULL_SIZE) -> tuple[str, str]:
                 im.convert("RGB").resize(size, Image.BICUBIC).save(image_path, quality=90)
             with Image.open(pair.mask_path) as im:
                 im.resize(size, Image.NEAREST).save(
-                    os.path.join(masks_dir, pair.case_id + pairs_lib.MASK_SUFFIX))
+                    os.path.join(masks_dir, pair.case_id + names.MASK_SUFFIX))
     return images_dir, masks_dir

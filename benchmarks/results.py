@@ -15,7 +15,7 @@ import typing
 
 from benchmarks import machine as machine_lib
 from benchmarks.config import BenchConfig
-from preprocessing import files
+from core import files
 
 RESULTS_FILE = "results.json"
 

@@ -7,7 +7,7 @@ A command module (launch/commands/) is thin:
     def run(): cli.run(__name__, TrainConfig, main, paths=PATHS, required=("data_dir",))
 
 `run` defines one absl flag per config field (name, default and help from the field, see
-preprocessing/options.py) plus the command's path flags, parses the command line (with
+core/options.py) plus the command's path flags, parses the command line (with
 `--flagfile` presets), builds the config (its `__post_init__` validates: a bad value is a
 usage error), and calls `main`. Flags are defined when the command runs, not when its
 module is imported, so commands can be imported side by side (tests, docs).
@@ -29,7 +29,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from preprocessing import options
+from core import options
+from core.errors import UserError
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 TF_LOG_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
@@ -37,7 +38,7 @@ TF_LOG_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 # failure on machines without a GPU, XLA), which normal output leaves out.
 SHOW_TF_LOGS_VARIABLE = "ISIC_TF_LOGS"
 
-UserError = options.UserError
+
 
 
 def prefer_onednn() -> bool:
@@ -149,7 +150,7 @@ def config_from_flags(config_cls, flag_values=flags.FLAGS):
         values[field.name] = value
     try:
         return config_cls(**values)
-    except options.UserError as e:
+    except UserError as e:
         raise app.UsageError(str(e)) from None
 
 
@@ -205,7 +206,7 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
             args.argv = list(argv[1:])
         try:
             return main(args, config)
-        except options.UserError as e:
+        except UserError as e:
             print(f"{program}: error: {e}", file=sys.stderr)
             return 1
 

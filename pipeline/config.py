@@ -10,7 +10,8 @@ default to off. Standard library only.
 
 import dataclasses
 
-from preprocessing.options import UserError, check_fields, option
+from core.errors import UserError
+from core.options import check_fields, option
 
 # Smallest zoom factor accepted, and the floor of zoom_min scaled by augment_strength:
 # at 0.1 a 128-pixel image is 13 pixels wide, past any useful view of a lesion.

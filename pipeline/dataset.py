@@ -33,11 +33,12 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import augment as augment_lib
+from pipeline import pixels
 from pipeline import verify as verify_lib
 from pipeline.config import AugmentConfig
 from preprocessing import manifest as manifest_lib
 from preprocessing import schema
-from preprocessing.options import UserError
+from core.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Traced once per image size and reused: the training dataset is rebuilt every epoch.
@@ -236,7 +237,7 @@ def _parse(serialized, size: int, augment_seed=None, augment: AugmentConfig | No
         example["image"], example["mask"] = augment_lib.augment_batch(
             example["image"], example["mask"], augment_seed, augment)
     else:
-        example["image"] = tf.cast(example["image"], tf.float32) / 255.0
+        example["image"] = pixels.to_unit_range(example["image"])
         example["mask"] = tf.cast(example["mask"], tf.float32)
     return example
 

@@ -22,11 +22,11 @@ import contextlib
 import dataclasses
 import os
 
-from preprocessing import locks
+from core import locks
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 from preprocessing.config import BuildConfig
-from preprocessing.options import UserError
+from core.errors import UserError
 
 # Bump when a change to this package changes the bytes written for the same inputs, so
 # that existing outputs are no longer taken as "already built". (2: records name their
@@ -140,7 +140,7 @@ def already_built_message(output_dir: str) -> str:
 
 @contextlib.contextmanager
 def _exclusive(output_dir: str):
-    """Holds the exclusive lock on output_dir (preprocessing/locks.py: released by the OS
+    """Holds the exclusive lock on output_dir (core/locks.py: released by the OS
     if the process dies; a second build is refused with the holder's pid, host and start)."""
     try:
         with locks.exclusive(output_dir, _LOCK_NAME, "isic-preprocess",

@@ -9,7 +9,8 @@ import dataclasses
 
 from preprocessing import decode
 from preprocessing import splits
-from preprocessing.options import UserError, check_fields, option
+from core.errors import UserError
+from core.options import check_fields, option
 
 
 @dataclasses.dataclass(frozen=True)

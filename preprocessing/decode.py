@@ -31,8 +31,9 @@ import os
 import numpy as np
 from PIL import Image
 
+from core.errors import InputError
+
 # File endings read as images, everywhere in the project.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # Every mode a mask may have. Others (e.g. "F": float values have no agreed 0-255 scale)
 # are refused by the builder and by evaluation alike.
@@ -48,7 +49,7 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               8: Image.Transpose.ROTATE_90}
 
 
-class DecodeError(ValueError):
+class DecodeError(InputError):
     """A file that cannot be used: `file` is its path, `reason` says why."""
 
     def __init__(self, file: str, reason: str):

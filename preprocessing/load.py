@@ -15,11 +15,12 @@ interpolated into non-binary results.
 import numpy as np
 from PIL import Image
 
+from core.errors import InputError
 from preprocessing import decode
 from preprocessing.pairs import Pair, Problem
 
 
-class BadPairError(ValueError):
+class BadPairError(InputError):
     """A pair that cannot be used; `problem` names the ID, the file and the reason."""
 
     def __init__(self, case_id: str, file: str, reason: str):

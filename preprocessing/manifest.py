@@ -1,7 +1,7 @@
 """`manifest.json`: the index of a TFRecord dataset, written last and atomically.
 
 A dataset directory is complete exactly when its manifest exists: the builder writes
-shards first and the manifest last (temporary file, fsync, rename: preprocessing/files.py),
+shards first and the manifest last (temporary file, fsync, rename: core/files.py),
 so a build killed at any moment leaves no manifest and readers refuse the directory.
 
 Layout (JSON object):
@@ -32,13 +32,11 @@ reads the manifest before it knows whether TensorFlow is needed.
 import json
 import os
 
-from preprocessing import files
+from core.errors import InputError, MissingInputError
+from core import files
 from preprocessing import schema
 from preprocessing.splits import SPLITS  # noqa: F401  (readers use manifest.SPLITS too)
 
-# A model directory's copy of manifest["preprocessing"] (written by isic-train, read by
-# isic-evaluate and isic-predict).
-PREPROCESSING_FILE = "preprocessing.json"
 MANIFEST_NAME = "manifest.json"
 
 
@@ -64,31 +62,31 @@ def read_manifest(data_dir: str) -> dict:
     """Reads and checks a dataset's manifest, raising a clear error if it is unusable."""
     path = os.path.join(data_dir, MANIFEST_NAME)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} not found: {data_dir!r} is not a finished TFRecord dataset. "
             f"Build it with `isic-preprocess --data_dir <images and masks> --output_dir {data_dir}`.")
     try:
         with open(path) as f:
             manifest = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); rebuild with isic-preprocess --overwrite") from e
+        raise InputError(f"{path} is not valid JSON ({e}); rebuild with isic-preprocess --overwrite") from e
     version = manifest.get("schema_version")
     if version != schema.SCHEMA_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path} has schema version {version}, this code reads version {schema.SCHEMA_VERSION}; "
             "rebuild the records with isic-preprocess --overwrite")
     for key in ("image_size", "counts", "shards", "splits"):
         if key not in manifest:
-            raise ValueError(f"{path} lacks the {key!r} field; rebuild with isic-preprocess --overwrite")
+            raise InputError(f"{path} lacks the {key!r} field; rebuild with isic-preprocess --overwrite")
     return manifest
 
 
 def shard_paths(data_dir: str, manifest: dict, split: str) -> list[str]:
     """Returns the absolute, sorted shard paths of `split`, checking that each file exists."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     paths = [os.path.join(data_dir, s["file"]) for s in manifest["shards"].get(split, [])]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"shard(s) listed in the manifest are missing: {missing[:3]}")
+        raise MissingInputError(f"shard(s) listed in the manifest are missing: {missing[:3]}")
     return sorted(paths)

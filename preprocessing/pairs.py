@@ -19,10 +19,9 @@ import dataclasses
 import hashlib
 import os
 
-from preprocessing.decode import IMAGE_EXTENSIONS
-from preprocessing.options import UserError
+from core.names import IMAGE_EXTENSIONS, MASK_SUFFIX
+from core.errors import InputError, MissingInputError, UserError
 
-MASK_SUFFIX = "_segmentation.png"
 _IGNORED_IMAGE_SUFFIXES = ("_superpixels.png",)
 _MAX_CLASHES_SHOWN = 20
 
@@ -92,7 +91,7 @@ def input_dirs(data_dirs=(), images_dirs=(), masks_dirs=()) -> list[tuple[str, s
     """
     data_dirs, images_dirs, masks_dirs = list(data_dirs), list(images_dirs), list(masks_dirs)
     if data_dirs and (images_dirs or masks_dirs):
-        raise ValueError("--data_dir cannot be combined with --images_dir/--masks_dir; pass "
+        raise InputError("--data_dir cannot be combined with --images_dir/--masks_dir; pass "
                          "either --data_dir D (reads D/images, D/masks; repeat it for several "
                          "folders) or --images_dir and --masks_dir pairs")
     if data_dirs:
@@ -100,10 +99,10 @@ def input_dirs(data_dirs=(), images_dirs=(), masks_dirs=()) -> list[tuple[str, s
     if images_dirs and len(images_dirs) == len(masks_dirs):
         return list(zip(images_dirs, masks_dirs))
     if images_dirs or masks_dirs:
-        raise ValueError("--images_dir and --masks_dir must be given together, one --masks_dir "
+        raise InputError("--images_dir and --masks_dir must be given together, one --masks_dir "
                          f"per --images_dir in the same order; got {len(images_dirs)} "
                          f"--images_dir and {len(masks_dirs)} --masks_dir")
-    raise ValueError("pass --data_dir D (with D/images and D/masks), or --images_dir and --masks_dir")
+    raise InputError("pass --data_dir D (with D/images and D/masks), or --images_dir and --masks_dir")
 
 
 def name_sources(dirs) -> list[Source]:
@@ -187,7 +186,7 @@ def discover_pairs(images_dir: str, masks_dir: str, source: str = "") -> Listing
     images_dir, masks_dir = os.path.abspath(images_dir), os.path.abspath(masks_dir)
     for folder, what in ((images_dir, "images"), (masks_dir, "masks")):
         if not os.path.isdir(folder):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{what} folder {folder} does not exist; expected <data_dir>/images and "
                 "<data_dir>/masks (or pass --images_dir and --masks_dir)")
     ignored: list[str] = []

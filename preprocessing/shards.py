@@ -15,7 +15,7 @@ from typing import Iterable
 
 import tensorflow as tf
 
-from preprocessing import files
+from core import files
 from preprocessing import manifest as manifest_lib
 
 # Files this builder owns in an output directory (and may delete when rebuilding): shards,

@@ -31,7 +31,9 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from preprocessing import files
+from core import files
+from core import names as names_lib
+from core.errors import UserError
 from preprocessing import parallel
 
 # Bump when the drawing changes: `write_dataset` records it so a re-run knows whether the
@@ -44,6 +46,10 @@ _LESION_CORES = np.array([[72, 42, 32], [98, 60, 44], [122, 80, 60], [62, 46, 52
                           [138, 90, 70], [88, 50, 46]], np.float32)
 _SECOND_COLOURS = np.array([[105, 110, 135], [45, 28, 22], [150, 72, 62]], np.float32)
 
+
+
+class ForeignFilesError(UserError, FileExistsError):
+    """The output folder holds files isic-synth did not write (it never mixes them)."""
 
 def case_id(index: int) -> str:
     """Returns the ID of the `index`-th synthetic pair, e.g. 'SYNTH_0000007'."""
@@ -108,11 +114,11 @@ def write_dataset(output_dir: str, num_images: int, seed: int, num_workers: int 
     Returns:
       False when the same set was already complete (nothing written), else True.
     Raises:
-      FileExistsError: images/ or masks/ hold files that isic-synth did not write.
+      ForeignFilesError: images/ or masks/ hold files that isic-synth did not write.
     """
     images_dir, masks_dir = os.path.join(output_dir, "images"), os.path.join(output_dir, "masks")
     stamp = {"num_images": num_images, "seed": seed, "generator_version": GENERATOR_VERSION}
-    names = [(case_id(i) + ".jpg", case_id(i) + "_segmentation.png")
+    names = [(case_id(i) + ".jpg", names_lib.mask_name(case_id(i)))
              for i in range(num_images)]
     if _read_stamp(output_dir) == stamp and all(
             os.path.isfile(os.path.join(images_dir, a)) and os.path.isfile(os.path.join(masks_dir, b))
@@ -163,7 +169,7 @@ def _remove_stale(output_dir, images_dir, masks_dir, keep_images, keep_masks) ->
     for folder in (images_dir, masks_dir):
         foreign = [n for n in os.listdir(folder) if not n.startswith("SYNTH_")]
         if foreign:
-            raise FileExistsError(
+            raise ForeignFilesError(
                 f"{os.path.join(folder, foreign[0])} was not written by isic-synth; use an "
                 "empty or new --output_dir")
     # Without a stamp the set counts as incomplete, whatever happens next.

@@ -1,16 +1,15 @@
 """The writing half of a build (preprocessing/build.py decides whether one is needed):
 decode the pairs in worker processes, encode records, write shards, then the manifest.
 
-This module imports TensorFlow (through shards, schema's encoder and keras's progress
-bar); build.py imports it only once it knows that there is something to write.
+This module imports TensorFlow (through shards and schema's encoder); build.py imports it only once it knows that there is something to write.
 """
 
 import contextlib
 import os
 import time
 
-import keras
 
+from core import progress as progress_lib
 from preprocessing import load
 from preprocessing import manifest as manifest_lib
 from preprocessing import parallel
@@ -94,7 +93,13 @@ def run_pass(pairs, by_split, output_dir, config, workers, *, write, progress):
     tasks = (load_task(by_id[case_id], config) for *_, ids in plan for case_id in ids)
     entries = {split: [] for split in SPLITS}
     problems = []
-    step = _Progress(len(pairs)).step if progress else (lambda: None)
+    bar = progress_lib.Progress(len(pairs), unit="pair", show=progress)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        bar.advance(done)
     with parallel.ordered_map(load.try_load_pair, tasks, min(workers, len(pairs))) as results:
         for split, index, count, ids in plan:
             pending = iter(ids)  # shared: what the shard's writing did not take is drained below
@@ -168,20 +173,6 @@ def _manifest(plan: Plan, config: BuildConfig, by_split, entries, problems) -> d
         manifest["source"] = {"images_dir": plan.sources[0].images_dir,
                               "masks_dir": plan.sources[0].masks_dir}
     return manifest
-
-
-class _Progress:
-    """keras Progbar with a pairs/s rate (its own ETA comes with it)."""
-
-    def __init__(self, total: int):
-        self._bar = keras.utils.Progbar(total, stateful_metrics=["pairs/s"], unit_name="pair")
-        self._done = 0
-        self._start = time.time()
-
-    def step(self) -> None:
-        self._done += 1
-        rate = self._done / max(time.time() - self._start, 1e-9)
-        self._bar.update(self._done, values=[("pairs/s", rate)])
 
 
 def _print_summary(manifest, plan, output_dir, workers, seconds) -> None:

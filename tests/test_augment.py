@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pipeline import augment
 from pipeline.config import AugmentConfig
-from preprocessing.options import UserError
+from core.errors import UserError
 
 DEFAULT = AugmentConfig()
 NO_COLOUR = dataclasses.replace(DEFAULT, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)

@@ -27,7 +27,7 @@ from benchmarks import startup
 from benchmarks import suite
 from benchmarks import training
 from benchmarks.config import BenchConfig
-from preprocessing.options import UserError
+from core.errors import UserError
 
 ROW_FIELDS = {"stage", "measure", "unit", "ours", "baseline", "gain", "target", "passed", "detail"}
 

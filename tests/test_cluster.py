@@ -25,7 +25,7 @@ from absl import app
 from launch.commands import launch as cluster
 from launch.cluster import process_group
 from launch.cluster.config import LaunchConfig
-from preprocessing.options import UserError
+from core.errors import UserError
 from tests.conftest import PROJECT_ROOT
 
 # A stand-in worker. Its behaviour comes from argv: MODE [ARG]. It prints its TF_CONFIG on

@@ -8,9 +8,10 @@ import pytest
 from absl import app
 from absl import flags
 
+from core.errors import UserError
 from launch import cli
 from launch.training.config import TrainConfig
-from preprocessing import options
+from core import options
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "configs")
 FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.flags")))
@@ -66,7 +67,7 @@ def test_flag_defaults_are_the_config_defaults():
     ({"warmup_epochs": 30.0, "lr_schedule": "cosine"}, "longer than the run"),
 ])
 def test_bad_values_are_user_errors(changes, message):
-    with pytest.raises(options.UserError, match=message):
+    with pytest.raises(UserError, match=message):
         dataclasses.replace(TrainConfig(), **changes)
 
 

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from launch import layout
 from launch.inference import evaluation
-from launch.inference import models as inference
 from launch.inference.config import EvaluateConfig
 from preprocessing import build
 from preprocessing.config import BuildConfig
-from preprocessing.options import UserError
+from core.errors import UserError
 from tests import factory
 from tests.test_predict import red_channel_model
 
@@ -197,7 +197,7 @@ def test_a_raw_folder_scores_as_its_records_at_full_resolution(dataset, tmp_path
     source, _, model = dataset
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(model, run / inference.MODEL_FILE)
+    shutil.copy(model, run / layout.MODEL_FILE)
     summary = evaluation.evaluate_folder(str(run), os.path.join(source, "images"),
                                          os.path.join(source, "masks"), FULL, progress=False)
     out = str(run / "eval-folder-source")
@@ -314,8 +314,8 @@ def test_records_must_match_the_models_colour_constancy(dataset, tmp_path):
     _, records, model = dataset
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(model, run / inference.MODEL_FILE)
-    (run / inference.PREPROCESSING_FILE).write_text(json.dumps(
+    shutil.copy(model, run / layout.MODEL_FILE)
+    (run / layout.PREPROCESSING_FILE).write_text(json.dumps(
         {"colour_constancy": "shades_of_gray", "colour_constancy_p": 6}))
     with pytest.raises(ValueError, match=r"trained on images with colour constancy .*shades_of_gray"
                                          r".* were built with .*'none'"):
@@ -351,8 +351,6 @@ def test_command_line_scores_a_folder_and_refuses_conflicting_flags(dataset, tmp
 
 def test_round_trip_train_evaluate_predict(tmp_path):
     trainer = pytest.importorskip("launch.training.trainer")
-    from launch.training import report
-    assert inference.MODEL_FILE == report.FINAL_MODEL
     from launch.inference import prediction
     rng = np.random.default_rng(0)
     source = tmp_path / "source"

@@ -22,21 +22,23 @@ import tensorflow as tf
 from PIL import Image
 from PIL import PngImagePlugin
 
-from launch.inference import export
+from launch.inference import images
+from launch import layout
+from launch.export import exporter
 from launch.inference import models
-from launch.inference import parity
+from launch.export import parity
 from launch.inference import postprocess
 from launch.inference import prediction
-from launch.inference import runtimes
+from launch.export import runtimes
 from launch.inference import segment
-from launch.inference import serving
-from launch.inference import serving_image
-from launch.inference import serving_postprocess
+from launch.export import serving
+from launch.export import image_ops
+from launch.export import mask_ops
 from launch.inference.config import ExportConfig, InferenceConfig
 from model import unet
 from preprocessing import decode
 from preprocessing import synth
-from preprocessing.options import UserError
+from core.errors import UserError
 
 # The network's raw mask: tests of single options start from here (the defaults turn
 # TTA and both post-processing steps on).
@@ -52,7 +54,7 @@ def confident_unet(model_dir: str, image_size: int = S) -> str:
     kernel, bias = model.get_layer("mask").get_weights()
     model.get_layer("mask").set_weights([kernel * 40.0, bias])
     os.makedirs(model_dir, exist_ok=True)
-    model.save(os.path.join(model_dir, models.MODEL_FILE))
+    model.save(os.path.join(model_dir, layout.MODEL_FILE))
     return model_dir
 
 
@@ -65,8 +67,8 @@ def model_dir(tmp_path_factory):
 def exported(model_dir, tmp_path_factory):
     """(export folder, report, loaded serving SavedModel) of the default export."""
     folder = str(tmp_path_factory.mktemp("export") / "e")
-    report = export.export_model(model_dir, folder, RAW, log=lambda _: None)
-    return folder, report, tf.saved_model.load(os.path.join(folder, export.SERVING_DIR))
+    report = exporter.export_model(model_dir, folder, RAW, log=lambda _: None)
+    return folder, report, tf.saved_model.load(os.path.join(folder, exporter.SERVING_DIR))
 
 
 def _picture(index: int, size: tuple[int, int]) -> np.ndarray:
@@ -142,11 +144,11 @@ def test_export_writes_each_format_with_readme_and_record(exported):
     assert os.path.isfile(os.path.join(folder, "serving", "saved_model.pb"))
     assert sorted(os.listdir(folder)) == sorted(
         ["serving", "README.md", "export.json"] + (["model.onnx", "model.tflite"] if ALL_FORMATS else []))
-    record = json.load(open(os.path.join(folder, export.EXPORT_FILE)))
+    record = json.load(open(os.path.join(folder, exporter.EXPORT_FILE)))
     assert record["config"] == dataclasses.asdict(RAW) and record["image_size"] == S
     assert min(r["mask_agreement"] for r in record["serving_parity"]) >= parity.MASK_AGREEMENT
     assert {f["name"]: f["path"] is not None for f in record["formats"]}["serving"]
-    readme = open(os.path.join(folder, export.README_FILE)).read()
+    readme = open(os.path.join(folder, exporter.README_FILE)).read()
     for text in ("`segment`", "`probabilities`", "`network`", "image_bytes", "onnxruntime",
                  f"[N, {S}, {S}, 3]", "isic-predict"):
         assert text in readme
@@ -163,7 +165,7 @@ def test_segment_equals_isic_predict_for_every_size_mode_and_orientation(exporte
     for name in names:
         with open(tmp_path / "in" / name, "rb") as f:
             mask = served.signatures["segment"](image_bytes=tf.constant(f.read()))["mask"].numpy()
-        expected = models.read_mask(str(tmp_path / "out" / (os.path.splitext(name)[0] + "_segmentation.png")))
+        expected = images.read_mask(str(tmp_path / "out" / (os.path.splitext(name)[0] + "_segmentation.png")))
         assert mask.dtype == np.uint8 and mask.shape == expected.shape, name
         assert set(np.unique(mask)) <= {0, 255}
         worst[name] = float(np.mean(mask == expected))
@@ -229,10 +231,10 @@ def test_onnx_runtime_and_litert_match_keras(exported, model_dir):
 def test_in_graph_preparation_is_pixel_exact_with_the_builder(image_size):
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([], tf.string)])
     def prepare(contents):
-        pixels, box, size = serving_image.decode_small(contents, image_size)
-        orientation = serving_image.orientation(contents)
-        small = serving_image.upright(serving_image.box_resize(pixels, box, image_size), orientation)
-        return small, serving_image.upright_size(size, orientation)
+        pixels, box, size = image_ops.decode_small(contents, image_size)
+        orientation = image_ops.orientation(contents)
+        small = image_ops.upright(image_ops.box_resize(pixels, box, image_size), orientation)
+        return small, image_ops.upright_size(size, orientation)
 
     rng = np.random.default_rng(image_size)
     # Each JPEG draft scale (1/1 .. 1/8), sides that are not multiples of it, and shapes
@@ -255,15 +257,15 @@ def test_in_graph_colour_constancy_equals_shades_of_gray():
     for p in (1, 6):
         image = rng.integers(0, 256, (S, S, 3)).astype(np.uint8)
         image[..., 2] //= 3  # a colour cast to correct
-        got = serving_image.shades_of_gray(tf.constant(image), p).numpy()
+        got = image_ops.shades_of_gray(tf.constant(image), p).numpy()
         expected = decode.shades_of_gray(image, p)
         assert np.abs(got.astype(int) - expected).max() <= 1 and np.mean(got == expected) > 0.999
     black = np.zeros((4, 4, 3), np.uint8)
-    np.testing.assert_array_equal(serving_image.shades_of_gray(tf.constant(black), 6).numpy(), black)
+    np.testing.assert_array_equal(image_ops.shades_of_gray(tf.constant(black), 6).numpy(), black)
 
 
 def test_in_graph_resize_back_equals_isic_predicts():
-    resize = tf.function(serving_image.bilinear_resize, autograph=False)
+    resize = tf.function(image_ops.bilinear_resize, autograph=False)
     p = np.random.default_rng(2).uniform(size=(S, S)).astype(np.float32)
     for size in [(1, 1), (7, 1000), (1000, 7), (S, S), (17, 33), (450, 600), (S // 2, 3 * S)]:
         np.testing.assert_array_equal(resize(tf.constant(p), tf.constant(size)).numpy(),
@@ -271,8 +273,8 @@ def test_in_graph_resize_back_equals_isic_predicts():
 
 
 def test_in_graph_post_processing_equals_numpy():
-    run = tf.function(lambda m: (serving_postprocess.fill_holes(m), serving_postprocess.largest_component(m),
-                                 serving_postprocess.apply(m, True, True)),
+    run = tf.function(lambda m: (mask_ops.fill_holes(m), mask_ops.largest_component(m),
+                                 mask_ops.apply(m, True, True)),
                       autograph=False, input_signature=[tf.TensorSpec([None, None], tf.bool)])
     rng = np.random.default_rng(4)
     masks = [rng.uniform(size=rng.integers(1, 30, 2)) < rng.uniform(0.2, 0.8) for _ in range(60)]
@@ -289,20 +291,20 @@ def test_in_graph_post_processing_equals_numpy():
 def test_options_and_colour_constancy_are_fixed_into_the_graph(exported, model_dir, tmp_path):
     _, _, default_served = exported
     baked_model = confident_unet(str(tmp_path / "model"))
-    with open(os.path.join(baked_model, models.PREPROCESSING_FILE), "w") as f:
+    with open(os.path.join(baked_model, layout.PREPROCESSING_FILE), "w") as f:
         json.dump(decode.ColourConstancy("shades_of_gray", 6).to_dict(), f)
     folder = str(tmp_path / "e")
     os.makedirs(folder)
-    with open(os.path.join(folder, export.EXPORT_FILE), "w") as f:  # an earlier export there
+    with open(os.path.join(folder, exporter.EXPORT_FILE), "w") as f:  # an earlier export there
         f.write("{}")
     config = ExportConfig(fill_holes=True, largest_component=True, onnx=False, tflite=False)
-    report = export.export_model(baked_model, folder, config, log=lambda _: None)
+    report = exporter.export_model(baked_model, folder, config, log=lambda _: None)
     assert sorted(os.listdir(folder)) == ["README.md", "export.json", "serving"]
     assert {f.name: f.skipped for f in report.formats} == {"serving": None, "onnx": "--noonnx",
                                                           "tflite": "--notflite"}
     assert report.colour_constancy["colour_constancy"] == "shades_of_gray"
     assert min(r.mask_agreement for r in report.serving_parity) >= parity.MASK_AGREEMENT
-    readme = open(os.path.join(folder, export.README_FILE)).read()
+    readme = open(os.path.join(folder, exporter.README_FILE)).read()
     assert "shades of gray, p = 6" in readme and "fill holes on, keep the largest region on" in readme
     # The post-processed mask is one region without holes; the default export's is not.
     image = tmp_path / "x.jpg"
@@ -344,7 +346,7 @@ def test_parity_checks_refuse_a_mismatch(exported, model_dir, tmp_path):
 def test_a_folder_that_is_not_an_export_is_refused(model_dir, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
-        export.export_model(model_dir, str(tmp_path), RAW, log=lambda _: None)
+        exporter.export_model(model_dir, str(tmp_path), RAW, log=lambda _: None)
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 
@@ -352,7 +354,7 @@ def test_missing_converters_are_named_with_the_install_command():
     # None in sys.modules is how Python marks a module as absent: imports of it fail.
     script = ("import sys\n"
               "sys.modules.update(dict.fromkeys(['tf2onnx', 'onnxruntime', 'ai_edge_litert']))\n"
-              "from launch.inference import runtimes\n"
+              "from launch.export import runtimes\n"
               "print(runtimes.onnx_missing())\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "tf2onnx, onnxruntime not installed (pip install 'isic-unet[export]')" in done.stdout, done.stderr

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -22,7 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from launch.inference import models
+from launch import layout
+from core import files
 from launch.training import checkpoints
 from launch.training import faults
 from launch.training import preemption
@@ -31,11 +31,11 @@ from launch.training import trainer
 from launch.training.config import TrainConfig
 from pipeline import dataset as dataset_lib
 from preprocessing import build
-from preprocessing import locks
+from core import locks
 from preprocessing import manifest as manifest_lib
 from preprocessing import synth
 from preprocessing.config import BuildConfig
-from preprocessing.options import UserError
+from core.errors import UserError
 from tests import factory
 
 BASE = TrainConfig(batch_size=4, base_filters=4, strategy="one_device", precision="float32",
@@ -344,7 +344,7 @@ def test_a_read_only_disk_stops_at_once_and_inference_refuses_it_early(clean_rec
     assert f"cannot create the lock file {model_dir}/{trainer.LOCK_FILE}: Read-only file system" \
            in str(error)
     with pytest.raises(UserError, match="cannot write to the output folder .*Read-only file system"):
-        models.ensure_writable(os.path.join(model_dir, "eval-test"))  # isic-evaluate, isic-predict
+        files.ensure_writable(os.path.join(model_dir, "eval-test"))  # isic-evaluate, isic-predict
     keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
 
 
@@ -384,8 +384,8 @@ def test_a_saved_model_or_h5_as_model_is_a_clear_error(one_epoch_run, tmp_path):
     saved = os.path.join(one_epoch_run, "saved_model")
     with pytest.raises(FileNotFoundError, match=rf"--model {saved} is a TensorFlow SavedModel .*"
                                                 rf"pass {one_epoch_run}"):
-        models.resolve_model_path(saved)
+        layout.resolve_model_path(saved)
     h5 = str(tmp_path / "model.h5")
     keras.models.load_model(os.path.join(one_epoch_run, "ISIC-UNet.keras")).save(h5)
     with pytest.raises(FileNotFoundError, match=r"is a Keras HDF5 \(\.h5\) file"):
-        models.resolve_model_path(h5)
+        layout.resolve_model_path(h5)

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline import pixels
+from launch.inference import images
+from launch import layout
 from launch.inference import models as inference
 from preprocessing import decode
 from preprocessing import load
@@ -33,7 +36,7 @@ def test_load_image_matches_the_builder_byte_for_byte(tmp_path, mode, ext):
     mask_path = str(tmp_path / "a_segmentation.png")
     Image.fromarray(np.full(upright, 255, np.uint8)).save(mask_path)
     built, _, built_size = load.load_pair(pairs.Pair("a", image_path, mask_path), S)
-    ours, size = inference.load_image(image_path, S)
+    ours, size = decode.load_image(image_path, S)
     assert size == built_size == upright
     np.testing.assert_array_equal(ours, built)
 
@@ -65,10 +68,10 @@ def test_builder_and_evaluation_accept_the_same_masks(tmp_path, kind):
         _, small, _ = load.load_pair(pairs.Pair("a", image_path, mask_path), S)
     except load.BadPairError as e:
         with pytest.raises(ValueError) as info:
-            inference.read_mask(mask_path)
+            images.read_mask(mask_path)
         assert kind in ("F", "zero_one") and e.problem.reason in str(info.value)
         return
-    full = inference.read_mask(mask_path, (32, 32)) > 128
+    full = images.read_mask(mask_path, (32, 32)) > 128
     assert full[:, :16].all() and not full[:, 16:].any()
     assert small[:, :8].all() and not small[:, 8:].any()
 
@@ -89,9 +92,9 @@ def test_colour_constancy_inputs_match_the_builder_byte_for_byte(tmp_path, mode,
     Image.fromarray(np.zeros((45, 70), np.uint8)).save(mask_path)
     on = decode.ColourConstancy("shades_of_gray", 6)
     built, _, _ = load.load_pair(pairs.Pair("a", image_path, mask_path), S, on)
-    ours, _ = inference.load_image(image_path, S, on)
+    ours, _ = decode.load_image(image_path, S, on)
     np.testing.assert_array_equal(ours, built)
-    assert not np.array_equal(ours, inference.load_image(image_path, S)[0])
+    assert not np.array_equal(ours, decode.load_image(image_path, S)[0])
 
 
 def test_records_and_prediction_inputs_are_identical_with_colour_constancy(tmp_path):
@@ -116,15 +119,15 @@ def test_records_and_prediction_inputs_are_identical_with_colour_constancy(tmp_p
         progress=False)
     model_dir = tmp_path / "run"
     model_dir.mkdir()
-    red_channel_model(str(model_dir / inference.MODEL_FILE))
-    (model_dir / inference.PREPROCESSING_FILE).write_text(json.dumps(manifest["preprocessing"]))
+    red_channel_model(str(model_dir / layout.MODEL_FILE))
+    (model_dir / layout.PREPROCESSING_FILE).write_text(json.dumps(manifest["preprocessing"]))
     colour = inference.read_preprocessing(str(model_dir))
     assert colour == decode.ColourConstancy("shades_of_gray", 6)
     seen = 0
     for batch in dataset.read_examples(records, "test", 4).as_numpy_iterator():
         for case_id, image in zip(batch["case_id"], batch["image"]):
-            ours, _ = inference.load_image(str(source / "images" / f"{case_id.decode()}.jpg"), S, colour)
-            np.testing.assert_array_equal(inference.scale(ours), image)
+            ours, _ = decode.load_image(str(source / "images" / f"{case_id.decode()}.jpg"), S, colour)
+            np.testing.assert_array_equal(pixels.to_unit_range(ours), image)
             seen += 1
     assert seen == 3
 
@@ -132,13 +135,13 @@ def test_records_and_prediction_inputs_are_identical_with_colour_constancy(tmp_p
 def test_preprocessing_json_is_found_next_to_the_model_or_above_it(tmp_path):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
-    red_channel_model(str(run / inference.MODEL_FILE))
-    red_channel_model(str(run / "best" / inference.MODEL_FILE))
+    red_channel_model(str(run / layout.MODEL_FILE))
+    red_channel_model(str(run / "best" / layout.MODEL_FILE))
     assert inference.read_preprocessing(str(run)) == decode.NO_COLOUR_CONSTANCY  # none written
     on = decode.ColourConstancy("shades_of_gray", 4)
-    (run / inference.PREPROCESSING_FILE).write_text(json.dumps(on.to_dict()))
-    for path in (run, run / "best", run / "best" / inference.MODEL_FILE, run / inference.MODEL_FILE):
+    (run / layout.PREPROCESSING_FILE).write_text(json.dumps(on.to_dict()))
+    for path in (run, run / "best", run / "best" / layout.MODEL_FILE, run / layout.MODEL_FILE):
         assert inference.read_preprocessing(str(path)) == on, path
-    (run / "best" / inference.PREPROCESSING_FILE).write_text("{not json")
+    (run / "best" / layout.PREPROCESSING_FILE).write_text("{not json")
     with pytest.raises(ValueError, match=r"best/preprocessing.json is not a usable"):
         inference.read_preprocessing(str(run / "best"))

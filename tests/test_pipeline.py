@@ -11,7 +11,7 @@ import tensorflow as tf
 from pipeline import dataset
 from pipeline.config import AugmentConfig
 from preprocessing import manifest as manifest_lib
-from preprocessing.options import UserError
+from core.errors import UserError
 from tests import factory
 
 NO_AUGMENT = AugmentConfig(augment=False)

@@ -16,10 +16,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from launch import layout
 from launch.inference import models as inference
 from launch.inference import prediction
 from launch.inference.config import PredictConfig
-from preprocessing.options import UserError
+from core.errors import UserError
 
 S = 16
 CONFIG = PredictConfig(tta=False, fill_holes=False, largest_component=False)  # raw mask
@@ -165,11 +166,11 @@ def test_folder_without_images_is_a_clear_error(model_path, tmp_path):
 def test_model_paths_resolve_or_fail_with_the_fix(model_path, tmp_path):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
-    red_channel_model(str(run / "best" / inference.MODEL_FILE))
+    red_channel_model(str(run / "best" / layout.MODEL_FILE))
     with pytest.raises(FileNotFoundError, match=r"pass --model .*best"):
         inference.load_model(str(run))
     model, resolved = inference.load_model(str(run / "best"))
-    assert resolved == str(run / "best" / inference.MODEL_FILE) and inference.model_image_size(model) == S
+    assert resolved == str(run / "best" / layout.MODEL_FILE) and inference.model_image_size(model) == S
     with pytest.raises(FileNotFoundError, match="does not exist"):
         inference.load_model(str(tmp_path / "nope"))
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
@@ -221,10 +222,10 @@ def test_prediction_applies_the_models_colour_constancy(tmp_path):
     Image.fromarray(image).save(inp / "x.png")
     run = tmp_path / "run"
     run.mkdir()
-    red_channel_model(str(run / inference.MODEL_FILE))
+    red_channel_model(str(run / layout.MODEL_FILE))
     prediction.predict_folder(str(run), str(inp), str(tmp_path / "plain"), CONFIG, progress=False)
     assert (np.asarray(_read(tmp_path / "plain" / "x_segmentation.png")) == 0).all()
-    (run / inference.PREPROCESSING_FILE).write_text(json.dumps(
+    (run / layout.PREPROCESSING_FILE).write_text(json.dumps(
         {"image_size": S, "colour_constancy": "shades_of_gray", "colour_constancy_p": 6}))
     prediction.predict_folder(str(run), str(inp), str(tmp_path / "sog"), CONFIG, progress=False)
     assert (np.asarray(_read(tmp_path / "sog" / "x_segmentation.png")) == 255).all()

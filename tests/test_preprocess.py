@@ -19,7 +19,7 @@ from preprocessing import schema
 from preprocessing import shards
 from preprocessing import splits
 from preprocessing.config import BuildConfig
-from preprocessing.options import UserError
+from core.errors import UserError
 from tests.build_helpers import CONFIG, S, build_dir, own_files, random_dataset, read_records, shard_bytes, write_pair  # noqa: F401
 
 

@@ -11,7 +11,7 @@ from preprocessing import build
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 from preprocessing import splits
-from preprocessing.options import UserError
+from core.errors import UserError
 from tests.conftest import ISIC_SAMPLE, PROJECT_ROOT
 from tests.build_helpers import CONFIG, S, build_dir, own_files, random_dataset, read_records, shard_bytes, write_pair  # noqa: F401
 

@@ -22,8 +22,8 @@ from launch.training import report
 from launch.training import steps as steps_lib
 from launch.training import trainer
 from launch.training.config import TrainConfig
-from preprocessing import options
-from preprocessing.options import UserError
+from core import options
+from core.errors import UserError
 from tests import factory
 
 BASE = TrainConfig(batch_size=4, base_filters=4, strategy="one_device", precision="float32",
@@ -134,7 +134,7 @@ def test_nan_stops_training_and_keeps_last_checkpoint(records, one_epoch_run, tm
                learning_rate=1e30)
     after = {f: os.path.getmtime(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir)}
     assert after == before  # nothing written, the good checkpoint untouched
-    assert issubclass(trainer.NonFiniteLossError, options.UserError)
+    assert issubclass(trainer.NonFiniteLossError, UserError)
 
 
 def test_changing_model_shape_is_a_clear_error(records, one_epoch_run):
@@ -147,7 +147,7 @@ def test_changing_model_shape_is_a_clear_error(records, one_epoch_run):
         _train(records, model_dir, epochs=2, batch_size=8)
     with open(os.path.join(model_dir, "config.json")) as f:
         assert f.read() == written
-    assert issubclass(checkpoints.CheckpointMismatchError, options.UserError)
+    assert issubclass(checkpoints.CheckpointMismatchError, UserError)
 
 
 def test_warm_start_loads_weights_into_a_new_run(records, one_epoch_run, tmp_path):
@@ -167,7 +167,7 @@ def test_warm_start_loads_weights_into_a_new_run(records, one_epoch_run, tmp_pat
 
 
 def test_too_few_records_for_one_batch_is_a_user_error(records, tmp_path):
-    with pytest.raises(options.UserError, match="fewer than one global batch of 32"):
+    with pytest.raises(UserError, match="fewer than one global batch of 32"):
         _train(records, str(tmp_path / "run"), epochs=1, batch_size=32)
 
 

@@ -5,7 +5,8 @@ Standard library only: the launcher never imports TensorFlow (its workers do).
 
 import dataclasses
 
-from preprocessing.options import UserError, check_fields, option
+from core.errors import UserError
+from core.options import check_fields, option
 
 
 @dataclasses.dataclass(frozen=True)

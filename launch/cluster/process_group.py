@@ -40,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from core.errors import UserError
 from launch.cluster.config import LaunchConfig
 
 LOCALHOST = "127.0.0.1"
@@ -47,6 +48,10 @@ LOCALHOST = "127.0.0.1"
 STOPPED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 POLL_S = 0.05  # how often the launcher checks its workers: adds at most this to every bound
 KILL_WAIT_S = 5.0  # a SIGKILLed process is gone in milliseconds; longer means it is stuck in the kernel
+
+
+class LaunchError(UserError):
+    """The group cannot start: no free ports, or a worker command that cannot be run."""
 
 
 def find_free_ports(n: int, start: int | None = None, exclude=()) -> list[int]:
@@ -80,8 +85,8 @@ def find_free_ports(n: int, start: int | None = None, exclude=()) -> list[int]:
         for sock in held:
             sock.close()
     if len(ports) < n:
-        raise RuntimeError(f"only {len(ports)} free ports from {start} upwards, "
-                           f"{n} needed; pass a lower --port or omit it to let the kernel pick")
+        raise LaunchError(f"only {len(ports)} free ports from {start} upwards, "
+                          f"{n} needed; pass a lower --port or omit it to let the kernel pick")
     return ports
 
 
@@ -223,7 +228,7 @@ class WorkerGroup:
                                         start_new_session=True)
             except OSError as e:
                 self._stop(signal.SIGKILL, 0.0)
-                raise RuntimeError(f"cannot start worker {index}: {command[0]}: {e}") from e
+                raise LaunchError(f"cannot start worker {index}: {command[0]}: {e}") from e
             self.procs.append(proc)
             prefix = f"[w{index}] "
             self.threads += [self.out.pump(proc.stdout, prefix), self.err.pump(proc.stderr, prefix)]

@@ -15,12 +15,13 @@ makes them: --threshold, --tta, --fill_holes, --largest_component.
 import os
 import sys
 
+from core.errors import UserError
 from launch import cli
+from launch import layout
 from launch.inference.config import EvaluateConfig
 
 PATHS = {
-    "model": "A model directory from isic-train (uses its ISIC-UNet.keras; pass "
-             "runs/unet/best for the best-by-validation model) or a .keras file.",
+    "model": layout.MODEL_HELP,
     "data_dir": "TFRecord dataset directory (with manifest.json) from isic-preprocess.",
     "data_source": "A folder with images/ and masks/: with --data_dir and --full_resolution, "
                    "where the original files are now (default: the folders recorded in the "
@@ -39,11 +40,11 @@ def source_overrides(args) -> tuple[str | None, str | None]:
       UserError: both forms, or only one of --images_dir/--masks_dir without --data_dir.
     """
     if args.data_source and (args.images_dir or args.masks_dir):
-        raise cli.UserError("pass either --data_source or --images_dir/--masks_dir, not both")
+        raise UserError("pass either --data_source or --images_dir/--masks_dir, not both")
     if args.data_source:
         return os.path.join(args.data_source, "images"), os.path.join(args.data_source, "masks")
     if not args.data_dir and bool(args.images_dir) != bool(args.masks_dir):
-        raise cli.UserError("to score a folder, pass both --images_dir and --masks_dir "
+        raise UserError("to score a folder, pass both --images_dir and --masks_dir "
                             "(or --data_source D with D/images and D/masks)")
     return args.images_dir, args.masks_dir
 
@@ -51,10 +52,10 @@ def source_overrides(args) -> tuple[str | None, str | None]:
 def main(args, config: EvaluateConfig) -> int:
     images_dir, masks_dir = source_overrides(args)
     if args.data_dir is None and images_dir is None:
-        raise cli.UserError("pass --data_dir (records from isic-preprocess), or a folder to "
+        raise UserError("pass --data_dir (records from isic-preprocess), or a folder to "
                             "score: --images_dir and --masks_dir, or --data_source")
     if args.data_dir and images_dir and not config.full_resolution:
-        raise cli.UserError("--data_source, --images_dir and --masks_dir are used with "
+        raise UserError("--data_source, --images_dir and --masks_dir are used with "
                             "--data_dir only with --full_resolution (or drop --data_dir to "
                             "score the folder itself)")
     import tensorflow as tf  # after cli set the environment TensorFlow reads
@@ -68,10 +69,8 @@ def main(args, config: EvaluateConfig) -> int:
         else:
             summary = evaluation.evaluate_folder(args.model, images_dir, masks_dir, config,
                                                  output_dir=args.output_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise cli.UserError(str(e)) from None
     except tf.errors.OpError as e:  # damaged or truncated shards
-        raise cli.UserError(f"cannot read the records of {args.data_dir} ({e.message}); "
+        raise UserError(f"cannot read the records of {args.data_dir} ({e.message}); "
                             "rebuild them with isic-preprocess --overwrite") from None
     print(evaluation.format_table(summary))
     for entry in summary.get("skipped", []):

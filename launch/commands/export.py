@@ -14,25 +14,22 @@ a mismatch exits with 1 and publishes nothing.
 """
 
 from launch import cli
+from launch import layout
 from launch.inference.config import ExportConfig
 
 PATHS = {
-    "model": "A model directory from isic-train (uses its ISIC-UNet.keras; pass "
-             "runs/unet/best for the best-by-validation model) or a .keras file.",
+    "model": layout.MODEL_HELP,
     "output_dir": "The export folder (created; an earlier export there is replaced).",
 }
 
 
 def main(args, config: ExportConfig) -> int:
-    from launch.inference import export  # after cli set the environment TensorFlow reads
+    from launch.export import exporter  # after cli set the environment TensorFlow reads
 
-    try:
-        report = export.export_model(args.model, args.output_dir, config)
-    except (FileNotFoundError, ValueError) as e:
-        raise cli.UserError(str(e)) from None
+    report = exporter.export_model(args.model, args.output_dir, config)
     written = [f"{f.path} ({f.megabytes:.1f} MB)" for f in report.formats if f.path]
     print(f"Export of {report.model} written to {report.output_dir} in {report.seconds:.0f} s: "
-          f"{', '.join(written)}; see {report.output_dir}/{export.README_FILE}")
+          f"{', '.join(written)}; see {report.output_dir}/{exporter.README_FILE}")
     return 0
 
 

@@ -60,10 +60,7 @@ def main(args, config: LaunchConfig) -> int:
     project = os.path.dirname(os.path.dirname(os.path.abspath(launch_package.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH")) if p)
-    try:
-        return process_group.launch(command, config, env=env, handle_signals=True)
-    except RuntimeError as e:  # no free ports, a worker command that cannot start
-        raise cli.UserError(str(e)) from None
+    return process_group.launch(command, config, env=env, handle_signals=True)
 
 
 def run() -> None:

@@ -12,11 +12,11 @@ others are still written).
 import sys
 
 from launch import cli
+from launch import layout
 from launch.inference.config import PredictConfig
 
 PATHS = {
-    "model": "A model directory from isic-train (uses its ISIC-UNet.keras; pass "
-             "runs/unet/best for the best-by-validation model) or a .keras file.",
+    "model": layout.MODEL_HELP,
     "input_dir": "Folder of JPEG or PNG images (any size and mode); other files are ignored.",
     "output_dir": "Where <ID>_segmentation.png files go (created).",
 }
@@ -25,10 +25,7 @@ PATHS = {
 def main(args, config: PredictConfig) -> int:
     from launch.inference import prediction  # after cli set the environment TensorFlow reads
 
-    try:
-        report = prediction.predict_folder(args.model, args.input_dir, args.output_dir, config)
-    except (FileNotFoundError, ValueError) as e:
-        raise cli.UserError(str(e)) from None
+    report = prediction.predict_folder(args.model, args.input_dir, args.output_dir, config)
     for name, reason in report["failed"]:
         print(f"isic-predict: skipped {name}: {reason}", file=sys.stderr)
     print(f"{len(report['written'])} masks written to {report['output_dir']}"

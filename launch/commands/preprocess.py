@@ -16,6 +16,7 @@ existing output are refused unless --overwrite. Bad pairs are listed and the run
 
 from absl import app
 
+from core.errors import InputError
 from launch import cli
 from preprocessing import build
 from preprocessing import pairs
@@ -38,16 +39,13 @@ PATHS = {
 def main(args, config: BuildConfig) -> int:
     try:
         inputs = pairs.input_dirs(args.data_dir, args.images_dir, args.masks_dir)
-    except ValueError as e:
+    except InputError as e:  # a combination of folder flags that cannot work
         raise app.UsageError(str(e)) from None
-    try:
-        if build.existing_build(inputs, args.output_dir, config) is not None:
-            print(build.already_built_message(args.output_dir))
-            return 0
-        cli.import_tensorflow_quietly()  # a build is needed: load TensorFlow without its noise
-        build.build_records(inputs, args.output_dir, config, progress=True)
-    except FileNotFoundError as e:  # an input folder that does not exist
-        raise cli.UserError(str(e)) from None
+    if build.existing_build(inputs, args.output_dir, config) is not None:
+        print(build.already_built_message(args.output_dir))
+        return 0
+    cli.import_tensorflow_quietly()  # a build is needed: load TensorFlow without its noise
+    build.build_records(inputs, args.output_dir, config, progress=True)
     return 0
 
 

@@ -13,11 +13,14 @@ import os
 import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
 
+from preprocessing import decode
+from pipeline import pixels
+from launch.inference import images
 from launch.inference import models
 from launch.inference import segment
 from model import metrics
 from pipeline import dataset as dataset_lib
-from preprocessing import files
+from core import files
 
 _DISPLAY_PIXELS = 400  # longest side drawn per panel
 
@@ -57,7 +60,7 @@ def record_panels(model, records: dataset_lib.Records, cases, config, folders=No
         else:
             size = tuple(int(v) for v in record["original_size"])
             images_dir, masks_dir = folders(record.get("source", b"").decode())
-            image = models.load_full_image(os.path.join(images_dir, record["source_image"].decode()))
+            image = decode.load_full_image(os.path.join(images_dir, record["source_image"].decode()))
             truth = _truth(os.path.join(masks_dir, record["source_mask"].decode()), size)
             pred = segment.to_mask(p, config, size)
         panels.append((label, row, image, truth, pred))
@@ -69,19 +72,19 @@ def pair_panels(model, pairs_by_id: dict, cases, config, colour_constancy) -> li
     `record_panels`); `pairs_by_id`: case ID -> preprocessing.pairs.Pair."""
     size = models.model_image_size(model)
     pairs = [pairs_by_id[row["id"]] for _, row in cases]
-    images = np.stack([models.load_image(pair.image_path, size, colour_constancy)[0] for pair in pairs])
-    probabilities = segment.probabilities(model, models.scale(images), config,
+    images = np.stack([decode.load_image(pair.image_path, size, colour_constancy)[0] for pair in pairs])
+    probabilities = segment.probabilities(model, pixels.to_unit_range(images), config,
                                           max(config.batch_size, len(cases)))
     panels = []
     for (label, row), pair, p in zip(cases, pairs, probabilities):
         original = (row["height"], row["width"])
-        panels.append((label, row, models.load_full_image(pair.image_path),
+        panels.append((label, row, decode.load_full_image(pair.image_path),
                        _truth(pair.mask_path, original), segment.to_mask(p, config, original)))
     return panels
 
 
 def _truth(path: str, size: tuple[int, int]) -> np.ndarray:
-    return metrics.binarize_uint8_mask(models.read_mask(path, size)).numpy()
+    return metrics.binarize_uint8_mask(images.read_mask(path, size)).numpy()
 
 
 def _find(records, split: str, ids: set) -> dict:

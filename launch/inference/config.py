@@ -11,7 +11,8 @@ config)`), since the same settings apply to any folder.
 
 import dataclasses
 
-from preprocessing.options import UserError, check_fields, option
+from core.errors import UserError
+from core.options import check_fields, option
 from preprocessing.splits import SPLITS
 
 _BATCH_HELP = "Images per prediction batch."
@@ -70,7 +71,7 @@ class PredictConfig(InferenceConfig):
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig(InferenceConfig):
-    """`isic-export`: portable copies of a model (launch/inference/export.py).
+    """`isic-export`: portable copies of a model (launch/export/exporter.py).
 
     The inference options above (threshold, TTA, post-processing) are fixed into the
     serving graph when it is built, with isic-predict's defaults unless given.

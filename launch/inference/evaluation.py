@@ -20,6 +20,7 @@ import csv
 import json
 import os
 
+from core.errors import InputError, MissingInputError
 from launch.inference import case_figure
 from launch.inference import models
 from launch.inference import scoring
@@ -27,7 +28,7 @@ from launch.inference.config import EvaluateConfig
 from model import metrics
 from pipeline import dataset as dataset_lib
 from preprocessing import decode
-from preprocessing import files
+from core import files
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 
@@ -36,7 +37,7 @@ PER_IMAGE_FILE = "per_image.csv"
 FIGURE_FILE = "cases.png"
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(InputError):
     """The requested split has no records."""
 
 
@@ -76,7 +77,7 @@ def source_folders(manifest: dict, data_dir: str, images_dir: str | None = None,
         if len(recorded) == 1:
             return next(iter(recorded.values()))
         if name not in recorded:
-            raise ValueError(f"a record of {data_dir} names the source {name!r}, which its "
+            raise InputError(f"a record of {data_dir} names the source {name!r}, which its "
                              f"manifest does not list ({', '.join(sorted(recorded))}); rebuild "
                              "the records with isic-preprocess --overwrite")
         return recorded[name]
@@ -94,7 +95,7 @@ def _recorded_folders(manifest, data_dir, images_dir, masks_dir) -> dict:
     if not (images_dir or masks_dir):
         return recorded
     if len(recorded) > 1:
-        raise ValueError(f"the records of {data_dir} come from {len(recorded)} input folders "
+        raise InputError(f"the records of {data_dir} come from {len(recorded)} input folders "
                          f"({', '.join(sorted(recorded))}); --data_source, --images_dir and "
                          "--masks_dir can only replace the folder of one-folder records")
     (name, (images, masks)), = recorded.items()
@@ -106,7 +107,7 @@ def _check_folder(what: str, folder: str, override: str | None, data_dir: str) -
         return
     origin = ("as passed" if override else
               f"recorded in {os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}")
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"full-resolution evaluation needs the original {what}, but the {what} folder "
         f"{folder or '(none)'} ({origin}) does not exist. Pass --data_source DIR "
         f"(with DIR/images and DIR/masks), or --images_dir and --masks_dir")
@@ -116,14 +117,14 @@ def _check_inputs(manifest: dict, data_dir: str, split: str, model_size: int, mo
     """Returns the split's record count; raises if the split is unknown or empty, or the
     model was built for another image size."""
     if split not in manifest_lib.SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {manifest_lib.SPLITS}")
+        raise InputError(f"unknown split {split!r}; use one of {manifest_lib.SPLITS}")
     count = int(manifest["counts"].get(split, 0))
     if count == 0:
         raise EmptySplitError(
             f"the {split!r} split of {data_dir} has no records (counts: {manifest['counts']}). "
             "Choose a --split that has records, or rebuild with isic-preprocess --splits giving it a share")
     if manifest["image_size"] != model_size:
-        raise ValueError(f"{model_path} takes {model_size}x{model_size} images but {data_dir} "
+        raise InputError(f"{model_path} takes {model_size}x{model_size} images but {data_dir} "
                          f"holds {manifest['image_size']}x{manifest['image_size']} records; "
                          "evaluate on records built with the model's --image_size")
     return count
@@ -134,7 +135,7 @@ def _check_colour_constancy(manifest: dict, data_dir: str, model_path: str) -> N
     trained = models.read_preprocessing(model_path)
     built = decode.ColourConstancy.from_dict(manifest.get("preprocessing"))
     if trained != built:
-        raise ValueError(
+        raise InputError(
             f"{model_path} was trained on images with colour constancy {trained.to_dict()} but "
             f"the records of {data_dir} were built with {built.to_dict()}; evaluate on records "
             "built like the training records, or score the folder with --images_dir and "
@@ -172,7 +173,7 @@ def evaluate(model_path: str, data_dir: str, config: EvaluateConfig, *,
     folders = (source_folders(manifest, data_dir, images_dir, masks_dir)
                if config.full_resolution else None)
     output_dir = output_dir or default_output_dir(model_path, config.split, config.full_resolution)
-    models.ensure_writable(output_dir)
+    files.ensure_writable(output_dir)
     records = dataset_lib.Records.open(data_dir)
     records.verify([config.split])  # a damaged shard is named before any work
     rows = scoring.score_records(model, records, config, count, folders=folders, progress=progress)
@@ -204,16 +205,16 @@ def evaluate_folder(model_path: str, images_dir: str, masks_dir: str, config: Ev
     colour_constancy = models.read_preprocessing(resolved)
     listing = pairs_lib.discover_pairs(images_dir, masks_dir)
     if not listing.pairs:
-        raise ValueError(f"{images_dir} and {masks_dir} hold no image/mask pairs "
+        raise InputError(f"{images_dir} and {masks_dir} hold no image/mask pairs "
                          f"({len(listing.problems)} problems, {len(listing.ignored)} files "
                          "ignored); masks must be named <ID>_segmentation.png")
     output_dir = output_dir or folder_output_dir(model_path, images_dir, masks_dir)
-    models.ensure_writable(output_dir)
+    files.ensure_writable(output_dir)
     rows, problems = scoring.score_pairs(model, listing.pairs, config, colour_constancy,
                                          progress=progress)
     problems = sorted(listing.problems + problems, key=lambda p: (p.case_id, p.file))
     if not rows:
-        raise ValueError("no pair could be scored:\n" + "\n".join("  " + p.line() for p in problems))
+        raise InputError("no pair could be scored:\n" + "\n".join("  " + p.line() for p in problems))
     cases = case_figure.pick_cases(rows)
     panels = case_figure.pair_panels(model, {p.case_id: p for p in listing.pairs}, cases, config,
                                      colour_constancy)

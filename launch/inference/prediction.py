@@ -20,11 +20,15 @@ import os
 import numpy as np
 from PIL import Image
 
+from pipeline import pixels
+from core import progress as progress_lib
+from core.errors import InputError, MissingInputError
 from launch.inference import models
 from launch.inference import segment
 from launch.inference.config import PredictConfig
 from preprocessing import decode
-from preprocessing import files
+from core import files
+from core import names
 
 _IGNORED_SUFFIXES = ("_superpixels.png",)
 OVERLAY_DIR = "overlays"
@@ -42,12 +46,12 @@ def list_images(input_dir: str) -> tuple[list[str], list[str], list[tuple[str, s
       FileNotFoundError: `input_dir` is not a folder.
     """
     if not os.path.isdir(input_dir):
-        raise FileNotFoundError(f"--input_dir {input_dir} is not a folder; pass the folder "
+        raise MissingInputError(f"--input_dir {input_dir} is not a folder; pass the folder "
                                 "that holds the JPEG or PNG images to segment")
     images, ignored = [], []
     for name in sorted(os.listdir(input_dir)):
         lower = name.lower()
-        if (name.startswith(".") or not lower.endswith(decode.IMAGE_EXTENSIONS)
+        if (name.startswith(".") or not lower.endswith(names.IMAGE_EXTENSIONS)
                 or lower.endswith(_IGNORED_SUFFIXES) or not os.path.isfile(os.path.join(input_dir, name))):
             ignored.append(name)
         else:
@@ -93,7 +97,7 @@ def _load_batch(input_dir, names, image_size, colour_constancy, failed):
     ok, images, sizes = [], [], []
     for name in names:
         try:
-            image, size = models.load_image(os.path.join(input_dir, name), image_size, colour_constancy)
+            image, size = decode.load_image(os.path.join(input_dir, name), image_size, colour_constancy)
         except decode.DecodeError as e:  # unreadable, truncated or unsupported: named, skipped
             failed.append((name, e.reason))
             continue
@@ -106,11 +110,11 @@ def _load_batch(input_dir, names, image_size, colour_constancy, failed):
 def _write(input_dir, output_dir, name, mask, overlays):
     """Writes one image's mask (bool [H, W]) and overlay (atomically); returns the mask path."""
     case_id = os.path.splitext(name)[0]
-    path = os.path.join(output_dir, f"{case_id}_segmentation.png")
+    path = os.path.join(output_dir, names.mask_name(case_id))
     with files.atomic_path(path) as tmp:
         binary_mask_image(mask).save(tmp)
     if overlays:
-        picture = overlay(models.load_full_image(os.path.join(input_dir, name)), mask)
+        picture = overlay(decode.load_full_image(os.path.join(input_dir, name)), mask)
         with files.atomic_path(os.path.join(output_dir, OVERLAY_DIR, f"{case_id}_overlay.jpg")) as tmp:
             Image.fromarray(picture).save(tmp, quality=90)
     return path
@@ -130,19 +134,19 @@ def predict_folder(model_path: str, input_dir: str, output_dir: str, config: Pre
     """
     names, ignored, failed = list_images(input_dir)
     if not names and not failed:
-        raise ValueError(f"--input_dir {input_dir} holds no .jpg, .jpeg or .png images "
+        raise InputError(f"--input_dir {input_dir} holds no .jpg, .jpeg or .png images "
                          f"({len(ignored)} other entries ignored); pass the folder of the images")
     model, resolved = models.load_model(model_path)
     size = models.model_image_size(model)
     colour_constancy = models.read_preprocessing(resolved)
-    models.ensure_writable(os.path.join(output_dir, OVERLAY_DIR) if config.overlays else output_dir)
+    files.ensure_writable(os.path.join(output_dir, OVERLAY_DIR) if config.overlays else output_dir)
     written = []
-    bar = models.Progress(len(names), progress)
+    bar = progress_lib.Progress(len(names), unit="image", show=progress)
     for first in range(0, len(names), config.batch_size):
         batch_names = names[first:first + config.batch_size]
         ok, images, sizes = _load_batch(input_dir, batch_names, size, colour_constancy, failed)
         if ok:
-            probabilities = segment.probabilities(model, models.scale(np.stack(images)), config,
+            probabilities = segment.probabilities(model, pixels.to_unit_range(np.stack(images)), config,
                                                   config.batch_size)
             for name, p, original in zip(ok, probabilities, sizes):
                 mask = segment.to_mask(p, config, original)

@@ -17,6 +17,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from pipeline import pixels
+from launch.inference import images
+from core import progress as progress_lib
+from core.errors import InputError
 from launch.inference import models
 from launch.inference import segment
 from launch.inference.config import EvaluateConfig
@@ -41,7 +45,7 @@ def score_records(model, records: dataset_lib.Records, config: EvaluateConfig, c
         does not have the recorded original size.
     """
     rows = []
-    bar = models.Progress(count, progress)
+    bar = progress_lib.Progress(count, unit="image", show=progress)
     for batch in dataset_lib.read_examples(records, config.split, config.batch_size).as_numpy_iterator():
         p = segment.probabilities(model, batch["image"], config, config.batch_size)  # [B, S, S]
         sizes = [tuple(int(v) for v in s) for s in batch["original_size"]]
@@ -57,7 +61,7 @@ def score_records(model, records: dataset_lib.Records, config: EvaluateConfig, c
         rows += _rows([c.decode() for c in batch["case_id"]], sizes, sources, counts)
         bar.advance(len(rows))
     if len(rows) != count:
-        raise ValueError(f"read {len(rows)} records of split {config.split!r} but "
+        raise InputError(f"read {len(rows)} records of split {config.split!r} but "
                          f"{records.data_dir}'s manifest counts {count}; the dataset is damaged: "
                          "rebuild it with isic-preprocess --overwrite")
     return rows
@@ -76,7 +80,7 @@ def score_pairs(model, pairs: list, config: EvaluateConfig,
     """
     size = models.model_image_size(model)
     rows, problems = [], []
-    bar = models.Progress(len(pairs), progress)
+    bar = progress_lib.Progress(len(pairs), unit="image", show=progress)
     for first in range(0, len(pairs), config.batch_size):
         ok, images, sizes = [], [], []
         for pair in pairs[first:first + config.batch_size]:
@@ -89,7 +93,7 @@ def score_pairs(model, pairs: list, config: EvaluateConfig,
             images.append(image)
             sizes.append(original)
         if ok:
-            p = segment.probabilities(model, models.scale(np.stack(images)), config, config.batch_size)
+            p = segment.probabilities(model, pixels.to_unit_range(np.stack(images)), config, config.batch_size)
             counts = _full_size_counts(p, [pair.mask_path for pair in ok], sizes, config)
             rows += _rows([pair.case_id for pair in ok], sizes, [""] * len(ok), counts)
         bar.advance(min(first + config.batch_size, len(pairs)))
@@ -100,7 +104,7 @@ def _full_size_counts(probabilities, mask_paths, sizes, config) -> list[np.ndarr
     """Confusion counts at the original sizes: 4 float64 arrays [B]."""
     counts = []
     for p, path, size in zip(probabilities, mask_paths, sizes):
-        truth = metrics.binarize_uint8_mask(models.read_mask(path, size))        # [H, W]
+        truth = metrics.binarize_uint8_mask(images.read_mask(path, size))        # [H, W]
         pred = segment.to_mask(p, config, size)                                 # [H, W]
         counts.append([c.numpy() for c in metrics.confusion_per_image(truth[None], pred[None], tf.float64)])
     return [np.concatenate(c) for c in zip(*counts)]

@@ -24,11 +24,10 @@ from absl import logging
 
 from launch.training import faults
 from launch.training.config import TrainConfig
-from preprocessing import files
-from preprocessing.options import UserError
+from core import files
+from core.errors import UserError
+from launch.layout import CHECKPOINT_DIR, RUN_FILE
 
-CHECKPOINT_DIR = "checkpoints"
-RUN_FILE = "run.json"
 # Settings that define the model's variables: a mismatch cannot be restored.
 SHAPE_KEYS = ("image_size", "base_filters", "depth")
 # Settings that define the data order: a mismatch would not continue the same run.

@@ -10,7 +10,8 @@ import dataclasses
 
 from pipeline.config import AugmentConfig
 from pipeline.verify import LEVELS as VERIFY_LEVELS
-from preprocessing.options import UserError, option
+from core.errors import UserError
+from core.options import option
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

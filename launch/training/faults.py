@@ -6,7 +6,7 @@ quota, read-only filesystem, no permission, a file where a folder should be), th
 becomes an `OutputError`: a UserError whose message names the file and the cause, which
 `isic-train` prints without a traceback (exit status 1). What was written before is
 intact: every output goes to a temporary name first and is renamed only when complete
-(preprocessing/files.py), and a checkpoint counts only once TensorFlow's `checkpoint`
+(core/files.py), and a checkpoint counts only once TensorFlow's `checkpoint`
 index names it, which happens after its files are complete.
 
 Python reports these failures as OSError; TensorFlow's writers (checkpoints, SavedModel,
@@ -20,7 +20,7 @@ import re
 
 import tensorflow as tf
 
-from preprocessing.options import UserError
+from core.errors import UserError
 
 # Always a write failure when raised by a file write.
 _TF_WRITE_ERRORS = (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)

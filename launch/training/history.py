@@ -8,9 +8,9 @@ dropped, because those epochs are trained again.
 import csv
 import os
 
-from preprocessing import files
+from core import files
+from launch.layout import HISTORY_FILE
 
-HISTORY_FILE = "history.csv"
 COLUMNS = ("epoch", "step", "loss", "accuracy", "dice", "jaccard",
            "val_loss", "val_accuracy", "val_dice", "val_jaccard",
            "learning_rate", "images_per_s", "seconds")

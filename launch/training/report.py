@@ -24,14 +24,11 @@ from launch.training import faults
 from launch.training import history
 from launch.training import summaries
 from launch.training.config import TrainConfig
-from preprocessing import files
-from preprocessing import manifest
-from preprocessing import options
+from core import files
+from core import options
+from launch.layout import BEST_DIR, CONFIG_FILE, PREPROCESSING_FILE, SAVED_MODEL_DIR
+from launch.layout import MODEL_FILE as FINAL_MODEL
 
-CONFIG_FILE = "config.json"
-FINAL_MODEL = "ISIC-UNet.keras"
-BEST_DIR = "best"
-SAVED_MODEL_DIR = "saved_model"
 
 
 def create(model_dir: str, *, chief: bool, verbose: bool) -> "SilentReporter":
@@ -87,7 +84,7 @@ class Reporter(SilentReporter):
         with faults.writing("run configuration", path):
             files.write_atomic(path, options.to_json(config))
         # isic-evaluate and isic-predict prepare new images as the training records were.
-        path = os.path.join(self._model_dir, manifest.PREPROCESSING_FILE)
+        path = os.path.join(self._model_dir, PREPROCESSING_FILE)
         with faults.writing("preprocessing record", path):
             files.write_atomic(path, json.dumps(run["preprocessing"], indent=1, sort_keys=True) + "\n")
         path = os.path.join(self._model_dir, checkpoints.CHECKPOINT_DIR, checkpoints.RUN_FILE)

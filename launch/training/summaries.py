@@ -7,8 +7,8 @@ import keras
 import tensorflow as tf
 
 from pipeline import dataset as dataset_lib
+from launch.layout import LOG_DIR
 
-LOG_DIR = "logs"
 # Per-chunk training scalars are written at most this often: one write costs ~0.4 ms of
 # host time, a tenth of a 64-step call of a tiny model (docs/performance.md, loop overhead).
 SCALAR_SECONDS = 1.0

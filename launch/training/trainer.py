@@ -39,11 +39,10 @@ from launch.training import steps as steps_lib
 from launch.training.config import TrainConfig
 from model import unet
 from pipeline import dataset as dataset_lib
-from preprocessing import locks
-from preprocessing.options import UserError
+from core import locks
+from core.errors import UserError
+from launch.layout import LOCK_FILE  # names the holder while a run trains (core/locks.py)
 
-# In model_dir while a run holds it: names the holder (preprocessing/locks.py).
-LOCK_FILE = ".isic-train.lock"
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

@@ -2,9 +2,9 @@
 
 `export_model(model_path, output_dir, config)` writes into output_dir:
 
-  serving/       the end-to-end SavedModel (launch/inference/serving.py): encoded JPEG or
+  serving/       the end-to-end SavedModel (launch/export/serving.py): encoded JPEG or
                  PNG in, isic-predict's mask (or probability map) out
-  model.onnx     the network alone for ONNX Runtime (launch/inference/runtimes.py)
+  model.onnx     the network alone for ONNX Runtime (launch/export/runtimes.py)
   model.tflite   the network alone for LiteRT
   README.md      how to call each one, inputs, outputs, what the graph does, the checks
   export.json    the options, the model, sizes, timings, the checks' figures, versions
@@ -12,10 +12,10 @@
 ONNX and TFLite are written only when their packages are installed (the `[export]`
 extra) and when the config does not turn them off; otherwise the reason is printed and
 recorded. Every format is checked on synthetic images in all the sizes and modes
-isic-predict accepts (launch/inference/parity.py): `segment` against isic-predict's mask
+isic-predict accepts (launch/export/parity.py): `segment` against isic-predict's mask
 files (>= 99.9% of pixels), probabilities within 1e-4 of isic-predict's and Keras'. The
 export is assembled under a temporary name and renamed into place only when all checks
-pass (preprocessing/files.py `atomic_dir`), so a failed check leaves no export behind
+pass (core/files.py `atomic_dir`), so a failed check leaves no export behind
 and an earlier one untouched.
 """
 
@@ -30,13 +30,13 @@ import time
 import warnings
 from typing import Callable
 
-from launch.inference import export_readme
+from launch.export import readme
 from launch.inference import models
-from launch.inference import parity
-from launch.inference import runtimes
+from launch.export import parity
+from launch.export import runtimes
 from launch.inference.config import ExportConfig
-from preprocessing import files
-from preprocessing.options import UserError
+from core import files
+from core.errors import UserError
 
 SERVING_DIR = "serving"
 README_FILE = "README.md"
@@ -137,13 +137,13 @@ def _check_output_dir(output_dir: str) -> None:
             and not os.path.isfile(os.path.join(output_dir, EXPORT_FILE))):
         raise UserError(f"--output_dir {output_dir} is not empty and holds no {EXPORT_FILE}, so "
                         "it is not an earlier export to replace; pass a new or empty folder")
-    models.ensure_writable(os.path.dirname(os.path.abspath(output_dir)))
+    files.ensure_writable(os.path.dirname(os.path.abspath(output_dir)))
 
 
 def _serving(model, model_path, staging, config, colour_constancy, images, work):
     """Writes and checks serving/; returns (FormatResult, [ImageParity])."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from launch.inference import serving  # pylint: disable=import-outside-toplevel
+    from launch.export import serving  # pylint: disable=import-outside-toplevel
     start = time.perf_counter()
     path = os.path.join(staging, SERVING_DIR)
     serving.write_saved_model(model, path, config, colour_constancy)
@@ -205,7 +205,7 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
             config=config, colour_constancy=colour_constancy.to_dict(),
             keras_megabytes=_megabytes(resolved), formats=results, serving_parity=serving_checks,
             network_parity=network_checks, seconds=time.perf_counter() - start, versions=versions())
-        files.write_atomic(os.path.join(staging, README_FILE), export_readme.render(report))
+        files.write_atomic(os.path.join(staging, README_FILE), readme.render(report))
         files.write_atomic(os.path.join(staging, EXPORT_FILE),
                            json.dumps(dataclasses.asdict(report), indent=1) + "\n")
     return report

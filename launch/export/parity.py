@@ -18,12 +18,15 @@ import os
 import numpy as np
 from PIL import Image
 
+from preprocessing import decode
+from pipeline import pixels
+from launch.inference import images
 from launch.inference import models
 from launch.inference import prediction
 from launch.inference import segment
 from launch.inference.config import InferenceConfig, PredictConfig
 from preprocessing import synth
-from preprocessing.options import UserError
+from core.errors import UserError
 
 MASK_AGREEMENT = 0.999   # the share of pixels where the masks must agree (issue 15)
 PROBABILITY_TOLERANCE = 1e-4  # the largest allowed |p - p_keras| (float32)
@@ -102,8 +105,8 @@ def predict_config(config: InferenceConfig) -> PredictConfig:
 
 def _reference_probabilities(model, image_path, config, colour_constancy) -> np.ndarray:
     """isic-predict's probability map of one file at its size, float32 [H, W]."""
-    image, size = models.load_image(image_path, models.model_image_size(model), colour_constancy)
-    p = segment.probabilities(model, models.scale(image[None]), config)[0]
+    image, size = decode.load_image(image_path, models.model_image_size(model), colour_constancy)
+    p = segment.probabilities(model, pixels.to_unit_range(image[None]), config)[0]
     return models.to_original_size(p, size)
 
 
@@ -129,7 +132,7 @@ def check_serving(serving, model_path: str, folder: str, names: list[str],
             contents = tf.constant(f.read())
         mask = serving.signatures["segment"](image_bytes=contents)["mask"].numpy()
         p = serving.signatures["probabilities"](image_bytes=contents)["probabilities"].numpy()
-        expected = models.read_mask(os.path.join(reference_dir, os.path.splitext(name)[0]
+        expected = images.read_mask(os.path.join(reference_dir, os.path.splitext(name)[0]
                                                  + "_segmentation.png"))
         expected_p = _reference_probabilities(model, os.path.join(folder, name), config, colour_constancy)
         if mask.shape != expected.shape or p.shape != expected_p.shape:
@@ -155,7 +158,7 @@ def network_inputs(model_path: str, folder: str, names: list[str]) -> np.ndarray
     model, resolved = models.load_model(model_path)
     colour_constancy = models.read_preprocessing(resolved)
     size = models.model_image_size(model)
-    return models.scale(np.stack([models.load_image(os.path.join(folder, n), size, colour_constancy)[0]
+    return pixels.to_unit_range(np.stack([decode.load_image(os.path.join(folder, n), size, colour_constancy)[0]
                                   for n in names]))
 
 

@@ -1,4 +1,4 @@
-"""How every command declares its options, and the one error type for the user to fix.
+"""How every command declares its options.
 
 A command's options are one frozen dataclass (e.g. `launch.training.config.TrainConfig`)
 whose fields are made with `option(...)`: the name, default and help are written once,
@@ -11,13 +11,7 @@ import dataclasses
 import json
 import typing
 
-
-class UserError(Exception):
-    """A problem with the user's input, data or setup that the message explains.
-
-    Commands print the message and exit 1, without a traceback; any other exception is a
-    bug and keeps its traceback.
-    """
+from core.errors import UserError
 
 
 def option(default, help: str, *, choices: tuple | None = None, lower_bound=None):  # noqa: A002

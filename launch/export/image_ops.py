@@ -1,6 +1,6 @@
 """The builder's image preparation and isic-predict's resize back, as TensorFlow graph ops.
 
-The serving graph (launch/inference/serving.py) must give the model the pixels that
+The serving graph (launch/export/serving.py) must give the model the pixels that
 `preprocessing.decode.prepare_image` gives it in training and in isic-predict, and
 enlarge probabilities as `launch.inference.models.to_original_size` does, with no Python
 of ours at serving time. Every function here is the in-graph twin of one of those:

@@ -28,7 +28,7 @@ import socket
 
 from absl import logging
 
-from preprocessing.options import UserError
+from core.errors import UserError
 
 
 class LockedError(UserError):

@@ -10,6 +10,9 @@ written the same way with `atomic_dir`.
 import contextlib
 import os
 import shutil
+import tempfile
+
+from core.errors import UserError
 
 
 def temporary_name(path: str) -> str:
@@ -78,3 +81,18 @@ def atomic_dir(path: str):
             os.rename(old, path)  # the second rename failed: put the previous one back
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def ensure_writable(folder: str) -> None:
+    """Creates `folder` and checks that files can be written in it, before any work.
+
+    Raises:
+      UserError: the folder cannot be created or written to (the message names it).
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {folder} ({e.strerror or e}); "
+                        "pass an --output_dir you can write to") from None

@@ -65,7 +65,7 @@ def _checks(report) -> str:
 
 
 def render(report) -> str:
-    """The README text for an `export.ExportReport`."""
+    """The README text for an `exporter.ExportReport`."""
     s = report.image_size
     tta = " (mean over the 8 flips and rotations: TTA was on)" if report.config.tta else ""
     versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())

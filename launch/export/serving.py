@@ -11,7 +11,7 @@ any TF >= 2.16 program):
 
 `segment` is `serving_default`. Its graph is the path isic-predict takes
 (launch/inference/prediction.py), each step the in-graph twin of the Python one
-(launch/inference/serving_image.py, serving_postprocess.py):
+(launch/export/image_ops.py, mask_ops.py):
 
   decode (JPEG DCT-downscaled as Pillow's draft, any PNG mode, 16-bit -> 8-bit) ->
   EXIF orientation -> box resize to S x S -> upright -> colour constancy (if the model
@@ -26,10 +26,11 @@ graph is built: the export's README and export.json record them.
 import keras
 import tensorflow as tf
 
-from launch.inference import serving_image
-from launch.inference import serving_postprocess
+from launch.export import image_ops
+from launch.export import mask_ops
 from launch.inference import tta
 from launch.inference.config import InferenceConfig
+from pipeline import pixels
 from preprocessing import decode
 
 
@@ -45,14 +46,14 @@ class ServingGraph:
 
     def prepare(self, image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """tf.string [] -> (float32 [S, S, 3] in [0, 1], int32 [2] upright (height, width))."""
-        pixels, box, stored_size = serving_image.decode_small(image_bytes, self.image_size)
-        orientation = serving_image.orientation(image_bytes)
-        small = serving_image.box_resize(pixels, box, self.image_size)
-        small = serving_image.upright(small, orientation)
+        decoded, box, stored_size = image_ops.decode_small(image_bytes, self.image_size)
+        orientation = image_ops.orientation(image_bytes)
+        small = image_ops.box_resize(decoded, box, self.image_size)
+        small = image_ops.upright(small, orientation)
         if self.colour_constancy.method == "shades_of_gray":
-            small = serving_image.shades_of_gray(small, self.colour_constancy.p)
-        x = tf.cast(small, tf.float32) / 255.0
-        return x, serving_image.upright_size(stored_size, orientation)
+            small = image_ops.shades_of_gray(small, self.colour_constancy.p)
+        x = pixels.to_unit_range(small)
+        return x, image_ops.upright_size(stored_size, orientation)
 
     def network(self, images: tf.Tensor) -> dict:
         """float32 [N, S, S, 3] -> {"probabilities": float32 [N, S, S]} (with TTA when the
@@ -77,13 +78,13 @@ class ServingGraph:
         """tf.string [] -> {"probabilities": float32 [H, W]} at the upright input's size."""
         x, size = self.prepare(image_bytes)
         small = self.network(x[None])["probabilities"][0]       # [S, S]
-        return {"probabilities": serving_image.bilinear_resize(small, size)}
+        return {"probabilities": image_ops.bilinear_resize(small, size)}
 
     def segment(self, image_bytes: tf.Tensor) -> dict:
         """tf.string [] -> {"mask": uint8 [H, W] of 0 and 255}."""
         p = self.probabilities(image_bytes)["probabilities"]
         mask = tf.math.greater(p, tf.cast(self.config.threshold, tf.float32))
-        mask = serving_postprocess.apply(mask, self.config.fill_holes, self.config.largest_component)
+        mask = mask_ops.apply(mask, self.config.fill_holes, self.config.largest_component)
         return {"mask": tf.cast(mask, tf.uint8) * 255}
 
 
