@@ -9,7 +9,7 @@ DEMO        := demo
 CONSTRAINTS := constraints.txt
 EXTRAS      := test,export
 
-.PHONY: install demo test bench constraints clean
+.PHONY: install demo lint test bench constraints clean
 
 install: $(STAMP)
 
@@ -36,8 +36,14 @@ demo: $(STAMP)
 	@echo "test metrics: $(DEMO)/model/eval-test*/metrics.json, predicted masks: $(DEMO)/predictions/,"
 	@echo "exported model: $(DEMO)/export/ (serving/ SavedModel with JPEG/PNG in, mask out; model.onnx; model.tflite; README.md)"
 
+# ruff.toml holds the rules; `$(BIN)/ruff format .` and `$(BIN)/ruff check --fix .` fix most findings.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# --durations: the slowest tests, so a new expensive one is seen (the suite's budget: 8 min).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/isic-bench --output_dir bench_out

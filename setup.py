@@ -19,7 +19,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pytest-xdist"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff"],
         # isic-export's ONNX and TFLite files: converting (tf2onnx, onnx) and running them
         # for its parity checks (onnxruntime, ai-edge-litert). The SavedModel needs none.
         "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
