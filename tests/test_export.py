@@ -34,7 +34,8 @@ from launch.inference import segment
 from launch.export import serving
 from launch.export import image_ops
 from launch.export import mask_ops
-from launch.inference.config import ExportConfig, InferenceConfig
+from launch.export.config import ExportConfig
+from launch.inference.config import InferenceConfig
 from model import unet
 from preprocessing import decode
 from preprocessing import synth

@@ -15,7 +15,7 @@ a mismatch exits with 1 and publishes nothing.
 
 from launch import cli
 from launch import layout
-from launch.inference.config import ExportConfig
+from launch.export.config import ExportConfig
 
 PATHS = {
     "model": layout.MODEL_HELP,

@@ -34,7 +34,7 @@ from launch.export import readme
 from launch.inference import models
 from launch.export import parity
 from launch.export import runtimes
-from launch.inference.config import ExportConfig
+from launch.export.config import ExportConfig
 from core import files
 from core.errors import UserError
 
