@@ -1,13 +1,11 @@
-"""The writing half of a build (preprocessing/build.py decides whether one is needed):
-decode the pairs in worker processes, encode records, write shards, then the manifest.
-
-This module imports TensorFlow (through shards and schema's encoder); build.py imports it only once it knows that there is something to write.
+"""The writing half of a build (preprocessing/build.py decides whether one is needed and
+passes its plan): decode the pairs in worker processes, encode records, write shards, then
+the manifest.
 """
 
 import contextlib
 import os
 import time
-
 
 from core import progress as progress_lib
 from preprocessing import load
@@ -16,7 +14,7 @@ from preprocessing import parallel
 from preprocessing import schema
 from preprocessing import shards
 from preprocessing import splits
-from preprocessing.build import BadDataError, Plan
+from preprocessing.plan import BadDataError, Plan
 from preprocessing.config import BuildConfig
 from preprocessing.splits import SPLITS
 
