@@ -37,7 +37,7 @@ demo: $(STAMP)
 	@echo "exported model: $(DEMO)/export/ (serving/ SavedModel with JPEG/PNG in, mask out; model.onnx; model.tflite; README.md)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/isic-bench --output_dir bench_out

@@ -55,7 +55,13 @@ def plan_build(inputs, config: BuildConfig) -> Plan:
     """
     sources = pairs_lib.name_sources(inputs)
     listing = pairs_lib.discover_sources(sources)
-    options = {
+    return Plan(sources, listing, build_options(sources, listing, config))
+
+
+def build_options(sources: list[pairs_lib.Source], listing: pairs_lib.Listing,
+                  config: BuildConfig) -> dict:
+    """The manifest's "build" field: what determines the output bytes."""
+    return {
         "builder_version": BUILDER_VERSION, "image_size": config.image_size,
         "fractions": [float(f) for f in config.fractions], "seed": config.seed,
         "num_shards": config.num_shards, "skip_bad": config.skip_bad,
@@ -63,4 +69,3 @@ def plan_build(inputs, config: BuildConfig) -> Plan:
         "sources": [s.name for s in sources],
         "inputs_sha256": listing.fingerprint, "input_files": listing.num_files,
     }
-    return Plan(sources, listing, options)

@@ -284,9 +284,9 @@ def test_records_from_two_folders_are_reported_per_source(dataset, tmp_path, res
             "ISIC_A": "clinic_a", "ISIC_B": "clinic_a", "ISIC_C": "clinic_b"}
     table = evaluation.format_table(summary)
     assert "clinic_a" in table and "clinic_b" in table
-    # Records written before sources existed (tests/factory.py's): no per-source section.
+    # Records written before sources existed: no per-source section.
     legacy = str(tmp_path / "legacy")
-    factory.write_records(legacy, {"test": 3}, size=S)
+    factory.write_records(legacy, {"test": 3}, size=S, legacy=True)
     summary = evaluation.evaluate(model, legacy, SMALL, output_dir=str(tmp_path / "e2"), progress=False)
     assert "per_source" not in summary and "clinic" not in evaluation.format_table(summary)
     with open(os.path.join(tmp_path, "e2", "per_image.csv")) as f:
