@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from core import names
 from preprocessing import build
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
@@ -177,7 +178,7 @@ def test_real_sample_subset(tmp_path):
     for sub in ("images", "masks"):
         (tmp_path / sub).mkdir()
     for row in rows:
-        for sub, name in (("images", row["id"] + ".jpg"), ("masks", row["id"] + "_segmentation.png")):
+        for sub, name in (("images", row["id"] + ".jpg"), ("masks", names.mask_name(row["id"]))):
             os.symlink(os.path.join(ISIC_SAMPLE, sub, name), tmp_path / sub / name)
     out = str(tmp_path / "out")
     manifest = build_dir(str(tmp_path), out, image_size=32)
