@@ -17,6 +17,8 @@ setup(
         "matplotlib",
         # TF 2.21 no longer pulls in TensorBoard; tf.summary needs it.
         "tensorboard",
+        # The TFRecord checksums of isic-preprocess, which writes records without TensorFlow.
+        "google-crc32c",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff"],

@@ -199,11 +199,9 @@ def _build(images_dir: str, masks_dir: str, output_dir: str, image_size: int,
 
 def time_build(images_dir: str, masks_dir: str, output_dir: str, image_size: int,
                num_workers: int) -> BuildTiming:
-    """Runs in the child: one build, timed after TensorFlow's import (the same for any
-    builder). CPU time counts this process and its reaped workers: on a shared machine it
+    """Runs in the child: one build, timed after the builder's imports. CPU time counts this process and its reaped workers: on a shared machine it
     is far steadier than wall time, which other jobs stretch."""
     from preprocessing import build
-    from preprocessing import writer  # noqa: F401  (imports TensorFlow before the clock starts)
     from preprocessing.config import BuildConfig
 
     def cpu() -> float:

@@ -168,7 +168,7 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
       required: flags that must be given (absl checks them before `main`).
       multi_paths: path flags that may be repeated (their value is a tuple).
       uses_tensorflow: import TensorFlow (quietly) after parsing, before `main`; False for
-        commands that never need it (the cluster launcher, a finished build's re-run).
+        commands that never need it (the cluster launcher, the builder).
       passthrough: the command takes positional arguments (what follows `--`, e.g. the
         launcher's worker command): `main` gets them as `args.argv`; otherwise they are
         a usage error.

@@ -146,6 +146,17 @@ def augment_batch(images, masks, seed, config: AugmentConfig):
     return images, masks
 
 
+def inverse_transforms(batch_size: int, seed, size: int, config: AugmentConfig):
+    """The geometry `augment_batch(images, masks, seed, config)` applies to a batch of
+    `batch_size` S x S pairs (`size` = S), for checks and visualisation.
+
+    Returns:
+      float32 [B, 2, 3] A with (x_in, y_in) = A @ (x_out, y_out, 1), x = column, y = row:
+      output pixel (x_out, y_out) samples the input at (x_in, y_in).
+    """
+    return _draw_parameters(batch_size, tf.convert_to_tensor(seed), size, strengths(config))[0]
+
+
 def _blur_radius(sigma_max: float) -> int:
     """Half-width of the blur kernel: 3 sigma covers 99.7% of the Gaussian's weight."""
     return max(1, math.ceil(3.0 * sigma_max))

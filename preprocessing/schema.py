@@ -20,11 +20,13 @@ records cannot follow; the manifest records it and the reader refuses records wr
 under another version. A new key with a default (as `source`) needs no bump: old
 records parse with the default, and old readers ignore the key.
 
-Importing this module does not import TensorFlow (its functions do): `isic-preprocess`
-checks a finished build against SCHEMA_VERSION before TensorFlow is loaded.
+The writing half (`encode_example`) never imports TensorFlow, so the builder runs without
+it; the reading half (`feature_spec`, `parse_batch`) imports it when called.
 """
 
 import numpy as np
+
+from preprocessing import tfrecord
 
 SCHEMA_VERSION = 1
 
@@ -63,7 +65,8 @@ def feature_spec() -> dict:
 def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
                    original_size: tuple[int, int], image_file: str, mask_file: str,
                    source: str = "") -> bytes:
-    """Serializes one resized pair into a `tf.train.Example`.
+    """Serializes one resized pair into a `tf.train.Example` (without TensorFlow:
+    preprocessing/tfrecord.py).
 
     Args:
       case_id: the pair's ID.
@@ -75,7 +78,6 @@ def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
     Returns:
       The serialized example (deterministic bytes for equal inputs).
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel  (see module doc)
     size = image.shape[0]
     if image.dtype != np.uint8 or image.shape != (size, size, 3):
         raise ValueError(f"{case_id}: image must be uint8 [S, S, 3], got {image.dtype} {image.shape}")
@@ -83,26 +85,17 @@ def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
         raise ValueError(f"{case_id}: mask must be uint8 [{size}, {size}], got {mask.dtype} {mask.shape}")
     if mask.max(initial=0) > 1:
         raise ValueError(f"{case_id}: mask values must be 0/1, found {int(mask.max())}")
-
-    def _bytes(value: bytes) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-    def _int64(value: int) -> tf.train.Feature:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-    features = {
-        IMAGE: _bytes(np.ascontiguousarray(image).tobytes()),
-        MASK: _bytes(np.ascontiguousarray(mask).tobytes()),
-        SIZE: _int64(size),
-        CASE_ID: _bytes(case_id.encode()),
-        ORIGINAL_HEIGHT: _int64(original_size[0]),
-        ORIGINAL_WIDTH: _int64(original_size[1]),
-        SOURCE_IMAGE: _bytes(image_file.encode()),
-        SOURCE_MASK: _bytes(mask_file.encode()),
-        SOURCE: _bytes(source.encode()),
-    }
-    example = tf.train.Example(features=tf.train.Features(feature=features))
-    return example.SerializeToString(deterministic=True)
+    return tfrecord.example_bytes({
+        IMAGE: np.ascontiguousarray(image).tobytes(),
+        MASK: np.ascontiguousarray(mask).tobytes(),
+        SIZE: int(size),
+        CASE_ID: case_id.encode(),
+        ORIGINAL_HEIGHT: int(original_size[0]),
+        ORIGINAL_WIDTH: int(original_size[1]),
+        SOURCE_IMAGE: image_file.encode(),
+        SOURCE_MASK: mask_file.encode(),
+        SOURCE: source.encode(),
+    })
 
 
 def parse_batch(serialized, image_size: int) -> dict:

@@ -13,10 +13,9 @@ import os
 import re
 from typing import Iterable
 
-import tensorflow as tf
-
 from core import files
 from preprocessing import manifest as manifest_lib
+from preprocessing import tfrecord
 
 # Files this builder owns in an output directory (and may delete when rebuilding): shards,
 # their temporary files, and the manifest's temporary file.
@@ -72,21 +71,24 @@ def write_shard(output_dir: str, split: str, index: int, num_shards: int,
                 records: Iterable[bytes]) -> dict:
     """Writes one shard from serialized records; returns its manifest entry.
 
-    The records are consumed lazily (one in memory at a time). If iterating them raises,
-    the temporary file is deleted, the shard's name is untouched and the error propagates.
+    The records are consumed lazily (one in memory at a time) and framed as TFRecords
+    (preprocessing/tfrecord.py); the sha256 is taken from the bytes as they are written.
+    If iterating the records raises, the temporary file is deleted, the shard's name is
+    untouched and the error propagates.
     Returns:
       {"file": name, "records": n, "sha256": hex digest}.
     """
     name = manifest_lib.shard_name(split, index, num_shards)
-    count = 0
+    count, digest = 0, hashlib.sha256()
     with files.atomic_path(os.path.join(output_dir, name)) as tmp:
-        with tf.io.TFRecordWriter(tmp) as writer:
+        with open(tmp, "wb") as f:  # the one file object a shard is written through
             for record in records:
-                writer.write(record)
+                framed = tfrecord.frame(record)
+                f.write(framed)
+                digest.update(framed)
                 count += 1
-        # fsync before the rename: the manifest written later must never point to a
-        # shard whose bytes are still only in the page cache when the power fails.
-        with open(tmp, "rb") as f:
+            # fsync before the rename: the manifest written later must never point to a
+            # shard whose bytes are still only in the page cache when the power fails.
+            f.flush()
             os.fsync(f.fileno())
-        digest = sha256_file(tmp)
-    return {"file": name, "records": count, "sha256": digest}
+    return {"file": name, "records": count, "sha256": digest.hexdigest()}

@@ -1,13 +1,11 @@
-"""The writing half of a build (preprocessing/build.py decides whether one is needed):
-decode the pairs in worker processes, encode records, write shards, then the manifest.
-
-This module imports TensorFlow (through shards and schema's encoder); build.py imports it only once it knows that there is something to write.
+"""The writing half of a build (preprocessing/build.py decides whether one is needed and
+passes its plan): decode the pairs in worker processes, encode records, write shards, then
+the manifest.
 """
 
 import contextlib
 import os
 import time
-
 
 from core import progress as progress_lib
 from preprocessing import load
@@ -16,7 +14,7 @@ from preprocessing import parallel
 from preprocessing import schema
 from preprocessing import shards
 from preprocessing import splits
-from preprocessing.build import BadDataError, Plan
+from preprocessing.plan import BadDataError, Plan
 from preprocessing.config import BuildConfig
 from preprocessing.splits import SPLITS
 
@@ -39,7 +37,7 @@ def write_build(plan: Plan, output_dir: str, config: BuildConfig, progress: bool
     except BaseException:
         shards.remove_build_files(output_dir)
         raise
-    manifest = _manifest(plan, config, by_split, entries, problems)
+    manifest = make_manifest(plan, config, by_split, entries, problems)
     manifest_lib.write_manifest(output_dir, manifest)
     if progress:
         _print_summary(manifest, plan, output_dir, workers, time.time() - started)
@@ -148,8 +146,13 @@ def shard_plan(by_split: dict, num_shards: int | None) -> list[tuple[str, int, i
     return plan
 
 
-def _manifest(plan: Plan, config: BuildConfig, by_split, entries, problems) -> dict:
-    """The manifest of a finished build (fields: preprocessing/manifest.py)."""
+def make_manifest(plan: Plan, config: BuildConfig, by_split: dict, entries: dict,
+                  problems: list) -> dict:
+    """The manifest of a finished build (fields: preprocessing/manifest.py).
+
+    by_split: {split: [IDs in record order]}; entries: {split: [write_shard's entries]};
+    problems: the pairs.Problem of the pairs left out.
+    """
     source_of = {p.case_id: p.source for p in plan.listing.pairs}
     sources = {s.name: {"images_dir": s.images_dir, "masks_dir": s.masks_dir,
                         "counts": {split: sum(source_of[i] == s.name for i in by_split[split])

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from core import names
 from preprocessing import build
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
@@ -20,7 +21,7 @@ def write_pair(root, case_id, image, mask, ext=".png", **save_kw):
     os.makedirs(os.path.join(root, "masks"), exist_ok=True)
     image_path = os.path.join(root, "images", case_id + ext)
     (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(image_path, **save_kw)
-    mask_path = os.path.join(root, "masks", case_id + "_segmentation.png")
+    mask_path = os.path.join(root, "masks", names.mask_name(case_id))
     (mask if isinstance(mask, Image.Image) else Image.fromarray(mask)).save(mask_path)
     return image_path, mask_path
 

@@ -2,19 +2,25 @@
 
 `make_pair` draws a filled disc (the "lesion") on a textured background so that
 masks are exact and models can learn them in a few steps. `write_records` turns
-such pairs into a TFRecord dataset (shards + manifest) through the same schema
-and manifest modules the builder uses, so pipeline and trainer tests do not
-depend on the image builder.
+such pairs into a TFRecord dataset with the builder's own code (schema.encode_example,
+shards.write_shard, writer.make_manifest, manifest.write_manifest), so pipeline and
+trainer tests read what isic-preprocess writes, without decoding image files.
 """
 
-import hashlib
 import os
 
 import numpy as np
-import tensorflow as tf
 
+from core import names
 from preprocessing import manifest as manifest_lib
+from preprocessing import pairs as pairs_lib
+from preprocessing import plan as plan_lib
 from preprocessing import schema
+from preprocessing import shards
+from preprocessing import writer
+from preprocessing.config import BuildConfig
+
+SOURCE = "factory"  # the one input folder's name (it has no files: no full-resolution originals)
 
 
 def make_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,45 +37,45 @@ def make_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
 
 
 def write_records(out_dir: str, counts: dict, size: int = 32, shards_per_split: int = 2,
-                  seed: int = 0) -> dict:
-    """Writes a complete tiny dataset; returns its manifest.
+                  seed: int = 0, legacy: bool = False) -> dict:
+    """Writes a complete tiny dataset as the builder does; returns its manifest.
 
     Args:
       out_dir: destination directory (created).
-      counts: records per split, e.g. {"train": 16, "val": 4, "test": 4}.
-      size: image size S.
-      shards_per_split: records are dealt round-robin into this many shards.
+      counts: records per split, e.g. {"train": 16, "val": 4, "test": 4}; the IDs are
+        "<SPLIT>_<i:05d>" (e.g. "VAL_00003"), in that order in their split.
+      size: image size S (the "original" size recorded is 3S x 4S).
+      shards_per_split: shards per split (capped at its records), filled as the builder
+        fills them (contiguous runs of IDs, the larger shards first).
       seed: numpy seed for the pairs.
+      legacy: the manifest as builders wrote it before the "sources" and "preprocessing"
+        fields existed (for the tests of that fallback); records carry an empty source.
     """
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
-    manifest = {
-        "schema_version": schema.SCHEMA_VERSION, "image_size": size, "seed": seed,
-        "fractions": {}, "counts": {}, "shards": {}, "splits": {}, "skipped": [],
-        "ignored_files": 0, "source": {"images_dir": "", "masks_dir": ""}, "build": {},
-    }
-    for split in manifest_lib.SPLITS:
-        n = counts.get(split, 0)
-        manifest["counts"][split] = n
-        manifest["shards"][split] = []
-        if n == 0:
-            continue
-        num_shards = min(shards_per_split, n)
-        records = [[] for _ in range(num_shards)]
-        for i in range(n):
-            case_id = f"{split.upper()}_{i:05d}"
-            image, mask = make_pair(rng, size)
-            records[i % num_shards].append(schema.encode_example(
-                case_id, image, mask, (size * 3, size * 4), case_id + ".jpg",
-                case_id + "_segmentation.png"))
-            manifest["splits"][case_id] = split
-        for k, recs in enumerate(records):
-            name = manifest_lib.shard_name(split, k, num_shards)
-            with tf.io.TFRecordWriter(os.path.join(out_dir, name)) as w:
-                for r in recs:
-                    w.write(r)
-            with open(os.path.join(out_dir, name), "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            manifest["shards"][split].append({"file": name, "records": len(recs), "sha256": digest})
+    total = sum(counts.values())
+    config = BuildConfig(image_size=size, seed=seed, num_shards=shards_per_split,
+                         splits=",".join(repr(counts.get(s, 0) / total) for s in manifest_lib.SPLITS))
+    by_split = {split: [f"{split.upper()}_{i:05d}" for i in range(counts.get(split, 0))]
+                for split in manifest_lib.SPLITS}
+    source = "" if legacy else SOURCE
+    records = {}
+    for case_id in (i for split in manifest_lib.SPLITS for i in by_split[split]):
+        image, mask = make_pair(rng, size)
+        records[case_id] = schema.encode_example(case_id, image, mask, (size * 3, size * 4),
+                                                 case_id + ".jpg", names.mask_name(case_id), source)
+    entries = {split: [] for split in manifest_lib.SPLITS}
+    for split, index, count, ids in writer.shard_plan(by_split, shards_per_split):
+        entries[split].append(shards.write_shard(out_dir, split, index, count,
+                                                 (records[i] for i in ids)))
+    sources = [pairs_lib.Source(SOURCE, images_dir="", masks_dir="")]
+    listing = pairs_lib.Listing(
+        pairs=[pairs_lib.Pair(i, i + ".jpg", names.mask_name(i), SOURCE) for i in records],
+        problems=[], ignored=[], fingerprint="", num_files=0)
+    plan = plan_lib.Plan(sources, listing, plan_lib.build_options(sources, listing, config))
+    manifest = writer.make_manifest(plan, config, by_split, entries, problems=[])
+    if legacy:
+        for key in ("sources", "preprocessing"):
+            del manifest[key]
     manifest_lib.write_manifest(out_dir, manifest)
     return manifest

@@ -212,7 +212,7 @@ def test_warp_matches_image_projective_transform_v3_with_constant_fill():
     images[:, :, [0, -1]] = 0.25
     config = dataclasses.replace(NO_COLOUR, rotation_degrees=20.0, zoom_min=0.5,
                                  zoom_max=1.3, translate=0.1)
-    inverse = augment._draw_parameters(N, tf.constant([9, 9]), SIZE, augment.strengths(config))[0]
+    inverse = augment.inverse_transforms(N, tf.constant([9, 9]), SIZE, config)
     transforms = tf.concat([tf.reshape(inverse, [N, 6]), tf.zeros([N, 2])], axis=1)
     out_images, out_masks = augment.augment_batch(images, masks, tf.constant([9, 9]), config)
 

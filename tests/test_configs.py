@@ -3,6 +3,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 
 import pytest
 from absl import app
@@ -25,9 +26,22 @@ def _parse(*argv: str) -> TrainConfig:
     return cli.config_from_flags(TrainConfig, values)
 
 
-def test_every_config_is_found():
-    assert {os.path.basename(f) for f in FILES} >= {
-        "demo.flags", "isic2017_cpu.flags", "isic2017_sample_cpu.flags", "isic2018_full_gpu.flags"}
+def _named_in_docs() -> set:
+    """The flag files that README.md, docs/*.md and the Makefile name."""
+    root = os.path.dirname(os.path.dirname(CONFIG_DIR))
+    named = set()
+    for path in [os.path.join(root, "README.md"), os.path.join(root, "Makefile"),
+                 *glob.glob(os.path.join(root, "docs", "*.md"))]:
+        with open(path) as f:
+            named |= set(re.findall(r"launch/configs/(\w+\.flags)", f.read()))
+    return named
+
+
+def test_the_docs_name_every_preset_and_only_presets_that_exist():
+    shipped = {os.path.basename(f) for f in FILES}
+    named = _named_in_docs()
+    assert named <= shipped, f"the docs name presets that do not exist: {named - shipped}"
+    assert shipped <= named, f"presets no doc mentions: {shipped - named}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import names
 from launch import layout
 from launch.inference import evaluation
 from launch.inference.config import EvaluateConfig
@@ -79,7 +80,7 @@ def _write_source(root) -> str:
         os.makedirs(os.path.join(root, folder), exist_ok=True)
     for case_id, (image, mask) in CASES.items():
         Image.fromarray(image).save(os.path.join(root, "images", case_id + ".png"))
-        Image.fromarray(mask).save(os.path.join(root, "masks", case_id + "_segmentation.png"))
+        Image.fromarray(mask).save(os.path.join(root, "masks", names.mask_name(case_id)))
     return str(root)
 
 
@@ -155,7 +156,7 @@ def test_moved_source_needs_data_source_and_wrong_sizes_are_named(dataset, tmp_p
                                   output_dir=str(tmp_path / "y"))
     assert summary["mean"]["jaccard"] == pytest.approx((0.92 + 1 + 0.65) / 3)
     # A mask that does not have the recorded original size is named.
-    Image.fromarray(np.zeros((H, W + 1), np.uint8)).save(copy / "masks" / "ISIC_B_segmentation.png")
+    Image.fromarray(np.zeros((H, W + 1), np.uint8)).save(copy / "masks" / names.mask_name("ISIC_B"))
     with pytest.raises(ValueError, match=r"ISIC_B_segmentation.png is 33x48 .* original is 32x48"):
         evaluation.evaluate(model, moved_records, FULL, progress=False,
                             images_dir=str(copy / "images"), masks_dir=str(copy / "masks"),
@@ -214,7 +215,7 @@ def test_a_raw_folder_scores_as_its_records_at_full_resolution(dataset, tmp_path
 def test_a_raw_folder_skips_and_names_what_the_builder_would_refuse(dataset, tmp_path):
     source, _, model = dataset
     copy = shutil.copytree(source, tmp_path / "copy")
-    (copy / "masks" / "ISIC_B_segmentation.png").write_bytes(b"broken")
+    (copy / "masks" / names.mask_name("ISIC_B")).write_bytes(b"broken")
     Image.fromarray(CASES["ISIC_A"][0]).save(copy / "images" / "ISIC_D.png")  # no mask
     summary = evaluation.evaluate_folder(model, str(copy / "images"), str(copy / "masks"), FULL,
                                          output_dir=str(tmp_path / "out"), progress=False)
@@ -258,7 +259,7 @@ def _two_sources(root) -> list[tuple[str, str]]:
         for case_id in ids:
             image, mask = CASES[case_id]
             Image.fromarray(image).save(os.path.join(root, name, "images", case_id + ".png"))
-            Image.fromarray(mask).save(os.path.join(root, name, "masks", case_id + "_segmentation.png"))
+            Image.fromarray(mask).save(os.path.join(root, name, "masks", names.mask_name(case_id)))
         inputs.append((os.path.join(root, name, "images"), os.path.join(root, name, "masks")))
     return inputs
 
@@ -284,9 +285,9 @@ def test_records_from_two_folders_are_reported_per_source(dataset, tmp_path, res
             "ISIC_A": "clinic_a", "ISIC_B": "clinic_a", "ISIC_C": "clinic_b"}
     table = evaluation.format_table(summary)
     assert "clinic_a" in table and "clinic_b" in table
-    # Records written before sources existed (tests/factory.py's): no per-source section.
+    # Records written before sources existed: no per-source section.
     legacy = str(tmp_path / "legacy")
-    factory.write_records(legacy, {"test": 3}, size=S)
+    factory.write_records(legacy, {"test": 3}, size=S, legacy=True)
     summary = evaluation.evaluate(model, legacy, SMALL, output_dir=str(tmp_path / "e2"), progress=False)
     assert "per_source" not in summary and "clinic" not in evaluation.format_table(summary)
     with open(os.path.join(tmp_path, "e2", "per_image.csv")) as f:
@@ -359,7 +360,7 @@ def test_round_trip_train_evaluate_predict(tmp_path):
     for i in range(16):
         image, mask = factory.make_pair(rng, 40)  # 40 x 40 sources, 32 x 32 records
         Image.fromarray(image).save(source / "images" / f"ISIC_{i:07d}.jpg", quality=95)
-        Image.fromarray(mask * 255).save(source / "masks" / f"ISIC_{i:07d}_segmentation.png")
+        Image.fromarray(mask * 255).save(source / "masks" / names.mask_name(f"ISIC_{i:07d}"))
     records = str(tmp_path / "records")
     build.build_records([(str(source / "images"), str(source / "masks"))], records,
                         BuildConfig(image_size=32, splits="0.5,0.25,0.25", num_workers=1), progress=False)

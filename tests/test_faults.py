@@ -105,7 +105,9 @@ def test_a_corrupt_byte_stops_before_training_naming_the_shard(records, tmp_path
     assert isinstance(error, dataset_lib.RecordsError) and isinstance(error, UserError)
     message = str(error)
     assert "train-00000-of-00002.tfrecord: its sha256 differs" in message
-    assert message.endswith(f"--output_dir {records} --image_size 32 --overwrite")
+    # The rebuild command repeats the recorded options that differ from the defaults.
+    assert message.endswith(f"--output_dir {records} --image_size 32 --splits 0.8,0.2,0 "
+                            "--num_shards 2 --overwrite")
     assert not os.path.exists(os.path.join(model_dir, "config.json"))  # nothing written
 
 

@@ -12,6 +12,7 @@ from pipeline import pixels
 from launch.inference import images
 from launch import layout
 from launch.inference import models as inference
+from core import names
 from preprocessing import decode
 from preprocessing import load
 from preprocessing import pairs
@@ -27,13 +28,8 @@ def test_load_image_matches_the_builder_byte_for_byte(tmp_path, mode, ext):
     rgb = rng.integers(0, 256, size=(75, 61, 3), dtype=np.uint8)
     image_path = str(tmp_path / f"a{ext}")
     upright = (75, 61)
-    if mode == "exif6":  # stored 61 high x 75 wide, displayed rotated: upright 75 x 61
-        exif = Image.Exif()
-        exif[0x0112] = 6
-        Image.fromarray(rgb.transpose(1, 0, 2)).save(image_path, exif=exif, quality=95)
-    else:
-        _save_mode(image_path, rgb, mode)
-    mask_path = str(tmp_path / "a_segmentation.png")
+    _save_mode(image_path, rgb, mode)  # exif6: stored 61 high x 75 wide, upright 75 x 61
+    mask_path = str(tmp_path / names.mask_name("a"))
     Image.fromarray(np.full(upright, 255, np.uint8)).save(mask_path)
     built, _, built_size = load.load_pair(pairs.Pair("a", image_path, mask_path), S)
     ours, size = decode.load_image(image_path, S)
@@ -61,7 +57,7 @@ def _save_mask(path, kind: str) -> None:
 def test_builder_and_evaluation_accept_the_same_masks(tmp_path, kind):
     # The same file through the builder (load_pair) and through evaluation (read_mask):
     # both accept it with the same foreground, or both refuse it with the same reason.
-    image_path, mask_path = str(tmp_path / "a.png"), str(tmp_path / "a_segmentation.png")
+    image_path, mask_path = str(tmp_path / "a.png"), str(tmp_path / names.mask_name("a"))
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image_path)
     _save_mask(mask_path, kind)
     try:
@@ -82,13 +78,8 @@ def test_colour_constancy_inputs_match_the_builder_byte_for_byte(tmp_path, mode,
     rgb = rng.integers(0, 256, size=(45, 70, 3), dtype=np.uint8)
     rgb[..., 1] //= 2
     image_path = str(tmp_path / f"a{ext}")
-    if mode == "exif6":
-        exif = Image.Exif()
-        exif[0x0112] = 6
-        Image.fromarray(rgb.transpose(1, 0, 2)).save(image_path, exif=exif, quality=95)
-    else:
-        _save_mode(image_path, rgb, mode)
-    mask_path = str(tmp_path / "a_segmentation.png")
+    _save_mode(image_path, rgb, mode)
+    mask_path = str(tmp_path / names.mask_name("a"))
     Image.fromarray(np.zeros((45, 70), np.uint8)).save(mask_path)
     on = decode.ColourConstancy("shades_of_gray", 6)
     built, _, _ = load.load_pair(pairs.Pair("a", image_path, mask_path), S, on)
@@ -111,7 +102,7 @@ def test_records_and_prediction_inputs_are_identical_with_colour_constancy(tmp_p
         image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         image[..., 0] //= 2
         Image.fromarray(image).save(source / "images" / f"ISIC_{i}.jpg", quality=90)
-        Image.fromarray(np.zeros((h, w), np.uint8)).save(source / "masks" / f"ISIC_{i}_segmentation.png")
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(source / "masks" / names.mask_name(f"ISIC_{i}"))
     records = str(tmp_path / "records")
     manifest = build.build_records(
         [(str(source / "images"), str(source / "masks"))], records,

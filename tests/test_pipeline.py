@@ -11,6 +11,7 @@ import tensorflow as tf
 from pipeline import dataset
 from pipeline.config import AugmentConfig
 from preprocessing import manifest as manifest_lib
+from preprocessing import schema
 from core.errors import UserError
 from tests import factory
 
@@ -109,28 +110,52 @@ def test_skip_batches_gives_the_same_batches_as_dropping_them(data_dir):
     assert _batches(dataset.make_dataset(data_dir, "train", skip_batches=len(full), **kwargs)) == []
 
 
-@pytest.mark.parametrize("fixture, expect_by_data", [("data_dir", False), ("one_shard_dir", True)])
-def test_two_input_pipelines_get_disjoint_halves_of_the_split(fixture, expect_by_data, request):
-    data_dir = request.getfixturevalue(fixture)
-    table = _case_ids_by_image(data_dir, "train")
-    assert dataset._plan_sharding(data_dir.files("train"), 2, 0, 16)[2] == expect_by_data
+def _ids_in_files(paths) -> set:
+    """The case IDs of the records in these shard files."""
+    ids = set()
+    for batch in tf.data.TFRecordDataset(paths).batch(64):
+        ids |= {c.decode() for c in schema.parse_batch(batch, SIZE)["case_id"].numpy()}
+    return ids
+
+
+def _pipeline_ids(records, batch_size, pipelines, split="train"):
+    """The case IDs each of `pipelines` input pipelines yields in one unaugmented epoch."""
+    table = _case_ids_by_image(records, split)
     halves = []
-    for pipeline_id in range(2):
-        ds = dataset.make_dataset(data_dir, "train", batch_size=BATCH, training=True,
-                                  augment=NO_AUGMENT, input_context=_context(2, pipeline_id))
-        assert ds.element_spec[0].shape == (BATCH // 2, SIZE, SIZE, 3)  # per-replica batch
+    for pipeline_id in range(pipelines):
+        ds = dataset.make_dataset(records, split, batch_size=batch_size, training=True,
+                                  augment=NO_AUGMENT, input_context=_context(pipelines, pipeline_id))
+        assert ds.element_spec[0].shape == (batch_size // pipelines, SIZE, SIZE, 3)  # per replica
         batches = _batches(ds)
-        assert len(batches) == data_dir.steps_per_epoch("train", BATCH)
+        assert len(batches) == records.steps_per_epoch(split, batch_size)
         halves.append(set(_case_ids(batches, table)))
+    return halves, set(table.values())
+
+
+@pytest.mark.parametrize("fixture", ["data_dir", "one_shard_dir"])
+def test_two_input_pipelines_get_disjoint_halves_of_the_split(fixture, request):
+    data_dir = request.getfixturevalue(fixture)
+    halves, everything = _pipeline_ids(data_dir, BATCH, 2)
     assert not halves[0] & halves[1]
-    assert halves[0] | halves[1] == set(table.values())
+    assert halves[0] | halves[1] == everything
+    files = [path for path, _ in data_dir.files("train")]
+    if len(files) >= 2:  # 4 balanced shards: each pipeline reads its own files
+        assert [halves[0], halves[1]] == [_ids_in_files(files[0::2]), _ids_in_files(files[1::2])]
 
 
-def test_unbalanced_file_shards_fall_back_to_record_sharding():
-    # 3 shards of 10 over 2 pipelines: files would give 20 and 10 records, but each needs 14.
-    shards = [(f"train-{k}", 10) for k in range(3)]
-    assert dataset._plan_sharding(shards, 2, 1, 14) == ([s for s, _ in shards], 15, True)
-    assert dataset._plan_sharding(shards, 2, 1, 10) == (["train-1"], 10, False)
+def test_unbalanced_file_shards_fall_back_to_record_sharding(tmp_path):
+    # 3 shards of 10 over 2 pipelines: by file, pipeline 1 would have 10 records only.
+    out = str(tmp_path / "r")
+    factory.write_records(out, {"train": 30}, size=SIZE, shards_per_split=3)
+    records = dataset.Records.open(out)
+    files = [path for path, _ in records.files("train")]
+    # Global batch 4: 7 steps need 14 records per pipeline -> by record, over every file.
+    halves, _ = _pipeline_ids(records, 4, 2)
+    assert not halves[0] & halves[1] and len(halves[1]) == 14
+    assert all(halves[1] & _ids_in_files([f]) for f in files)
+    # Global batch 20: 1 step needs 10 per pipeline -> by file; pipeline 1 reads shard 1.
+    halves, _ = _pipeline_ids(records, 20, 2)
+    assert halves[1] == _ids_in_files(files[1:2])
 
 
 def test_evaluation_pads_to_full_global_batches_and_sees_every_example_once(data_dir):

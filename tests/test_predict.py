@@ -77,9 +77,14 @@ def test_masks_have_the_input_size_mode_and_values(model_path, tmp_path, height,
 
 
 def _save_mode(path, rgb: np.ndarray, mode: str) -> None:
-    """Writes `rgb` (uint8 [H, W, 3], gray-ish) in another mode."""
+    """Writes `rgb` (uint8 [H, W, 3], gray-ish) in another mode; "exif6": a JPEG stored
+    W high x H wide (transposed) with EXIF orientation 6, so its upright size is H x W."""
     im = Image.fromarray(rgb)
-    if mode == "I;16":
+    if mode == "exif6":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        Image.fromarray(rgb.transpose(1, 0, 2)).save(path, exif=exif, quality=95)
+    elif mode == "I;16":
         gray = np.asarray(im.convert("L")).astype(np.uint16) * 257
         Image.fromarray(gray).save(path)  # uint16 -> mode I;16
     elif mode == "CMYK":

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from preprocessing import build
 from preprocessing import decode
-from preprocessing import load
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 from preprocessing import schema
@@ -265,18 +264,25 @@ def test_colour_constancy_is_applied_recorded_and_part_of_the_build(tmp_path):
 
 # ----------------------------------------------------------------------------- build once
 
-def test_second_run_returns_at_once_and_other_options_are_refused(tmp_path, monkeypatch):
+def test_second_run_returns_at_once_and_other_options_are_refused(tmp_path):
     root, out = str(tmp_path / "data"), str(tmp_path / "out")
     random_dataset(root, 6)
     first = build_dir(root, out)
     mtimes = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in own_files(out)}
 
-    def no_decoding(_):
-        raise AssertionError("an already built dataset must not be decoded again")
-
-    monkeypatch.setattr(load, "try_load_pair", no_decoding)
+    # An image garbled behind the fingerprint's back (same name, size and mtime): a re-run
+    # that decoded anything would fail on it.
+    image = os.path.join(root, "images", "ID_003.jpg")
+    stat = os.stat(image)
+    original = open(image, "rb").read()
+    with open(image, "wb") as f:
+        f.write(b"\0" * stat.st_size)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert build_dir(root, out) == first
     assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in own_files(out)} == mtimes
+    with open(image, "wb") as f:
+        f.write(original)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
     with pytest.raises(build.OutputConflictError, match=r"image_size: 16 .* 32 now.*--overwrite"):
         build_dir(root, out, image_size=32)
@@ -287,7 +293,6 @@ def test_second_run_returns_at_once_and_other_options_are_refused(tmp_path, monk
         build_dir(root, out)
     assert manifest_lib.read_manifest(out) == first   # refusals leave the build alone
 
-    monkeypatch.undo()
     rebuilt = build_dir(root, out, image_size=32, overwrite=True)
     assert rebuilt["image_size"] == 32 and rebuilt["build"]["image_size"] == 32
     assert read_records(out, rebuilt)["ID_000"]["image"].shape == (32, 32, 3)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from preprocessing import schema
+from preprocessing import tfrecord
 from tests import factory
 from tests.conftest import PROJECT_ROOT
 
@@ -43,9 +44,48 @@ def test_source_round_trip_and_records_written_without_it():
         np.testing.assert_array_equal(parsed.numpy(), im)
 
 
+def _tf_serialized(features: dict) -> bytes:
+    """What the builder wrote with TensorFlow before it stopped importing it."""
+    def feature(value):
+        if isinstance(value, bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    example = tf.train.Example(features=tf.train.Features(
+        feature={key: feature(value) for key, value in features.items()}))
+    return example.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("size,source,original", [(8, "", (30, 40)), (16, "clinic_a", (3000, 4000)),
+                                                  (1, "x" * 200, (2**40, 1))])
+def test_encoding_is_byte_identical_to_tensorflows(size, source, original):
+    # Records written without TensorFlow are the ones it wrote (and its readers expect).
+    im, m = factory.make_pair(np.random.default_rng(size), size)
+    ours = schema.encode_example("ISIC_0000001", im, m, original, "a.jpg", "a_segmentation.png", source)
+    assert ours == _tf_serialized({
+        schema.IMAGE: im.tobytes(), schema.MASK: m.tobytes(), schema.SIZE: size,
+        schema.CASE_ID: b"ISIC_0000001", schema.ORIGINAL_HEIGHT: original[0],
+        schema.ORIGINAL_WIDTH: original[1], schema.SOURCE_IMAGE: b"a.jpg",
+        schema.SOURCE_MASK: b"a_segmentation.png", schema.SOURCE: source.encode()})
+    # Every int64 the varint encoding can meet, negative ones included; map keys that are
+    # prefixes of others (protobuf's map order, preprocessing/tfrecord.py).
+    for value in (0, 1, 127, 128, 300, 2**31, 2**63 - 1, -1, -(2**63)):
+        features = {"v": value, "b": b"", "a": b"1", "ab": b"2", "aa/": 3, "B": b"", "a/b/c": b"4"}
+        assert tfrecord.example_bytes(features) == _tf_serialized(features)
+
+
+def test_framing_is_byte_identical_to_tfrecordwriter(tmp_path):
+    records = [b"", b"a", bytes(range(256)) * 300]
+    path = str(tmp_path / "r.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    with open(path, "rb") as f:
+        assert b"".join(tfrecord.frame(r) for r in records) == f.read()
+
+
 def test_importing_the_schema_does_not_import_tensorflow():
-    # isic-preprocess checks a finished build (manifest.py -> schema.py) before TensorFlow.
-    code = ("import sys; import preprocessing.schema, preprocessing.manifest; "
+    # The builder encodes records (schema, tfrecord) and reads manifests without TensorFlow.
+    code = ("import sys; import preprocessing.schema, preprocessing.manifest, preprocessing.tfrecord; "
             "print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=60)

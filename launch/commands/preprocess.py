@@ -22,9 +22,9 @@ from preprocessing import build
 from preprocessing import pairs
 from preprocessing.config import BuildConfig
 
-# No TensorFlow at import, here or in the modules above: the decoding workers are started
-# with 'spawn', which re-imports this module in each of them, and a re-run on a finished
-# build must return without it (build.existing_build).
+# No TensorFlow, at import or while building: the decoding workers are started with
+# 'spawn', which re-imports this module in each of them, and the builder writes TFRecords
+# without it (preprocessing/tfrecord.py).
 
 PATHS = {
     "data_dir": "Dataset folder with images/ and masks/ sub-folders; repeat it to build "
@@ -41,10 +41,6 @@ def main(args, config: BuildConfig) -> int:
         inputs = pairs.input_dirs(args.data_dir, args.images_dir, args.masks_dir)
     except InputError as e:  # a combination of folder flags that cannot work
         raise app.UsageError(str(e)) from None
-    if build.existing_build(inputs, args.output_dir, config) is not None:
-        print(build.already_built_message(args.output_dir))
-        return 0
-    cli.import_tensorflow_quietly()  # a build is needed: load TensorFlow without its noise
     build.build_records(inputs, args.output_dir, config, progress=True)
     return 0
 
