@@ -1,15 +1,16 @@
 """Runs `steps.make_train_steps` under mixed_float16 on crafted batches; prints one JSON line.
 
-Run as `python -m tests.loss_scale_probe --devices N --overflow 1` (mirrored over N logical
-CPUs) or with TF_CONFIG set and `--devices 1` (one worker of MultiWorkerMirroredStrategy):
+Run as `python -m tests.loss_scale_probe --devices N --steps "1;0;all;none"` (mirrored over
+N logical CPUs) or with TF_CONFIG set and `--devices 1` (one worker of
+MultiWorkerMirroredStrategy):
 tests/test_loss_scaling.py starts it in subprocesses, since logical devices and cluster
 membership are fixed for a process's lifetime.
 
-Step 1 gives the replicas listed in --overflow ("none", "all" or replica ids like "1" or
-"0,3") masks of 1e6 instead of 0/1: their loss stays finite in float32 (about 1e7), but its
-gradient times the loss scale (2**15) exceeds float16's maximum (65504) where it flows back
-into the float16 layers, so those replicas' gradients hold inf. Step 2 is normal everywhere.
-After each step the line records the loss scale, the inner optimizer's iterations, whether
+--steps lists one training step per entry, each naming the replicas whose gradients
+overflow ("none", "all" or replica ids like "1" or "0,3"): those replicas get masks of 1e6
+instead of 0/1. Their loss stays finite in float32 (|loss| about 1e4), but its gradient times
+the loss scale (2**15) exceeds float16's maximum (65504) where it flows back into the
+float16 layers, so their gradients hold inf. Before the first step and after each one the line records the loss scale, the inner optimizer's iterations, whether
 all weights are finite, whether every replica holds the same trainable weights, and their
 digest (to compare workers, and a skipped step with the one before).
 """
@@ -40,12 +41,13 @@ def _batch(replica: int, bad: bool):
     return images, masks * HUGE_MASK if bad else masks
 
 
-def _dataset(overflow: set, ctx: tf.distribute.InputContext):
-    """This input pipeline's per-replica batches: step 1 (crafted), then step 2 (normal).
-    A pipeline feeding k replicas yields their batches in replica order, step by step."""
+def _dataset(steps: list, ctx: tf.distribute.InputContext):
+    """This input pipeline's per-replica batches, step by step (`steps`: one set of
+    overflowing replica ids per step). A pipeline feeding k replicas yields their batches
+    in replica order."""
     local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
     replicas = [ctx.input_pipeline_id * local + r for r in range(local)]
-    elements = [_batch(r, r in overflow) for r in replicas] + [_batch(r, False) for r in replicas]
+    elements = [_batch(r, r in overflow) for overflow in steps for r in replicas]
     images, masks = (np.stack(parts) for parts in zip(*elements))
     return tf.data.Dataset.from_tensor_slices((images, masks))
 
@@ -67,7 +69,7 @@ def _state(strategy, model, optimizer) -> dict:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=2)
-    parser.add_argument("--overflow", default="none")
+    parser.add_argument("--steps", default="none")
     args = parser.parse_args()
     distribute.split_cpu(args.devices)
     keras.mixed_precision.set_global_policy("mixed_float16")
@@ -76,8 +78,8 @@ def main():
         "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored", collective_timeout=60)
     n = strategy.num_replicas_in_sync
     named = {"none": set(), "all": set(range(n))}
-    overflow = (named[args.overflow] if args.overflow in named
-                else {int(r) for r in args.overflow.split(",")})
+    steps = [named[s] if s in named else {int(r) for r in s.split(",")}
+             for s in args.steps.split(";")]
     with strategy.scope():  # as trainer._build does
         model = unet.build_unet(SIZE, 2, bn_momentum=0.9)
         optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3))
@@ -85,9 +87,9 @@ def main():
     train_steps = steps_lib.make_train_steps(strategy, model, optimizer, PER_REPLICA * n,
                                              dice_weight=1.0)
     iterator = iter(distribute.distribute_datasets(
-        strategy, functools.partial(_dataset, overflow)))
+        strategy, functools.partial(_dataset, steps)))
     states = [_state(strategy, model, optimizer)]
-    for _ in range(2):
+    for _ in steps:
         totals = train_steps(iterator, 1)
         states.append(dict(_state(strategy, model, optimizer), loss=totals["loss"]))
     print("PROBE " + json.dumps({"replicas": n, "states": states}), flush=True)
