@@ -80,3 +80,37 @@ def test_overflow_on_one_worker_skips_the_step_on_both():
     for states in runs:
         _assert_skips_then_trains(states)
     assert runs[0] == runs[1]  # same scale, iterations and weights on both workers
+
+
+def test_scale_doubles_after_growth_steps_and_halves_on_overflow_in_process():
+    """One device (the default strategy, in this process): the same step and bookkeeping."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from launch.training import steps as steps_lib
+    from model import unet
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = unet.build_unet(16, 2, bn_momentum=0.9)
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3),
+                                                        initial_scale=1024.0, dynamic_growth_steps=2)
+        optimizer.build(model.trainable_variables)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (5, 2, 16, 16, 3)).astype(np.float32)
+    masks = (rng.uniform(0, 1, (5, 2, 16, 16, 1)) > 0.5).astype(np.float32)
+    masks[2] *= 1e6  # the 3rd step overflows (see tests/loss_scale_probe.py)
+    train_steps = steps_lib.make_train_steps(tf.distribute.get_strategy(), model, optimizer, 2,
+                                             dice_weight=1.0)
+    iterator = iter(tf.data.Dataset.from_tensor_slices((images, masks)))
+    scales = []
+    for _ in range(5):
+        train_steps(iterator, 1)
+        scales.append(float(optimizer.dynamic_scale.numpy()))
+    # grow after 2 good steps, halve on the overflow, grow again after 2 more good steps
+    assert scales == [1024.0, 2048.0, 1024.0, 1024.0, 2048.0]
+    assert int(optimizer.iterations.numpy()) == 4

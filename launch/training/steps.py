@@ -6,6 +6,14 @@ per-image loss averaged over the GLOBAL batch (`tf.nn.compute_average_loss`), an
 Keras 3 optimizer sums gradients across replicas, so the update equals that of one
 device seeing the whole global batch.
 
+Under mixed_float16 the step does dynamic loss scaling itself (`_loss_scaled_step`) with
+the state of Keras' `LossScaleOptimizer`, because Keras' `apply` decides "gradients are
+finite" per replica or from the first replica only, before the all-reduce
+(keras/src/optimizers/loss_scale_optimizer.py:263-278): an overflow on another replica
+was applied (non-finite weights), and workers could disagree (mismatched collectives).
+Here the non-finite count is summed over the cluster first, so every replica skips or
+applies the same step and the scale halves once.
+
 Both step functions run several steps per `tf.function` call (like Keras'
 `steps_per_execution`; `StepsPerCall` decides how many): the Python loop then costs one
 call per chunk, not per step. They return metric SUMS over the images seen (reduced over
