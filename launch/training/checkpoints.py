@@ -36,6 +36,10 @@ ORDER_KEYS = ("batch_size", "steps_per_epoch", "seed")
 # schedule's state is part of the optimizer checkpoint (another one fails to restore), and
 # what was done to the pixels (manifest["preprocessing"]) must not change within a run.
 INPUT_KEYS = ("lr_schedule", "preprocessing")
+# The resolved --precision the run started with. Not a mismatch: a resume under another
+# precision restores the weights and the optimizer state around the loss scaler
+# (`_matching_view`); recorded so that the change is logged (absent before issue 19).
+PRECISION_KEY = "precision"
 
 
 class CheckpointMismatchError(UserError, ValueError):
@@ -47,12 +51,13 @@ class MissingCheckpointError(UserError, FileNotFoundError):
 
 
 def run_identity(config: TrainConfig, image_size: int, depth: int, steps_per_epoch: int,
-                 preprocessing: dict) -> dict:
-    """What run.json records: the SHAPE_KEYS, ORDER_KEYS and the records' preprocessing."""
+                 preprocessing: dict, precision: str) -> dict:
+    """What run.json records: the SHAPE_KEYS, ORDER_KEYS, INPUT_KEYS and the resolved
+    precision (PRECISION_KEY)."""
     return {"image_size": image_size, "base_filters": config.base_filters, "depth": depth,
             "batch_size": config.batch_size, "steps_per_epoch": steps_per_epoch,
             "seed": config.seed, "lr_schedule": config.lr_schedule,
-            "preprocessing": preprocessing}
+            "preprocessing": preprocessing, PRECISION_KEY: precision}
 
 
 def check_run(model_dir: str, run: dict) -> None:
@@ -82,6 +87,11 @@ def check_run(model_dir: str, run: dict) -> None:
                 f"{model_dir} was trained with {key}={previous.get(key)}; resuming with "
                 f"{key}={run.get(key)} would not continue the same run. Use the original value, "
                 "or a new --model_dir (optionally with --warm_start).")
+    started = previous.get(PRECISION_KEY, run.get(PRECISION_KEY))
+    if started != run.get(PRECISION_KEY):
+        logging.warning("%s was started under --precision %s; resuming under %s (weights and "
+                        "optimizer state carry over; a float16 loss scale starts afresh or is "
+                        "dropped)", model_dir, started, run.get(PRECISION_KEY))
 
 
 def write_run(model_dir: str, run: dict) -> None:
@@ -100,9 +110,36 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | Non
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
     if latest is None:
         return None
-    checkpoint.restore(latest).assert_existing_objects_matched()
+    _matching_view(checkpoint, latest).restore(latest).assert_existing_objects_matched()
     logging.info("restored %s", latest)
     return latest
+
+
+def _matching_view(checkpoint: tf.train.Checkpoint, path: str) -> tf.train.Checkpoint:
+    """`checkpoint` (model, optimizer, step), or a view of it whose optimizer has the layout
+    saved at `path`, when one of the two is wrapped in a LossScaleOptimizer (mixed_float16)
+    and the other is not: resuming under another precision (run.json's PRECISION_KEY).
+
+    A LossScaleOptimizer saves its own variables (dynamic_scale, step_counter) and the
+    wrapped optimizer under `optimizer/inner_optimizer/` (keras/src/optimizers/
+    loss_scale_optimizer.py:96 and 105-118); a plain one saves its state under
+    `optimizer/`. The view maps the inner optimizer onto the saved one: from float32 or
+    bfloat16 to float16 the scale starts at its initial value as in a new run; the other
+    way the saved scale is not needed. Model variables are float32 under every policy.
+    """
+    saved_scaled = any(name.startswith("optimizer/inner_optimizer/")
+                       for name, _ in tf.train.list_variables(path))
+    optimizer = checkpoint.optimizer
+    if saved_scaled == isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return checkpoint
+    if saved_scaled:
+        saved = tf.Module()  # stands for the saved LossScaleOptimizer
+        saved.inner_optimizer = optimizer
+    else:
+        saved = optimizer.inner_optimizer
+    logging.info("%s was saved %s loss scaling: restoring the optimizer state %s it", path,
+                 "with" if saved_scaled else "without", "out of" if saved_scaled else "into")
+    return tf.train.Checkpoint(model=checkpoint.model, optimizer=saved, step=checkpoint.step)
 
 
 class Saver:

@@ -50,8 +50,10 @@ class TrainConfig(AugmentConfig):
         0.9, "Momentum of the batch-norm moving statistics (Keras' default is 0.99; 0.9 "
         "tracks the weights within ~10 steps, see docs/recipes.md).", lower_bound=0.0)
     precision: str = option(
-        "auto", "auto = mixed_float16 on GPUs with compute capability >= 7.0, float32 "
-        "otherwise.", choices=PRECISIONS)
+        "auto", "auto = mixed_bfloat16 on GPUs with compute capability >= 8.0, "
+        "mixed_float16 (dynamic loss scaling) on 7.x, float32 below and on CPUs (the log says "
+        "what it picked and why). A run may resume under another precision.",
+        choices=PRECISIONS)
     strategy: str = option(
         "auto", "auto = multi_worker when TF_CONFIG (or SLURM) describes a cluster, mirrored "
         "over all local GPUs (or --num_cpu_devices) when there are several, else one_device.",

@@ -6,6 +6,14 @@ per-image loss averaged over the GLOBAL batch (`tf.nn.compute_average_loss`), an
 Keras 3 optimizer sums gradients across replicas, so the update equals that of one
 device seeing the whole global batch.
 
+Under mixed_float16 the step does dynamic loss scaling itself (`_loss_scaled_step`) with
+the state of Keras' `LossScaleOptimizer`, because Keras' `apply` decides "gradients are
+finite" per replica or from the first replica only, before the all-reduce
+(keras/src/optimizers/loss_scale_optimizer.py:263-278): an overflow on another replica
+was applied (non-finite weights), and workers could disagree (mismatched collectives).
+Here the non-finite count is summed over the cluster first, so every replica skips or
+applies the same step and the scale halves once.
+
 Both step functions run several steps per `tf.function` call (like Keras'
 `steps_per_execution`; `StepsPerCall` decides how many): the Python loop then costs one
 call per chunk, not per step. They return metric SUMS over the images seen (reduced over
@@ -35,10 +43,10 @@ def _per_image_sums(masks, probs, per_image_loss, weights=None) -> tf.Tensor:
     return tf.reduce_sum(per_image, axis=0)
 
 
-def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable | None = None):
+def _run_steps(strategy: tf.distribute.Strategy, global_step, stop: tf.Variable | None = None):
     """`run_steps(iterator, num_steps: int) -> {METRIC_KEYS: host float}`: runs
-    `replica_step(*next(iterator))` (which returns `_per_image_sums`) on every replica
-    `num_steps` times in one tf.function call, summing over replicas and steps, and
+    `global_step(batch)` (cross-replica context; returns the `_per_image_sums` summed over
+    replicas) `num_steps` times in one tf.function call, summing over steps, and
     fetches the sums once. With `stop` (a bool variable), the loop also ends before any
     step that finds it True (a stop signal, launch/training/preemption.py): the sums then
     cover the steps run, and "count" tells how many."""
@@ -54,8 +62,7 @@ def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable
             return tf.logical_and(i < num_steps, tf.logical_not(stop.read_value()))
 
         def body(i, totals):  # totals: float32 [5]
-            out = strategy.run(replica_step, args=tuple(next(iterator)))
-            return i + 1, totals + strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
+            return i + 1, totals + global_step(tuple(next(iterator)))
         zeros = tf.zeros([len(METRIC_KEYS)], tf.float32)
         return tf.while_loop(more, body, (tf.constant(0), zeros))[1]
 
@@ -66,6 +73,14 @@ def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable
     return call
 
 
+def _summed(strategy: tf.distribute.Strategy, replica_step):
+    """The global step that runs `replica_step` on every replica and sums its [5] sums."""
+    def global_step(batch):
+        out = strategy.run(replica_step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
+    return global_step
+
+
 def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
                      optimizer: keras.optimizers.Optimizer, global_batch_size: int,
                      dice_weight: float, stop: tf.Variable | None = None):
@@ -73,22 +88,88 @@ def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
 
     The iterator is a distributed iterator of (images [b,S,S,3], masks [b,S,S,1]). With
     `stop`, a call ends early once it is True; it then ran count / global_batch_size steps.
+    A `keras.optimizers.LossScaleOptimizer` is driven by `_loss_scaled_step` (why: there).
     """
-    scale_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    variables = model.trainable_variables
 
-    def replica_step(images, masks):
+    def gradients(images, masks, scale=None):
+        """(gradients of the mean loss [times `scale`], float32 [5] metric sums)."""
         with tf.GradientTape() as tape:
             probs = model(images, training=True)  # float32 [b,S,S,1], even under mixed precision
             per_image = losses.bce_dice_loss(masks, probs, dice_weight=dice_weight)  # float32 [b]
             loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
-            # Dynamic loss scaling keeps float16 gradients from underflowing; the optimizer
-            # unscales them and skips the update (lowering the scale) when they overflow.
-            scaled = optimizer.scale_loss(loss) if scale_loss else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return _per_image_sums(masks, tf.stop_gradient(probs), per_image)
+            if scale is not None:
+                loss *= scale
+        grads = tape.gradient(loss, variables)
+        return grads, _per_image_sums(masks, tf.stop_gradient(probs), per_image)
 
-    return _run_steps(strategy, replica_step, stop)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return _run_steps(strategy, _loss_scaled_step(strategy, optimizer, variables, gradients),
+                          stop)
+
+    def replica_step(images, masks):
+        grads, sums = gradients(images, masks)
+        optimizer.apply_gradients(zip(grads, variables))  # all-reduces the gradients (SUM)
+        return sums
+
+    return _run_steps(strategy, _summed(strategy, replica_step), stop)
+
+
+def _loss_scaled_step(strategy, optimizer, variables, gradients):
+    """The global step under dynamic loss scaling: one finite/non-finite decision for the
+    whole global batch, taken identically by every replica of every worker.
+
+    Keras' own `LossScaleOptimizer.apply` cannot be used under tf.distribute: under
+    MirroredStrategy it takes the "gradients are finite" flag from the FIRST replica's
+    local, not yet all-reduced gradients (keras/src/optimizers/loss_scale_optimizer.py:
+    273-278, "since grads is all-reduced"; Keras 3 all-reduces them only later, in
+    keras/src/backend/tensorflow/optimizer.py:119), so an overflow on another replica is
+    applied and makes the weights non-finite; under MultiWorkerMirroredStrategy each worker
+    decides from its own gradients (loss_scale_optimizer.py:263-264, `_common_apply`) and
+    workers that disagree enter different collectives (a hang or a timeout).
+
+    So this step keeps Keras' optimizer as the holder of the state (its `dynamic_scale`
+    and `step_counter` variables and the inner optimizer: checkpoints stay as they were)
+    but decides itself: every replica counts its non-finite gradient entries, the counts
+    are summed over all replicas and workers together with the metric sums (one
+    `strategy.reduce`, which every worker receives), and a `tf.cond` in cross-replica
+    context either applies the unscaled gradients on every replica (the inner optimizer
+    all-reduces them) or skips the step everywhere. The scale then halves once (skip) or
+    doubles after `dynamic_growth_steps` applied steps in a row, as in Keras.
+    """
+    inner = optimizer.inner_optimizer
+    scale_var, counter = optimizer.dynamic_scale, optimizer.step_counter
+
+    def replica_grads(images, masks):
+        scale = tf.convert_to_tensor(scale_var)  # float32 [], this replica's copy
+        grads, sums = gradients(images, masks, scale)
+        nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
+                              for g in grads])
+        return grads, scale, tf.concat([sums, nonfinite[None]], axis=0)  # [5 + 1]
+
+    def replica_apply(grads, scale):
+        inner.apply_gradients(zip([g / scale for g in grads], variables))
+
+    def global_step(batch):
+        grads, scale, stats = strategy.run(replica_grads, args=batch)
+        stats = strategy.reduce(tf.distribute.ReduceOp.SUM, stats, axis=None)  # same everywhere
+        current, good = tf.convert_to_tensor(scale_var), tf.convert_to_tensor(counter)
+
+        def apply():
+            strategy.run(replica_apply, args=(grads, scale))
+            grow = tf.equal(good, optimizer.dynamic_growth_steps - 1)
+            return tf.where(grow, current * 2.0, current), tf.where(grow, tf.zeros_like(good), good + 1)
+
+        def skip():
+            return current * 0.5, tf.zeros_like(good)
+
+        # Cross-replica context: MirroredStrategy cannot run a cond in replica context
+        # whose branch all-reduces (merge_call); every worker takes the same branch.
+        new_scale, new_good = tf.cond(tf.equal(stats[-1], 0.0), apply, skip)
+        with tf.control_dependencies([scale_var.assign(new_scale), counter.assign(new_good)]):
+            return tf.identity(stats[:-1])
+
+    return global_step
 
 
 def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float):
@@ -103,7 +184,7 @@ def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_w
         per_image = losses.bce_dice_loss(masks, probs, dice_weight=dice_weight)
         return _per_image_sums(masks, probs, per_image, weights)
 
-    return _run_steps(strategy, replica_step)
+    return _run_steps(strategy, _summed(strategy, replica_step))
 
 
 def means(totals: dict) -> dict:

@@ -117,7 +117,7 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
     # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
     steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
     identity = checkpoints.run_identity(config, records.image_size, unet.DEPTH, steps_per_epoch,
-                                        records.preprocessing)
+                                        records.preprocessing, precision)
     checkpoints.check_run(model_dir, identity)  # before anything is written
     model, optimizer = _build(strategy, config, records.image_size, steps_per_epoch, precision)
     # The global step lives outside the scope: it is only read and written by the host.

@@ -1,0 +1,116 @@
+"""Dynamic loss scaling under mixed_float16 agrees across replicas and workers (issue 19).
+
+Each test runs tests/loss_scale_probe.py in subprocesses (logical CPU devices and cluster
+membership are fixed per process). Its crafted steps make the gradients of chosen replicas
+overflow in float16 through the data alone (masks of 1e6 on those replicas' shards), so the
+steps under test are the real `make_train_steps` with Keras' LossScaleOptimizer.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from tests.conftest import PROJECT_ROOT
+
+# Replica 1 only, replica 0 only, every replica, then two normal steps.
+SEQUENCE = "1;0;all;none;none"
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=PROJECT_ROOT)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _probe(devices: int, steps: str, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.loss_scale_probe", f"--devices={devices}",
+                             f"--steps={steps}"], env=env or _env(), cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _states(proc: subprocess.Popen, timeout=600) -> list:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    line = next(line for line in out.splitlines() if line.startswith("PROBE "))
+    return json.loads(line[len("PROBE "):])["states"]
+
+
+def _assert_skips_then_trains(states):
+    """SEQUENCE: three skipped steps (each halves the scale once, weights untouched), then
+    two applied ones; every replica always holds the same finite weights."""
+    assert [s["scale"] for s in states] == [32768.0, 16384.0, 8192.0, 4096.0, 4096.0, 4096.0]
+    assert [s["iterations"] for s in states] == [0, 0, 0, 0, 1, 2]
+    assert all(s["finite"] and s["replicas_identical"] for s in states)
+    digests = [s["digest"] for s in states]
+    assert digests[0] == digests[1] == digests[2] == digests[3] != digests[4] != digests[5]
+    assert all(abs(s["loss"]) < 1e6 for s in states[1:])  # the loss itself never overflowed
+
+
+def test_overflow_on_any_mirrored_replica_skips_the_step_on_all():
+    _assert_skips_then_trains(_states(_probe(2, SEQUENCE)))
+
+
+def test_overflow_on_one_of_eight_mirrored_replicas_skips_then_trains():
+    states = _states(_probe(8, "5;none;none"))
+    assert [s["scale"] for s in states] == [32768.0, 16384.0, 16384.0, 16384.0]
+    assert [s["iterations"] for s in states] == [0, 0, 1, 2]
+    assert all(s["finite"] and s["replicas_identical"] for s in states)
+    assert states[0]["digest"] == states[1]["digest"] != states[2]["digest"] != states[3]["digest"]
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_overflow_on_one_worker_skips_the_step_on_both():
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = [_probe(1, SEQUENCE, _env(TF_CONFIG=json.dumps(
+        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})))
+        for index in range(2)]
+    runs = [_states(p) for p in procs]
+    for states in runs:
+        _assert_skips_then_trains(states)
+    assert runs[0] == runs[1]  # same scale, iterations and weights on both workers
+
+
+def test_scale_doubles_after_growth_steps_and_halves_on_overflow_in_process():
+    """One device (the default strategy, in this process): the same step and bookkeeping."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from launch.training import steps as steps_lib
+    from model import unet
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = unet.build_unet(16, 2, bn_momentum=0.9)
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3),
+                                                        initial_scale=1024.0, dynamic_growth_steps=2)
+        optimizer.build(model.trainable_variables)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (5, 2, 16, 16, 3)).astype(np.float32)
+    masks = (rng.uniform(0, 1, (5, 2, 16, 16, 1)) > 0.5).astype(np.float32)
+    masks[2] *= 1e6  # the 3rd step overflows (see tests/loss_scale_probe.py)
+    train_steps = steps_lib.make_train_steps(tf.distribute.get_strategy(), model, optimizer, 2,
+                                             dice_weight=1.0)
+    iterator = iter(tf.data.Dataset.from_tensor_slices((images, masks)))
+    scales = []
+    for _ in range(5):
+        train_steps(iterator, 1)
+        scales.append(float(optimizer.dynamic_scale.numpy()))
+    # grow after 2 good steps, halve on the overflow, grow again after 2 more good steps
+    assert scales == [1024.0, 2048.0, 1024.0, 1024.0, 2048.0]
+    assert int(optimizer.iterations.numpy()) == 4
