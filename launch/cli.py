@@ -29,6 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from launch.cluster import gpus
 from preprocessing import options
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
@@ -196,6 +197,13 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
         if len(argv) > 1 and not passthrough:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         config = config_from_flags(config_cls) if config_cls is not None else None
+        try:
+            # Several SLURM tasks on one node: each keeps its own GPUs, before TensorFlow
+            # lists them (launch/cluster/gpus.py).
+            gpus.select_slurm_task_gpus()
+        except options.UserError as e:
+            print(f"{program}: error: {e}", file=sys.stderr)
+            return 1
         if uses_tensorflow:
             import_tensorflow_quietly()
         args = types.SimpleNamespace(**{

@@ -50,8 +50,14 @@ def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable
         def more(i, _):
             if stop is None:
                 return i < num_steps
-            # Read afresh before every step: another thread sets it (preemption.py).
-            return tf.logical_and(i < num_steps, tf.logical_not(stop.read_value()))
+            # Read afresh before every step: another thread sets it (preemption.py). On the
+            # flag's device (the host CPU): the While kernel needs its predicate on the
+            # host (WhileOp -> CondResultToBool in tensorflow/core/kernels/functional_ops.cc;
+            # lowered, LoopCond keeps its input in host memory), so a condition computed on
+            # a GPU would cost a device-to-host copy per
+            # step; `i` and `num_steps` are int32, which TF keeps in host memory anyway.
+            with tf.device(stop.device):
+                return tf.logical_and(i < num_steps, tf.logical_not(stop.read_value()))
 
         def body(i, totals):  # totals: float32 [5]
             out = strategy.run(replica_step, args=tuple(next(iterator)))
@@ -63,6 +69,7 @@ def _run_steps(strategy: tf.distribute.Strategy, replica_step, stop: tf.Variable
         totals = run_steps(iterator, tf.constant(num_steps, tf.int32)).numpy()  # [5], one fetch
         return dict(zip(METRIC_KEYS, totals.tolist()))
 
+    call.function = run_steps  # the tf.function itself, to inspect its graph (tests)
     return call
 
 
