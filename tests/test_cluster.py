@@ -315,14 +315,14 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
     # validation: each traced function costs seconds per worker.
     factory.write_records(records, {"train": 64}, size=32)
     # MWMS workers ignore SIGTERM (TF's preemption notifier catches it), so the survivor
-    # is ended by the SIGKILL after the grace period.
+    # is ended by the SIGKILL after the grace period. No --collective_timeout (the
+    # default): the group must stop without one.
     grace = 2.0
     proc = subprocess.Popen(
         [sys.executable, "-m", "launch.commands.launch", "--num_workers=2", "--restarts=1",
          f"--grace_seconds={grace}", "--", f"--data_dir={records}", f"--model_dir={model_dir}",
          "--base_filters=4", "--batch_size=8", "--precision=float32", "--summary_images=0",
-         "--epochs=1", "--checkpoint_every_steps=2", "--noaugment", "--sync_batch_norm",
-         "--collective_timeout=60"],
+         "--epochs=1", "--checkpoint_every_steps=2", "--noaugment", "--sync_batch_norm"],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
                  CUDA_VISIBLE_DEVICES="", TMPDIR=str(scratch)))

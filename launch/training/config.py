@@ -57,8 +57,14 @@ class TrainConfig(AugmentConfig):
         choices=STRATEGIES)
     num_cpu_devices: int = option(0, "Split the CPU into this many logical devices (to test "
                                   "mirrored training without GPUs).", lower_bound=0)
+    # By time, not steps: a fixed step count is minutes apart on a CPU and under a second
+    # apart on a fast GPU (docs/scaling.md, "What is checkpointed").
+    checkpoint_every_minutes: float = option(
+        10.0, "Also checkpoint about every this many minutes of training (0: epoch ends "
+        "only). Workers agree on the step, see docs/scaling.md.", lower_bound=0.0)
     checkpoint_every_steps: int = option(
-        100, "Also checkpoint every N steps (0: epoch ends only).", lower_bound=0)
+        0, "If > 0, checkpoint every N steps instead of by --checkpoint_every_minutes.",
+        lower_bound=0)
     steps_per_execution: int = option(
         0, "Training steps run per tf.function call (fewer Python round trips; progress "
         "updates per chunk). 0 = auto: start at 1 and double while a call takes under "

@@ -199,6 +199,16 @@ def distribute_datasets(strategy: tf.distribute.Strategy, dataset_fn):
     return strategy.distribute_datasets_from_function(dataset_fn, options)
 
 
+def mean_over_workers(strategy: tf.distribute.Strategy, value: float) -> float:
+    """The mean of every worker's `value`, the same on every worker (one all-reduce of one
+    number; every worker must call it at the same point). One process: `value` itself."""
+    if num_workers(strategy) == 1:
+        return value
+    # Every worker has as many replicas, so the mean over replicas is the mean over workers.
+    per_replica = strategy.run(lambda: tf.constant(value, tf.float32))
+    return float(strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None))
+
+
 def num_workers(strategy: tf.distribute.Strategy) -> int:
     """Number of worker processes (= input pipelines) of the strategy's cluster."""
     resolver = getattr(strategy, "cluster_resolver", None)
