@@ -11,6 +11,13 @@ from preprocessing.options import UserError, check_fields, option
 
 STAGES = (1, 2, 3, 4, 5, 6)  # see benchmarks/stages.py
 GPU_CHECK = "gpu"  # --stages gpu: benchmarks/gpu.py
+# Weak scaling (the per-GPU batch fixed): all N GPUs must reach this share of N x one GPU.
+# A healthy NVLink machine should; a broken setup (gRPC ring instead of NCCL, GPUs shared
+# by two processes, no peer-to-peer) falls well below. The 31M-parameter U-Net
+# all-reduces 124 MB of float32 gradients per step, so PCIe-only machines may fall below
+# it too. NVIDIA's UNet_Medical reports 0.59-0.89 on 8 A100s (README, "Before a long GPU
+# run"). Not calibrated on a GPU yet.
+GPU_SCALING_FLOOR = 0.7
 
 
 def parse_ints(name: str, text: str, allowed: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -40,6 +47,9 @@ class BenchConfig:
                                "type side by side (docs/performance.md).")
     inference_filters: int = option(32, "U-Net base filters of the inference measurement.",
                                     lower_bound=1)
+    gpu_scaling_floor: float = option(
+        GPU_SCALING_FLOOR, "--stages gpu fails when images/s on all N GPUs is below this "
+        "share of N x one GPU.", lower_bound=0.0)
 
     def __post_init__(self):
         check_fields(self)

@@ -35,7 +35,7 @@ PATHS = {
 def main(args, config: BenchConfig) -> int:
     if config.gpu_check:
         from benchmarks import gpu
-        return gpu.main(args.output_dir)
+        return gpu.main(args.output_dir, config.gpu_scaling_floor)
     from benchmarks import machine  # here, not at the top: --help stays fast
     from benchmarks import results
     from benchmarks import suite
