@@ -16,13 +16,12 @@ import keras
 import tensorflow as tf
 
 from launch.training.config import AUTO_CHUNK_SECONDS, MAX_AUTO_CHUNK
-
-# Time-based checkpoints: the first pace is measured over this many steps after the start.
-CADENCE_PROBE_STEPS = 20
 from model import losses
 from model import metrics
 
 METRIC_KEYS = ("loss", "accuracy", "dice", "jaccard", "count")  # the sums' order
+# Time-based checkpoints: the first pace is measured over this many steps after the start.
+CADENCE_PROBE_STEPS = 20
 
 
 def _per_image_sums(masks, probs, per_image_loss, weights=None) -> tf.Tensor:
@@ -201,8 +200,3 @@ class StepsPerCall:
         else:
             self._save_at, self._plan_at = None, step + CADENCE_PROBE_STEPS
         self._timed_steps, self._timed_seconds = 0, 0.0
-
-    @property
-    def next_checkpoint(self) -> int | None:
-        """The planned time-cadence checkpoint step (None: not planned)."""
-        return self._save_at
