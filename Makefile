@@ -9,7 +9,7 @@ DEMO        := demo
 CONSTRAINTS := constraints.txt
 EXTRAS      := test,export
 
-.PHONY: install demo lint test bench constraints clean
+.PHONY: install demo lint test bench gpu-check constraints clean
 
 install: $(STAMP)
 
@@ -48,6 +48,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/isic-bench --output_dir bench_out
 
+# Before a long GPU job: the U-Net at 64 filters on 1 GPU, all GPUs and 2 processes
+# (README, "Before a long GPU run"); exits 1 on a failed check, 0 without a GPU.
+gpu-check: $(STAMP)
+	$(BIN)/isic-bench --output_dir gpu_check --stages gpu
+
 # Refreshes constraints.txt with the newest versions setup.py allows, resolved in a
 # fresh venv (so it lists exactly what the project pulls in). Then run `make test` on
 # them (`rm -rf $(VENV) && make test`) and commit the file if the suite passes.
@@ -62,4 +67,4 @@ constraints:
 	rm -rf $(CONSTRAINTS_VENV)
 
 clean:
-	rm -rf $(DEMO) bench_out build *.egg-info
+	rm -rf $(DEMO) bench_out gpu_check build *.egg-info

@@ -44,6 +44,20 @@ print({_MARKER!r} + json.dumps(results.to_json(value)), flush=True)
 _TREE_SAMPLE_S = 0.02
 
 
+def command(target: str, kwargs: dict | None = None) -> list[str]:
+    """The argv that calls `module:function(**kwargs)` in a new interpreter and prints its
+    result: what `run_child` runs, for starting it some other way (e.g. as isic-launch
+    workers, benchmarks/gpu.py; read their output with `results_in`)."""
+    return [sys.executable, "-c", _SNIPPET, target, json.dumps(kwargs or {})]
+
+
+def results_in(stdout: str, result_type) -> list:
+    """Every result printed in `stdout` by `command`s, in order (lines may carry a prefix
+    such as isic-launch's "[w0] ")."""
+    found = [line.split(_MARKER, 1)[1] for line in stdout.splitlines() if _MARKER in line]
+    return [results.from_json(result_type, json.loads(text)) for text in found]
+
+
 @dataclasses.dataclass(frozen=True)
 class ChildRun:
     """What one child did."""
@@ -89,10 +103,11 @@ def run_child(target: str, kwargs: dict | None = None, result_type=dict, *,
       TimeoutError: it ran longer than `timeout`.
     """
     pin = f"import os; os.sched_setaffinity(0, {sorted(cpus)})\n" if cpus else ""
-    command = [sys.executable, "-c", pin + _SNIPPET, target, json.dumps(kwargs or {})]
+    argv = command(target, kwargs)
+    argv[2] = pin + argv[2]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started_at = time.time()
-        proc = subprocess.Popen(command, stdout=out, stderr=err, env=child_env(env),
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=child_env(env),
                                 cwd=paths.PROJECT_ROOT)
         sampler = _TreeSampler(proc.pid) if watch_tree else None
         try:

@@ -115,6 +115,7 @@ def ours_train_steps(build_model, batch_size: int, dataset):
     import keras
     import tensorflow as tf
     from launch.training import distribute
+    from launch.training import preemption
     from launch.training import steps as steps_lib
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():  # variables must be created in the scope, as in the trainer
@@ -122,7 +123,8 @@ def ours_train_steps(build_model, batch_size: int, dataset):
         optimizer = keras.optimizers.Adam(DEFAULTS.learning_rate)
         optimizer.build(model.trainable_variables)
     # The trainer's stop flag too (launch/training/preemption.py): one read per step.
-    stop = tf.Variable(False, trainable=False)
+    with tf.device(preemption.HOST):
+        stop = tf.Variable(False, trainable=False)
     train_steps = steps_lib.make_train_steps(strategy, model, optimizer, batch_size,
                                              DEFAULTS.dice_weight, stop=stop)
     # The trainer's own way of distributing its datasets (input options included).

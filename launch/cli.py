@@ -31,6 +31,7 @@ from absl import logging
 
 from core import options
 from core.errors import UserError
+from launch.cluster import gpus
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 TF_LOG_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
@@ -197,6 +198,13 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
         if len(argv) > 1 and not passthrough:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         config = config_from_flags(config_cls) if config_cls is not None else None
+        try:
+            # Several SLURM tasks on one node: each keeps its own GPUs, before TensorFlow
+            # lists them (launch/cluster/gpus.py).
+            gpus.select_slurm_task_gpus()
+        except UserError as e:
+            print(f"{program}: error: {e}", file=sys.stderr)
+            return 1
         if uses_tensorflow:
             import_tensorflow_quietly()
         args = types.SimpleNamespace(**{

@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks import child
 from benchmarks import config as config_lib
+from benchmarks import gpu
 from benchmarks import inference
 from benchmarks import loop
 from benchmarks import machine
@@ -49,8 +50,9 @@ def test_config_reads_comma_lists_and_rejects_bad_ones():
     config = BenchConfig(stages="4, 3,3", unet_filters="8,16")
     assert config.stage_numbers == (3, 4) and config.unet_filter_counts == (8, 16)
     assert BenchConfig().stage_numbers == config_lib.STAGES == tuple(stages.STAGES)
+    assert BenchConfig(stages=" gpu").gpu_check and BenchConfig(stages="gpu").stage_numbers == ()
     for bad in ({"stages": ""}, {"stages": "7"}, {"stages": "1,x"}, {"unet_filters": "0"},
-                {"inference_filters": 0}):
+                {"inference_filters": 0}, {"stages": "gpu,3"}):
         with pytest.raises(UserError):
             BenchConfig(**bad)
 
@@ -285,3 +287,50 @@ def test_quick_loop_stage_runs_in_a_child(tmp_path):
     assert isinstance(report, loop.LoopReport) and report.onednn  # the tuned environment
     assert set(report.ours) == {1, 16, 64} and set(report.fit) == {1, 64}
     assert len(stages.STAGES[3].rows(report)) == 3
+
+
+def _gpu_run(images_per_s, devices=1, finite=True, digest="a"):
+    return gpu.GpuRun(devices=devices, processes=1, precision="mixed_float16",
+                      all_reduce="NcclAllReduce", images_per_s=images_per_s, timed_steps=100,
+                      loss_scale_skips=2, peak_memory_mb=5000.0, finite=finite,
+                      weights_sha256=digest)
+
+
+def test_gpu_check_fails_on_non_finite_weights_scaling_below_the_floor_or_split_workers():
+    one = _gpu_run(100.0)
+    good = gpu.GpuCheckReport(["GPU:0", "GPU:1", "GPU:2", "GPU:3"], one, _gpu_run(330.0, 4),
+                              [_gpu_run(300.0, 2), _gpu_run(300.0, 2)])
+    assert good.scaling_efficiency == pytest.approx(0.825) and gpu.judge(good) == []
+    assert [r.passed for r in gpu.rows(good)] == [None, True, True]
+    slow = dataclasses.replace(good, all=_gpu_run(270.0, 4))  # 0.675 < 0.7
+    assert [p.split(" on")[0] for p in gpu.judge(slow)] == ["scaling efficiency 0.68"]
+    assert gpu.judge(slow, floor=0.6) == [] and gpu.rows(slow)[1].passed is False
+    broken = dataclasses.replace(good, one=_gpu_run(100.0, finite=False),
+                                 two_processes=[_gpu_run(300.0, 2), _gpu_run(300.0, 2, digest="b")])
+    problems = gpu.judge(broken)
+    assert len(problems) == 2 and "1 GPU: non-finite weights" in problems[0]
+    assert "different weights" in problems[1]
+    # One GPU: nothing to scale, the run itself is judged.
+    alone = gpu.GpuCheckReport(["GPU:0"], one, None, None)
+    assert alone.scaling_efficiency is None and gpu.judge(alone) == []
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path, capsys, monkeypatch):
+    if gpu.list_gpus():
+        pytest.skip("this machine has a GPU: the check would run for real")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # nvidia-smi is not asked either
+    assert gpu.main(str(tmp_path)) == 0
+    assert "TensorFlow sees no GPU" in capsys.readouterr().out and not os.listdir(tmp_path)
+
+
+def test_gpu_check_measures_and_judges_on_a_cpu(tmp_path, capsys):
+    # The measuring path (the trainer's steps, precision auto, the weights check, the
+    # report file) on one CPU device, tiny; GPU figures (memory, scaling) stay empty.
+    code = gpu.main(str(tmp_path), device_type="CPU", base_filters=2, image_size=16,
+                    per_device_batch=2, warmup_steps=1, timed_steps=2)
+    assert code == 0, capsys.readouterr().out
+    with open(tmp_path / gpu.GPU_CHECK_FILE) as f:
+        saved = json.load(f)
+    one = saved["report"]["one"]
+    assert one["finite"] and one["precision"] == "float32" and one["timed_steps"] == 2
+    assert one["images_per_s"] > 0 and one["peak_memory_mb"] is None and saved["problems"] == []

@@ -142,12 +142,12 @@ def test_ports_start_at_port_and_skip_busy_ones():
 def test_worker_env_slices_gpus_and_hides_an_enclosing_slurm_job():
     addresses = ["127.0.0.1:1", "127.0.0.1:2"]
     env = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_PROCID": "0",
-                                    "SLURM_NTASKS": "2"}, addresses, 1, 2)
-    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+                                    "SLURM_NTASKS": "2"}, addresses, 1, "2,3")
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     assert "SLURM_PROCID" not in env  # or distribute.make_strategy would use SLURM's cluster
     assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
     untouched = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1"}, addresses, 1)
-    assert untouched["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert untouched["CUDA_VISIBLE_DEVICES"] == "0,1" and "TF_FORCE_GPU_ALLOW_GROWTH" not in untouched
 
 
 def test_a_dead_worker_stops_the_group_within_the_grace_period(stand_in, tmp_path):
@@ -315,14 +315,14 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
     # validation: each traced function costs seconds per worker.
     factory.write_records(records, {"train": 64}, size=32)
     # MWMS workers ignore SIGTERM (TF's preemption notifier catches it), so the survivor
-    # is ended by the SIGKILL after the grace period.
+    # is ended by the SIGKILL after the grace period. No --collective_timeout (the
+    # default): the group must stop without one.
     grace = 2.0
     proc = subprocess.Popen(
         [sys.executable, "-m", "launch.commands.launch", "--num_workers=2", "--restarts=1",
          f"--grace_seconds={grace}", "--", f"--data_dir={records}", f"--model_dir={model_dir}",
          "--base_filters=4", "--batch_size=8", "--precision=float32", "--summary_images=0",
-         "--epochs=1", "--checkpoint_every_steps=2", "--noaugment", "--sync_batch_norm",
-         "--collective_timeout=60"],
+         "--epochs=1", "--checkpoint_every_steps=2", "--noaugment", "--sync_batch_norm"],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
                  CUDA_VISIBLE_DEVICES="", TMPDIR=str(scratch)))

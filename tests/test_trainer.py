@@ -210,6 +210,42 @@ def test_steps_per_call_fixed_or_multi_worker_never_grows():
     assert _calls(workers, 0, 4) == [1, 1, 1, 1]
 
 
+def _cadence(planner, start, end, seconds_per_step, agree=lambda pace: pace):
+    """Runs `planner` like the trainer from `start` to `end`; returns its checkpoint steps.
+    The first call takes 30 s (tracing); `agree` stands for the all-reduce of the pace."""
+    saved, step, first = [], start, True
+    while step < end:
+        n = planner.next(step)
+        planner.record(n, 30.0 if first else n * seconds_per_step)
+        first, step = False, step + n
+        if planner.checkpoint_due(step):
+            saved.append(step)
+        if planner.plan_due(step):
+            planner.plan(step, agree(planner.pace()))
+    return saved
+
+
+def test_time_cadence_checkpoints_by_training_time_at_agreed_steps():
+    # 10 s of training at 0.125 s/step = 80 steps. The pace is first measured over the
+    # CADENCE_PROBE_STEPS (20) after the start, without the tracing call.
+    planner = steps_lib.StepsPerCall(1000, 0, 4, auto=False, checkpoint_every_seconds=10.0)
+    assert _cadence(planner, 0, 400, 0.125) == [100, 180, 260, 340]
+    # Two workers with different clocks agree on the mean pace (0.1 s/step: 100 steps)
+    # and so checkpoint at the same steps; their own clocks would not.
+    fast = steps_lib.StepsPerCall(1000, 0, 4, auto=False, checkpoint_every_seconds=10.0)
+    slow = steps_lib.StepsPerCall(1000, 0, 4, auto=False, checkpoint_every_seconds=10.0)
+    assert _cadence(fast, 0, 200, 0.075, agree=lambda pace: 0.1) == _cadence(
+        slow, 0, 200, 0.125, agree=lambda pace: 0.1) == [120]
+    # A resumed run probes from its step (150 + 40 = 190); the epoch end at 200 (checkpointed
+    # anyway) re-plans: 240, 280.
+    epochs = steps_lib.StepsPerCall(100, 0, 4, auto=False, checkpoint_every_seconds=5.0,
+                                    first_step=130)
+    assert _cadence(epochs, 130, 300, 0.125) == [190, 240, 280]
+    # --checkpoint_every_steps replaces the time cadence.
+    steps = steps_lib.StepsPerCall(1000, 50, 4, auto=False, checkpoint_every_seconds=10.0)
+    assert _cadence(steps, 0, 200, 0.125) == [50, 100, 150, 200]
+
+
 def test_reporter_of_other_workers_writes_nothing(tmp_path):
     model_dir = str(tmp_path / "run")
     silent = report.create(model_dir, chief=False, verbose=True)

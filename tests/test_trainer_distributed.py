@@ -103,7 +103,7 @@ def test_two_worker_processes_train_identical_weights(records, tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         procs.append(subprocess.Popen(
-            _cmd(records, multi, "--strategy=multi_worker", "--collective_timeout=60", *WHOLE_BATCH),
+            _cmd(records, multi, "--strategy=multi_worker", *WHOLE_BATCH),
             env=_env(TF_CONFIG=tf_config), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]

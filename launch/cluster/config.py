@@ -23,10 +23,11 @@ class LaunchConfig:
                                   "Ctrl-C or SIGTERM to the launcher: time to write their "
                                   "checkpoint; when a worker died: how long the others may "
                                   "outlive it) before they are SIGKILLed.", lower_bound=0)
-    gpus_per_worker: int = option(0, "If > 0, worker i sees only GPUs i*G..(i+1)*G-1 "
-                                  "(CUDA_VISIBLE_DEVICES). Default: leave CUDA_VISIBLE_DEVICES "
-                                  "alone. One machine with several GPUs needs no launcher: "
-                                  "isic-train mirrors over them.", lower_bound=0)
+    gpus_per_worker: int = option(0, "GPUs each worker sees (CUDA_VISIBLE_DEVICES): worker i "
+                                  "gets the i-th G of this machine's visible GPUs. 0 = an even "
+                                  "share of them (none on a machine without GPUs). One machine "
+                                  "with several GPUs needs no launcher: isic-train mirrors "
+                                  "over them.", lower_bound=0)
 
     def __post_init__(self):
         check_fields(self)

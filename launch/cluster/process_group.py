@@ -6,6 +6,8 @@ TensorFlow so tests can drive it with stand-in worker commands.
 The group's contract:
   * worker i gets TF_CONFIG {"cluster": {"worker": [127.0.0.1:p0, ...]}, "task":
     {"type": "worker", "index": i}}; worker 0 is the chief (launch/distribute.is_chief);
+  * on a machine with GPUs, worker i sees only its own disjoint share of them, with GPU
+    memory growth on (launch/cluster/gpus.py);
   * every line a worker prints is copied to the launcher's stdout/stderr as "[wi] line";
   * when a worker dies (non-zero exit or signal) the others get SIGTERM and, after
     `grace_seconds`, SIGKILL, so the group ends within about `grace_seconds` + POLL_S of
@@ -41,6 +43,7 @@ import time
 from dataclasses import dataclass
 
 from core.errors import UserError
+from launch.cluster import gpus as gpus_lib
 from launch.cluster.config import LaunchConfig
 
 LOCALHOST = "127.0.0.1"
@@ -96,12 +99,12 @@ def tf_config(addresses: list[str], index: int) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
-def worker_env(base: dict, addresses: list[str], index: int, gpus_per_worker: int = 0) -> dict:
+def worker_env(base: dict, addresses: list[str], index: int, gpus: str | None = None) -> dict:
     """The environment of worker `index`: `base` plus its TF_CONFIG, minus SLURM_PROCID.
 
-    With `gpus_per_worker` > 0, worker i sees only GPUs [i*g, (i+1)*g) through
-    CUDA_VISIBLE_DEVICES, so local workers do not all claim every GPU. Output is unbuffered
-    so that lines reach the launcher as they are printed.
+    `gpus` (from `launch.cluster.gpus.assign`) becomes its CUDA_VISIBLE_DEVICES, with GPU
+    memory growth on unless `base` chose otherwise; None leaves both as in `base`. Output
+    is unbuffered so that lines reach the launcher as they are printed.
     """
     env = dict(base)
     env["TF_CONFIG"] = tf_config(addresses, index)
@@ -110,9 +113,9 @@ def worker_env(base: dict, addresses: list[str], index: int, gpus_per_worker: in
     # allocation: there our local workers would join SLURM's cluster instead of this one.
     env.pop("SLURM_PROCID", None)
     env["PYTHONUNBUFFERED"] = "1"
-    if gpus_per_worker > 0:
-        first = index * gpus_per_worker
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + k) for k in range(gpus_per_worker))
+    if gpus is not None:
+        env[gpus_lib.VISIBLE] = gpus
+        env.setdefault(gpus_lib.GROWTH, "true")
     return env
 
 
@@ -351,6 +354,8 @@ def launch(command: list[str], config: LaunchConfig, *, env: dict | None = None,
 
 def _launch_attempts(command, config: LaunchConfig, env, cwd, out, err, interrupts) -> int:
     used_ports: set[int] = set()
+    # Each worker its own GPUs (None: no GPUs, CPU workers).
+    gpus = gpus_lib.assign(config.num_workers, gpus_lib.node_gpus(env), config.gpus_per_worker)
     result = None
     n, restarts = config.num_workers, config.restarts
     for attempt in range(restarts + 1):
@@ -360,13 +365,15 @@ def _launch_attempts(command, config: LaunchConfig, env, cwd, out, err, interrup
         ports = find_free_ports(n, config.port, exclude=used_ports)
         used_ports.update(ports)
         addresses = [f"{LOCALHOST}:{p}" for p in ports]
-        envs = [worker_env(env, addresses, i, config.gpus_per_worker) for i in range(n)]
+        envs = [worker_env(env, addresses, i, None if gpus is None else gpus[i]) for i in range(n)]
         group = WorkerGroup([list(command)] * n, envs, out=out, err=err,
                             grace_seconds=config.grace_seconds, interrupts=interrupts, cwd=cwd)
         if attempt:
             group.log(f"restart {attempt} of {restarts} on {', '.join(addresses)}")
         else:
             group.log(f"{n} worker(s) on {', '.join(addresses)}")
+            if gpus is not None:
+                group.log("GPUs: " + "; ".join(f"worker {i}: {g}" for i, g in enumerate(gpus)))
         group.start()
         result = group.wait()
         if result.ok:

@@ -3,6 +3,7 @@
   isic-bench --output_dir bench_out            # all stages, < 10 min on 2 cores
   isic-bench --output_dir /tmp/b --quick       # tiny settings: checks that every stage runs
   isic-bench --output_dir bench_out --stages 3,4
+  isic-bench --output_dir gpu_check --stages gpu   # before a long GPU run (make gpu-check)
 
 Stages: 1 building records, 2 input pipeline, 3 training-loop overhead, 4 U-Net training
 step, 5 inference and time to the first training step, 6 inference latency of the
@@ -10,6 +11,10 @@ exported formats (Keras, SavedModel, ONNX Runtime, LiteRT). Prints the machine (
 AVX-512, AMX), then one table (stage, measure, ours, baseline, gain, target, pass) and
 writes results.json (every raw figure, the rows, the config, the machine) into
 --output_dir. docs/performance.md explains each one.
+
+`--stages gpu` runs the GPU acceptance check instead (benchmarks/gpu.py; README, "Before a
+long GPU run"): it writes gpu_check.json and exits 1 when the check fails; on a machine
+without a GPU it says so and exits 0.
 """
 
 import os
@@ -28,6 +33,9 @@ PATHS = {
 
 
 def main(args, config: BenchConfig) -> int:
+    if config.gpu_check:
+        from benchmarks import gpu
+        return gpu.main(args.output_dir, config.gpu_scaling_floor)
     from benchmarks import machine  # here, not at the top: --help stays fast
     from benchmarks import results
     from benchmarks import suite

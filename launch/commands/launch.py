@@ -7,6 +7,9 @@ Everything after `--` is passed to every worker's `python -m launch.commands.tra
 `--strategy=multi_worker` added. If what follows `--` does not start with a flag it is the
 whole worker command instead (for your own scripts), e.g. `-- python my_worker.py --x 1`.
 
+On a machine with GPUs each worker sees only its own share of them (CUDA_VISIBLE_DEVICES,
+GPU memory growth on; --gpus_per_worker sets the share; launch/cluster/gpus.py).
+
 Each worker gets TF_CONFIG for 127.0.0.1 (worker 0 is the chief), its output lines are
 prefixed with "[wI] ", and when one worker dies the others are stopped (SIGTERM, then
 SIGKILL after --grace_seconds) and the launcher exits non-zero. With --restarts K the

@@ -99,23 +99,63 @@ def resolve_precision(precision: str) -> str:
     return chosen
 
 
-def _slurm_resolver():
-    """Returns TF's own SlurmClusterResolver when running inside a multi-task SLURM step."""
+class _SlurmResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
+    """TF's SlurmClusterResolver for tasks whose GPUs were chosen before TF started.
+
+    `launch.cli` already gave this task its own GPUs (launch/cluster/gpus.py). TF's
+    resolver would set CUDA_VISIBLE_DEVICES again in cluster_spec(), after TF listed the
+    devices (slurm_cluster_resolver.py:350-351), count GPUs with nvidia-smi or by splitting
+    CUDA_VISIBLE_DEVICES ("" counts as one GPU, :143) and needs a non-zero GPUs-per-task
+    to lay out its cluster (range step, :322-323). So: its own GPU bookkeeping is turned
+    off, and num_accelerators reports the GPUs this process really sees, which is the
+    number of devices MultiWorkerMirroredStrategy mirrors over
+    (collective_all_reduce_strategy.py:412).
+    """
+
+    def __init__(self, local_gpus: int, port_base: int):
+        tasks = int(os.environ["SLURM_NTASKS"])  # >= the tasks of any node
+        super().__init__(port_base=port_base, gpus_per_node=tasks, gpus_per_task=1,
+                         auto_set_gpu=False)
+        self._local_gpus = local_gpus
+
+    def num_accelerators(self, task_type=None, task_id=None, config_proto=None):
+        del task_type, task_id, config_proto
+        return {"GPU": self._local_gpus}
+
+
+def slurm_resolver():
+    """Returns a SLURM cluster resolver when running inside a multi-task SLURM step."""
     if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
         return None
-    return tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=int(
-        os.environ.get("ISIC_SLURM_PORT_BASE", "8888")))
+    return _SlurmResolver(len(tf.config.list_physical_devices("GPU")),
+                          port_base=int(os.environ.get("ISIC_SLURM_PORT_BASE", "8888")))
 
 
-def make_strategy(name: str, collective_timeout: float) -> tf.distribute.Strategy:
-    """Creates the distribution strategy; `collective_timeout` in seconds (multi_worker).
+def communication_options(collective_timeout: float, has_gpus: bool):
+    """The all-reduce of a multi-worker job: NCCL when this worker has GPUs, else TF's choice
+    (the gRPC ring: NCCL has no CPU kernels); a timeout only when asked for (> 0 seconds).
+
+    AUTO would also pick the ring on GPUs (collective_all_reduce_strategy.py:249 defaults to
+    AUTO and only NCCL sets collective_nccl, :880-885); TensorFlow's multi-worker guide asks
+    for NCCL on GPUs. Every worker of a job must pick the same: they run the same image on
+    the same kind of machine, so each deciding from its own devices agrees.
+    """
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    return tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=collective_timeout or None,
+        implementation=implementation.NCCL if has_gpus else implementation.AUTO)
+
+
+def make_strategy(name: str, collective_timeout: float = 0.0) -> tf.distribute.Strategy:
+    """Creates the distribution strategy; `collective_timeout` in seconds (multi_worker,
+    debugging only; 0: none).
 
     'auto' picks multi_worker when TF_CONFIG (or a multi-task SLURM step) describes a
     cluster, mirrored when this machine has several GPUs (or logical CPUs), else one_device.
     """
     if name not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
-    slurm = _slurm_resolver()
+    slurm = slurm_resolver()
     if name == "auto":
         if os.environ.get("TF_CONFIG") or slurm is not None:
             name = "multi_worker"
@@ -127,7 +167,8 @@ def make_strategy(name: str, collective_timeout: float) -> tf.distribute.Strateg
         if not os.environ.get("TF_CONFIG") and slurm is None:
             raise ValueError("--strategy multi_worker needs TF_CONFIG (set by isic-launch or your "
                              "cluster operator) or a SLURM job step with several tasks")
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
+        options = communication_options(collective_timeout,
+                                        has_gpus=bool(tf.config.list_physical_devices("GPU")))
         # An explicit TF_CONFIG wins: SLURM variables also leak into local processes
         # started from inside an allocation (e.g. isic-launch in an sbatch shell).
         resolver = (tf.distribute.cluster_resolver.TFConfigClusterResolver()
@@ -196,6 +237,16 @@ def distribute_datasets(strategy: tf.distribute.Strategy, dataset_fn):
         return dataset_fn(tf.distribute.InputContext())
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
     return strategy.distribute_datasets_from_function(dataset_fn, options)
+
+
+def mean_over_workers(strategy: tf.distribute.Strategy, value: float) -> float:
+    """The mean of every worker's `value`, the same on every worker (one all-reduce of one
+    number; every worker must call it at the same point). One process: `value` itself."""
+    if num_workers(strategy) == 1:
+        return value
+    # Every worker has as many replicas, so the mean over replicas is the mean over workers.
+    per_replica = strategy.run(lambda: tf.constant(value, tf.float32))
+    return float(strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None))
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:

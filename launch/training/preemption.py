@@ -38,6 +38,7 @@ import tensorflow as tf
 from absl import logging
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HOST = "/cpu:0"  # LocalStop serves one process: its own CPU
 # Where TensorFlow's failure handling looks for the GCE metadata server (see ClusterStop).
 _METADATA_VARIABLE = "GCE_METADATA_IP"
 _NO_METADATA_SERVER = "127.0.0.1:1"
@@ -126,8 +127,12 @@ class LocalStop:
     """Stopping a single-process run (see the module docstring)."""
 
     def __init__(self):
-        # Read by the train steps before every step; created outside any strategy scope.
-        self.flag = tf.Variable(False, trainable=False, name="stop_requested")
+        # Read by the train steps before every step; created outside any strategy scope
+        # and pinned to the host. Without a device, an eager variable goes to GPU:0 when
+        # there is one, and the while loop's condition (steps.py) would copy it back to
+        # the host before every step: the loop's predicate is read on the host.
+        with tf.device(HOST):
+            self.flag = tf.Variable(False, trainable=False, name="stop_requested")
         self._catcher = _Catcher(self.flag)
         self._save = self._step = None
 

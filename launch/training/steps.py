@@ -28,6 +28,8 @@ from model import losses
 from model import metrics
 
 METRIC_KEYS = ("loss", "accuracy", "dice", "jaccard", "count")  # the sums' order
+# Time-based checkpoints: the first pace is measured over this many steps after the start.
+CADENCE_PROBE_STEPS = 20
 
 
 def _per_image_sums(masks, probs, per_image_loss, weights=None) -> tf.Tensor:
@@ -58,8 +60,14 @@ def _run_steps(strategy: tf.distribute.Strategy, global_step, stop: tf.Variable 
         def more(i, _):
             if stop is None:
                 return i < num_steps
-            # Read afresh before every step: another thread sets it (preemption.py).
-            return tf.logical_and(i < num_steps, tf.logical_not(stop.read_value()))
+            # Read afresh before every step: another thread sets it (preemption.py). On the
+            # flag's device (the host CPU): the While kernel needs its predicate on the
+            # host (WhileOp -> CondResultToBool in tensorflow/core/kernels/functional_ops.cc;
+            # lowered, LoopCond keeps its input in host memory), so a condition computed on
+            # a GPU would cost a device-to-host copy per step. `i` and `num_steps` are
+            # int32, which TF keeps in host memory anyway.
+            with tf.device(stop.device):
+                return tf.logical_and(i < num_steps, tf.logical_not(stop.read_value()))
 
         def body(i, totals):  # totals: float32 [5]
             return i + 1, totals + global_step(tuple(next(iterator)))
@@ -70,6 +78,7 @@ def _run_steps(strategy: tf.distribute.Strategy, global_step, stop: tf.Variable 
         totals = run_steps(iterator, tf.constant(num_steps, tf.int32)).numpy()  # [5], one fetch
         return dict(zip(METRIC_KEYS, totals.tolist()))
 
+    call.function = run_steps  # the tf.function itself, to inspect its graph (tests)
     return call
 
 
@@ -194,39 +203,81 @@ def means(totals: dict) -> dict:
 
 
 class StepsPerCall:
-    """Decides how many training steps each `train_steps` call runs (pure host logic).
+    """Decides how many training steps each `train_steps` call runs, and where checkpoints
+    land (pure host logic).
 
-    A call never crosses the end of an epoch or a checkpoint boundary (a multiple of
-    `checkpoint_every_steps`), so checkpoints land on exactly those steps. With
-    `steps_per_execution` 0 and `auto` (one process), the chunk starts at 1 and doubles
-    after each full-size call faster than AUTO_CHUNK_SECONDS, up to MAX_AUTO_CHUNK: the
-    fixed host work of a call (function call, metric fetch, TensorBoard scalar) then stays
-    small beside the steps on fast devices, while progress still updates often on slow
-    ones. Several workers must run the same steps per call and their timings differ, so
-    their chunk never grows.
+    A call never crosses the end of an epoch or a checkpoint step, so checkpoints land on
+    exactly those steps. With `steps_per_execution` 0 and `auto` (one process), the chunk
+    starts at 1 and doubles after each full-size call faster than AUTO_CHUNK_SECONDS, up to
+    MAX_AUTO_CHUNK: the fixed host work of a call (function call, metric fetch, TensorBoard
+    scalar) then stays small beside the steps on fast devices, while progress still
+    updates often on slow ones. Several workers must run the same steps per call and their
+    timings differ, so their chunk never grows.
+
+    Checkpoints: every `checkpoint_every_steps` steps when > 0; otherwise about every
+    `checkpoint_every_seconds` of training time (0: epoch ends only). Every worker must
+    save at the same step, and their clocks differ, so time is turned into a step: at a
+    plan point (CADENCE_PROBE_STEPS after the start, then every checkpoint and epoch end,
+    all steps every worker knows), the trainer agrees on the seconds per step the workers
+    measured since the last one (`pace()`; one all-reduce) and passes it to `plan`, which
+    puts the next checkpoint that many seconds of training away. Calls are timed without
+    the first one (it traces the function). Where a checkpoint lands does not change the
+    training: a resumed run is bit-identical from any step (trainer.py).
     """
 
     def __init__(self, steps_per_epoch: int, checkpoint_every_steps: int,
-                 steps_per_execution: int, auto: bool, stops: tuple[int, ...] = ()):
+                 steps_per_execution: int, auto: bool, stops: tuple[int, ...] = (),
+                 checkpoint_every_seconds: float = 0.0, first_step: int = 0):
         self._steps_per_epoch = steps_per_epoch
         self._every = checkpoint_every_steps
         self.chunk = steps_per_execution or 1
         self._grow = not steps_per_execution and auto
         self._stops = tuple(sorted(stops))  # extra boundaries, e.g. a profiled range
+        self._every_seconds = 0.0 if checkpoint_every_steps else checkpoint_every_seconds
+        # Time cadence: the next plan point and the next checkpoint (None: not planned).
+        self._plan_at = first_step + CADENCE_PROBE_STEPS if self._every_seconds else None
+        self._save_at = None
+        self._timed_steps, self._timed_seconds, self._calls = 0, 0.0, 0
 
     def next(self, step: int) -> int:
         """Steps of the call that starts after global step `step`."""
         boundary = (step // self._steps_per_epoch + 1) * self._steps_per_epoch
         if self._every:
             boundary = min(boundary, (step // self._every + 1) * self._every)
-        boundary = min([boundary] + [s for s in self._stops if s > step])
+        planned = (self._stops + (self._plan_at, self._save_at))
+        boundary = min([boundary] + [s for s in planned if s is not None and s > step])
         return min(self.chunk, boundary - step)
 
     def record(self, num_steps: int, seconds: float) -> None:
         """Reports how long a call of `num_steps` took; may grow the chunk."""
+        self._calls += 1
+        if self._calls > 1:  # the first call traces the function: not the pace
+            self._timed_steps += num_steps
+            self._timed_seconds += seconds
         if self._grow and num_steps == self.chunk and seconds < AUTO_CHUNK_SECONDS:
             self.chunk = min(2 * self.chunk, MAX_AUTO_CHUNK)
 
     def checkpoint_due(self, step: int) -> bool:
-        """A mid-epoch checkpoint boundary (epoch ends are checkpointed anyway)."""
-        return bool(self._every) and step % self._every == 0 and step % self._steps_per_epoch != 0
+        """A mid-epoch checkpoint step (epoch ends are checkpointed anyway)."""
+        if step % self._steps_per_epoch == 0:
+            return False
+        return (step % self._every == 0) if self._every else step == self._save_at
+
+    def plan_due(self, step: int) -> bool:
+        """Whether the trainer must agree on the pace and call `plan` after `step`."""
+        return bool(self._every_seconds) and (
+            step in (self._plan_at, self._save_at) or step % self._steps_per_epoch == 0)
+
+    def pace(self) -> float:
+        """This process's seconds per step since the last plan (0: nothing timed yet)."""
+        return self._timed_seconds / self._timed_steps if self._timed_steps else 0.0
+
+    def plan(self, step: int, seconds_per_step: float) -> None:
+        """Puts the next time-cadence checkpoint `checkpoint_every_seconds` of training
+        after `step` at `seconds_per_step` (every worker's agreed pace; 0: probe again)."""
+        if seconds_per_step > 0:
+            self._save_at = step + max(1, int(self._every_seconds / seconds_per_step))
+            self._plan_at = None
+        else:
+            self._save_at, self._plan_at = None, step + CADENCE_PROBE_STEPS
+        self._timed_steps, self._timed_seconds = 0, 0.0

@@ -139,7 +139,9 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
         planner=steps_lib.StepsPerCall(steps_per_epoch, config.checkpoint_every_steps,
                                        config.steps_per_execution,
                                        auto=distribute.num_workers(strategy) == 1,
-                                       stops=config.profile_range or ()),
+                                       stops=config.profile_range or (),
+                                       checkpoint_every_seconds=60 * config.checkpoint_every_minutes,
+                                       first_step=step),
         train_steps=steps_lib.make_train_steps(strategy, model, optimizer, config.batch_size,
                                                config.dice_weight, stop=stop.flag),
         eval_steps=steps_lib.make_eval_steps(strategy, model, config.dice_weight),
@@ -217,6 +219,9 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
             run.reporter.chunk(run.step, run.step - first_step, totals, images_per_s)
         if run.planner.checkpoint_due(run.step):
             _save(run)
+        if run.planner.plan_due(run.step):  # time cadence: every worker, the same step
+            pace = distribute.mean_over_workers(run.strategy, run.planner.pace())
+            run.planner.plan(run.step, pace)
         run.stop.after_chunk()  # after SIGTERM/SIGINT: checkpoint, raise Stopped
     return sums, time.perf_counter() - start
 
