@@ -148,8 +148,7 @@ def measure(devices: int, device_type: str = "GPU", base_filters: int = BASE_FIL
     names = [d.name for d in tf.config.list_logical_devices(device_type)][:devices or None]
     if not multi_worker and len(names) > 1:
         strategy = tf.distribute.MirroredStrategy(names)
-        # Which all-reduce MirroredStrategy picked (NCCL on GPUs when it works); no public API.
-        all_reduce = type(getattr(strategy.extended, "_cross_device_ops", None)).__name__
+        all_reduce = _all_reduce(strategy)
     elif not multi_worker:
         strategy, all_reduce = tf.distribute.OneDeviceStrategy(names[0]), "-"
     workers = distribute.num_workers(strategy)
@@ -183,6 +182,21 @@ def measure(devices: int, device_type: str = "GPU", base_filters: int = BASE_FIL
         peak_memory_mb=max(peaks) / 2**20 if peaks else None,
         finite=all(bool(np.isfinite(w).all()) for w in weights),
         weights_sha256=trainer.weights_digest(model))
+
+
+def _all_reduce(strategy) -> str:
+    """The cross-device all-reduce a MirroredStrategy runs, e.g. "CollectiveAllReduce (NCCL)"
+    (TF 2.21's default on GPUs, mirrored_strategy.py:339-341). There is no public API: this
+    reads private attributes and says "unknown" when they move."""
+    import tensorflow as tf
+    try:
+        # A float32 value: int32 ones go through the host instead.
+        ops = strategy.extended._get_cross_device_ops(tf.constant(0.0))  # pylint: disable=protected-access
+    except Exception:  # noqa: BLE001 - only a label
+        return "unknown"
+    implementation = getattr(getattr(ops, "_options", None), "implementation", None)
+    name = type(ops).__name__
+    return f"{name} ({implementation.name})" if implementation is not None else name
 
 
 def _two_processes(gpus: list[str], kwargs: dict) -> list[GpuRun]:

@@ -150,6 +150,37 @@ def test_worker_env_slices_gpus_and_hides_an_enclosing_slurm_job():
     assert untouched["CUDA_VISIBLE_DEVICES"] == "0,1" and "TF_FORCE_GPU_ALLOW_GROWTH" not in untouched
 
 
+def test_each_worker_gets_its_own_gpus_with_memory_growth():
+    # The launcher's CUDA_VISIBLE_DEVICES stands for the machine's GPUs (no GPU needed).
+    show = [sys.executable, "-c", "import os; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'], "
+            "os.environ['TF_FORCE_GPU_ALLOW_GROWTH'])"]
+    out, err = io.StringIO(), io.StringIO()
+    code = process_group.launch(show, LaunchConfig(num_workers=2), out=out, err=err,
+                                env=dict(os.environ, CUDA_VISIBLE_DEVICES="4,5,6,7"))
+    assert code == 0, err.getvalue()
+    assert sorted(re.findall(r"^\[w\d\] gpus .*$", out.getvalue(), re.M)) == [
+        "[w0] gpus 4,5 true", "[w1] gpus 6,7 true"]
+    assert "isic-launch: GPUs: worker 0: 4,5; worker 1: 6,7" in err.getvalue()
+    with pytest.raises(UserError, match="--num_workers 2 or fewer"):
+        process_group.launch(show, LaunchConfig(num_workers=3), out=out, err=err,
+                             env=dict(os.environ, CUDA_VISIBLE_DEVICES="0,1"))
+
+
+def test_a_slurm_task_keeps_its_share_of_the_node_gpus_from_the_start():
+    # Task 1 of 2 on a node whose 4 GPUs both see: every isic-* command narrows its own
+    # CUDA_VISIBLE_DEVICES before it imports TensorFlow (launch/cli.py); here isic-launch,
+    # whose one worker then inherits the share.
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, CUDA_VISIBLE_DEVICES="0,1,2,3",
+               SLURM_PROCID="1", SLURM_NTASKS="2", SLURM_STEP_TASKS_PER_NODE="2",
+               SLURM_NODEID="0", SLURM_LOCALID="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.commands.launch", "--num_workers=1", "--", sys.executable,
+         "-c", "import os; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'])"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "[w0] gpus 2,3" in done.stdout
+
+
 def test_a_dead_worker_stops_the_group_within_the_grace_period(stand_in, tmp_path):
     # Worker 1 exits 3; worker 0 ignores SIGTERM (as a process stuck in native code may),
     # worker 2 exits on it. With grace 1 s the group must end about 1 s after the death.
