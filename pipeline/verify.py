@@ -20,6 +20,8 @@ import concurrent.futures
 import os
 import struct
 
+from preprocessing import files
+
 # Standard library only at import: launch/training/config.py takes LEVELS from here for
 # the --verify_records flag, and `isic-train --help` must not load TensorFlow.
 LEVELS = ("sha256", "size", "none")
@@ -30,9 +32,9 @@ _MAX_HASH_THREADS = 4  # hashlib releases the GIL: shards are hashed side by sid
 
 def framing_problem(path: str, expected_records: int) -> str | None:
     """Why the shard's framing disagrees with `expected_records`, or None if it agrees."""
-    size = os.path.getsize(path)
+    size = files.getsize(path)
     offset = count = 0
-    with open(path, "rb") as f:
+    with files.open(path, "rb") as f:
         while offset < size:
             f.seek(offset)
             header = f.read(_HEADER)
@@ -103,7 +105,7 @@ def report(data_dir: str, manifest: dict, found: dict[str, str], prefix: str = "
 
 def total_bytes(shards: list[tuple[str, int, str | None]]) -> int:
     """Bytes on disk of the shards."""
-    return sum(os.path.getsize(path) for path, _, _ in shards)
+    return sum(files.getsize(path) for path, _, _ in shards)
 
 
 def rebuild_command(data_dir: str, manifest: dict) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from preprocessing import decode
+from preprocessing import files
 from preprocessing import manifest
 from preprocessing.options import UserError
 
@@ -43,24 +44,24 @@ def resolve_model_path(path: str) -> str:
     Raises:
       FileNotFoundError: nothing usable at `path`; the message says what to pass instead.
     """
-    if os.path.isdir(path):
+    if files.isdir(path):
         candidate = os.path.join(path, MODEL_FILE)
-        if os.path.isfile(candidate):
+        if files.isfile(candidate):
             return candidate
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
-            parent = os.path.dirname(os.path.abspath(path))
+        if files.isfile(os.path.join(path, "saved_model.pb")):
+            parent = os.path.dirname(files.absolute(path).rstrip("/"))
             beside = (f"pass {parent} (its model directory) or {os.path.join(parent, MODEL_FILE)}"
-                      if os.path.isfile(os.path.join(parent, MODEL_FILE))
+                      if files.isfile(os.path.join(parent, MODEL_FILE))
                       else f"pass a model directory from isic-train or its {MODEL_FILE}")
             raise FileNotFoundError(
                 f"--model {path} is a TensorFlow SavedModel (for TF Serving or "
                 f"tf.saved_model.load); isic-evaluate and isic-predict need the Keras model: {beside}")
         hint = (f" (it has best/{MODEL_FILE}: pass --model {os.path.join(path, 'best')})"
-                if os.path.isfile(os.path.join(path, "best", MODEL_FILE)) else "")
+                if files.isfile(os.path.join(path, "best", MODEL_FILE)) else "")
         raise FileNotFoundError(
             f"model directory {path} has no {MODEL_FILE}{hint}. isic-train writes it when "
             f"training ends; pass a finished model directory or a .keras file to --model")
-    if os.path.isfile(path):
+    if files.isfile(path):
         if path.endswith((".h5", ".hdf5")):
             raise FileNotFoundError(
                 f"--model {path} is a Keras HDF5 (.h5) file, a format these commands do not "
@@ -113,12 +114,12 @@ def read_preprocessing(model_path: str) -> decode.ColourConstancy:
       FileNotFoundError: see `resolve_model_path`.
       ValueError: the file is not valid JSON or names an unknown method.
     """
-    folder = os.path.dirname(os.path.abspath(resolve_model_path(model_path)))
+    folder = os.path.dirname(files.absolute(resolve_model_path(model_path)))
     for candidate in (os.path.join(folder, PREPROCESSING_FILE),
                       os.path.join(os.path.dirname(folder), PREPROCESSING_FILE)):
-        if os.path.isfile(candidate):
+        if files.isfile(candidate):
             try:
-                with open(candidate) as f:
+                with files.open(candidate) as f:
                     return decode.ColourConstancy.from_dict(json.load(f))
             except (OSError, ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f"{candidate} is not a usable preprocessing record ({e}); "
@@ -158,7 +159,7 @@ def read_mask(path: str, expected_size: tuple[int, int] | None = None) -> np.nda
     Raises:
       FileNotFoundError: no such file. ValueError: unusable, or not `expected_size`.
     """
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise FileNotFoundError(f"mask {path} does not exist; pass the folder that holds the "
                                 "original masks (--data_source or --masks_dir)")
     mask = decode.read_mask(path)
@@ -210,9 +211,14 @@ def ensure_writable(folder: str) -> None:
       UserError: the folder cannot be created or written to (the message names it).
     """
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        if files.is_local(folder):
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        else:  # an object store has no permissions to read: write and delete a probe
+            probe = os.path.join(folder, ".isic-write-probe")
+            files.write_atomic(probe, b"")
+            files.remove(probe)
     except OSError as e:
         raise UserError(f"cannot write to the output folder {folder} ({e.strerror or e}); "
                         "pass an --output_dir you can write to") from None

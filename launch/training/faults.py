@@ -20,6 +20,7 @@ import re
 
 import tensorflow as tf
 
+from preprocessing import files
 from preprocessing.options import UserError
 
 # Always a write failure when raised by a file write.
@@ -53,7 +54,7 @@ def writing(what: str, path: str, kept: str = ""):
     except OSError as e:
         raise _error(what, e.filename or path, e.strerror or str(e), kept) from None
     except tf.errors.OpError as e:
-        folder = os.path.dirname(os.path.abspath(path))
+        folder = os.path.dirname(files.absolute(path))
         if not (isinstance(e, _TF_WRITE_ERRORS)
                 or (isinstance(e, _TF_PATH_ERRORS) and folder in (e.message or ""))):
             raise
