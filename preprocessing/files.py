@@ -178,10 +178,16 @@ def _upload(local: str, path: str) -> None:
 
 
 def _make_parent(path: str) -> None:
-    """Creates the folder of the remote `path` (unless it is the bucket or root itself)."""
+    """Creates the folder of the remote `path` (unless it is the bucket or root itself);
+    makes ram:// replace the file like the other filesystems do."""
     folder = os.path.dirname(path)
     if _SCHEME in folder and not folder.endswith(_SCHEME):
         _gfile().makedirs(folder)
+    # TensorFlow's in-memory ram:// (the tests' object store) appends to an existing
+    # file where gs:// and local files are replaced (tsl/platform/ram_file_system.h,
+    # NewWritableFile keeps fs_[fname]): delete it first there.
+    if path.startswith("ram://") and _gfile().exists(path):
+        _gfile().remove(path)
 
 
 @contextlib.contextmanager
