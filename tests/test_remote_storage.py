@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from launch import cli
 from launch.inference import evaluation
 from launch.inference import export
 from launch.inference import models
@@ -33,11 +34,12 @@ from model import unet
 from preprocessing import files
 from preprocessing import leases
 from preprocessing import locks
+from preprocessing.options import UserError
 from tests import build_helpers
 
 RAW = dict(tta=False, fill_holes=False, largest_component=False)
 TINY = TrainConfig(batch_size=4, base_filters=2, strategy="one_device", precision="float32",
-                   summary_images=1, checkpoint_every_steps=2, epochs=1)
+                   summary_images=0, checkpoint_every_steps=2, epochs=1)
 
 
 def _ram(name: str) -> str:
@@ -114,6 +116,20 @@ def test_every_command_on_ram_filesystem(tmp_path):
                         log=lambda _: None)
     assert files.isfile(f"{root}/export/{export.EXPORT_FILE}")
     assert files.isfile(f"{root}/export/{export.SERVING_DIR}/saved_model.pb")
+
+
+def test_remote_flag_files_are_read_through_a_local_copy(tmp_path):
+    remote = _ram("flags")
+    files.write_atomic(f"{remote}/a.flags", "--epochs=3\n")
+    files.write_atomic(f"{remote}/b.flags", "--data_dir=gs://b/records\n")
+    argv = cli.local_flagfiles(["isic-train", f"--flagfile={remote}/a.flags", "--flagfile",
+                                f"{remote}/b.flags", "--flagfile=local.flags", "--epochs=2"])
+    assert argv[0::2] == ["isic-train", "--flagfile", "--flagfile=local.flags"]
+    assert argv[-1] == "--epochs=2" and argv[1].startswith("--flagfile=")
+    assert files.read_bytes(argv[1].split("=", 1)[1]) == b"--epochs=3\n"
+    assert files.is_local(argv[3]) and files.read_bytes(argv[3]) == b"--data_dir=gs://b/records\n"
+    with pytest.raises(UserError, match="missing.flags"):
+        cli.local_flagfiles(["isic-train", f"--flagfile={remote}/missing.flags"])
 
 
 def _lease_file(directory: str, host: str, renewed: float) -> None:
