@@ -31,6 +31,7 @@ from launch.training import checkpoints
 from launch.training import trainer
 from launch.training.config import TrainConfig
 from model import unet
+from pipeline import dataset as dataset_lib
 from preprocessing import files
 from preprocessing import leases
 from preprocessing import locks
@@ -116,6 +117,23 @@ def test_every_command_on_ram_filesystem(tmp_path):
                         log=lambda _: None)
     assert files.isfile(f"{root}/export/{export.EXPORT_FILE}")
     assert files.isfile(f"{root}/export/{export.SERVING_DIR}/saved_model.pb")
+
+
+def test_remote_shards_are_verified_and_a_bad_one_is_named(tmp_path):
+    build_helpers.random_dataset(str(tmp_path / "raw"), 12, h=30, w=40)
+    data_dir = f"{_ram('verify')}/records"
+    build_helpers.build_dir(str(tmp_path / "raw"), data_dir, image_size=16, num_shards=2)
+    records = dataset_lib.Records.open(data_dir)
+    checked = records.verify(("train", "val"))
+    assert checked["shards"] == len(records.shards["train"]) + len(records.shards["val"])
+    shard = records.shards["train"][1][0]
+    data = files.read_bytes(shard)
+    files.write_atomic(shard, data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with pytest.raises(dataset_lib.RecordsError, match=os.path.basename(shard) + ": its sha256"):
+        records.verify(("train",))
+    files.write_atomic(shard, data[:-3])
+    with pytest.raises(dataset_lib.RecordsError, match="truncated"):
+        records.verify(("train",), "size")
 
 
 def test_remote_flag_files_are_read_through_a_local_copy(tmp_path):
