@@ -349,9 +349,10 @@ def _read_once(records: Records, key: tuple, ds: tf.data.Dataset) -> tf.data.Dat
     """
     if files_lib.is_local(records.data_dir):
         return ds
-    if key not in records._remote_cache:  # pylint: disable=protected-access
-        records._remote_cache[key] = next(iter(ds))  # pylint: disable=protected-access
-    return tf.data.Dataset.from_tensors(records._remote_cache[key]).repeat()  # pylint: disable=protected-access
+    cache = records._remote_cache  # pylint: disable=protected-access
+    if key not in cache:
+        cache[key] = next(iter(ds))
+    return tf.data.Dataset.from_tensors(cache[key]).repeat()
 
 
 def _evaluation_dataset(records: Records, split: str, layout: _Layout, batch_size: int):

@@ -96,7 +96,8 @@ def _remote_problem(shard: tuple[str, int, str | None], level: str) -> str | Non
     path, records, digest = shard
     data = files.read_bytes(path)
     problem = framing_problem(path, records, data)
-    if problem is None and level == "sha256" and digest and hashlib.sha256(data).hexdigest() != digest:
+    if (problem is None and level == "sha256" and digest
+            and hashlib.sha256(data).hexdigest() != digest):
         problem = _DIGEST_MISMATCH
     return problem
 
