@@ -117,7 +117,7 @@ def _write(path: str, lease: Lease, command: str) -> None:
         files.write_atomic(path, lease.to_json())
     except Exception as e:  # pylint: disable=broad-except  # OSError or a tf.errors.OpError
         raise UserError(f"cannot write the lease file {path}: {e}; {command} needs a "
-                              "folder it can write to") from None
+                        "folder it can write to") from None
 
 
 def _renew(path: str, mine: Lease, stop: threading.Event) -> None:
