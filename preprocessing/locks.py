@@ -15,9 +15,10 @@ The lock file itself is never deleted: deleting it while another process waits o
 old inode would let two processes hold "the" lock at once.
 
 Where `flock` does not exist the same file is a lease instead (preprocessing/leases.py):
-on remote paths (gs://, which tf.io.gfile writes), and on local mounts whose flock fails
-with ENOSYS, EOPNOTSUPP or ENOLCK (gcsfuse, Vertex AI's /gcs/, some Lustre and NFS
-mounts without a lock daemon), with a warning there: never a crash, never no lock.
+on remote paths (gs://, which tf.io.gfile writes); on FUSE mounts (gcsfuse, Vertex AI's
+/gcs/, s3 mounts), where the kernel emulates a missing flock within one machine only; and
+on local mounts whose flock fails with ENOSYS, EOPNOTSUPP or ENOLCK (some Lustre and NFS
+mounts without a lock daemon). The last two with a warning: never a crash, never no lock.
 
 Standard library and absl only: the builder takes this lock before it imports TensorFlow.
 """
@@ -96,7 +97,12 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
       LockedError: a live process holds the lock; the message names it.
       UserError: the lock file cannot be created (read-only or full disk, no permission).
     """
-    if not files.is_local(directory):
+    kind = mount_type(directory) if files.is_local(directory) else ""
+    if not files.is_local(directory) or kind.startswith("fuse"):
+        if kind:  # the kernel emulates flock on FUSE mounts that lack it, within one machine
+            logging.warning("%s is on a FUSE mount (%s), whose flock holds within this machine "
+                            "only; using a lease file instead, which is advisory "
+                            "(preprocessing/leases.py)", directory, kind)
         with _lease(directory, name, command, advice) as stale:
             yield stale
         return
@@ -139,6 +145,28 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
             with contextlib.suppress(OSError):  # e.g. the disk went read-only meanwhile
                 lock.seek(0)
                 lock.truncate()  # released: nobody is named any more (flock ends at close)
+
+
+def mount_type(path: str, table: str | None = None) -> str:
+    """The filesystem type of the mount that holds the local `path` ("ext4", "nfs4",
+    "fuse.gcsfuse"), from `table` (the text of /proc/self/mounts, read by default);
+    "" where unknown (no /proc)."""
+    if table is None:
+        try:
+            table = files.read_bytes("/proc/self/mounts").decode("utf-8", "replace")
+        except OSError:
+            return ""
+    real = os.path.realpath(path)  # the mount of what a symlink points to
+    best, kind = "", ""
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")  # /proc/mounts escapes spaces
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 def _lease(directory, name, command, advice):

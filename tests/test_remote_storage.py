@@ -188,6 +188,16 @@ def test_local_mount_without_flock_falls_back_to_the_lease(tmp_path, monkeypatch
     assert not os.path.exists(os.path.join(directory, ".lock"))
 
 
+def test_fuse_mounts_are_recognised_for_the_lease(tmp_path):
+    table = ("/dev/sda1 / ext4 rw 0 0\n"
+             "gcsfuse /gcs fuse.gcsfuse rw,nosuid 0 0\n"
+             "server:/export /mnt/my\\040nfs nfs4 rw 0 0\n")
+    assert locks.mount_type("/gcs/bucket/runs/x", table) == "fuse.gcsfuse"
+    assert locks.mount_type("/gcsx/runs", table) == "ext4"
+    assert locks.mount_type("/mnt/my nfs/runs", table) == "nfs4"
+    assert not locks.mount_type(str(tmp_path)).startswith("fuse")  # this machine's tmp
+
+
 # Calls that touch files, which library modules make through preprocessing/files.py so
 # that remote paths work. Each exception says why the path is always local.
 _FILE_CALLS = {"open"} | {f"os.{n}" for n in (
@@ -196,7 +206,7 @@ _FILE_CALLS = {"open"} | {f"os.{n}" for n in (
         "exists", "isfile", "isdir", "getsize", "getmtime", "abspath", "realpath")}
 _ALLOWED = {
     # flock needs a local file descriptor; remote folders take the lease before this.
-    "preprocessing/locks.py": {"os.makedirs", "os.open"},
+    "preprocessing/locks.py": {"os.makedirs", "os.open", "os.path.realpath"},
     # The raw image folders of isic-preprocess stay local (README: object storage).
     "preprocessing/pairs.py": {"os.path.abspath", "os.path.isdir", "os.scandir", "os.stat"},
     # isic-synth writes such raw folders.

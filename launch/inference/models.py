@@ -210,15 +210,19 @@ def ensure_writable(folder: str) -> None:
     Raises:
       UserError: the folder cannot be created or written to (the message names it).
     """
-    try:
-        if files.is_local(folder):
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        else:  # an object store has no permissions to read: write and delete a probe
-            probe = os.path.join(folder, ".isic-write-probe")
+    if not files.is_local(folder):  # an object store's permissions: write and delete a probe
+        probe = os.path.join(folder, ".isic-write-probe")
+        try:
             files.write_atomic(probe, b"")
             files.remove(probe)
+        except Exception as e:  # pylint: disable=broad-except  # tf.errors.OpError, OSError
+            raise UserError(f"cannot write to the output folder {folder} ({e}); pass an "
+                            "--output_dir you can write to") from None
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as e:
         raise UserError(f"cannot write to the output folder {folder} ({e.strerror or e}); "
                         "pass an --output_dir you can write to") from None
