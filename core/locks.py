@@ -14,6 +14,12 @@ machine): the lock is taken over with a warning saying whose it was.
 The lock file itself is never deleted: deleting it while another process waits on the
 old inode would let two processes hold "the" lock at once.
 
+Where `flock` does not exist the same file is a lease instead (core/leases.py):
+on remote paths (gs://, which tf.io.gfile writes); on FUSE mounts (gcsfuse, Vertex AI's
+/gcs/, s3 mounts), where the kernel emulates a missing flock within one machine only; and
+on local mounts whose flock fails with ENOSYS, EOPNOTSUPP or ENOLCK (some Lustre and NFS
+mounts without a lock daemon). The last two with a warning: never a crash, never no lock.
+
 Standard library and absl only: the builder takes this lock before it imports TensorFlow.
 """
 
@@ -29,6 +35,11 @@ import socket
 from absl import logging
 
 from core.errors import UserError
+from core import files
+
+# flock's errors on a filesystem that has no flock (ENOTSUP is EOPNOTSUPP on Linux; NFS
+# without lockd answers ENOLCK).
+_NO_FLOCK = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK)
 
 
 class LockedError(UserError):
@@ -86,6 +97,15 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
       LockedError: a live process holds the lock; the message names it.
       UserError: the lock file cannot be created (read-only or full disk, no permission).
     """
+    kind = mount_type(directory) if files.is_local(directory) else ""
+    if not files.is_local(directory) or kind.startswith("fuse"):
+        if kind:  # the kernel emulates flock on FUSE mounts that lack it, within one machine
+            logging.warning("%s is on a FUSE mount (%s), whose flock holds within this machine "
+                            "only; using a lease file instead, which is advisory "
+                            "(core/leases.py)", directory, kind)
+        with _lease(directory, name, command, advice) as stale:
+            yield stale
+        return
     path = os.path.join(directory, name)
     try:
         os.makedirs(directory, exist_ok=True)
@@ -97,6 +117,14 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            if e.errno in _NO_FLOCK:
+                logging.warning("%s: this filesystem has no flock (%s); using a lease file "
+                                "instead, which is advisory (core/leases.py)",
+                                directory, os.strerror(e.errno))
+                lock.close()
+                with _lease(directory, name, command, advice) as stale:
+                    yield stale
+                return
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = _read_holder(lock)
@@ -119,6 +147,33 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
                 lock.truncate()  # released: nobody is named any more (flock ends at close)
 
 
+def mount_type(path: str, table: str | None = None) -> str:
+    """The filesystem type of the mount that holds the local `path` ("ext4", "nfs4",
+    "fuse.gcsfuse"), from `table` (the text of /proc/self/mounts, read by default);
+    "" where unknown (no /proc)."""
+    if table is None:
+        try:
+            table = files.read_bytes("/proc/self/mounts").decode("utf-8", "replace")
+        except OSError:
+            return ""
+    real = os.path.realpath(path)  # the mount of what a symlink points to
+    best, kind = "", ""
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")  # /proc/mounts escapes spaces
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def _lease(directory, name, command, advice):
+    from core import leases  # pylint: disable=import-outside-toplevel  # imports us
+    return leases.hold(directory, name, command, advice=advice)
+
+
 def _warn_stale(stale: Holder, path: str) -> None:
     gone = stale.is_gone()
     if gone is None:
@@ -136,11 +191,15 @@ def _read_holder(lock) -> Holder | None:
     """The holder the lock file names, or None (empty, or not written by this module)."""
     lock.seek(0)
     text = lock.read().strip()
-    if not text:
-        return None
+    return parse_holder(text) if text else None
+
+
+def parse_holder(text: str) -> Holder:
+    """The Holder a lock or lease file's JSON names (a placeholder for other content)."""
     try:
-        return Holder(**json.loads(text))
-    except (ValueError, TypeError):
+        fields = json.loads(text)
+        return Holder(**{f.name: fields[f.name] for f in dataclasses.fields(Holder)})
+    except (ValueError, TypeError, KeyError):
         return Holder("unknown host", -1, "unknown time", f"a process ({text[:80]!r})")
 
 
@@ -153,9 +212,9 @@ def _write_holder(lock, holder: Holder) -> None:
 
 def holder_of(directory: str, name: str) -> Holder | None:
     """The holder named in `directory/name` (None: no file, or nobody named); no locking."""
-    try:
-        with open(os.path.join(directory, name)) as f:
-            return _read_holder(f)
-    except FileNotFoundError:
+    path = os.path.join(directory, name)
+    if not files.exists(path):
         return None
+    with files.open(path) as f:
+        return _read_holder(f)
 

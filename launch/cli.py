@@ -17,9 +17,11 @@ Errors: a `UserError` (bad data, a conflicting output, a missing file) prints
 bug and keeps its traceback.
 """
 
+import atexit
 import dataclasses
 import os
 import re
+import shutil
 import sys
 import tempfile
 import types
@@ -32,6 +34,7 @@ from absl import logging
 from core import options
 from core.errors import UserError
 from launch.cluster import gpus
+from core import files
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 TF_LOG_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
@@ -218,4 +221,32 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
             print(f"{program}: error: {e}", file=sys.stderr)
             return 1
 
-    app.run(_main)
+    try:
+        argv = local_flagfiles(sys.argv)
+    except UserError as e:
+        print(f"{program}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    app.run(_main, argv=argv)
+
+
+def local_flagfiles(argv: list[str]) -> list[str]:
+    """`argv` with each remote `--flagfile` (gs://...) replaced by a local copy: absl reads
+    flag files with `open`. The copies live in a temporary folder deleted at exit."""
+    out, copies = [], None
+    for index, arg in enumerate(argv):
+        previous = argv[index - 1] if index else ""
+        value = arg.split("=", 1)[1] if arg.startswith(("--flagfile=", "-flagfile=")) else (
+            arg if previous in ("--flagfile", "-flagfile") else None)
+        if value is None or files.is_local(value):
+            out.append(arg)
+            continue
+        if copies is None:
+            copies = tempfile.mkdtemp(prefix="isic-flags-")
+            atexit.register(shutil.rmtree, copies, True)
+        local = os.path.join(copies, f"{index}-{os.path.basename(value)}")
+        try:
+            files.write_atomic(local, files.read_bytes(value))
+        except Exception as e:  # pylint: disable=broad-except  # OSError or tf.errors.OpError
+            raise UserError(f"cannot read the flag file {value}: {e}") from None
+        out.append(f"--flagfile={local}" if arg.startswith("-") else local)
+    return out

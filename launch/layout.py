@@ -10,11 +10,13 @@
     M/.isic-train.lock        held by the run that trains in M
 
 Training writes it, inference and export read it; this module is the one place that
-names the files, so it imports neither TensorFlow nor Keras.
+names the files, so it imports neither TensorFlow nor Keras (core/files.py loads
+TensorFlow's gfile only for a remote path such as gs://).
 """
 
 import os
 
+from core import files
 from core.errors import MissingInputError
 
 CONFIG_FILE = "config.json"
@@ -39,24 +41,24 @@ def resolve_model_path(path: str) -> str:
     Raises:
       MissingInputError: nothing usable at `path`; the message says what to pass instead.
     """
-    if os.path.isdir(path):
+    if files.isdir(path):
         candidate = os.path.join(path, MODEL_FILE)
-        if os.path.isfile(candidate):
+        if files.isfile(candidate):
             return candidate
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
-            parent = os.path.dirname(os.path.abspath(path))
+        if files.isfile(os.path.join(path, "saved_model.pb")):
+            parent = os.path.dirname(files.absolute(path).rstrip("/"))
             beside = (f"pass {parent} (its model directory) or {os.path.join(parent, MODEL_FILE)}"
-                      if os.path.isfile(os.path.join(parent, MODEL_FILE))
+                      if files.isfile(os.path.join(parent, MODEL_FILE))
                       else f"pass a model directory from isic-train or its {MODEL_FILE}")
             raise MissingInputError(
                 f"--model {path} is a TensorFlow SavedModel (for TF Serving or "
                 f"tf.saved_model.load); isic-evaluate and isic-predict need the Keras model: {beside}")
         hint = (f" (it has {BEST_DIR}/{MODEL_FILE}: pass --model {os.path.join(path, BEST_DIR)})"
-                if os.path.isfile(os.path.join(path, BEST_DIR, MODEL_FILE)) else "")
+                if files.isfile(os.path.join(path, BEST_DIR, MODEL_FILE)) else "")
         raise MissingInputError(
             f"model directory {path} has no {MODEL_FILE}{hint}. isic-train writes it when "
             f"training ends; pass a finished model directory or a .keras file to --model")
-    if os.path.isfile(path):
+    if files.isfile(path):
         if path.endswith((".h5", ".hdf5")):
             raise MissingInputError(
                 f"--model {path} is a Keras HDF5 (.h5) file, a format these commands do not "
@@ -73,6 +75,6 @@ def resolve_model_path(path: str) -> str:
 def preprocessing_candidates(model_path: str) -> tuple[str, str]:
     """Where the preprocessing record of the model `model_path` resolves to may be: next to
     its .keras file, then in that folder's parent (M/best/ISIC-UNet.keras -> M/...)."""
-    folder = os.path.dirname(os.path.abspath(resolve_model_path(model_path)))
+    folder = os.path.dirname(files.absolute(resolve_model_path(model_path)))
     return (os.path.join(folder, PREPROCESSING_FILE),
             os.path.join(os.path.dirname(folder), PREPROCESSING_FILE))

@@ -36,6 +36,7 @@ from pipeline import augment as augment_lib
 from pipeline import pixels
 from pipeline import verify as verify_lib
 from pipeline.config import AugmentConfig
+from preprocessing import files as files_lib
 from preprocessing import manifest as manifest_lib
 from preprocessing import schema
 from core.errors import UserError
@@ -69,6 +70,8 @@ class Records:
     shards: dict
     preprocessing: dict
     manifest: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # Remote records only: {what was read: string [n] tensor}, see `_read_once`.
+    _remote_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, data_dir: str) -> "Records":
@@ -301,8 +304,9 @@ def _training_dataset(records: Records, split: str, layout: _Layout, batch_size:
         return (tf.ensure_shape(example["image"], [local_batch, size, size, 3]),
                 tf.ensure_shape(example["mask"], [local_batch, size, size, 1]))
 
-    all_records = _all_records(files, num_records, layout.num_pipelines, pipeline_id,
-                               shard_by_data)
+    all_records = _read_once(
+        records, ("train", tuple(files), layout.num_pipelines, pipeline_id, shard_by_data),
+        _all_records(files, num_records, layout.num_pipelines, pipeline_id, shard_by_data))
     # Shuffle and skip: the permuted rows of batches skip_batches.. of the epoch. Skipping
     # costs nothing, and batch k keeps its index k for its augmentation seed.
     batches = tf.data.Dataset.from_tensor_slices(
@@ -335,6 +339,23 @@ def _all_records(files: list[str], num_records: int, num_pipelines: int, pipelin
     return records.batch(num_records + 1).cache().repeat()
 
 
+def _read_once(records: Records, key: tuple, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` (endless repeats of one element, string [n]) read once per run when the records
+    are remote.
+
+    The datasets are rebuilt every epoch, and their `cache()` lives as long as one of them:
+    locally each epoch's first read comes from the page cache, remotely it would download
+    the shards again. So remote records are read once (the same interleaved order), kept
+    as a tensor in `records` and handed to every later epoch.
+    """
+    if files_lib.is_local(records.data_dir):
+        return ds
+    cache = records._remote_cache  # pylint: disable=protected-access
+    if key not in cache:
+        cache[key] = next(iter(ds))
+    return tf.data.Dataset.from_tensors(cache[key]).repeat()
+
+
 def _evaluation_dataset(records: Records, split: str, layout: _Layout, batch_size: int):
     """Every record of `split` once, padded to full global batches (see make_dataset)."""
     shards = records.files(split)
@@ -352,7 +373,12 @@ def _evaluation_dataset(records: Records, split: str, layout: _Layout, batch_siz
                 tf.ensure_shape(weights, [local_batch]))
 
     # Record order (sorted shards, file order): no shuffle, no augmentation.
-    ds = tf.data.TFRecordDataset([path for path, _ in shards])
+    paths = [path for path, _ in shards]
+    if files_lib.is_local(records.data_dir):
+        ds = tf.data.TFRecordDataset(paths)
+    else:  # read once per run, see _read_once
+        ds = _read_once(records, ("eval", split), tf.data.TFRecordDataset(paths).batch(count + 1)
+                        .repeat()).take(1).unbatch()
     ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     ds = ds.map(lambda record: (record, tf.constant(1.0)))
     ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(blank), tf.constant(0.0)))

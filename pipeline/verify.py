@@ -17,8 +17,11 @@ standard library); sha256 covers every byte instead.
 """
 
 import concurrent.futures
+import hashlib
 import os
 import struct
+
+from core import files
 
 # Standard library only at import: launch/training/config.py takes LEVELS from here for
 # the --verify_records flag, and `isic-train --help` must not load TensorFlow.
@@ -26,25 +29,38 @@ LEVELS = ("sha256", "size", "none")
 _HEADER = 12  # length (8) + its CRC (4)
 _FOOTER = 4   # payload CRC
 _MAX_HASH_THREADS = 4  # hashlib releases the GIL: shards are hashed side by side
+_DIGEST_MISMATCH = ("its sha256 differs from manifest.json's (a byte changed after the build, "
+                    "or the manifest entry was edited)")
 
 
-def framing_problem(path: str, expected_records: int) -> str | None:
-    """Why the shard's framing disagrees with `expected_records`, or None if it agrees."""
-    size = os.path.getsize(path)
-    offset = count = 0
-    with open(path, "rb") as f:
-        while offset < size:
+def framing_problem(path: str, expected_records: int, data: bytes | None = None) -> str | None:
+    """Why the shard's framing disagrees with `expected_records`, or None if it agrees.
+
+    data: the shard's bytes when already read (remote shards); else the file is read.
+    """
+    if data is not None:
+        return _framing(lambda offset: data[offset:offset + _HEADER], len(data), expected_records)
+    with files.open(path, "rb") as f:
+        def read_header(offset):
             f.seek(offset)
-            header = f.read(_HEADER)
-            if len(header) < _HEADER:
-                return (f"truncated: it ends inside the header of record {count + 1} "
-                        f"(byte {offset} of {size})")
-            length = struct.unpack("<Q", header[:8])[0]
-            end = offset + _HEADER + length + _FOOTER
-            if end > size:
-                return (f"truncated or damaged: record {count + 1} at byte {offset} claims "
-                        f"{length} bytes, past the end of the file ({size} bytes)")
-            offset, count = end, count + 1
+            return f.read(_HEADER)
+        return _framing(read_header, files.getsize(path), expected_records)
+
+
+def _framing(read_header, size: int, expected_records: int) -> str | None:
+    """framing_problem's walk; `read_header(offset)` returns the 12 bytes at `offset`."""
+    offset = count = 0
+    while offset < size:
+        header = read_header(offset)
+        if len(header) < _HEADER:
+            return (f"truncated: it ends inside the header of record {count + 1} "
+                    f"(byte {offset} of {size})")
+        length = struct.unpack("<Q", header[:8])[0]
+        end = offset + _HEADER + length + _FOOTER
+        if end > size:
+            return (f"truncated or damaged: record {count + 1} at byte {offset} claims "
+                    f"{length} bytes, past the end of the file ({size} bytes)")
+        offset, count = end, count + 1
     if count != expected_records:
         return f"it holds {count} records but manifest.json says {expected_records}"
     return None
@@ -56,25 +72,50 @@ def problems(shards: list[tuple[str, int, str | None]], level: str) -> dict[str,
         raise ValueError(f"verify level must be one of {LEVELS}, got {level!r}")
     if level == "none":
         return {}
+    local = [s for s in shards if files.is_local(s[0])]
     found = {}
-    for path, records, _ in shards:
+    for path, records, _ in local:
         problem = framing_problem(path, records)
         if problem:
             found[path] = problem
     if level == "sha256":
-        found.update(digest_problems([s for s in shards if s[0] not in found]))
+        found.update(digest_problems([s for s in local if s[0] not in found]))
+    remote = [s for s in shards if not files.is_local(s[0])]
+    if remote:
+        with _pool(len(remote)) as pool:
+            checked = pool.map(lambda shard: _remote_problem(shard, level), remote)
+            found.update({path: problem for (path, _, _), problem in zip(remote, checked)
+                          if problem})
     return found
+
+
+def _remote_problem(shard: tuple[str, int, str | None], level: str) -> str | None:
+    """A remote shard checked from one download: on object storage each seek of the
+    framing walk would be a request, so the shard is read whole (in memory, one shard
+    per thread) and both checks run on its bytes."""
+    path, records, digest = shard
+    data = files.read_bytes(path)
+    problem = framing_problem(path, records, data)
+    if (problem is None and level == "sha256" and digest
+            and hashlib.sha256(data).hexdigest() != digest):
+        problem = _DIGEST_MISMATCH
+    return problem
+
+
+def _pool(jobs: int) -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for hashing or downloading shards side by side (hashlib and gfile release
+    the GIL)."""
+    return concurrent.futures.ThreadPoolExecutor(
+        max(1, min(_MAX_HASH_THREADS, os.cpu_count() or 1, jobs)))
 
 
 def digest_problems(shards: list[tuple[str, int, str | None]]) -> dict[str, str]:
     """{path: problem} for the shards whose sha256 differs from the manifest's."""
     from preprocessing import shards as shards_lib  # pylint: disable=import-outside-toplevel
     with_digest = [(path, digest) for path, _, digest in shards if digest]
-    threads = max(1, min(_MAX_HASH_THREADS, os.cpu_count() or 1, len(with_digest)))
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    with _pool(len(with_digest)) as pool:
         actual = list(pool.map(shards_lib.sha256_file, [path for path, _ in with_digest]))
-    return {path: ("its sha256 differs from manifest.json's (a byte changed after the build, "
-                   "or the manifest entry was edited)")
+    return {path: _DIGEST_MISMATCH
             for (path, digest), got in zip(with_digest, actual) if got != digest}
 
 
@@ -103,7 +144,7 @@ def report(data_dir: str, manifest: dict, found: dict[str, str], prefix: str = "
 
 def total_bytes(shards: list[tuple[str, int, str | None]]) -> int:
     """Bytes on disk of the shards."""
-    return sum(os.path.getsize(path) for path, _, _ in shards)
+    return sum(files.getsize(path) for path, _, _ in shards)
 
 
 def rebuild_command(data_dir: str, manifest: dict) -> str:

@@ -22,6 +22,7 @@ import contextlib
 import os
 
 from core import locks
+from core import files
 from preprocessing import manifest as manifest_lib
 from preprocessing import writer
 from preprocessing.config import BuildConfig
@@ -52,7 +53,7 @@ def build_records(inputs, output_dir: str, config: BuildConfig = BuildConfig(), 
       UserError: other problems with the inputs (see plan.plan_build).
     """
     plan = plan_build(inputs, config)
-    os.makedirs(output_dir, exist_ok=True)
+    files.makedirs(output_dir)
     with _exclusive(output_dir):
         existing = None if config.overwrite else _finished_build(output_dir, plan.options)
         if existing is not None:
@@ -79,7 +80,7 @@ def _finished_build(output_dir: str, options: dict) -> dict | None:
     """Returns the existing manifest if it is this very build, None if there is none;
     raises OutputConflictError if it is another build."""
     path = os.path.join(output_dir, manifest_lib.MANIFEST_NAME)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return None
     try:
         existing = manifest_lib.read_manifest(output_dir)
@@ -88,7 +89,7 @@ def _finished_build(output_dir: str, options: dict) -> dict | None:
     old = existing.get("build", {})
     if old == options:
         missing = [s["file"] for entries in existing["shards"].values() for s in entries
-                   if not os.path.isfile(os.path.join(output_dir, s["file"]))]
+                   if not files.isfile(os.path.join(output_dir, s["file"]))]
         if missing:
             raise OutputConflictError(f"{path} lists shards that are missing ({missing[:3]}); "
                                       "rerun with --overwrite to rebuild")

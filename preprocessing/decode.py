@@ -26,12 +26,14 @@ Masks are label maps stored upright: their EXIF orientation is ignored.
 """
 
 import dataclasses
+import io
 import os
 
 import numpy as np
 from PIL import Image
 
 from core.errors import InputError
+from core import files
 
 # File endings read as images, everywhere in the project.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -118,9 +120,12 @@ def shades_of_gray(image: np.ndarray, p: int = 6) -> np.ndarray:
 
 
 def open_image(path: str, what: str = "image") -> Image.Image:
-    """`Image.open` (lazy: pixels are decoded later); any failure is a DecodeError."""
+    """`Image.open` (lazy: pixels are decoded later); any failure is a DecodeError.
+
+    A remote file (gs://...) is read whole first: Pillow seeks, which costs one request
+    per seek on object storage."""
     try:
-        return Image.open(path)
+        return Image.open(path if files.is_local(path) else io.BytesIO(files.read_bytes(path)))
     except Exception as e:  # Pillow reports bad files with many exception types.
         raise DecodeError(path, f"cannot read {what} ({_describe(e)})") from None
 

@@ -48,25 +48,23 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 def write_manifest(data_dir: str, manifest: dict) -> str:
     """Atomically writes `data_dir/manifest.json` (fsynced before the rename); returns its path."""
     path = os.path.join(data_dir, MANIFEST_NAME)
-    with files.atomic_open(path, "w") as f:
+    # fsync before the rename: a manifest must never be visible before its bytes are on
+    # disk, or a power cut could publish an empty index.
+    with files.atomic_open(path, "w", fsync=True) as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
-        # fsync before the rename: a manifest must never be visible before its bytes are
-        # on disk, or a power cut could publish an empty index.
-        f.flush()
-        os.fsync(f.fileno())
     return path
 
 
 def read_manifest(data_dir: str) -> dict:
     """Reads and checks a dataset's manifest, raising a clear error if it is unusable."""
     path = os.path.join(data_dir, MANIFEST_NAME)
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise MissingInputError(
             f"{path} not found: {data_dir!r} is not a finished TFRecord dataset. "
             f"Build it with `isic-preprocess --data_dir <images and masks> --output_dir {data_dir}`.")
     try:
-        with open(path) as f:
+        with files.open(path) as f:
             manifest = json.load(f)
     except (OSError, ValueError) as e:
         raise InputError(f"{path} is not valid JSON ({e}); rebuild with isic-preprocess --overwrite") from e
@@ -86,7 +84,7 @@ def shard_paths(data_dir: str, manifest: dict, split: str) -> list[str]:
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     paths = [os.path.join(data_dir, s["file"]) for s in manifest["shards"].get(split, [])]
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [p for p in paths if not files.isfile(p)]
     if missing:
         raise MissingInputError(f"shard(s) listed in the manifest are missing: {missing[:3]}")
     return sorted(paths)

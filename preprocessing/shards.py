@@ -1,4 +1,5 @@
-"""Writes TFRecord shards: temporary name first, then fsync, sha256 and rename.
+"""Writes TFRecord shards: temporary name first, then fsync, sha256 and rename (on remote
+storage: a local temporary file, then one upload).
 
 Shards are named `{split}-{index:05d}-of-{count:05d}.tfrecord` (manifest.shard_name).
 A shard is written under its temporary name (`train-00000-of-00008.tmp.tfrecord`,
@@ -51,18 +52,20 @@ def remove_build_files(output_dir: str) -> list[str]:
     """
     manifest_tmp = files.temporary_name(manifest_lib.MANIFEST_NAME)
     removed = []
-    for name in sorted(os.listdir(output_dir)):
+    for name in sorted(files.listdir(output_dir)):
         if _OWN_FILE.match(name) or name == manifest_tmp:
-            os.remove(os.path.join(output_dir, name))
+            files.remove(os.path.join(output_dir, name))
             removed.append(name)
     return removed
 
 
 def sha256_file(path: str) -> str:
-    """sha256 hex digest of a file, read in 1 MiB blocks (flat memory)."""
+    """sha256 hex digest of a file, read in blocks (flat memory): 1 MiB locally, 16 MiB
+    from remote storage, where each read is a request."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    size = (1 << 20) if files.is_local(path) else (16 << 20)
+    with files.open(path, "rb") as f:
+        for block in iter(lambda: f.read(size), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -80,15 +83,14 @@ def write_shard(output_dir: str, split: str, index: int, num_shards: int,
     """
     name = manifest_lib.shard_name(split, index, num_shards)
     count, digest = 0, hashlib.sha256()
-    with files.atomic_path(os.path.join(output_dir, name)) as tmp:
-        with open(tmp, "wb") as f:  # the one file object a shard is written through
+    # fsync before the rename: the manifest written later must never point to a shard
+    # whose bytes are still only in the page cache when the power fails. On remote storage
+    # the shard is written locally and uploaded whole (files.atomic_path).
+    with files.atomic_path(os.path.join(output_dir, name), fsync=True) as tmp:
+        with open(tmp, "wb") as f:  # local (atomic_path stages remote outputs locally)
             for record in records:
                 framed = tfrecord.frame(record)
                 f.write(framed)
                 digest.update(framed)
                 count += 1
-            # fsync before the rename: the manifest written later must never point to a
-            # shard whose bytes are still only in the page cache when the power fails.
-            f.flush()
-            os.fsync(f.fileno())
     return {"file": name, "records": count, "sha256": digest.hexdigest()}

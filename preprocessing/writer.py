@@ -8,6 +8,7 @@ import os
 import time
 
 from core import progress as progress_lib
+from core import files
 from preprocessing import load
 from preprocessing import manifest as manifest_lib
 from preprocessing import parallel
@@ -29,7 +30,7 @@ def write_build(plan: Plan, output_dir: str, config: BuildConfig, progress: bool
     # Unpublish first: from here until the new manifest is written, a run killed at any
     # moment leaves no manifest, and the next run starts from scratch.
     with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(output_dir, manifest_lib.MANIFEST_NAME))
+        files.remove(os.path.join(output_dir, manifest_lib.MANIFEST_NAME))
     shards.remove_build_files(output_dir)
     workers = config.num_workers or parallel.available_cpus()
     try:

@@ -103,6 +103,10 @@ def versions() -> dict:
 
 
 def _megabytes(path: str) -> float:
+    """Size of a local file or folder (the staged export, or the model; a remote model
+    is read through tf.io.gfile)."""
+    if not files.is_local(path):
+        return files.getsize(path) / 1e6
     if os.path.isfile(path):
         return os.path.getsize(path) / 1e6
     return sum(os.path.getsize(os.path.join(root, f))
@@ -131,13 +135,13 @@ def _quiet():
 
 def _check_output_dir(output_dir: str) -> None:
     """Refuses to replace a folder that holds anything but an earlier export."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    if files.exists(output_dir) and not files.isdir(output_dir):
         raise UserError(f"--output_dir {output_dir} is a file; pass a folder for the export")
-    if (os.path.isdir(output_dir) and os.listdir(output_dir)
-            and not os.path.isfile(os.path.join(output_dir, EXPORT_FILE))):
+    if (files.isdir(output_dir) and files.listdir(output_dir)
+            and not files.isfile(os.path.join(output_dir, EXPORT_FILE))):
         raise UserError(f"--output_dir {output_dir} is not empty and holds no {EXPORT_FILE}, so "
                         "it is not an earlier export to replace; pass a new or empty folder")
-    files.ensure_writable(os.path.dirname(os.path.abspath(output_dir)))
+    files.ensure_writable(os.path.dirname(files.absolute(output_dir).rstrip("/")))
 
 
 def _serving(model, model_path, staging, config, colour_constancy, images, work):
@@ -181,7 +185,7 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
     model, resolved = models.load_model(model_path)
     colour_constancy = models.read_preprocessing(resolved)
     _check_output_dir(output_dir)
-    with _quiet(), files.atomic_dir(output_dir) as staging, \
+    with _quiet(), files.atomic_dir(output_dir, marker=EXPORT_FILE) as staging, \
             tempfile.TemporaryDirectory(prefix="isic-export-") as work:
         os.makedirs(staging)
         folder = os.path.join(work, "images")

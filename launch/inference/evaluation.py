@@ -54,7 +54,7 @@ def folder_output_dir(model_path: str, images_dir: str, masks_dir: str) -> str:
 
 
 def _model_dir(model_path: str) -> str:
-    return model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
+    return model_path if files.isdir(model_path) else os.path.dirname(files.absolute(model_path))
 
 
 def source_folders(manifest: dict, data_dir: str, images_dir: str | None = None,
@@ -103,7 +103,7 @@ def _recorded_folders(manifest, data_dir, images_dir, masks_dir) -> dict:
 
 
 def _check_folder(what: str, folder: str, override: str | None, data_dir: str) -> None:
-    if folder and os.path.isdir(folder):
+    if folder and files.isdir(folder):
         return
     origin = ("as passed" if override else
               f"recorded in {os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}")
@@ -182,7 +182,7 @@ def evaluate(model_path: str, data_dir: str, config: EvaluateConfig, *,
     size = manifest["image_size"]
     summary = _summary(rows, config, resolved, output_dir, {
         "split": config.split, "resolution": "full" if config.full_resolution else f"{size}x{size}",
-        "data_dir": os.path.abspath(data_dir)})
+        "data_dir": files.absolute(data_dir)})
     return _write_outputs(output_dir, summary, rows, panels)
 
 
@@ -219,8 +219,8 @@ def evaluate_folder(model_path: str, images_dir: str, masks_dir: str, config: Ev
     panels = case_figure.pair_panels(model, {p.case_id: p for p in listing.pairs}, cases, config,
                                      colour_constancy)
     summary = _summary(rows, config, resolved, output_dir, {
-        "split": None, "resolution": "full", "images_dir": os.path.abspath(images_dir),
-        "masks_dir": os.path.abspath(masks_dir), "skipped": [p.as_dict() for p in problems]})
+        "split": None, "resolution": "full", "images_dir": files.absolute(images_dir),
+        "masks_dir": files.absolute(masks_dir), "skipped": [p.as_dict() for p in problems]})
     return _write_outputs(output_dir, summary, rows, panels)
 
 
@@ -228,9 +228,9 @@ def _summary(rows, config: EvaluateConfig, model_path: str, output_dir: str, ext
     summary = scoring.summarize(rows)
     summary.update(extra)
     summary.update({
-        "model": os.path.abspath(model_path), "threshold": config.threshold, "tta": config.tta,
+        "model": files.absolute(model_path), "threshold": config.threshold, "tta": config.tta,
         "fill_holes": config.fill_holes, "largest_component": config.largest_component,
-        "count": len(rows), "output_dir": os.path.abspath(output_dir)})
+        "count": len(rows), "output_dir": files.absolute(output_dir)})
     return summary
 
 

@@ -5,10 +5,10 @@ builder); this adds what scoring needs on top: a message naming the folder to pa
 the file is missing, and a size check against the original the records describe.
 """
 
-import os
 
 import numpy as np
 
+from core import files
 from core.errors import InputError, MissingInputError
 from preprocessing import decode
 
@@ -27,7 +27,7 @@ def read_mask(path: str, expected_size: tuple[int, int] | None = None) -> np.nda
     Raises:
       FileNotFoundError: no such file. ValueError: unusable, or not `expected_size`.
     """
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise MissingInputError(f"mask {path} does not exist; pass the folder that holds the "
                                 "original masks (--data_source or --masks_dir)")
     mask = decode.read_mask(path)

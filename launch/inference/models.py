@@ -12,12 +12,12 @@ and scales with pipeline/pixels.py; tests/test_predict.py checks it against `loa
 """
 
 import json
-import os
 
 import keras
 import numpy as np
 from PIL import Image
 
+from core import files
 from core.errors import InputError
 from launch import layout
 from preprocessing import decode
@@ -63,9 +63,9 @@ def read_preprocessing(model_path: str) -> decode.ColourConstancy:
       InputError: the file is not valid JSON or names an unknown method.
     """
     for candidate in layout.preprocessing_candidates(model_path):
-        if os.path.isfile(candidate):
+        if files.isfile(candidate):
             try:
-                with open(candidate) as f:
+                with files.open(candidate) as f:
                     return decode.ColourConstancy.from_dict(json.load(f))
             except (OSError, ValueError, TypeError, AttributeError) as e:
                 raise InputError(f"{candidate} is not a usable preprocessing record ({e}); "

@@ -45,14 +45,14 @@ def list_images(input_dir: str) -> tuple[list[str], list[str], list[tuple[str, s
     Raises:
       FileNotFoundError: `input_dir` is not a folder.
     """
-    if not os.path.isdir(input_dir):
+    if not files.isdir(input_dir):
         raise MissingInputError(f"--input_dir {input_dir} is not a folder; pass the folder "
                                 "that holds the JPEG or PNG images to segment")
     images, ignored = [], []
-    for name in sorted(os.listdir(input_dir)):
+    for name in sorted(files.listdir(input_dir)):
         lower = name.lower()
         if (name.startswith(".") or not lower.endswith(names.IMAGE_EXTENSIONS)
-                or lower.endswith(_IGNORED_SUFFIXES) or not os.path.isfile(os.path.join(input_dir, name))):
+                or lower.endswith(_IGNORED_SUFFIXES) or not files.isfile(os.path.join(input_dir, name))):
             ignored.append(name)
         else:
             images.append(name)

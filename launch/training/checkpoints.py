@@ -63,9 +63,9 @@ def run_identity(config: TrainConfig, image_size: int, depth: int, steps_per_epo
 def check_run(model_dir: str, run: dict) -> None:
     """Raises CheckpointMismatchError if `model_dir` holds a run with other settings."""
     path = os.path.join(model_dir, CHECKPOINT_DIR, RUN_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return
-    with open(path) as f:
+    with files.open(path) as f:
         previous = json.load(f)
     if previous.get("image_size") != run.get("image_size"):
         size, asked = previous.get("image_size"), run.get("image_size")
@@ -97,7 +97,7 @@ def check_run(model_dir: str, run: dict) -> None:
 def write_run(model_dir: str, run: dict) -> None:
     """Records the run's identity next to its checkpoints (chief only, atomic)."""
     path = os.path.join(model_dir, CHECKPOINT_DIR, RUN_FILE)
-    if os.path.exists(path):  # check_run has verified it matches: leave it untouched
+    if files.exists(path):  # check_run has verified it matches: leave it untouched
         return
     files.write_atomic(path, json.dumps(run, indent=1, sort_keys=True))
 
@@ -175,8 +175,8 @@ class Saver:
                     self.last = self._manager.save(checkpoint_number=step)
             except faults.OutputError:
                 # TensorFlow leaves its half-written ckpt-<step>_temp folder: free its space.
-                for leftover in glob.glob(glob.escape(target) + "_temp*"):
-                    shutil.rmtree(leftover, ignore_errors=True)
+                for leftover in files.glob(glob.escape(target) + "_temp*"):
+                    files.rmtree(leftover)
                 raise
             self.last_step = step
             return
@@ -191,18 +191,18 @@ class Saver:
 
 def warm_start(model: keras.Model, source: str) -> None:
     """Loads weights only from a `.keras` file or another run's model directory."""
-    if os.path.isdir(source):
+    if files.isdir(source):
         latest = tf.train.latest_checkpoint(os.path.join(source, CHECKPOINT_DIR))
         if latest is None:
             hint = (" (it is a TensorFlow SavedModel, which holds no training state: pass the "
                     "model directory above it, or its ISIC-UNet.keras)"
-                    if os.path.isfile(os.path.join(source, "saved_model.pb")) else "")
+                    if files.isfile(os.path.join(source, "saved_model.pb")) else "")
             raise MissingCheckpointError(
                 f"--warm_start {source}: no checkpoints/ckpt-* in that directory{hint}")
         tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
         logging.info("warm-started from %s", latest)
         return
-    if not os.path.isfile(source):
+    if not files.isfile(source):
         raise MissingCheckpointError(f"--warm_start {source}: no such file or model directory")
     other = keras.models.load_model(source, compile=False)
     try:

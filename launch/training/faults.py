@@ -21,6 +21,7 @@ import re
 import tensorflow as tf
 
 from core.errors import UserError
+from core import files
 
 # Always a write failure when raised by a file write.
 _TF_WRITE_ERRORS = (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)
@@ -53,7 +54,7 @@ def writing(what: str, path: str, kept: str = ""):
     except OSError as e:
         raise _error(what, e.filename or path, e.strerror or str(e), kept) from None
     except tf.errors.OpError as e:
-        folder = os.path.dirname(os.path.abspath(path))
+        folder = os.path.dirname(files.absolute(path))
         if not (isinstance(e, _TF_WRITE_ERRORS)
                 or (isinstance(e, _TF_PATH_ERRORS) and folder in (e.message or ""))):
             raise

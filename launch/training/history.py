@@ -27,9 +27,9 @@ def read_history(model_dir: str, up_to_epoch: int | None = None) -> list[dict]:
       up_to_epoch: keep only rows with epoch <= this (the epochs a checkpoint covers).
     """
     path = os.path.join(model_dir, HISTORY_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
-    with open(path, newline="") as f:
+    with files.open(path, newline="") as f:
         rows = []
         for raw in csv.DictReader(f):
             row = {k: float(v) for k, v in raw.items() if v not in ("", None)}

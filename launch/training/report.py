@@ -180,10 +180,10 @@ def export_saved_model(model: keras.Model, path: str) -> None:
     """Exports the SavedModel folder atomically (files.atomic_dir); OutputError if it
     cannot be written."""
     with faults.writing("SavedModel", path, kept=_kept(path)):
-        with files.atomic_dir(path) as tmp:
+        with files.atomic_dir(path, marker="saved_model.pb") as tmp:
             model.export(tmp, verbose=False)
 
 
 def _kept(path: str) -> str:
-    return (f"The previous {os.path.basename(path)} is intact" if os.path.exists(path)
+    return (f"The previous {os.path.basename(path)} is intact" if files.exists(path)
             else "")
