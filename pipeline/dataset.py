@@ -36,7 +36,7 @@ from pipeline import augment as augment_lib
 from pipeline import pixels
 from pipeline import verify as verify_lib
 from pipeline.config import AugmentConfig
-from preprocessing import files as files_lib
+from core import files as files_lib
 from preprocessing import manifest as manifest_lib
 from preprocessing import schema
 from core.errors import UserError
