@@ -1,12 +1,15 @@
 """Dynamic loss scaling under mixed_float16 agrees across replicas and workers (issue 19).
 
-Each test runs tests/loss_scale_probe.py in subprocesses (logical CPU devices and cluster
-membership are fixed per process). Its crafted steps make the gradients of chosen replicas
-overflow in float16 through the data alone (masks of 1e6 on those replicas' shards), so the
-steps under test are the real `make_train_steps` with Keras' LossScaleOptimizer.
+The first three run tests/loss_scale_probe.py in subprocesses (logical CPU devices and
+cluster membership are fixed per process). Its crafted steps make the gradients of chosen
+replicas overflow in float16 through the data alone (masks of 1e6 on those replicas'
+shards), so the steps under test are the real `make_train_steps` with Keras'
+LossScaleOptimizer (on a few-layer model: the U-Net's own float16 path is trained in
+tests/test_trainer.py).
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -46,7 +49,7 @@ def _assert_skips_then_trains(states):
     assert all(s["finite"] and s["replicas_identical"] for s in states)
     digests = [s["digest"] for s in states]
     assert digests[0] == digests[1] == digests[2] == digests[3] != digests[4] != digests[5]
-    assert all(abs(s["loss"]) < 1e6 for s in states[1:])  # the loss itself never overflowed
+    assert all(math.isfinite(s["loss"]) for s in states[1:])  # only the gradients overflowed
 
 
 def test_overflow_on_any_mirrored_replica_skips_the_step_on_all():

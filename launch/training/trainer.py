@@ -175,6 +175,8 @@ def _build(strategy, config: TrainConfig, image_size: int, steps_per_epoch: int,
         optimizer = (keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
                      if config.weight_decay else keras.optimizers.Adam(rate))
         # float16 needs loss scaling; bfloat16 has float32's exponent range and does not.
+        # The optimizer holds the scale; steps._loss_scaled_step drives it (Keras' own
+        # apply decides per replica, which breaks under tf.distribute: steps.py says why).
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Built before the first step: creating slot variables inside strategy.run fails.
