@@ -389,3 +389,119 @@ def test_a_saved_model_or_h5_as_model_is_a_clear_error(one_epoch_run, tmp_path):
     keras.models.load_model(os.path.join(one_epoch_run, "ISIC-UNet.keras")).save(h5)
     with pytest.raises(FileNotFoundError, match=r"is a Keras HDF5 \(\.h5\) file"):
         models.resolve_model_path(h5)
+
+
+# --- Damaged checkpoints (resume never loses a trained run).
+
+def _ckpt(model_dir, name=""):
+    return os.path.join(model_dir, "checkpoints", name)
+
+
+def _data_file(model_dir, number):
+    return _ckpt(model_dir, f"ckpt-{number}.data-00000-of-00001")
+
+
+def _damaged_names(model_dir):
+    """The file names moved into checkpoints/damaged/<time>/ folders."""
+    root = _ckpt(model_dir, "damaged")
+    return sorted(n for d in (os.listdir(root) if os.path.isdir(root) else ())
+                  for n in os.listdir(os.path.join(root, d)))
+
+
+@pytest.mark.parametrize("damage", ["half_data", "no_index"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_and_is_kept(
+        clean_records, one_epoch_run, tmp_path, caplog, damage):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(one_epoch_run, model_dir)
+    if damage == "half_data":  # a disk that filled, a node that died mid-write
+        os.truncate(_data_file(model_dir, 4), os.path.getsize(_data_file(model_dir, 4)) // 2)
+    else:
+        os.remove(_ckpt(model_dir, "ckpt-4.index"))
+    with caplog.at_level("WARNING"):
+        row = _train(clean_records, model_dir, epochs=2)
+    assert f"checkpoint {_ckpt(model_dir, 'ckpt-4')} is damaged or unfinished" in caplog.text
+    assert ("is cut short" if damage == "half_data" else "ckpt-4.index is missing") in caplog.text
+    assert f"resuming from {_ckpt(model_dir, 'ckpt-2')}" in caplog.text
+    expected = (["ckpt-4.data-00000-of-00001", "ckpt-4.index"] if damage == "half_data"
+                else ["ckpt-4.data-00000-of-00001"])
+    assert _damaged_names(model_dir) == expected  # moved aside, not deleted
+    # Steps 3-8 were trained again; the new ckpt-4 took a free name and is intact.
+    assert row["step"] == 8 and row["epoch"] == 2
+    assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-8")
+    reader = tf.train.load_checkpoint(_ckpt(model_dir, "ckpt-4"))
+    assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
+
+
+def test_a_run_without_an_intact_checkpoint_is_an_error_until_restart(
+        clean_records, one_epoch_run, tmp_path, caplog):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(one_epoch_run, model_dir)
+    for number in (2, 4):
+        os.truncate(_data_file(model_dir, number), 10)
+    before = sorted(os.listdir(_ckpt(model_dir)))
+    with pytest.raises(checkpoints.NoUsableCheckpointError) as caught:
+        _train(clean_records, model_dir, epochs=2)
+    message = str(caught.value)
+    print(message)
+    assert message.startswith(f"{model_dir} holds a training run but no usable checkpoint: "
+                              f"{_ckpt(model_dir, 'ckpt-4.data-00000-of-00001')} (")
+    assert "is cut short: 10 bytes, its index expects" in message
+    for path in (_ckpt(model_dir, "checkpoint"), _ckpt(model_dir, "run.json"),
+                 os.path.join(model_dir, "history.csv")):
+        assert path in message
+    assert "pass --restart" in message and "use another --model_dir" in message
+    assert sorted(os.listdir(_ckpt(model_dir))) == before  # nothing moved or written
+    # --restart begins again on purpose, keeping the old run.
+    with caplog.at_level("WARNING"):
+        row = _train(clean_records, model_dir, restart=True)
+    assert row["step"] == 4 and "--restart: moved the previous run's checkpoints and history.csv" \
+        in caplog.text
+    [replaced] = [n for n in os.listdir(model_dir) if n.startswith("replaced-")]
+    assert sorted(os.listdir(os.path.join(model_dir, replaced, "checkpoints"))) == before
+
+
+def test_a_first_save_cut_short_starts_a_new_run_with_a_warning(clean_records, tmp_path, caplog):
+    model_dir = str(tmp_path / "run")
+    os.makedirs(_ckpt(model_dir, "ckpt-2_temp"))  # a kill during the very first checkpoint
+    with open(_ckpt(model_dir, "ckpt-2_temp/part-00000-of-00001.data-00000-of-00001"), "wb") as f:
+        f.write(b"\0" * 100)
+    with caplog.at_level("WARNING"):
+        assert _train(clean_records, model_dir)["step"] == 4
+    assert "ckpt-2 is damaged or unfinished (a save that never finished): moved to" in caplog.text
+    assert "starting a new run" in caplog.text
+    assert _damaged_names(model_dir) == ["ckpt-2_temp"]
+
+
+def test_a_save_checks_the_files_before_naming_them_latest(one_epoch_run, tmp_path):
+    """The state file names a checkpoint only once it is complete; a leftover file with
+    the new checkpoint's name is moved aside, not overwritten."""
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(one_epoch_run, model_dir)
+    with open(_ckpt(model_dir, "ckpt-6.index"), "wb") as f:  # left by a crashed save
+        f.write(b"leftover")
+    step = tf.Variable(6, dtype=tf.int64)
+    saver = checkpoints.Saver(tf.train.Checkpoint(step=step), model_dir, chief=True,
+                              last=_ckpt(model_dir, "ckpt-4"), max_to_keep=2)
+    saver.save(6)
+    assert _damaged_names(model_dir) == ["ckpt-6.index"]
+    assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-6")
+    assert not os.path.exists(_ckpt(model_dir, "ckpt-2.index"))  # beyond max_to_keep
+    with open(_ckpt(model_dir, "checkpoint")) as f:
+        assert f.read() == ('model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: '
+                            '"ckpt-4"\nall_model_checkpoint_paths: "ckpt-6"\n')
+    # A filesystem that acknowledged a write it did not keep: found before it counts.
+    real_write = tf.train.Checkpoint.write
+
+    def short_write(self, prefix, options=None):
+        path = real_write(self, prefix, options)
+        os.truncate(path + ".data-00000-of-00001", 3)
+        return path
+    tf.train.Checkpoint.write = short_write
+    try:
+        with pytest.raises(faults.OutputError, match=r"the checkpoint .*ckpt-7 just written is "
+                                                     r"incomplete \(.*is cut short: 3 bytes"):
+            saver.save(7)
+    finally:
+        tf.train.Checkpoint.write = real_write
+    assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-6")
+    assert not os.path.exists(_ckpt(model_dir, "ckpt-7.index"))

@@ -71,6 +71,10 @@ class TrainConfig(AugmentConfig):
     warm_start: str | None = option(
         None, "Start a NEW run from these weights (a .keras file or another model directory). "
         "Ignored, with a warning, when --model_dir resumes.")
+    restart: bool = option(
+        False, "Begin a new run in a --model_dir that holds one, on purpose: its checkpoints/ "
+        "and history.csv are first moved into <model_dir>/replaced-<time>/ (kept, never "
+        "deleted). Use it once, not in a command a scheduler retries.")
     # A collective that waits longer than this for a peer raises instead of hanging, so a
     # job whose worker died stops within a bounded time (see launch/commands/launch.py).
     collective_timeout: float = option(

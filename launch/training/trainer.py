@@ -119,12 +119,15 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
     steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
     identity = checkpoints.run_identity(config, records.image_size, unet.DEPTH, steps_per_epoch,
                                         records.preprocessing)
-    checkpoints.check_run(model_dir, identity)  # before anything is written
+    if config.restart and reporter.chief:  # other workers then find nothing to restore
+        checkpoints.set_aside_previous_run(model_dir)
+    if not config.restart:
+        checkpoints.check_run(model_dir, identity)  # before anything is written
     model, optimizer = _build(strategy, config, records.image_size, steps_per_epoch, precision)
     # The global step lives outside the scope: it is only read and written by the host.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    restored = _restore(checkpoint, model, model_dir, config.warm_start)
+    restored = _restore(checkpoint, model, model_dir, config, reporter.chief)
     step = int(step_var.numpy())
     reporter.start(config, identity, model, start_epoch=step // steps_per_epoch)
     logging.info("%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
@@ -135,7 +138,8 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
                      config.epochs)
     run = _Run(
         config, strategy, records, steps_per_epoch, model, optimizer, step_var,
-        saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored),
+        saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored,
+                                run=identity),
         reporter=reporter, stop=stop,
         planner=steps_lib.StepsPerCall(steps_per_epoch, config.checkpoint_every_steps,
                                        config.steps_per_execution,
@@ -181,10 +185,13 @@ def _build(strategy, config: TrainConfig, image_size: int, steps_per_epoch: int,
     return model, optimizer
 
 
-def _restore(checkpoint, model, model_dir: str, warm_start: str | None) -> str | None:
-    """Resumes from `model_dir`'s newest checkpoint, else warm-starts a new run from
-    `warm_start` if given; returns the restored checkpoint's path (None: a new run)."""
-    restored = checkpoints.restore_latest(checkpoint, model_dir)
+def _restore(checkpoint, model, model_dir: str, config: TrainConfig, chief: bool) -> str | None:
+    """Resumes from `model_dir`'s newest intact checkpoint, else warm-starts a new run from
+    --warm_start if given; returns the restored checkpoint's path (None: a new run).
+    With --restart, non-chief workers restore nothing: the chief is moving the old run aside."""
+    warm_start = config.warm_start
+    restored = (None if config.restart and not chief
+                else checkpoints.restore_latest(checkpoint, model_dir, chief=chief))
     if restored and warm_start:
         logging.warning("%s already has checkpoints: resuming at step %d, --warm_start %s is "
                         "not used", model_dir, int(checkpoint.step.numpy()), warm_start)
