@@ -267,6 +267,45 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+def test_sigterm_during_validation_stops_within_a_call_and_the_resumed_run_validates_again(
+        clean_records, tmp_path, survive_signals, monkeypatch):
+    config = {"deterministic": True, "checkpoint_every_steps": 0}
+    reference = _train(clean_records, str(tmp_path / "reference"), **config)
+    real = dataset_lib.make_dataset
+    sent = []
+
+    def val_sends_sigterm(records, split, **kwargs):
+        """The validation split, sending SIGTERM while its first batch is read."""
+        dataset = real(records, split, **kwargs)
+        if split != "val":
+            return dataset
+
+        def send(*batch):
+            if not sent:
+                sent.append(time.perf_counter())
+                os.kill(os.getpid(), signal.SIGTERM)
+            return batch
+        def send_keeping_shapes(*b):
+            out = tf.py_function(send, b, [t.dtype for t in b])
+            return tuple(tf.ensure_shape(o, t.shape) for o, t in zip(out, b))
+        return dataset.map(send_keeping_shapes)
+    monkeypatch.setattr(dataset_lib, "make_dataset", val_sends_sigterm)
+    model_dir = str(tmp_path / "stopped")
+    with pytest.raises(preemption.Stopped) as caught:
+        _train(clean_records, model_dir, **config)
+    stopped = caught.value
+    seconds = time.perf_counter() - sent[0]
+    print(f"SIGTERM during validation: stopped {seconds:.2f} s later: {stopped}")
+    assert stopped.step == 4 and stopped.exit_status == 143  # the epoch's last step
+    assert stopped.checkpoint == _ckpt(model_dir, "ckpt-4") and seconds < 30
+    assert not os.path.exists(os.path.join(model_dir, "history.csv"))  # no row yet
+    monkeypatch.setattr(dataset_lib, "make_dataset", real)
+    resumed = _train(clean_records, model_dir, **config)  # the same command
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert resumed["val_dice"] == reference["val_dice"] and resumed["epoch"] == 1
+    assert "loss" not in resumed  # the training means of the stopped epoch are lost
+
+
 # --- Full and read-only disks (a real tmpfs).
 
 @pytest.fixture

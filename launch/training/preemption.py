@@ -146,15 +146,22 @@ class LocalStop:
 
     def after_chunk(self) -> None:
         """After a train_steps call: after a signal, checkpoint and raise Stopped."""
-        if self._catcher.signum is None:
-            return
+        if self.requested():
+            self.stop_now()
+
+    between_epochs = after_chunk  # one process: any point between calls will do
+
+    def requested(self) -> bool:
+        """Whether a stop signal arrived (set by the watcher thread at once)."""
+        return self._catcher.event.is_set()
+
+    def stop_now(self) -> None:
+        """Checkpoints the current step and raises Stopped."""
         start = time.perf_counter()
         path = self._save()
         seconds = time.perf_counter() - start
         logging.info("checkpoint of the stop: %s (%.2f s)", path, seconds)
-        raise Stopped(self._catcher.signum, self._step(), path, seconds)
-
-    between_epochs = after_chunk  # one process: any point between calls will do
+        raise Stopped(self._catcher.signum or signal.SIGTERM, self._step(), path, seconds)
 
 
 class ClusterStop:
@@ -209,7 +216,23 @@ class ClusterStop:
         self._handler.save_checkpoint_if_preempted()
 
     def between_epochs(self) -> None:
-        """Nothing: a signal during validation is handled after the next call."""
+        """Nothing: validation already asked `requested` after each of its calls."""
+
+    def requested(self) -> bool:
+        """Whether any worker got a stop signal: every worker must call it at the same
+        point and gets the same answer (one all-reduce of a number). Used between
+        validation calls, where the handler's call counting does not apply (it counts
+        training calls: see after_chunk)."""
+        mine = 1.0 if self._catcher.event.is_set() else 0.0
+        total = self._strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                      self._strategy.run(lambda: tf.constant(mine)), axis=None)
+        return float(total) > 0
+
+    def stop_now(self) -> None:
+        """Every worker: checkpoints the current step together and raises Stopped (after
+        `requested` said so on all of them)."""
+        self._save_now()
+        self._exit()
 
     def _save_now(self) -> None:
         start = time.perf_counter()
