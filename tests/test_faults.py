@@ -544,3 +544,33 @@ def test_a_save_checks_the_files_before_naming_them_latest(one_epoch_run, tmp_pa
         tf.train.Checkpoint.write = real_write
     assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-6")
     assert not os.path.exists(_ckpt(model_dir, "ckpt-7.index"))
+
+
+# --- Messages that name the right reason.
+
+def test_a_model_dir_that_is_a_regular_file_is_reported_as_such(clean_records, tmp_path):
+    path = tmp_path / "run"
+    path.write_text("not a folder")
+    with pytest.raises(UserError, match=rf"^{path} is a file, not a folder; isic-train needs a "
+                                        r"folder there: pass another path"):
+        _train(clean_records, str(path))
+    assert path.read_text() == "not a folder"
+
+
+def test_a_truncated_keras_file_is_reported_as_cut_short(one_epoch_run, tmp_path):
+    path = str(tmp_path / "model.keras")
+    shutil.copy(os.path.join(one_epoch_run, "ISIC-UNet.keras"), path)
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match=rf"^{path} is not a complete \.keras file \(\d+ bytes, "
+                                         r"not a zip archive: cut short or damaged\)") as caught:
+        models.load_model(path)
+    assert "not found" not in str(caught.value)
+
+
+def test_tensorflow_cpp_noise_is_filtered_and_real_errors_are_kept(capfd):
+    from launch import cli
+    with cli.filtered_stderr():
+        os.write(2, b"E0000 00:00:1.0 1 mkl_util.h:1] oneDNN supports DT_UINT8 only on "
+                    b"platforms with AVX-512. Falling back to the default implementation\n")
+        os.write(2, b"a real error\n")
+    assert capfd.readouterr().err == "a real error\n"

@@ -27,7 +27,8 @@ def main(args, config: ExportConfig) -> int:
     from launch.inference import export  # after cli set the environment TensorFlow reads
 
     try:
-        report = export.export_model(args.model, args.output_dir, config)
+        with cli.filtered_stderr():  # the conversions print oneDNN's uint8 notice
+            report = export.export_model(args.model, args.output_dir, config)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError(str(e)) from None
     written = [f"{f.path} ({f.megabytes:.1f} MB)" for f in report.formats if f.path]

@@ -49,13 +49,18 @@ class Stopped(Exception):
     Not a UserError: nothing is wrong, and the status must be 128 + the signal, not 1.
     """
 
-    def __init__(self, signum: int, step: int, checkpoint: str | None, seconds: float):
+    def __init__(self, signum: int, step: int | None, checkpoint: str | None, seconds: float):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_status, self.seconds = 128 + signum, seconds
-        where = (f"its checkpoint is {checkpoint}. Run the same command to resume from it"
-                 if checkpoint else "nothing was trained yet, so there is nothing to keep")
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {where}. "
-                         f"Exit status {self.exit_status}.")
+        name = signal.Signals(signum).name
+        if step is None:  # during the set-up: nothing trained, nothing written to keep
+            message = (f"stopped by {name} before training began; the model directory is as it "
+                       "was. Run the same command to start (or resume) again")
+        else:
+            where = (f"its checkpoint is {checkpoint}. Run the same command to resume from it"
+                     if checkpoint else "nothing was trained yet, so there is nothing to keep")
+            message = f"stopped by {name} at step {step}; {where}"
+        super().__init__(f"{message}. Exit status {self.exit_status}.")
 
 
 class _Catcher:
@@ -68,6 +73,9 @@ class _Catcher:
     def __init__(self, flag: tf.Variable | None):
         self.flag, self.signum, self.event = flag, None, threading.Event()
         self._previous, self._pipe, self._wakeup = {}, None, None
+        # False during the set-up (records check, model build, restore): there is nothing
+        # to checkpoint yet, so a signal then ends the run at once (raised from the handler).
+        self.armed = False
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
@@ -103,10 +111,12 @@ class _Catcher:
                 os.kill(os.getpid(), signum)
             return
         self.signum = signum
+        self._notice()
+        if not self.armed:
+            raise Stopped(signum, None, None, 0.0)
         logging.warning("got %s: finishing the step in flight, then checkpointing and "
                         "stopping (Ctrl-C again stops at once, without it)",
                         signal.Signals(signum).name)
-        self._notice()
 
     def _watch(self, read: int) -> None:
         try:
@@ -143,6 +153,7 @@ class LocalStop:
         """`save()` checkpoints the current step and returns its path; `step()` is it."""
         del checkpoint
         self._save, self._step = save, step
+        self._catcher.armed = True
 
     def after_chunk(self) -> None:
         """After a train_steps call: after a signal, checkpoint and raise Stopped."""
@@ -208,6 +219,7 @@ class ClusterStop:
                 os.environ.pop(_METADATA_VARIABLE, None)
             else:
                 os.environ[_METADATA_VARIABLE] = saved
+        self._catcher.armed = True
 
     def after_chunk(self) -> None:
         """After each train_steps call, on every worker: the handler saves and exits when

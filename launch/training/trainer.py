@@ -277,6 +277,7 @@ def _validate(run: _Run) -> dict:
         return dataset_lib.make_dataset(run.records, "val", batch_size=run.config.batch_size,
                                         training=False, input_context=ctx)
 
+    logging.info("validating at step %d (%d batches)", run.step, val_steps)
     iterator = iter(distribute.distribute_datasets(run.strategy, val_input))
     # One process: one call, which the stop flag ends early; several workers: calls as long
     # as a training call (an eval step costs less than a train step), one agreement each.
