@@ -6,8 +6,8 @@ The time from SIGTERM to the exit of a worker is at most (docs/scaling.md):
 one process: the step in flight (a call ends after it, training or validation) + a save;
 several workers: TensorFlow's 1 s poll + the call in flight + one more call + a save
 (+ a barrier); validation calls are no longer than training calls. This prints each term
-(median of a few repeats, one process, the real model and checkpoint code) and those
-bounds. The defaults are the CPU sample recipe's model (launch/configs/
+(median of a few repeats, one process, the real model and checkpoint code), those
+bounds, and how long checking a checkpoint's files takes (what a resume does first). The defaults are the CPU sample recipe's model (launch/configs/
 isic2017_sample_cpu.flags); about a minute on 2 CPU cores.
 """
 
@@ -22,6 +22,7 @@ def measure(base_filters: int, image_size: int, batch_size: int, repeats: int = 
     import numpy as np
     import tensorflow as tf
 
+    from launch.training import checkpoint_integrity as integrity
     from launch.training import checkpoints
     from launch.training import steps as steps_lib
     from model import unet
@@ -58,8 +59,10 @@ def measure(base_filters: int, image_size: int, batch_size: int, repeats: int = 
         saver = checkpoints.Saver(checkpoint, model_dir, chief=True)
         counter = iter(range(1, 1000))
         save = timed(lambda: saver.save(next(counter)))
+        check = timed(lambda: integrity.check(saver.last))  # what a resume checks first
     result = {"train_call_s": timed(lambda: train_steps(train_it, 1)),
               "eval_call_s": timed(lambda: eval_steps(val_it, 1)), "save_s": save,
+              "check_s": check,
               "parameters": model.count_params()}
     result["one_process_bound_s"] = result["train_call_s"] + result["save_s"]
     result["workers_bound_s"] = 1.0 + 2 * result["train_call_s"] + result["save_s"]

@@ -10,9 +10,9 @@ then resumes from that step (bit-identical under --deterministic). A second SIGI
 while stopping ends the process at once, as it would have without this module; a second
 SIGTERM is ignored (schedulers and launchers often both send one).
 
-One process (one device, or mirrored over local devices): `LocalStop`. The train steps'
-while loop reads its `flag` before every step (launch/training/steps.py), so even a chunk
-of many steps ends after the step in flight. Python runs signal handlers only between
+One process (one device, or mirrored over local devices): `LocalStop`. The train and
+eval steps' while loop reads its `flag` before every step (launch/training/steps.py), so
+even a chunk of many steps, or a whole validation pass, ends after the step in flight. Python runs signal handlers only between
 bytecodes, not while the main thread is inside TensorFlow, so the flag is set by a thread
 woken through `signal.set_wakeup_fd`, to which CPython's C-level handler writes at once.
 
@@ -23,7 +23,12 @@ the next call", every worker saves the checkpoint after that call and exits. `Cl
 plugs the trainer in: the signal is the handler's termination notice, the trainer's
 Saver writes the checkpoint (so it lands in model_dir/checkpoints as every other one),
 all workers wait for each other, and the handler's exit raises `Stopped`. Workers that
-got no signal themselves stop with status 143 (a peer's preemption).
+got no signal themselves stop with status 143 (a peer's preemption). The handler counts
+training calls only; between validation calls the workers instead agree through one
+all-reduce (`requested`) and stop together (`stop_now`).
+
+Before `attach` (the set-up: records check, model build, restore) there is nothing to
+checkpoint, so the handler raises `Stopped` at once (step None).
 """
 
 import os
