@@ -447,27 +447,58 @@ def _damaged_names(model_dir):
                   for n in os.listdir(os.path.join(root, d)))
 
 
+def _step_checkpoints(model_dir, numbers):
+    """Checkpoints of a bare step counter, written by the trainer's Saver (no model: cheap)."""
+    step = tf.Variable(0, dtype=tf.int64)
+    saver = checkpoints.Saver(tf.train.Checkpoint(step=step), model_dir, chief=True,
+                              max_to_keep=3, run={"seed": 0})
+    for number in numbers:
+        step.assign(number)
+        saver.save(number)
+
+
+def _restore_step(model_dir):
+    """(restored path, restored step) through checkpoints.restore_latest."""
+    step = tf.Variable(-1, dtype=tf.int64)
+    path = checkpoints.restore_latest(tf.train.Checkpoint(step=step), model_dir)
+    return path, int(step.numpy())
+
+
 @pytest.mark.parametrize("damage", ["half_data", "no_index"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_and_is_kept(
-        clean_records, one_epoch_run, tmp_path, caplog, damage):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one_and_is_kept(
+        tmp_path, caplog, damage):
+    model_dir = str(tmp_path / "run")
+    _step_checkpoints(model_dir, [6, 8, 9])
+    if damage == "half_data":  # a disk that filled, a node that died mid-write, a partial copy
+        os.truncate(_data_file(model_dir, 9), os.path.getsize(_data_file(model_dir, 9)) // 2)
+    else:
+        os.remove(_ckpt(model_dir, "ckpt-9.index"))
+    with caplog.at_level("WARNING"):
+        assert _restore_step(model_dir) == (_ckpt(model_dir, "ckpt-8"), 8)
+    why = ("ckpt-9.data-00000-of-00001 is cut short: " if damage == "half_data"
+           else "ckpt-9.index is missing")
+    assert f"checkpoint {_ckpt(model_dir, 'ckpt-9')} is damaged or unfinished (" in caplog.text
+    assert why in caplog.text and f"resuming from {_ckpt(model_dir, 'ckpt-8')}" in caplog.text
+    expected = (["ckpt-9.data-00000-of-00001", "ckpt-9.index"] if damage == "half_data"
+                else ["ckpt-9.data-00000-of-00001"])
+    assert _damaged_names(model_dir) == expected  # moved aside, never deleted
+    assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-8")
+    _step_checkpoints(model_dir, [9])  # step 9 again: a fresh file, not the damaged one's
+    assert _restore_step(model_dir) == (_ckpt(model_dir, "ckpt-9"), 9)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_by_the_trainer(
+        clean_records, one_epoch_run, tmp_path, caplog):
     model_dir = str(tmp_path / "run")
     shutil.copytree(one_epoch_run, model_dir)
-    if damage == "half_data":  # a disk that filled, a node that died mid-write
-        os.truncate(_data_file(model_dir, 4), os.path.getsize(_data_file(model_dir, 4)) // 2)
-    else:
-        os.remove(_ckpt(model_dir, "ckpt-4.index"))
+    os.truncate(_data_file(model_dir, 4), os.path.getsize(_data_file(model_dir, 4)) // 2)
     with caplog.at_level("WARNING"):
-        row = _train(clean_records, model_dir, epochs=2)
-    assert f"checkpoint {_ckpt(model_dir, 'ckpt-4')} is damaged or unfinished" in caplog.text
-    assert ("is cut short" if damage == "half_data" else "ckpt-4.index is missing") in caplog.text
+        row = _train(clean_records, model_dir)
     assert f"resuming from {_ckpt(model_dir, 'ckpt-2')}" in caplog.text
-    expected = (["ckpt-4.data-00000-of-00001", "ckpt-4.index"] if damage == "half_data"
-                else ["ckpt-4.data-00000-of-00001"])
-    assert _damaged_names(model_dir) == expected  # moved aside, not deleted
-    # Steps 3-8 were trained again; the new ckpt-4 took a free name and is intact.
-    assert row["step"] == 8 and row["epoch"] == 2
-    assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-8")
-    reader = tf.train.load_checkpoint(_ckpt(model_dir, "ckpt-4"))
+    assert "is cut short" in caplog.text
+    assert row["step"] == 4 and _damaged_names(model_dir) == ["ckpt-4.data-00000-of-00001",
+                                                              "ckpt-4.index"]
+    reader = tf.train.load_checkpoint(_ckpt(model_dir, "ckpt-4"))  # trained again, intact
     assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
 
 
@@ -499,16 +530,22 @@ def test_a_run_without_an_intact_checkpoint_is_an_error_until_restart(
     assert sorted(os.listdir(os.path.join(model_dir, replaced, "checkpoints"))) == before
 
 
-def test_a_first_save_cut_short_starts_a_new_run_with_a_warning(clean_records, tmp_path, caplog):
+def test_a_first_save_cut_short_starts_a_new_run_with_a_warning(tmp_path, caplog):
     model_dir = str(tmp_path / "run")
     os.makedirs(_ckpt(model_dir, "ckpt-2_temp"))  # a kill during the very first checkpoint
     with open(_ckpt(model_dir, "ckpt-2_temp/part-00000-of-00001.data-00000-of-00001"), "wb") as f:
         f.write(b"\0" * 100)
     with caplog.at_level("WARNING"):
-        assert _train(clean_records, model_dir)["step"] == 4
+        assert _restore_step(model_dir) == (None, -1)
     assert "ckpt-2 is damaged or unfinished (a save that never finished): moved to" in caplog.text
-    assert "starting a new run" in caplog.text
-    assert _damaged_names(model_dir) == ["ckpt-2_temp"]
+    assert "starting a new run" in caplog.text and _damaged_names(model_dir) == ["ckpt-2_temp"]
+    # A data shard without any index, state file or run.json is such a save too; one more
+    # file showing a run was saved makes it an error.
+    _step_checkpoints(str(tmp_path / "other"), [3])
+    os.remove(_ckpt(str(tmp_path / "other"), "ckpt-3.index"))
+    with pytest.raises(checkpoints.NoUsableCheckpointError, match="holds a training run but no "
+                                                                  "usable checkpoint"):
+        _restore_step(str(tmp_path / "other"))
 
 
 def test_a_save_checks_the_files_before_naming_them_latest(one_epoch_run, tmp_path):

@@ -116,7 +116,11 @@ class _Catcher:
                 os.kill(os.getpid(), signum)
             return
         self.signum = signum
-        self._notice()
+        # Not the flag: this handler runs in the main thread wherever it happens to be,
+        # possibly inside a graph being built (a tf.function trace, the SavedModel
+        # export), where assigning a variable fails ("Attempting to capture an
+        # EagerTensor"). The watcher thread, which runs eagerly, sets it.
+        self.event.set()
         if not self.armed:
             raise Stopped(signum, None, None, 0.0)
         logging.warning("got %s: finishing the step in flight, then checkpointing and "
