@@ -29,7 +29,7 @@ def measure(base_filters: int, image_size: int, batch_size: int, repeats: int = 
 
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
-        model = unet.build_unet(image_size, base_filters)
+        model = unet.build_unet(image_size, base_filters, bn_momentum=0.9)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
     rng = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args()
     for key, value in measure(args.base_filters, args.image_size, args.batch_size).items():
-        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
 
 
 if __name__ == "__main__":
