@@ -73,7 +73,8 @@ def _run(command, env, model_dir, moment, signum, rng, timeout, span=20.0) -> At
     sent = None
     if moment is not None:
         deadline = time.monotonic() + timeout
-        fire_at = time.monotonic() + rng.uniform(0.2, 1.0) * span  # "time": set-up to the end
+        # "time": from the set-up to well into training (a resumed run has less to do).
+        fire_at = time.monotonic() + rng.uniform(0.1, 0.6) * span
         temp = os.path.join(glob.escape(model_dir), "checkpoints", "ckpt-*_temp*")
         while proc.poll() is None and time.monotonic() < deadline:
             if ((moment == "time" and time.monotonic() >= fire_at)
