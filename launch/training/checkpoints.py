@@ -7,8 +7,8 @@ batch size, steps per epoch, seed). Resume is defined by the model directory: tr
 continues from its newest intact checkpoint; the epoch and the position inside the epoch
 follow from the step. A damaged newer checkpoint is moved aside with a warning; a run
 with no intact checkpoint is an error, never a silent new start (`--restart` begins
-again on purpose, moving the old run aside). See checkpoint_integrity.py. Warm starting (weights only, from another run) is
-a separate, explicit option.
+again on purpose, moving the old run aside); see checkpoint_integrity.py. Warm starting
+(weights only, from another run) is a separate, explicit option.
 
 Under MultiWorkerMirroredStrategy every worker must call `save` (saving may run
 collectives), so non-chief workers save into a private temporary directory that they
