@@ -7,8 +7,9 @@ one process: the step in flight (a call ends after it, training or validation) +
 several workers: TensorFlow's 1 s poll + the call in flight + one more call + a save
 (+ a barrier); validation calls are no longer than training calls. This prints each term
 (median of a few repeats, one process, the real model and checkpoint code), those
-bounds, and how long checking a checkpoint's files takes (what a resume does first). The defaults are the CPU sample recipe's model (launch/configs/
-isic2017_sample_cpu.flags); about a minute on 2 CPU cores.
+bounds, and how long checking a checkpoint's files takes (what a resume does first).
+The defaults are the CPU sample recipe's model (launch/configs/isic2017_sample_cpu.flags);
+about a minute on 2 CPU cores.
 """
 
 import argparse

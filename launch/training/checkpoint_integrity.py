@@ -175,4 +175,5 @@ def move_aside(directory: str, names: list[str]) -> str:
 def files_of(directory: str, number: int) -> list[str]:
     """Names of the files (and `_temp` folders) of ckpt-`number` in `directory`."""
     prefix = os.path.join(glob.escape(directory), f"ckpt-{number}")
-    return sorted(os.path.basename(p) for p in glob.glob(prefix + ".*") + glob.glob(prefix + "_temp*"))
+    found = glob.glob(prefix + ".*") + glob.glob(prefix + "_temp*")
+    return sorted(os.path.basename(p) for p in found)

@@ -12,9 +12,10 @@ SIGTERM is ignored (schedulers and launchers often both send one).
 
 One process (one device, or mirrored over local devices): `LocalStop`. The train and
 eval steps' while loop reads its `flag` before every step (launch/training/steps.py), so
-even a chunk of many steps, or a whole validation pass, ends after the step in flight. Python runs signal handlers only between
-bytecodes, not while the main thread is inside TensorFlow, so the flag is set by a thread
-woken through `signal.set_wakeup_fd`, to which CPython's C-level handler writes at once.
+even a chunk of many steps, or a whole validation pass, ends after the step in flight.
+Python runs signal handlers only between bytecodes, not while the main thread is inside
+TensorFlow, so the flag is set by a thread woken through `signal.set_wakeup_fd`, to which
+CPython's C-level handler writes at once.
 
 Several workers (MultiWorkerMirroredStrategy): all must stop at the same step, so the
 flag is not used. TensorFlow's own `PreemptionCheckpointHandler` agrees on the step
