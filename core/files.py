@@ -118,6 +118,15 @@ def rmtree(path: str) -> None:
         _gfile().rmtree(path)
 
 
+def rename(source: str, target: str) -> None:
+    """Moves a file (`os.rename` locally; on an object store a copy then a delete, so only
+    for files that nobody reads meanwhile, e.g. a damaged checkpoint moved aside)."""
+    if is_local(source):
+        os.rename(source, target)
+    else:
+        _gfile().rename(source, target, overwrite=False)
+
+
 def open(path: str, mode: str = "r", **kwargs):  # pylint: disable=redefined-builtin
     """`open(path, mode)` for local paths, `tf.io.gfile.GFile` for remote ones (reading,
     or appending to a log; a file to publish goes through `atomic_open`)."""

@@ -107,6 +107,9 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
             yield stale
         return
     path = os.path.join(directory, name)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{directory} is a file, not a folder; {command} needs a folder there: "
+                        "pass another path, or move that file away")
     try:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

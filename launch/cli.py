@@ -18,6 +18,7 @@ bug and keeps its traceback.
 """
 
 import atexit
+import contextlib
 import dataclasses
 import os
 import re
@@ -71,31 +72,46 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault(TF_LOG_VARIABLE, "3")
 
 
-# C++ lines TensorFlow prints while it loads and finds its devices. They come from absl's
+# C++ lines TensorFlow prints while it loads and finds its devices (and a few later ones). They come from absl's
 # C++ logging before it is initialised, which no log level silences.
 _STARTUP_NOISE = re.compile(
     r"(All log messages before absl::InitializeLog|oneDNN custom operations are on|"
     r"Could not find cuda drivers|failed call to cuInit|cuda_executor|cuda_dnn|cuda_fft|"
     r"cuda_blas|Unable to register cu|computation placer already registered|"
     r"This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate|"
-    r"TF-TRT Warning|Attempting to register factory)")
+    r"TF-TRT Warning|Attempting to register factory|"
+    # Printed when a uint8 op of the serving graph is placed (isic-export): oneDNN's layout
+    # pass declines it and TensorFlow's own kernel runs, with the same results.
+    r"oneDNN supports DT_UINT8 only on platforms with AVX-512)")
 
 
 def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow and lists its devices with their C++ start-up lines filtered out.
+    """Imports TensorFlow and lists its devices with their C++ start-up lines filtered out."""
+    if "tensorflow" in sys.modules or os.environ.get(SHOW_TF_LOGS_VARIABLE, "") not in ("", "0"):
+        return
+    with filtered_stderr():
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def filtered_stderr():
+    """Leaves TensorFlow's C++ noise (_STARTUP_NOISE) out of what the block writes to stderr.
 
     stderr (file descriptor 2, where C++ writes) goes to a temporary file meanwhile; the
-    lines that are not start-up noise are written back afterwards, so real errors stay.
+    lines that are not noise are written back afterwards (also when the block raises), so
+    real errors stay, only later. Used around the import and around calls known to print
+    such lines (isic-export's conversions). ISIC_TF_LOGS=1 turns it off.
     """
-    if "tensorflow" in sys.modules or os.environ.get(SHOW_TF_LOGS_VARIABLE, "") not in ("", "0"):
+    if os.environ.get(SHOW_TF_LOGS_VARIABLE, "") not in ("", "0"):
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf  # pylint: disable=import-outside-toplevel
-            tf.config.list_physical_devices()
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

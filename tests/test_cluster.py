@@ -254,7 +254,7 @@ def test_signals_to_the_launcher_reach_every_worker(stand_in, signum):
 
 
 def test_launch_config_rejects_bad_values():
-    assert LaunchConfig().num_workers == 2 and LaunchConfig().grace_seconds == 10.0
+    assert LaunchConfig().num_workers == 2 and LaunchConfig().grace_seconds == 30.0
     for bad, message in (({"num_workers": 0}, "--num_workers must be >= 1"),
                          ({"port": 70000}, "--port must be in 1..65535"),
                          ({"port": 0}, "--port must be >= 1"),

@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 from launch import layout
+from launch.inference import models
 from core import files
 from launch.training import checkpoints
 from launch.training import faults
@@ -269,6 +270,45 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+def test_sigterm_during_validation_stops_within_a_call_and_the_resumed_run_validates_again(
+        clean_records, tmp_path, survive_signals, monkeypatch):
+    config = {"deterministic": True, "checkpoint_every_steps": 0}
+    reference = _train(clean_records, str(tmp_path / "reference"), **config)
+    real = dataset_lib.make_dataset
+    sent = []
+
+    def val_sends_sigterm(records, split, **kwargs):
+        """The validation split, sending SIGTERM while its first batch is read."""
+        dataset = real(records, split, **kwargs)
+        if split != "val":
+            return dataset
+
+        def send(*batch):
+            if not sent:
+                sent.append(time.perf_counter())
+                os.kill(os.getpid(), signal.SIGTERM)
+            return batch
+        def send_keeping_shapes(*b):
+            out = tf.py_function(send, b, [t.dtype for t in b])
+            return tuple(tf.ensure_shape(o, t.shape) for o, t in zip(out, b))
+        return dataset.map(send_keeping_shapes)
+    monkeypatch.setattr(dataset_lib, "make_dataset", val_sends_sigterm)
+    model_dir = str(tmp_path / "stopped")
+    with pytest.raises(preemption.Stopped) as caught:
+        _train(clean_records, model_dir, **config)
+    stopped = caught.value
+    seconds = time.perf_counter() - sent[0]
+    print(f"SIGTERM during validation: stopped {seconds:.2f} s later: {stopped}")
+    assert stopped.step == 4 and stopped.exit_status == 143  # the epoch's last step
+    assert stopped.checkpoint == _ckpt(model_dir, "ckpt-4") and seconds < 30
+    assert not os.path.exists(os.path.join(model_dir, "history.csv"))  # no row yet
+    monkeypatch.setattr(dataset_lib, "make_dataset", real)
+    resumed = _train(clean_records, model_dir, **config)  # the same command
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert resumed["val_dice"] == reference["val_dice"] and resumed["epoch"] == 1
+    assert "loss" not in resumed  # the training means of the stopped epoch are lost
+
+
 # --- Full and read-only disks (a real tmpfs).
 
 @pytest.fixture
@@ -391,3 +431,186 @@ def test_a_saved_model_or_h5_as_model_is_a_clear_error(one_epoch_run, tmp_path):
     keras.models.load_model(os.path.join(one_epoch_run, "ISIC-UNet.keras")).save(h5)
     with pytest.raises(FileNotFoundError, match=r"is a Keras HDF5 \(\.h5\) file"):
         layout.resolve_model_path(h5)
+
+
+# --- Damaged checkpoints (resume never loses a trained run).
+
+def _ckpt(model_dir, name=""):
+    return os.path.join(model_dir, "checkpoints", name)
+
+
+def _data_file(model_dir, number):
+    return _ckpt(model_dir, f"ckpt-{number}.data-00000-of-00001")
+
+
+def _damaged_names(model_dir):
+    """The file names moved into checkpoints/damaged/<time>/ folders."""
+    root = _ckpt(model_dir, "damaged")
+    return sorted(n for d in (os.listdir(root) if os.path.isdir(root) else ())
+                  for n in os.listdir(os.path.join(root, d)))
+
+
+def _step_checkpoints(model_dir, numbers):
+    """Checkpoints of a bare step counter, written by the trainer's Saver (no model: cheap)."""
+    step = tf.Variable(0, dtype=tf.int64)
+    saver = checkpoints.Saver(tf.train.Checkpoint(step=step), model_dir, chief=True,
+                              max_to_keep=3, run={"seed": 0})
+    for number in numbers:
+        step.assign(number)
+        saver.save(number)
+
+
+def _restore_step(model_dir):
+    """(restored path, restored step) through checkpoints.restore_latest."""
+    step = tf.Variable(-1, dtype=tf.int64)
+    path = checkpoints.restore_latest(tf.train.Checkpoint(step=step), model_dir)
+    return path, int(step.numpy())
+
+
+@pytest.mark.parametrize("damage", ["half_data", "no_index"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one_and_is_kept(
+        tmp_path, caplog, damage):
+    model_dir = str(tmp_path / "run")
+    _step_checkpoints(model_dir, [6, 8, 9])
+    if damage == "half_data":  # a disk that filled, a node that died mid-write, a partial copy
+        os.truncate(_data_file(model_dir, 9), os.path.getsize(_data_file(model_dir, 9)) // 2)
+    else:
+        os.remove(_ckpt(model_dir, "ckpt-9.index"))
+    with caplog.at_level("WARNING"):
+        assert _restore_step(model_dir) == (_ckpt(model_dir, "ckpt-8"), 8)
+    why = ("ckpt-9.data-00000-of-00001 is cut short: " if damage == "half_data"
+           else "ckpt-9.index is missing")
+    assert f"checkpoint {_ckpt(model_dir, 'ckpt-9')} is damaged or unfinished (" in caplog.text
+    assert why in caplog.text and f"resuming from {_ckpt(model_dir, 'ckpt-8')}" in caplog.text
+    expected = (["ckpt-9.data-00000-of-00001", "ckpt-9.index"] if damage == "half_data"
+                else ["ckpt-9.data-00000-of-00001"])
+    assert _damaged_names(model_dir) == expected  # moved aside, never deleted
+    assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-8")
+    _step_checkpoints(model_dir, [9])  # step 9 again: a fresh file, not the damaged one's
+    assert _restore_step(model_dir) == (_ckpt(model_dir, "ckpt-9"), 9)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_by_the_trainer(
+        clean_records, one_epoch_run, tmp_path, caplog):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(one_epoch_run, model_dir)
+    os.truncate(_data_file(model_dir, 4), os.path.getsize(_data_file(model_dir, 4)) // 2)
+    with caplog.at_level("WARNING"):
+        row = _train(clean_records, model_dir)
+    assert f"resuming from {_ckpt(model_dir, 'ckpt-2')}" in caplog.text
+    assert "is cut short" in caplog.text
+    assert row["step"] == 4 and _damaged_names(model_dir) == ["ckpt-4.data-00000-of-00001",
+                                                              "ckpt-4.index"]
+    reader = tf.train.load_checkpoint(_ckpt(model_dir, "ckpt-4"))  # trained again, intact
+    assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
+
+
+def test_a_run_without_an_intact_checkpoint_is_an_error_until_restart(
+        clean_records, one_epoch_run, tmp_path, caplog):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(one_epoch_run, model_dir)
+    for number in (2, 4):
+        os.truncate(_data_file(model_dir, number), 10)
+    before = sorted(os.listdir(_ckpt(model_dir)))
+    with pytest.raises(checkpoints.NoUsableCheckpointError) as caught:
+        _train(clean_records, model_dir, epochs=2)
+    message = str(caught.value)
+    print(message)
+    assert message.startswith(f"{model_dir} holds a training run but no usable checkpoint: "
+                              f"{_ckpt(model_dir, 'ckpt-4.data-00000-of-00001')} (")
+    assert "is cut short: 10 bytes, its index expects" in message
+    for path in (_ckpt(model_dir, "checkpoint"), _ckpt(model_dir, "run.json"),
+                 os.path.join(model_dir, "history.csv")):
+        assert path in message
+    assert "pass --restart" in message and "use another --model_dir" in message
+    assert sorted(os.listdir(_ckpt(model_dir))) == before  # nothing moved or written
+    # --restart begins again on purpose, keeping the old run.
+    with caplog.at_level("WARNING"):
+        row = _train(clean_records, model_dir, restart=True)
+    assert row["step"] == 4 and "--restart: moved the previous run's checkpoints and history.csv" \
+        in caplog.text
+    [replaced] = [n for n in os.listdir(model_dir) if n.startswith("replaced-")]
+    assert sorted(os.listdir(os.path.join(model_dir, replaced, "checkpoints"))) == before
+
+
+def test_a_first_save_cut_short_starts_a_new_run_with_a_warning(tmp_path, caplog):
+    model_dir = str(tmp_path / "run")
+    os.makedirs(_ckpt(model_dir, "ckpt-2_temp"))  # a kill during the very first checkpoint
+    with open(_ckpt(model_dir, "ckpt-2_temp/part-00000-of-00001.data-00000-of-00001"), "wb") as f:
+        f.write(b"\0" * 100)
+    with caplog.at_level("WARNING"):
+        assert _restore_step(model_dir) == (None, -1)
+    assert "ckpt-2 is damaged or unfinished (a save that never finished): moved to" in caplog.text
+    assert "starting a new run" in caplog.text and _damaged_names(model_dir) == ["ckpt-2_temp"]
+    # A data shard without any index, state file or run.json is such a save too; one more
+    # file showing a run was saved makes it an error.
+    _step_checkpoints(str(tmp_path / "other"), [3])
+    os.remove(_ckpt(str(tmp_path / "other"), "ckpt-3.index"))
+    with pytest.raises(checkpoints.NoUsableCheckpointError, match="holds a training run but no "
+                                                                  "usable checkpoint"):
+        _restore_step(str(tmp_path / "other"))
+
+
+def test_a_save_checks_the_files_before_naming_them_latest(one_epoch_run, tmp_path):
+    """The state file names a checkpoint only once it is complete; a leftover file with
+    the new checkpoint's name is moved aside, not overwritten."""
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(one_epoch_run, model_dir)
+    with open(_ckpt(model_dir, "ckpt-6.index"), "wb") as f:  # left by a crashed save
+        f.write(b"leftover")
+    step = tf.Variable(6, dtype=tf.int64)
+    saver = checkpoints.Saver(tf.train.Checkpoint(step=step), model_dir, chief=True,
+                              last=_ckpt(model_dir, "ckpt-4"), max_to_keep=2)
+    saver.save(6)
+    assert _damaged_names(model_dir) == ["ckpt-6.index"]
+    assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-6")
+    assert not os.path.exists(_ckpt(model_dir, "ckpt-2.index"))  # beyond max_to_keep
+    with open(_ckpt(model_dir, "checkpoint")) as f:
+        assert f.read() == ('model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: '
+                            '"ckpt-4"\nall_model_checkpoint_paths: "ckpt-6"\n')
+    # A filesystem that acknowledged a write it did not keep: found before it counts.
+    real_write = tf.train.Checkpoint.write
+
+    def short_write(self, prefix, options=None):
+        path = real_write(self, prefix, options)
+        os.truncate(path + ".data-00000-of-00001", 3)
+        return path
+    tf.train.Checkpoint.write = short_write
+    try:
+        with pytest.raises(faults.OutputError, match=r"the checkpoint .*ckpt-7 just written is "
+                                                     r"incomplete \(.*is cut short: 3 bytes"):
+            saver.save(7)
+    finally:
+        tf.train.Checkpoint.write = real_write
+    assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-6")
+    assert not os.path.exists(_ckpt(model_dir, "ckpt-7.index"))
+
+
+# --- Messages that name the right reason.
+
+def test_a_model_dir_that_is_a_regular_file_is_reported_as_such(clean_records, tmp_path):
+    path = tmp_path / "run"
+    path.write_text("not a folder")
+    with pytest.raises(UserError, match=rf"^{path} is a file, not a folder; isic-train needs a "
+                                        r"folder there: pass another path"):
+        _train(clean_records, str(path))
+    assert path.read_text() == "not a folder"
+
+
+def test_a_truncated_keras_file_is_reported_as_cut_short(one_epoch_run, tmp_path):
+    path = str(tmp_path / "model.keras")
+    shutil.copy(os.path.join(one_epoch_run, "ISIC-UNet.keras"), path)
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match=rf"^{path} is not a complete \.keras file \(\d+ bytes, "
+                                         r"not a zip archive: cut short or damaged\)") as caught:
+        models.load_model(path)
+    assert "not found" not in str(caught.value)
+
+
+def test_tensorflow_cpp_noise_is_filtered_and_real_errors_are_kept(capfd):
+    from launch import cli
+    with cli.filtered_stderr():
+        os.write(2, b"E0000 00:00:1.0 1 mkl_util.h:1] oneDNN supports DT_UINT8 only on "
+                    b"platforms with AVX-512. Falling back to the default implementation\n")
+        os.write(2, b"a real error\n")
+    assert capfd.readouterr().err == "a real error\n"

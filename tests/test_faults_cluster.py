@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -33,10 +34,11 @@ def _digests(stdout):
     return dict(re.findall(r"^\[w(\d)\] weights sha256 (\w+)$", stdout, re.M))
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identical(tmp_path):
     records = str(tmp_path / "records")
-    factory.write_records(records, {"train": 64}, size=32)  # 8 steps per epoch at batch 8
+    # 8 steps per epoch at batch 8; validation: 16 calls of one step under 2 workers.
+    factory.write_records(records, {"train": 64, "val": 128}, size=32)
     scratch = tmp_path / "scratch"  # the workers' TMPDIR (non-chief temporary checkpoints)
     scratch.mkdir()
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
@@ -69,15 +71,48 @@ def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identi
     assert not os.path.exists(os.path.join(model_dir, "ISIC-UNet.keras"))
     assert not [n for n in os.listdir(model_dir) if "worker" in n]  # only the chief's files
 
-    resumed = _launcher(*command(model_dir), env=env)  # the same command
+    # The same command; SIGTERM again, now while the workers validate the epoch in flight:
+    # they agree between validation calls, checkpoint its last step and stop.
+    end = 8 if step <= 8 else 16
+    resumed = _launcher(*command(model_dir), env=env)
+    err = _signal_on_line(resumed, rf"^\[w\d\] .*validating at step {end} ")
+    assert resumed.returncode == 143, err[-3000:]
+    assert re.search(rf"^\[w1\] .*resuming at step {step} ", err, re.M), err[-3000:]
+    stops = dict(re.findall(r"^\[w(\d)\] isic-train: stopped by SIGTERM at step (\d+);", err, re.M))
+    assert stops == {"0": str(end), "1": str(end)} and _latest_step(model_dir) == end, err[-3000:]
+
+    resumed = _launcher(*command(model_dir), env=env)  # the same command: validates epoch 1 again
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
-    assert re.search(rf"^\[w1\] .*resuming at step {step} ", err, re.M), err[-3000:]
+    assert re.search(rf"^\[w1\] .*resuming at step {end} ", err, re.M), err[-3000:]
+    assert f"epoch {end // 8} ended at step {end} without its history row: validating it" in err
     reference = _launcher(*command(str(tmp_path / "reference")), env=env)
     ref_out, ref_err = reference.communicate(timeout=300)
     assert reference.returncode == 0, ref_err[-3000:]
     digests, ref_digests = _digests(out), _digests(ref_out)
     assert len(set(digests.values())) == 1 and digests == ref_digests
+
+
+def _signal_on_line(proc, pattern, timeout=240):
+    """Sends SIGTERM to `proc` when its stderr shows a line matching `pattern`; returns
+    all of stderr once it has exited."""
+    lines, seen = [], threading.Event()
+
+    def pump():
+        for line in proc.stderr:
+            lines.append(line)
+            if re.search(pattern, line):
+                seen.set()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    assert seen.wait(timeout) or proc.poll() is not None, "".join(lines)[-3000:]
+    assert proc.poll() is None, "".join(lines)[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    proc.wait(timeout=120)
+    reader.join(timeout=30)
+    print(f"2 workers, SIGTERM during validation: group stopped {time.monotonic() - sent:.2f} s later")
+    return "".join(lines)
 
 
 # Worker 0 got SIGTERM from the scheduler and exits 143 after the checkpoint; worker 1

@@ -19,10 +19,17 @@ class LaunchConfig:
     restarts: int = option(0, "Relaunch the whole group up to this many times after a worker "
                            "failed; training resumes from --model_dir's last checkpoint.",
                            lower_bound=0)
-    grace_seconds: float = option(10.0, "Seconds the workers get to exit after SIGTERM (on "
-                                  "Ctrl-C or SIGTERM to the launcher: time to write their "
-                                  "checkpoint; when a worker died: how long the others may "
-                                  "outlive it) before they are SIGKILLed.", lower_bound=0)
+    # A worker stops within TensorFlow's 1 s poll + two calls + a save + its exit
+    # (docs/scaling.md, "Preemption and time limits"; benchmarks/stop_time.py measures the
+    # terms). 30 s covers that for the CPU recipes with room for a loaded machine, and is
+    # Kubernetes' default terminationGracePeriodSeconds; it only matters when a worker
+    # does not exit by itself (the launcher ends as soon as all have).
+    grace_seconds: float = option(30.0, "Seconds the workers get to exit after SIGTERM (on "
+                                  "Ctrl-C or SIGTERM to the launcher: time to finish the "
+                                  "calls in flight and write their checkpoint; when a worker "
+                                  "died: how long the others may outlive it) before they are "
+                                  "SIGKILLed. Raise it when a step plus a checkpoint save "
+                                  "takes longer (large models, slow disks).", lower_bound=0)
     gpus_per_worker: int = option(0, "GPUs each worker sees (CUDA_VISIBLE_DEVICES): worker i "
                                   "gets the i-th G of this machine's visible GPUs. 0 = an even "
                                   "share of them (none on a machine without GPUs). One machine "

@@ -207,7 +207,7 @@ class WorkerGroup:
     """
 
     def __init__(self, commands: list[list[str]], envs: list[dict], *, out, err,
-                 grace_seconds: float = 10.0, interrupts: Interrupts | None = None,
+                 grace_seconds: float = 30.0, interrupts: Interrupts | None = None,
                  cwd: str | None = None, log=None):
         if len(commands) != len(envs) or not commands:
             raise ValueError(f"need one environment per command, got {len(commands)} commands "

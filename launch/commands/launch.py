@@ -1,6 +1,6 @@
 """`isic-launch`: run `isic-train` as N worker processes on this machine (MultiWorkerMirrored).
 
-  isic-launch --num_workers 2 [--port 23456] [--restarts 2] [--grace_seconds 10] -- \\
+  isic-launch --num_workers 2 [--port 23456] [--restarts 2] [--grace_seconds 30] -- \\
       --data_dir records/ --model_dir runs/unet --batch_size 32
 
 Everything after `--` is passed to every worker's `python -m launch.commands.train`, with

@@ -12,6 +12,7 @@ and scales with pipeline/pixels.py; tests/test_predict.py checks it against `loa
 """
 
 import json
+import zipfile
 
 import keras
 import numpy as np
@@ -34,6 +35,15 @@ def load_model(path: str) -> tuple[keras.Model, str]:
       ValueError: the file is not a loadable Keras model, or has other input/output shapes.
     """
     resolved = layout.resolve_model_path(path)
+    # A .keras file is a zip archive whose directory is at its end: a file cut short (a
+    # full disk, an interrupted copy) has none, and Keras would report it as "File not
+    # found" (keras/src/saving/saving_api.py:214, after zipfile.is_zipfile said no).
+    if files.is_local(resolved) and not zipfile.is_zipfile(resolved):
+        raise InputError(
+            f"{resolved} is not a complete .keras file ({files.getsize(resolved)} bytes, not "
+            "a zip archive: cut short or damaged). Write it again: run the same isic-train "
+            "command on its model directory (a finished run re-exports from its last "
+            "checkpoint), or pass another model such as <model_dir>/best") from None
     try:
         model = keras.models.load_model(resolved, compile=False)
     except Exception as e:  # Keras reports broken archives with many exception types.

@@ -80,6 +80,10 @@ class TrainConfig(AugmentConfig):
     warm_start: str | None = option(
         None, "Start a NEW run from these weights (a .keras file or another model directory). "
         "Ignored, with a warning, when --model_dir resumes.")
+    restart: bool = option(
+        False, "Begin a new run in a --model_dir that holds one, on purpose: its checkpoints/ "
+        "and history.csv are first moved into <model_dir>/replaced-<time>/ (kept, never "
+        "deleted). Use it once, not in a command a scheduler retries.")
     # TensorFlow documents timeout_seconds as for debugging only: it starts one sleeping
     # thread per collective (tensorflow/python/distribute/collective_util.py:97-103). A
     # dead worker stops the job without it: the coordination service notices the missed

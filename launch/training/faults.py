@@ -6,8 +6,8 @@ quota, read-only filesystem, no permission, a file where a folder should be), th
 becomes an `OutputError`: a UserError whose message names the file and the cause, which
 `isic-train` prints without a traceback (exit status 1). What was written before is
 intact: every output goes to a temporary name first and is renamed only when complete
-(core/files.py), and a checkpoint counts only once TensorFlow's `checkpoint`
-index names it, which happens after its files are complete.
+(core/files.py), and a checkpoint counts only once the `checkpoint` state file
+names it, which happens after its files are written and checked (checkpoints.Saver).
 
 Python reports these failures as OSError; TensorFlow's writers (checkpoints, SavedModel,
 summaries) as its own errors, with the OS's cause at the end of the message:

@@ -10,11 +10,12 @@ then resumes from that step (bit-identical under --deterministic). A second SIGI
 while stopping ends the process at once, as it would have without this module; a second
 SIGTERM is ignored (schedulers and launchers often both send one).
 
-One process (one device, or mirrored over local devices): `LocalStop`. The train steps'
-while loop reads its `flag` before every step (launch/training/steps.py), so even a chunk
-of many steps ends after the step in flight. Python runs signal handlers only between
-bytecodes, not while the main thread is inside TensorFlow, so the flag is set by a thread
-woken through `signal.set_wakeup_fd`, to which CPython's C-level handler writes at once.
+One process (one device, or mirrored over local devices): `LocalStop`. The train and
+eval steps' while loop reads its `flag` before every step (launch/training/steps.py), so
+even a chunk of many steps, or a whole validation pass, ends after the step in flight.
+Python runs signal handlers only between bytecodes, not while the main thread is inside
+TensorFlow, so the flag is set by a thread woken through `signal.set_wakeup_fd`, to which
+CPython's C-level handler writes at once.
 
 Several workers (MultiWorkerMirroredStrategy): all must stop at the same step, so the
 flag is not used. TensorFlow's own `PreemptionCheckpointHandler` agrees on the step
@@ -23,7 +24,12 @@ the next call", every worker saves the checkpoint after that call and exits. `Cl
 plugs the trainer in: the signal is the handler's termination notice, the trainer's
 Saver writes the checkpoint (so it lands in model_dir/checkpoints as every other one),
 all workers wait for each other, and the handler's exit raises `Stopped`. Workers that
-got no signal themselves stop with status 143 (a peer's preemption).
+got no signal themselves stop with status 143 (a peer's preemption). The handler counts
+training calls only; between validation calls the workers instead agree through one
+all-reduce (`requested`) and stop together (`stop_now`).
+
+Before `attach` (the set-up: records check, model build, restore) there is nothing to
+checkpoint, so the handler raises `Stopped` at once (step None).
 """
 
 import os
@@ -50,13 +56,18 @@ class Stopped(Exception):
     Not a UserError: nothing is wrong, and the status must be 128 + the signal, not 1.
     """
 
-    def __init__(self, signum: int, step: int, checkpoint: str | None, seconds: float):
+    def __init__(self, signum: int, step: int | None, checkpoint: str | None, seconds: float):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_status, self.seconds = 128 + signum, seconds
-        where = (f"its checkpoint is {checkpoint}. Run the same command to resume from it"
-                 if checkpoint else "nothing was trained yet, so there is nothing to keep")
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {where}. "
-                         f"Exit status {self.exit_status}.")
+        name = signal.Signals(signum).name
+        if step is None:  # during the set-up: nothing trained, nothing written to keep
+            message = (f"stopped by {name} before training began; the model directory is as it "
+                       "was. Run the same command to start (or resume) again")
+        else:
+            where = (f"its checkpoint is {checkpoint}. Run the same command to resume from it"
+                     if checkpoint else "nothing was trained yet, so there is nothing to keep")
+            message = f"stopped by {name} at step {step}; {where}"
+        super().__init__(f"{message}. Exit status {self.exit_status}.")
 
 
 class _Catcher:
@@ -69,6 +80,9 @@ class _Catcher:
     def __init__(self, flag: tf.Variable | None):
         self.flag, self.signum, self.event = flag, None, threading.Event()
         self._previous, self._pipe, self._wakeup = {}, None, None
+        # False during the set-up (records check, model build, restore): there is nothing
+        # to checkpoint yet, so a signal then ends the run at once (raised from the handler).
+        self.armed = False
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
@@ -104,10 +118,16 @@ class _Catcher:
                 os.kill(os.getpid(), signum)
             return
         self.signum = signum
+        # Not the flag: this handler runs in the main thread wherever it happens to be,
+        # possibly inside a graph being built (a tf.function trace, the SavedModel
+        # export), where assigning a variable fails ("Attempting to capture an
+        # EagerTensor"). The watcher thread, which runs eagerly, sets it.
+        self.event.set()
+        if not self.armed:
+            raise Stopped(signum, None, None, 0.0)
         logging.warning("got %s: finishing the step in flight, then checkpointing and "
                         "stopping (Ctrl-C again stops at once, without it)",
                         signal.Signals(signum).name)
-        self._notice()
 
     def _watch(self, read: int) -> None:
         try:
@@ -148,18 +168,26 @@ class LocalStop:
         """`save()` checkpoints the current step and returns its path; `step()` is it."""
         del checkpoint
         self._save, self._step = save, step
+        self._catcher.armed = True
 
     def after_chunk(self) -> None:
         """After a train_steps call: after a signal, checkpoint and raise Stopped."""
-        if self._catcher.signum is None:
-            return
+        if self.requested():
+            self.stop_now()
+
+    between_epochs = after_chunk  # one process: any point between calls will do
+
+    def requested(self) -> bool:
+        """Whether a stop signal arrived (set by the watcher thread at once)."""
+        return self._catcher.event.is_set()
+
+    def stop_now(self) -> None:
+        """Checkpoints the current step and raises Stopped."""
         start = time.perf_counter()
         path = self._save()
         seconds = time.perf_counter() - start
         logging.info("checkpoint of the stop: %s (%.2f s)", path, seconds)
-        raise Stopped(self._catcher.signum, self._step(), path, seconds)
-
-    between_epochs = after_chunk  # one process: any point between calls will do
+        raise Stopped(self._catcher.signum or signal.SIGTERM, self._step(), path, seconds)
 
 
 class ClusterStop:
@@ -206,6 +234,7 @@ class ClusterStop:
                 os.environ.pop(_METADATA_VARIABLE, None)
             else:
                 os.environ[_METADATA_VARIABLE] = saved
+        self._catcher.armed = True
 
     def after_chunk(self) -> None:
         """After each train_steps call, on every worker: the handler saves and exits when
@@ -214,7 +243,23 @@ class ClusterStop:
         self._handler.save_checkpoint_if_preempted()
 
     def between_epochs(self) -> None:
-        """Nothing: a signal during validation is handled after the next call."""
+        """Nothing: validation already asked `requested` after each of its calls."""
+
+    def requested(self) -> bool:
+        """Whether any worker got a stop signal: every worker must call it at the same
+        point and gets the same answer (one all-reduce of a number). Used between
+        validation calls, where the handler's call counting does not apply (it counts
+        training calls: see after_chunk)."""
+        mine = 1.0 if self._catcher.event.is_set() else 0.0
+        total = self._strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                      self._strategy.run(lambda: tf.constant(mine)), axis=None)
+        return float(total) > 0
+
+    def stop_now(self) -> None:
+        """Every worker: checkpoints the current step together and raises Stopped (after
+        `requested` said so on all of them)."""
+        self._save_now()
+        self._exit()
 
     def _save_now(self) -> None:
         start = time.perf_counter()

@@ -3,9 +3,10 @@
 `create(model_dir, chief=..., verbose=...)` returns a `Reporter` on the chief and a
 `SilentReporter` (the same methods, doing nothing) on every other worker, so the trainer
 calls it unconditionally, like Flax's `create_default_writer(just_logging=...)`. It
-writes `config.json`, `checkpoints/run.json`, `history.csv` and its plots, the TensorBoard
-logs, the best and the final model and the SavedModel, and prints the progress. Checkpoints
-are not here: every worker must take part in saving them (checkpoints.Saver).
+writes `config.json`, `history.csv` and its plots, the TensorBoard logs, the best and the
+final model and the SavedModel, and prints the progress. Checkpoints (and run.json, written
+with the first one) are not here: every worker must take part in saving them
+(checkpoints.Saver).
 
 Every write goes through `faults.writing`: a full or read-only disk stops the run with a
 message naming the file (an OutputError), and, the writes being atomic, the files of
@@ -19,7 +20,6 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from launch.training import checkpoints
 from launch.training import faults
 from launch.training import history
 from launch.training import summaries
@@ -41,7 +41,7 @@ class SilentReporter:
     chief = False
 
     def start(self, config: TrainConfig, run: dict, model: keras.Model, start_epoch: int) -> None:
-        """Run start: config.json, run.json, model summary, history of the finished epochs."""
+        """Run start: config.json, model summary, history of the finished epochs."""
 
     def last_row(self) -> dict:
         """The last recorded history row ({} when none)."""
@@ -87,9 +87,6 @@ class Reporter(SilentReporter):
         path = os.path.join(self._model_dir, PREPROCESSING_FILE)
         with faults.writing("preprocessing record", path):
             files.write_atomic(path, json.dumps(run["preprocessing"], indent=1, sort_keys=True) + "\n")
-        path = os.path.join(self._model_dir, checkpoints.CHECKPOINT_DIR, checkpoints.RUN_FILE)
-        with faults.writing("run identity", path):
-            checkpoints.write_run(self._model_dir, run)
         if self._verbose:
             model.summary(print_fn=lambda line, **_: print(line))
         self._rows = history.read_history(self._model_dir, up_to_epoch=start_epoch)

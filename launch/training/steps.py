@@ -181,11 +181,13 @@ def _loss_scaled_step(strategy, optimizer, variables, gradients):
     return global_step
 
 
-def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float):
+def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float,
+                    stop: tf.Variable | None = None):
     """Returns `eval_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
     The iterator yields (images, masks, weights [b]); padding examples have weight 0, so
-    the sums cover every real example exactly once.
+    the sums cover every real example exactly once. With `stop`, a call ends early once it
+    is True, as training calls do (the sums are then partial and of no use).
     """
 
     def replica_step(images, masks, weights):
@@ -193,7 +195,7 @@ def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_w
         per_image = losses.bce_dice_loss(masks, probs, dice_weight=dice_weight)
         return _per_image_sums(masks, probs, per_image, weights)
 
-    return _run_steps(strategy, _summed(strategy, replica_step))
+    return _run_steps(strategy, _summed(strategy, replica_step), stop)
 
 
 def means(totals: dict) -> dict:

@@ -33,6 +33,7 @@ from absl import logging
 
 from launch.training import checkpoints
 from launch.training import distribute
+from launch.training import history
 from launch.training import preemption
 from launch.training import report
 from launch.training import steps as steps_lib
@@ -73,6 +74,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, *, verbose: bool =
             reporter = report.create(model_dir, chief=chief, verbose=verbose)
             run = _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop)
             with _reading(run):
+                _end_interrupted_epoch(run, model_dir)
                 for epoch in range(run.step // run.steps_per_epoch, config.epochs):
                     sums, seconds = _train_epoch(run, epoch)
                     run.row = _end_epoch(run, epoch, sums, seconds)
@@ -118,12 +120,15 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
     steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
     identity = checkpoints.run_identity(config, records.image_size, unet.DEPTH, steps_per_epoch,
                                         records.preprocessing, precision)
-    checkpoints.check_run(model_dir, identity)  # before anything is written
+    if config.restart and reporter.chief:  # other workers then find nothing to restore
+        checkpoints.set_aside_previous_run(model_dir)
+    if not config.restart:
+        checkpoints.check_run(model_dir, identity)  # before anything is written
     model, optimizer = _build(strategy, config, records.image_size, steps_per_epoch, precision)
     # The global step lives outside the scope: it is only read and written by the host.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    restored = _restore(checkpoint, model, model_dir, config.warm_start)
+    restored = _restore(checkpoint, model, model_dir, config, reporter.chief)
     step = int(step_var.numpy())
     reporter.start(config, identity, model, start_epoch=step // steps_per_epoch)
     logging.info("%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
@@ -134,7 +139,8 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
                      config.epochs)
     run = _Run(
         config, strategy, records, steps_per_epoch, model, optimizer, step_var,
-        saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored),
+        saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored,
+                                run=identity),
         reporter=reporter, stop=stop,
         planner=steps_lib.StepsPerCall(steps_per_epoch, config.checkpoint_every_steps,
                                        config.steps_per_execution,
@@ -144,7 +150,7 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
                                        first_step=step),
         train_steps=steps_lib.make_train_steps(strategy, model, optimizer, config.batch_size,
                                                config.dice_weight, stop=stop.flag),
-        eval_steps=steps_lib.make_eval_steps(strategy, model, config.dice_weight),
+        eval_steps=steps_lib.make_eval_steps(strategy, model, config.dice_weight, stop=stop.flag),
         step=step, row=reporter.last_row())
     stop.attach(checkpoint, save=functools.partial(_save, run), step=lambda: run.step)
     return run
@@ -184,10 +190,13 @@ def _build(strategy, config: TrainConfig, image_size: int, steps_per_epoch: int,
     return model, optimizer
 
 
-def _restore(checkpoint, model, model_dir: str, warm_start: str | None) -> str | None:
-    """Resumes from `model_dir`'s newest checkpoint, else warm-starts a new run from
-    `warm_start` if given; returns the restored checkpoint's path (None: a new run)."""
-    restored = checkpoints.restore_latest(checkpoint, model_dir)
+def _restore(checkpoint, model, model_dir: str, config: TrainConfig, chief: bool) -> str | None:
+    """Resumes from `model_dir`'s newest intact checkpoint, else warm-starts a new run from
+    --warm_start if given; returns the restored checkpoint's path (None: a new run).
+    With --restart, non-chief workers restore nothing: the chief is moving the old run aside."""
+    warm_start = config.warm_start
+    restored = (None if config.restart and not chief
+                else checkpoints.restore_latest(checkpoint, model_dir, chief=chief))
     if restored and warm_start:
         logging.warning("%s already has checkpoints: resuming at step %d, --warm_start %s is "
                         "not used", model_dir, int(checkpoint.step.numpy()), warm_start)
@@ -259,7 +268,13 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, seconds: float) -> dict:
 
 
 def _validate(run: _Run) -> dict:
-    """Means over the whole validation split ({} without one)."""
+    """Means over the whole validation split ({} without one).
+
+    Runs in calls of at most one training call's steps, and asks the stopper after each
+    (all workers agree): a stop signal during validation then checkpoints the epoch's last
+    step and stops within one call, and the resumed run validates that epoch again
+    (_end_interrupted_epoch). One process: a call also ends after the step in flight.
+    """
     val_steps = -(-run.records.size("val") // run.config.batch_size)  # padded global batches
     if not val_steps:
         return {}
@@ -268,8 +283,36 @@ def _validate(run: _Run) -> dict:
         return dataset_lib.make_dataset(run.records, "val", batch_size=run.config.batch_size,
                                         training=False, input_context=ctx)
 
+    logging.info("validating at step %d (%d batches)", run.step, val_steps)
     iterator = iter(distribute.distribute_datasets(run.strategy, val_input))
-    return steps_lib.means(run.eval_steps(iterator, val_steps))
+    # One process: one call, which the stop flag ends early; several workers: calls as long
+    # as a training call (an eval step costs less than a train step), one agreement each.
+    chunk = val_steps if run.stop.flag is not None else max(run.planner.chunk, 1)
+    sums = dict.fromkeys(steps_lib.METRIC_KEYS, 0.0)
+    for first in range(0, val_steps, chunk):
+        totals = run.eval_steps(iterator, min(chunk, val_steps - first))
+        sums = {k: sums[k] + totals[k] for k in sums}
+        if run.stop.requested():
+            logging.info("stop signal during validation: checkpointing step %d, the end of the "
+                         "epoch; the resumed run validates this epoch again", run.step)
+            run.stop.stop_now()
+    return steps_lib.means(sums)
+
+
+def _end_interrupted_epoch(run: _Run, model_dir: str) -> None:
+    """Validates and records the epoch that ended at the restored step when history.csv
+    has no row for it (a stop during its validation, or a kill between its checkpoint and
+    its row); its training means are then unknown and left empty. Every worker reads the
+    chief's history.csv, so all agree (validation runs collectives)."""
+    epoch = run.step // run.steps_per_epoch
+    if not run.step or run.step % run.steps_per_epoch or epoch > run.config.epochs:
+        return
+    if any(r["epoch"] == epoch for r in history.read_history(model_dir, up_to_epoch=epoch)):
+        return
+    logging.info("epoch %d ended at step %d without its history row: validating it again",
+                 epoch, run.step)
+    run.row = _end_epoch(run, epoch - 1, dict.fromkeys(steps_lib.METRIC_KEYS, 0.0), 0.0)
+    run.stop.between_epochs()
 
 
 def _save(run: _Run) -> str | None:
