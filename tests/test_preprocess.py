@@ -6,7 +6,9 @@ Images are hand-made and tiny (tens of pixels), records 16 x 16, so that every e
 value can be computed by hand. Per-file decoding cases are in test_preprocess_load.py.
 """
 
+import contextlib
 import dataclasses
+import io
 import os
 import numpy as np
 import pytest
@@ -300,30 +302,33 @@ def test_second_run_returns_at_once_and_other_options_are_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- interruption
 
-def _fail_after(monkeypatch, n):
-    """Makes the build stop as if killed while it encodes its record number n + 1."""
-    original = schema.encode_example
-    count = {"n": 0}
+class _CtrlCAfter(io.StringIO):
+    """Standard output whose user presses Ctrl-C after the build's n-th progress update
+    (the progress bar flushes once per pair): KeyboardInterrupt while pair n + 1 is written."""
 
-    def encode_example(*args, **kwargs):
-        count["n"] += 1
-        if count["n"] > n:
-            raise KeyboardInterrupt("simulated kill")
-        return original(*args, **kwargs)
+    def __init__(self, n: int):
+        super().__init__()
+        self.left = n
 
-    monkeypatch.setattr(schema, "encode_example", encode_example)
+    def flush(self):
+        self.left -= 1
+        if self.left < 0:
+            raise KeyboardInterrupt("simulated Ctrl-C")
 
 
-def test_interrupted_build_leaves_no_manifest_and_next_run_rebuilds(tmp_path, monkeypatch):
+def _interrupted_build(root, out, n, **kw):
+    with contextlib.redirect_stdout(_CtrlCAfter(n)), pytest.raises(KeyboardInterrupt):
+        build.build_records([pairs_lib.dataset_dirs(root)], out,
+                            dataclasses.replace(CONFIG, **kw), progress=True)
+
+
+def test_interrupted_build_leaves_no_manifest_and_next_run_rebuilds(tmp_path):
     root, out = str(tmp_path / "data"), str(tmp_path / "out")
     random_dataset(root, 20)
     reference = build_dir(root, str(tmp_path / "reference"))
 
-    _fail_after(monkeypatch, 7)   # in the second train shard
-    with pytest.raises(KeyboardInterrupt):
-        build_dir(root, out)
+    _interrupted_build(root, out, 7)   # in the fourth train shard (8 shards of 2)
     assert own_files(out) == []
-    monkeypatch.undo()
 
     # A run killed with SIGKILL cannot clean up: leave what it would have left.
     (tmp_path / "out" / "train-00001-of-00008.tmp.tfrecord").write_bytes(b"partial")
@@ -336,9 +341,7 @@ def test_interrupted_build_leaves_no_manifest_and_next_run_rebuilds(tmp_path, mo
     assert "notes.txt" in own_files(out)
 
     # --overwrite unpublishes the old build before writing: killed midway, no manifest.
-    _fail_after(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        build_dir(root, out, overwrite=True)
+    _interrupted_build(root, out, 3, overwrite=True)
     assert not os.path.exists(os.path.join(out, manifest_lib.MANIFEST_NAME))
     with pytest.raises(FileNotFoundError, match="not a finished TFRecord dataset"):
         manifest_lib.read_manifest(out)
