@@ -31,7 +31,6 @@ import tempfile
 
 from core.errors import UserError
 
-
 # Remote paths are those with a scheme: gs://, s3://, ram://, hdfs://, file://.
 _SCHEME = "://"
 

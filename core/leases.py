@@ -27,8 +27,8 @@ import uuid
 from absl import logging
 
 from core import files
-from core import locks
 from core.errors import UserError
+from core.holders import Holder, LockedError, parse_holder
 
 RENEW_SECONDS = 30.0
 STALE_SECONDS = 120.0  # four missed renewals
@@ -37,7 +37,7 @@ STALE_SECONDS = 120.0  # four missed renewals
 @dataclasses.dataclass(frozen=True)
 class Lease:
     """A lease file's content."""
-    holder: locks.Holder
+    holder: Holder
     token: str
     renewed: float  # time.time() of the holder at its last renewal
 
@@ -53,7 +53,7 @@ def read(path: str) -> Lease | None:
     text = files.read_bytes(path).decode("utf-8", "replace").strip()
     if not text:
         return None
-    holder = locks.parse_holder(text)
+    holder = parse_holder(text)
     try:
         fields = json.loads(text)
         return Lease(holder, str(fields.get("token", "")), float(fields.get("renewed", 0.0)))
@@ -75,7 +75,7 @@ def hold(directory: str, name: str, command: str, *, advice: str):
 
     Yields the Holder of a stale lease that was taken over, or None.
     Raises:
-      locks.LockedError: a live lease names another holder.
+      LockedError: a live lease names another holder.
       UserError: the lease file cannot be written.
     """
     path = f"{directory.rstrip('/')}/{name}"
@@ -84,19 +84,19 @@ def hold(directory: str, name: str, command: str, *, advice: str):
     if current is not None:  # unreadable content has renewed=0: stale
         age = time.time() - current.renewed
         if age < STALE_SECONDS and current.holder.is_gone() is not True:
-            raise locks.LockedError(
+            raise LockedError(
                 f"{directory} is in use by {current.holder.describe()}, whose lease was renewed "
                 f"{age:.0f} s ago; {advice}. (Lease file: {path}; a lease not renewed for "
                 f"{STALE_SECONDS:.0f} s is taken over.)", current.holder)
         stale = current.holder
         logging.warning("taking over the lease %s of %s: not renewed for %.0f s%s", path,
                         stale.describe(), age, " (its pid is gone)" if stale.is_gone() else "")
-    mine = Lease(locks.Holder.this_process(command), uuid.uuid4().hex, time.time())
+    mine = Lease(Holder.this_process(command), uuid.uuid4().hex, time.time())
     _write(path, mine, command)
     won = _read_quietly(path)
     if won is None or won.token != mine.token:
         who = won.holder.describe() if won else "another process"
-        raise locks.LockedError(f"{directory} was just taken by {who}; {advice}. "
+        raise LockedError(f"{directory} was just taken by {who}; {advice}. "
                                 f"(Lease file: {path}.)", won.holder if won else None)
     stop = threading.Event()
     renewer = threading.Thread(target=_renew, args=(path, mine, stop), daemon=True,

@@ -25,60 +25,21 @@ Standard library and absl only: the builder takes this lock before it imports Te
 
 import contextlib
 import dataclasses
-import datetime
 import errno
 import fcntl
 import json
 import os
-import socket
 
 from absl import logging
 
-from core.errors import UserError
 from core import files
+from core import leases
+from core.errors import UserError
+from core.holders import Holder, LockedError, parse_holder  # noqa: F401  (callers use locks.*)
 
 # flock's errors on a filesystem that has no flock (ENOTSUP is EOPNOTSUPP on Linux; NFS
 # without lockd answers ENOLCK).
 _NO_FLOCK = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK)
-
-
-class LockedError(UserError):
-    """Another live process holds the folder's lock; `holder` says who (or None)."""
-
-    def __init__(self, message: str, holder: "Holder | None"):
-        super().__init__(message)
-        self.holder = holder
-
-
-@dataclasses.dataclass(frozen=True)
-class Holder:
-    """Who holds (or held) a lock."""
-    host: str
-    pid: int
-    started: str  # local time with UTC offset, e.g. 2025-12-01 21:04:38 +0000
-    command: str
-
-    @classmethod
-    def this_process(cls, command: str) -> "Holder":
-        started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
-        return cls(socket.gethostname(), os.getpid(), started, command)
-
-    def describe(self) -> str:
-        """'isic-train (pid 1234 on node7, started 2025-12-01 21:04:38 +0000)'."""
-        return f"{self.command} (pid {self.pid} on {self.host}, started {self.started})"
-
-    def is_gone(self) -> bool | None:
-        """True if the process is known to be dead (same host, no such pid); None when it
-        runs on another host, where this cannot be checked."""
-        if self.host != socket.gethostname() or self.pid <= 0:
-            return None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # exists, owned by another user
-            return False
-        return False
 
 
 @contextlib.contextmanager
@@ -107,7 +68,7 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
             yield stale
         return
     path = os.path.join(directory, name)
-    if os.path.exists(directory) and not os.path.isdir(directory):
+    if files.exists(directory) and not files.isdir(directory):
         raise UserError(f"{directory} is a file, not a folder; {command} needs a folder there: "
                         "pass another path, or move that file away")
     try:
@@ -173,7 +134,6 @@ def mount_type(path: str, table: str | None = None) -> str:
 
 
 def _lease(directory, name, command, advice):
-    from core import leases  # pylint: disable=import-outside-toplevel  # imports us
     return leases.hold(directory, name, command, advice=advice)
 
 
@@ -195,15 +155,6 @@ def _read_holder(lock) -> Holder | None:
     lock.seek(0)
     text = lock.read().strip()
     return parse_holder(text) if text else None
-
-
-def parse_holder(text: str) -> Holder:
-    """The Holder a lock or lease file's JSON names (a placeholder for other content)."""
-    try:
-        fields = json.loads(text)
-        return Holder(**{f.name: fields[f.name] for f in dataclasses.fields(Holder)})
-    except (ValueError, TypeError, KeyError):
-        return Holder("unknown host", -1, "unknown time", f"a process ({text[:80]!r})")
 
 
 def _write_holder(lock, holder: Holder) -> None:

@@ -179,7 +179,7 @@ def test_model_paths_resolve_or_fail_with_the_fix(model_path, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         inference.load_model(str(tmp_path / "nope"))
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="cannot load the model"):
+    with pytest.raises(ValueError, match="is not a complete .keras file"):
         inference.load_model(str(tmp_path / "broken.keras"))
 
 

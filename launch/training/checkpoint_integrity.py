@@ -79,6 +79,13 @@ def check(prefix: str) -> None:
             raise DamagedError(f"{path} is cut short: {actual} bytes, its index expects {size}")
 
 
+def tensor_names(prefix: str) -> list[str]:
+    """The names of the tensors saved in checkpoint `prefix` (what tf.train.list_variables
+    lists, read from the index alone; list_variables takes a `ram://` prefix for a folder)."""
+    with files.open(prefix + ".index", "rb") as f:
+        return [name for name, _ in _read_index(f.read())[1]]
+
+
 def _read_index(data: bytes) -> tuple[tensor_bundle_pb2.BundleHeaderProto,
                                      list[tuple[str, tensor_bundle_pb2.BundleEntryProto]]]:
     """Parses a bundle index (a LevelDB table): (header, [(tensor name, entry)])."""
