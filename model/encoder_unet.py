@@ -24,7 +24,9 @@ from keras import layers
 from model import encoders
 from model import unet
 
-DECODER_MULTIPLIERS = (8, 4, 3, 2, 1)  # decoder filters = base_filters * these
+# Filters of dec1 (stride 1) ... dec5 (stride 16) = base_filters * these: from the deepest
+# stage up, base_filters * (8, 4, 3, 2, 1).
+DECODER_MULTIPLIERS = (1, 2, 3, 4, 8)
 STRIDE = 32  # the encoders' deepest stride: S must be a multiple of it
 
 

@@ -59,7 +59,7 @@ class _LazyTensor:
                                             f"{self.stride} reads past its storage ({base.size})")
         view = np.lib.stride_tricks.as_strided(
             base[self.offset:], shape=self.size, strides=[s * itemsize for s in self.stride])
-        return np.ascontiguousarray(view)
+        return np.array(view, order="C")  # a copy (ascontiguousarray would make 0-d 1-d)
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None,
@@ -99,6 +99,16 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       CheckpointFormatError: the file is a zip (torch >= 1.6 format), has another magic
         number or protocol, names other objects than tensors, or is truncated.
     """
+    return {name: tensor.to_numpy() for name, tensor in _read(path).items()}
+
+
+def stored_layouts(path: str) -> dict[str, tuple[tuple, tuple]]:
+    """{name: (shape, strides in elements)} as stored in the file (for tests and checks)."""
+    return {name: (tensor.size, tensor.stride) for name, tensor in _read(path).items()}
+
+
+def _read(path: str) -> dict[str, _LazyTensor]:
+    """The state dict's tensors, their storages filled from the file."""
     with open(path, "rb") as f:
         if f.read(2) == b"PK":
             raise CheckpointFormatError(f"{path} is a zip-format torch checkpoint; only the "
@@ -122,4 +132,4 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             if numel != storage.numel or len(data) != count:
                 raise CheckpointFormatError(f"{path} is truncated or corrupt at storage {key}")
             storage.array = np.frombuffer(data, dtype=np.dtype(storage.dtype).newbyteorder("<"))
-    return {name: tensor.to_numpy() for name, tensor in state.items()}
+    return state
