@@ -285,3 +285,26 @@ def test_quick_loop_stage_runs_in_a_child(tmp_path):
     assert isinstance(report, loop.LoopReport) and report.onednn  # the tuned environment
     assert set(report.ours) == {1, 16, 64} and set(report.fit) == {1, 64}
     assert len(stages.STAGES[3].rows(report)) == 3
+
+
+def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):
+    cases = training.unet_cases((2,), 2, 32, plain_filters=(), peak_size=64, plain_peak_size=32,
+                                encoders=(("efficientnet_lite0", 16),))
+    assert [(c.get("encoder", "unet"), c["base_filters"], c["loops"]) for c in cases["tuned"]] == [
+        ("unet", 2, ("ours", "fit")), ("efficientnet_lite0", 16, ("ours", "fit"))]
+    lite = [dataclasses.replace(unet_runs[loop], encoder="efficientnet_lite0", ops=None,
+                                images_per_s=unet_runs[loop].images_per_s / 2)
+            for loop in ("ours", "fit")]
+    report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"], *lite]},
+                                  peak_size=64)
+    rows = stages.rows_unet(report)
+    encoder_row = rows[-1]
+    assert encoder_row.measure.startswith("efficientnet_lite0 + U-Net decoder")
+    assert encoder_row.ours == lite[0].images_per_s and encoder_row.baseline == lite[1].images_per_s
+    assert not any("efficientnet" in r.measure for r in rows[:-1])  # U-Net rows unchanged
+
+
+def test_layer_flops_equal_the_unets_analytic_count():
+    from model import unet
+    model = unet.build_unet(32, 2, 2, bn_momentum=0.9)
+    assert training.layer_flops_per_image(model) == unet.unet_flops_per_image(32, 2, 2)
