@@ -41,7 +41,7 @@ def build_encoder_unet(image_size: int, base_filters: int, encoder: str, weights
       encoder: one of encoders.ENCODERS.
       weights: the encoder's weights: "imagenet", "none" or a path (model/encoders.py).
       bn_momentum: momentum of every batch norm, the encoder's too.
-      sync_batch_norm: global-batch batch-norm statistics (decoder; and efficientnet_lite0).
+      sync_batch_norm: global-batch batch-norm statistics (decoder and encoder).
       name: the model's name (the same as the U-Net's: the trainer's outputs keep their names).
     Returns:
       A functional `keras.Model` mapping [B, S, S, 3] to float32 probabilities [B, S, S, 1].

@@ -77,8 +77,7 @@ def apply_encoder(inputs, encoder: str, weights: str, *, bn_momentum: float,
       weights: "imagenet", "none" or a path (module docstring).
       bn_momentum: momentum of every batch norm of the encoder (the pretrained ones too:
         Keras' 0.99 lags on short runs, launch/training/config.py).
-      sync_batch_norm: global-batch statistics; for efficientnet_lite0 only (the Keras
-        backbones create their batch norms themselves).
+      sync_batch_norm: batch-norm statistics over the global batch.
     Raises:
       ValueError: unknown encoder.
       WeightsUnavailableError: the weights cannot be found, downloaded or read.
@@ -96,9 +95,9 @@ def apply_encoder(inputs, encoder: str, weights: str, *, bn_momentum: float,
     spec = KERAS_BACKBONES[encoder]
     x = _normalise(inputs, spec.mean, spec.std)
     backbone = _keras_backbone(encoder, spec, x, weights)
-    for layer in backbone.layers:
+    for layer in backbone.layers:  # both are read at call time (and saved by get_config)
         if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = bn_momentum
+            layer.momentum, layer.synchronized = bn_momentum, sync_batch_norm
     return [backbone.get_layer(name).output for name in spec.skips]
 
 

@@ -137,6 +137,8 @@ def test_encoder_features_at_strides_2_to_32_and_float32_output(encoder):
     model = encoder_unet.build_encoder_unet(64, 2, encoder, "none", bn_momentum=0.9)
     assert model.output.shape == (None, 64, 64, 1) and model.output.dtype == "float32"
     assert model.get_layer("dec5_upconv").filters == 2 * 8
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert {l.momentum for l in bns} == {0.9}  # the pretrained encoders' too
 
 
 def test_mixed_precision_keeps_a_float32_sigmoid():
