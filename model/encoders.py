@@ -107,7 +107,7 @@ def _keras_backbone(encoder: str, spec: _KerasBackbone, x, weights: str) -> kera
     try:
         return constructor(include_top=False, weights=None if weights == "none" else weights,
                            input_tensor=x, include_preprocessing=False)
-    except Exception as e:  # noqa: BLE001 - Keras raises a bare Exception on fetch failures
+    except Exception as e:  # Keras raises a bare Exception on fetch failures
         if "URL fetch failure" not in str(e):
             raise
         reason = " ".join(str(e).split())  # one line

@@ -116,7 +116,7 @@ def _read(path: str) -> dict[str, _LazyTensor]:
         f.seek(0)
         try:
             magic, protocol, sys_info = (pickle.load(f) for _ in range(3))
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means a foreign file
+        except Exception as e:  # any unpickling failure means a foreign file
             raise CheckpointFormatError(f"{path} is not a legacy torch checkpoint: {e}") from None
         if magic != _MAGIC or protocol != _PROTOCOL or not sys_info.get("little_endian"):
             raise CheckpointFormatError(f"{path}: unsupported header (magic {magic!r}, protocol "
