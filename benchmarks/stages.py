@@ -160,13 +160,14 @@ def run_unet(config: BenchConfig, data_dir: str | None, work_dir: str) -> traini
     if config.quick:
         return training.run_unet_benchmark(filters=(4,), batch_size=4, image_size=32,
                                            plain_filters=(4,), peak_size=512, plain_peak_size=256,
-                                           profile_ops=config.profile_ops, quick=True)
+                                           profile_ops=config.profile_ops, quick=True,
+                                           encoders=(("efficientnet_lite0", 1),))
     return training.run_unet_benchmark(filters=config.unet_filter_counts,
                                        profile_ops=config.profile_ops)
 
 
 def rows_unet(raw: training.UnetReport) -> list[Row]:
-    runs = raw.runs
+    runs = [r for r in raw.runs if r.encoder == "unet"]
     pick = {(r.base_filters, r.loop, r.env): r for r in runs}
     rows = []
     tuned = [r.peak for r in runs if r.env == "tuned" and r.peak]
@@ -195,6 +196,24 @@ def rows_unet(raw: training.UnetReport) -> list[Row]:
                        f"{plain_fit.fraction_of_peak:.0%} of peak"))
         if ours.ops and fit.ops:
             rows.extend(_op_rows(f, ours.ops, fit.ops))
+    return rows + _encoder_rows(raw.runs, pick)
+
+
+def _encoder_rows(runs, unets: dict) -> list[Row]:
+    """A pretrained encoder's training step beside the U-Net's (isic-train --encoder)."""
+    rows = []
+    for encoder in sorted({r.encoder for r in runs} - {"unet"}):
+        ours, fit = (next(r for r in runs if r.encoder == encoder and r.loop == loop)
+                     for loop in ("ours", "fit"))
+        unet = unets.get((ours.base_filters, "ours", "tuned")) or unets.get(
+            (min(f for f, _, _ in unets), "ours", "tuned"))
+        rows.append(Row.compare(
+            4, f"{encoder} + U-Net decoder {ours.base_filters}, ours vs model.fit, train batch "
+               f"{ours.batch_size}, {ours.image_size}px", "img/s", ours.images_per_s,
+            fit.images_per_s,
+            detail=f"{ours.training_gflop_per_image:.2f} training GFLOP/image, "
+                   f"{ours.fraction_of_peak:.0%} of peak; U-Net {unet.base_filters} filters "
+                   f"{unet.images_per_s:.1f} img/s ({unet.training_gflop_per_image:.2f} GFLOP/image)"))
     return rows
 
 

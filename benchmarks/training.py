@@ -72,6 +72,9 @@ class UnetRun:
     # got, so it barely moves when other processes take cores away.
     fraction_per_cpu_s: float | None = None
     ops: op_profile.OpTimes | None = None  # with profile_ops: time per op type
+    # "unet", or a pretrained encoder under the U-Net decoder (model/encoder_unet.py; random
+    # weights: the step costs the same with ImageNet's).
+    encoder: str = "unet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +148,7 @@ def compiled_for_fit(model, steps_per_execution: int = 1):
 def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
                  image_size: int = 128, timed_steps: int = 1, rounds: int = 1,
                  peak_size: int = 4096, peak_repeats: int = 2, depth: int | None = None,
-                 profile_ops: bool = False) -> list[UnetRun]:
+                 profile_ops: bool = False, encoder: str = "unet") -> list[UnetRun]:
     """Stage 4, one width: images/s of U-Net training steps through each of `loops`.
 
     Args:
@@ -158,6 +161,7 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
         (0 skips it).
       depth: the U-Net's depth (None: isic-train's; smaller only to keep tests fast).
       profile_ops: afterwards, trace 2 more steps of each loop (op_profile.trace).
+      encoder: "unet", or a pretrained encoder with the U-Net decoder of `base_filters`.
     Returns:
       One UnetRun per loop, in `loops` order.
     """
@@ -172,6 +176,10 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
 
     def build():
         keras.utils.set_random_seed(0)
+        if encoder != "unet":
+            from model import encoder_unet
+            return encoder_unet.build_encoder_unet(image_size, base_filters, encoder, "none",
+                                                   bn_momentum=DEFAULTS.bn_momentum)
         return unet.build_unet(image_size, base_filters, depth, bn_momentum=DEFAULTS.bn_momentum)
 
     # Every model is built before anything runs: each build sets the global seed, and
@@ -192,8 +200,9 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
                 best[loop] = (seconds, cpu_seconds)
     ops = ({loop: op_profile.trace(lambda: timers[loop].run(2), steps=2) for loop in loops}
            if profile_ops else {})
-    flops = (unet.unet_flops_per_image(image_size, base_filters, depth)
-             * unet.TRAINING_FLOPS_PER_FORWARD_FLOP)
+    forward = (unet.unet_flops_per_image(image_size, base_filters, depth) if encoder == "unet"
+               else layer_flops_per_image(build()))
+    flops = forward * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
     runs = []
     for loop in loops:
         seconds, cpu_seconds = best[loop]
@@ -207,8 +216,29 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
             onednn=child.onednn_enabled(),
             intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
             inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
-            cpus=len(os.sched_getaffinity(0)), ops=ops.get(loop)))
+            cpus=len(os.sched_getaffinity(0)), ops=ops.get(loop), encoder=encoder))
     return runs
+
+
+def layer_flops_per_image(model) -> float:
+    """Forward FLOPs of one image, 2 per multiply-add of every convolution and dense layer,
+    from the built layers' shapes (the U-Net's analytic count, for any model)."""
+    import keras
+    macs = 0
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose,
+                                  keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            continue
+        kernel = layer.kernel.shape  # [kh, kw, c_in, c_out or multiplier]
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # each input pixel scatters
+            macs += int(np.prod(layer.input.shape[1:3])) * int(np.prod(kernel))
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            macs += int(np.prod(layer.output.shape[1:])) * kernel[0] * kernel[1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            macs += int(np.prod(layer.output.shape[1:])) * kernel[0] * kernel[1] * kernel[2]
+        else:
+            macs += int(np.prod(kernel))
+    return 2.0 * macs
 
 
 class _OursTimer:
@@ -257,14 +287,16 @@ def measure_unets(configs: list[dict]) -> list[UnetRun]:
 
 def run_unet_benchmark(filters=(16, 32, 64), batch_size: int = 32, image_size: int = 128,
                        plain_filters=(16,), peak_size: int = 4096, plain_peak_size: int = 2048,
-                       profile_ops: bool = False, quick: bool = False) -> UnetReport:
+                       profile_ops: bool = False, quick: bool = False,
+                       encoders=(("efficientnet_lite0", 16),)) -> UnetReport:
     """Stage 4: ours and model.fit for each width in one tuned child, then model.fit under
     TensorFlow's defaults (the plain child) for `plain_filters`, which shows what the
     environment alone gives. The peak is the best oneDNN matmul probe of the stage (one
     before each width); the plain child's probes (TF's default matmul, `plain_peak_size`)
-    are only reported."""
+    are only reported. `encoders`: (encoder, decoder base filters) pairs measured the same
+    way in the tuned child, beside the U-Nets."""
     cases = unet_cases(filters, batch_size, image_size, plain_filters, peak_size,
-                       plain_peak_size, profile_ops, quick)
+                       plain_peak_size, profile_ops, quick, encoders)
     envs = {"tuned": child.TUNED_ENV, "plain": child.PLAIN_ENV}
     runs = {name: child.run_child("benchmarks.training:measure_unets", {"configs": configs},
                                   list[UnetRun], env=envs[name]).value
@@ -274,7 +306,7 @@ def run_unet_benchmark(filters=(16, 32, 64), batch_size: int = 32, image_size: i
 
 def unet_cases(filters, batch_size: int, image_size: int, plain_filters, peak_size: int,
                plain_peak_size: int, profile_ops: bool = False,
-               quick: bool = False) -> dict[str, list[dict]]:
+               quick: bool = False, encoders=()) -> dict[str, list[dict]]:
     """{"tuned": measure_unet kwargs (ours and fit), "plain": (fit only)}, per width.
 
     Narrow U-Nets take more steps and rounds: a round of one loop lasts a few seconds
@@ -282,11 +314,14 @@ def unet_cases(filters, batch_size: int, image_size: int, plain_filters, peak_si
     filters a step takes 14-40 s (AMD machines), so it runs two rounds of one step.
     """
     tuned, plain = [], []
-    for f in filters:
+    for encoder, f in [("unet", f) for f in filters] + list(encoders):
         common = {"base_filters": f, "batch_size": batch_size, "image_size": image_size,
                   "timed_steps": 1 if quick else 3 if f <= 16 else 2 if f <= 32 else 1,
                   "rounds": 1 if quick else 4 if f <= 16 else 3 if f <= 32 else 2,
                   "peak_size": peak_size}
+        if encoder != "unet":  # beside the U-Net of the same child: no op trace, no plain run
+            tuned.append(dict(common, loops=("ours", "fit"), encoder=encoder))
+            continue
         tuned.append(dict(common, loops=("ours", "fit"), profile_ops=profile_ops))
         if f in plain_filters:
             plain.append(dict(common, loops=("fit",), peak_size=plain_peak_size))

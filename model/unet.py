@@ -38,7 +38,7 @@ def _conv_bn_relu(x, filters: int, name: str, sync_bn: bool, bn_momentum: float)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _double_conv(x, filters: int, name: str, sync_bn: bool, bn_momentum: float):
+def double_conv(x, filters: int, name: str, sync_bn: bool, bn_momentum: float):
     """Two 3x3 conv + BN + ReLU units, the building block of every level."""
     x = _conv_bn_relu(x, filters, f"{name}_a", sync_bn, bn_momentum)
     return _conv_bn_relu(x, filters, f"{name}_b", sync_bn, bn_momentum)
@@ -82,10 +82,10 @@ def build_unet(image_size: int, base_filters: int, depth: int = DEPTH, *,
     x = inputs
     skips = []
     for level in range(depth):
-        x = _double_conv(x, base_filters * 2 ** level, f"down{level + 1}", sync_batch_norm, bn_momentum)
+        x = double_conv(x, base_filters * 2 ** level, f"down{level + 1}", sync_batch_norm, bn_momentum)
         skips.append(x)  # [B, S / 2**level, S / 2**level, F * 2**level]
         x = layers.MaxPooling2D(2, name=f"down{level + 1}_pool")(x)
-    x = _double_conv(x, base_filters * 2 ** depth, "bottleneck", sync_batch_norm, bn_momentum)
+    x = double_conv(x, base_filters * 2 ** depth, "bottleneck", sync_batch_norm, bn_momentum)
     for level in reversed(range(depth)):
         filters = base_filters * 2 ** level
         # 2x2 transposed conv, stride 2: doubles H and W, halves the channels. Chosen over
@@ -93,7 +93,7 @@ def build_unet(image_size: int, base_filters: int, depth: int = DEPTH, *,
         # keeps its bias: no batch norm follows it before the concatenation.
         x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level + 1}_upconv")(x)
         x = layers.Concatenate(name=f"up{level + 1}_concat")([skips[level], x])
-        x = _double_conv(x, filters, f"up{level + 1}", sync_batch_norm, bn_momentum)
+        x = double_conv(x, filters, f"up{level + 1}", sync_batch_norm, bn_momentum)
     # float32 whatever the global policy: probabilities, loss and metrics stay float32.
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name)

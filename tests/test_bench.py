@@ -334,3 +334,26 @@ def test_gpu_check_measures_and_judges_on_a_cpu(tmp_path, capsys):
     one = saved["report"]["one"]
     assert one["finite"] and one["precision"] == "float32" and one["timed_steps"] == 2
     assert one["images_per_s"] > 0 and one["peak_memory_mb"] is None and saved["problems"] == []
+
+
+def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):
+    cases = training.unet_cases((2,), 2, 32, plain_filters=(), peak_size=64, plain_peak_size=32,
+                                encoders=(("efficientnet_lite0", 16),))
+    assert [(c.get("encoder", "unet"), c["base_filters"], c["loops"]) for c in cases["tuned"]] == [
+        ("unet", 2, ("ours", "fit")), ("efficientnet_lite0", 16, ("ours", "fit"))]
+    lite = [dataclasses.replace(unet_runs[loop], encoder="efficientnet_lite0", ops=None,
+                                images_per_s=unet_runs[loop].images_per_s / 2)
+            for loop in ("ours", "fit")]
+    report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"], *lite]},
+                                  peak_size=64)
+    rows = stages.rows_unet(report)
+    encoder_row = rows[-1]
+    assert encoder_row.measure.startswith("efficientnet_lite0 + U-Net decoder")
+    assert encoder_row.ours == lite[0].images_per_s and encoder_row.baseline == lite[1].images_per_s
+    assert not any("efficientnet" in r.measure for r in rows[:-1])  # U-Net rows unchanged
+
+
+def test_layer_flops_equal_the_unets_analytic_count():
+    from model import unet
+    model = unet.build_unet(32, 2, 2, bn_momentum=0.9)
+    assert training.layer_flops_per_image(model) == unet.unet_flops_per_image(32, 2, 2)

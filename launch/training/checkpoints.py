@@ -36,7 +36,7 @@ from core.errors import UserError
 from launch.layout import CHECKPOINT_DIR, RUN_FILE
 
 # Settings that define the model's variables: a mismatch cannot be restored.
-SHAPE_KEYS = ("image_size", "base_filters", "depth")
+SHAPE_KEYS = ("image_size", "encoder", "base_filters", "depth")
 # Settings that define the data order: a mismatch would not continue the same run.
 ORDER_KEYS = ("batch_size", "steps_per_epoch", "seed")
 # Recorded since later versions, so checked only when the earlier run.json has them: the
@@ -61,7 +61,8 @@ def run_identity(config: TrainConfig, image_size: int, depth: int, steps_per_epo
                  preprocessing: dict, precision: str) -> dict:
     """What run.json records: the SHAPE_KEYS, ORDER_KEYS, INPUT_KEYS and the resolved
     precision (PRECISION_KEY)."""
-    return {"image_size": image_size, "base_filters": config.base_filters, "depth": depth,
+    return {"image_size": image_size, "encoder": config.encoder,
+            "base_filters": config.base_filters, "depth": depth,
             "batch_size": config.batch_size, "steps_per_epoch": steps_per_epoch,
             "seed": config.seed, "lr_schedule": config.lr_schedule,
             "preprocessing": preprocessing, PRECISION_KEY: precision}
@@ -74,6 +75,7 @@ def check_run(model_dir: str, run: dict) -> None:
         return
     with files.open(path) as f:
         previous = json.load(f)
+    previous.setdefault("encoder", "unet")  # run.json from before encoders were recorded
     if previous.get("image_size") != run.get("image_size"):
         size, asked = previous.get("image_size"), run.get("image_size")
         raise CheckpointMismatchError(

@@ -7,6 +7,7 @@ without loading TensorFlow. Each run writes its config into `model_dir/config.js
 """
 
 import dataclasses
+import os
 
 from pipeline.config import AugmentConfig
 from pipeline.verify import LEVELS as VERIFY_LEVELS
@@ -16,6 +17,9 @@ from core.options import option
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+# The seed's U-Net, and pretrained encoders under the same decoder (model/encoders.py lists
+# the same names; tests/test_encoders.py checks they agree, so this module needs no TF).
+ENCODERS = ("unet", "efficientnet_lite0", "efficientnetv2b0", "mobilenetv3large")
 # --steps_per_execution 0: the chunk doubles while a call is faster than this, up to the cap
 # (steps.StepsPerCall says why).
 AUTO_CHUNK_SECONDS = 0.2
@@ -38,6 +42,15 @@ class TrainConfig(AugmentConfig):
     weight_decay: float = option(0.0, "Decoupled weight decay (AdamW) when > 0.", lower_bound=0.0)
     base_filters: int = option(64, "Filters of the first U-Net block (64 = 31.0M parameters); "
                                "8-16 for CPU runs.", lower_bound=1)
+    encoder: str = option(
+        "unet", "unet = the plain U-Net; efficientnet_lite0 (ImageNet weights from the "
+        "`pretrained` extra, no network), efficientnetv2b0 or mobilenetv3large (Keras "
+        "downloads their ImageNet weights once) = that encoder under a U-Net decoder of "
+        "base_filters*(8,4,3,2,1) filters (docs/model.md).", choices=ENCODERS)
+    encoder_weights: str = option(
+        "imagenet", "Initial weights of a pretrained --encoder: imagenet, none (random "
+        "initialisation), or the PATH of the file imagenet would read (the package's .pth for "
+        "efficientnet_lite0, Keras' _notop .h5 for the others). Not used by --encoder unet.")
     sync_batch_norm: bool = option(
         False, "Batch-norm statistics over the global batch across replicas (one all-reduce "
         "per layer); use when per-replica batches are small.")
@@ -125,6 +138,13 @@ class TrainConfig(AugmentConfig):
                                 f"(global steps); got {self.profile_steps!r}")
         if not self.bn_momentum < 1.0:
             raise UserError(f"--bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
+        if self.encoder == "unet" and self.encoder_weights not in ("imagenet", "none"):
+            raise UserError(f"--encoder_weights {self.encoder_weights} needs a pretrained "
+                            "--encoder (the unet has no pretrained weights)")
+        if (self.encoder_weights not in ("imagenet", "none")
+                and not os.path.isfile(self.encoder_weights)):
+            raise UserError(f"--encoder_weights {self.encoder_weights}: no such file (give "
+                            "imagenet, none or the path of a weights file)")
         if self.warmup_epochs and self.lr_schedule != "cosine":
             raise UserError(f"--warmup_epochs {self.warmup_epochs} needs --lr_schedule cosine "
                             "(the constant schedule has no warmup)")

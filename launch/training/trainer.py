@@ -38,6 +38,7 @@ from launch.training import preemption
 from launch.training import report
 from launch.training import steps as steps_lib
 from launch.training.config import TrainConfig
+from model import encoder_unet
 from model import unet
 from pipeline import dataset as dataset_lib
 from core import locks
@@ -169,8 +170,13 @@ def _verified_records(data_dir: str, level: str) -> dataset_lib.Records:
 def _build(strategy, config: TrainConfig, image_size: int, steps_per_epoch: int, precision: str):
     """(model, optimizer), created inside the strategy scope so variables are mirrored."""
     with strategy.scope():
-        model = unet.build_unet(image_size, config.base_filters, bn_momentum=config.bn_momentum,
-                                sync_batch_norm=config.sync_batch_norm)
+        if config.encoder == "unet":
+            model = unet.build_unet(image_size, config.base_filters, bn_momentum=config.bn_momentum,
+                                    sync_batch_norm=config.sync_batch_norm)
+        else:  # ImageNet weights are loaded here; a resume then overwrites them
+            model = encoder_unet.build_encoder_unet(
+                image_size, config.base_filters, config.encoder, config.encoder_weights,
+                bn_momentum=config.bn_momentum, sync_batch_norm=config.sync_batch_norm)
         rate = config.learning_rate
         if config.lr_schedule == "cosine":  # to 0 over the run, after a linear warmup
             warmup = int(config.warmup_epochs * steps_per_epoch)
