@@ -194,10 +194,11 @@ def test_config_lists_every_encoder_and_checks_weights_paths(tmp_path):
 
 def test_resume_with_another_encoder_is_refused(tmp_path):
     config = TrainConfig(encoder="efficientnet_lite0", base_filters=16)
-    identity = checkpoints.run_identity(config, 128, 4, 100, {})
+    identity = checkpoints.run_identity(config, 128, 4, 100, {}, "float32")
     checkpoints.write_run(str(tmp_path), identity)
     checkpoints.check_run(str(tmp_path), identity)  # the same run resumes
-    other = checkpoints.run_identity(dataclasses.replace(config, encoder="unet"), 128, 4, 100, {})
+    other = checkpoints.run_identity(dataclasses.replace(config, encoder="unet"), 128, 4, 100, {},
+                                     "float32")
     with pytest.raises(checkpoints.CheckpointMismatchError, match="encoder=efficientnet_lite0"):
         checkpoints.check_run(str(tmp_path), other)
     # A run.json written before encoders were recorded is a U-Net run.

@@ -116,7 +116,7 @@ def test_run_json_without_a_precision_resumes_under_any(tmp_path, caplog):
         json.dump(identity, f)
     with caplog.at_level("WARNING"):
         for precision in PRECISIONS:
-            checkpoints.check_run(str(tmp_path), dict(identity, precision=precision))
+            checkpoints.check_run(str(tmp_path), dict(identity, encoder="unet", precision=precision))
         assert "started under" not in caplog.text
         checkpoints.write_run(str(tmp_path), dict(identity, precision="float32"))  # left as it is
     with open(tmp_path / "checkpoints" / "run.json") as f:

@@ -219,6 +219,9 @@ _ALLOWED = {
     "preprocessing/shards.py": {"open"},
     # /proc/cpuinfo: this machine's CPU flags (precision auto).
     "launch/training/distribute.py": {"open", "os.path.exists"},
+    # Pretrained encoder weights: the installed package's file or a local --encoder_weights.
+    "model/torch_checkpoint.py": {"open"},
+    "launch/training/config.py": {"os.path.isfile"},
     # The export check's test images, in a local temporary folder.
     "launch/export/parity.py": {"open", "os.makedirs"},
     # The package's own location; isic-bench's local data folder.
