@@ -1,12 +1,16 @@
 """Install the ISIC U-Net segmentation pipeline and its console scripts."""
-from setuptools import find_packages, setup
+
+from setuptools import find_packages
+from setuptools import setup
 
 setup(
     name="isic-unet",
     version="0.1.0",
     description="Scalable TFRecord + tf.distribute training pipeline for ISIC skin-lesion segmentation",
     python_requires=">=3.10",
-    packages=find_packages(include=["core*", "preprocessing*", "pipeline*", "model*", "launch*", "benchmarks*"]),
+    packages=find_packages(
+        include=["core*", "preprocessing*", "pipeline*", "model*", "launch*", "benchmarks*"]
+    ),
     package_data={"launch": ["configs/*.flags"]},
     install_requires=[
         # Keras 3 ships with TF >= 2.16; we develop and test on 2.21.

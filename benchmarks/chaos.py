@@ -38,6 +38,7 @@ _DIGEST = re.compile(r"^(?:\[w0\] )?weights sha256 (\w+)$", re.M)
 @dataclasses.dataclass
 class Attempt:
     """One run of the command: the fault dealt (None: none) and how it ended."""
+
     moment: str | None
     signal: str | None
     exit_status: int
@@ -47,20 +48,45 @@ class Attempt:
 
 def train_command(records: str, model_dir: str, workers: int) -> list[str]:
     """The deterministic tiny run: 2 epochs of 8 steps, checkpoints every 3 steps."""
-    train = [f"--data_dir={records}", f"--model_dir={model_dir}", "--base_filters=2",
-             "--batch_size=4", "--precision=float32", "--summary_images=0", "--epochs=2",
-             "--checkpoint_every_steps=3", "--steps_per_execution=1", "--deterministic",
-             "--verify_records=size", "--noaugment"]
+    train = [
+        f"--data_dir={records}",
+        f"--model_dir={model_dir}",
+        "--base_filters=2",
+        "--batch_size=4",
+        "--precision=float32",
+        "--summary_images=0",
+        "--epochs=2",
+        "--checkpoint_every_steps=3",
+        "--steps_per_execution=1",
+        "--deterministic",
+        "--verify_records=size",
+        "--noaugment",
+    ]
     if workers == 1:
         return [sys.executable, "-m", "launch.commands.train", *train]
-    return [sys.executable, "-m", "launch.commands.launch", f"--num_workers={workers}",
-            "--grace_seconds=60", "--", *train, "--collective_timeout=60"]
+    return [
+        sys.executable,
+        "-m",
+        "launch.commands.launch",
+        f"--num_workers={workers}",
+        "--grace_seconds=60",
+        "--",
+        *train,
+        "--collective_timeout=60",
+    ]
 
 
 def _run(command, env, model_dir, moment, signum, rng, timeout, span=20.0) -> Attempt:
     """Runs `command` once; deals the fault (`moment`, `signum`) unless `moment` is None."""
-    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines, seen_validation = [], threading.Event()
 
     def pump():
@@ -68,6 +94,7 @@ def _run(command, env, model_dir, moment, signum, rng, timeout, span=20.0) -> At
             lines.append(line)
             if "validating at step" in line:
                 seen_validation.set()
+
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     sent = None
@@ -77,9 +104,11 @@ def _run(command, env, model_dir, moment, signum, rng, timeout, span=20.0) -> At
         fire_at = time.monotonic() + rng.uniform(0.1, 0.6) * span
         temp = os.path.join(glob.escape(model_dir), "checkpoints", "ckpt-*_temp*")
         while proc.poll() is None and time.monotonic() < deadline:
-            if ((moment == "time" and time.monotonic() >= fire_at)
-                    or (moment == "save" and glob.glob(temp))
-                    or (moment == "validation" and seen_validation.is_set())):
+            if (
+                (moment == "time" and time.monotonic() >= fire_at)
+                or (moment == "save" and glob.glob(temp))
+                or (moment == "validation" and seen_validation.is_set())
+            ):
                 if signum == signal.SIGKILL:
                     os.killpg(proc.pid, signal.SIGKILL)  # every process: a node that died
                 else:
@@ -94,30 +123,52 @@ def _run(command, env, model_dir, moment, signum, rng, timeout, span=20.0) -> At
         proc.wait()
     reader.join(timeout=10)
     name = signal.Signals(signum).name if sent is not None else None
-    return Attempt(moment if sent is not None else None, name, proc.returncode,
-                   time.monotonic() - sent if sent is not None else None, "".join(lines[-40:]))
+    return Attempt(
+        moment if sent is not None else None,
+        name,
+        proc.returncode,
+        time.monotonic() - sent if sent is not None else None,
+        "".join(lines[-40:]),
+    )
 
 
 def random_faults(kills: int, seed: int) -> list[tuple[str, int]]:
     """`kills` faults (moment, signal), drawn by a generator seeded with `seed`."""
     rng = random.Random(seed)
-    return [(rng.choice(MOMENTS), rng.choice((signal.SIGKILL, signal.SIGTERM)))
-            for _ in range(kills)]
+    return [(rng.choice(MOMENTS), rng.choice((signal.SIGKILL, signal.SIGTERM))) for _ in range(kills)]
 
 
-def chaos(records: str, out: str, faults: list[tuple[str, int]], workers: int = 1,
-          seed: int = 0, timeout: float = 600.0, stop_bound: float = 60.0,
-          env: dict | None = None) -> dict:
+def chaos(
+    records: str,
+    out: str,
+    faults: list[tuple[str, int]],
+    workers: int = 1,
+    seed: int = 0,
+    timeout: float = 600.0,
+    stop_bound: float = 60.0,
+    env: dict | None = None,
+) -> dict:
     """Runs the reference, then the same command dealt `faults` in turn (then run until it
     exits 0); returns a summary (see the module docstring). `seed` draws the "time"
     faults' moments. Raises AssertionError naming the attempt when a check fails.
     """
     rng = random.Random(seed)
-    env = dict(os.environ if env is None else env, PYTHONPATH=PROJECT_ROOT,
-               CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(
+        os.environ if env is None else env,
+        PYTHONPATH=PROJECT_ROOT,
+        CUDA_VISIBLE_DEVICES="",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     start = time.monotonic()
-    reference = _run(train_command(records, os.path.join(out, "reference"), workers), env,
-                     os.path.join(out, "reference"), None, None, rng, timeout)
+    reference = _run(
+        train_command(records, os.path.join(out, "reference"), workers),
+        env,
+        os.path.join(out, "reference"),
+        None,
+        None,
+        rng,
+        timeout,
+    )
     span = time.monotonic() - start  # "time" faults fall within a run's length
     assert reference.exit_status == 0, reference.log_tail
     model_dir = os.path.join(out, "faulted")
@@ -129,9 +180,11 @@ def chaos(records: str, out: str, faults: list[tuple[str, int]], workers: int = 
         attempt = _run(command, env, model_dir, moment, signum, rng, timeout, span)
         attempts.append(attempt)
         where = f"attempt {len(attempts)} ({attempt.moment}, {attempt.signal})"
-        print(f"{where}: exit {attempt.exit_status}"
-              + (f", {attempt.stop_seconds:.2f} s after the signal" if attempt.stop_seconds else ""),
-              flush=True)
+        print(
+            f"{where}: exit {attempt.exit_status}"
+            + (f", {attempt.stop_seconds:.2f} s after the signal" if attempt.stop_seconds else ""),
+            flush=True,
+        )
         assert attempt.exit_status != 1, f"{where} failed:\n{attempt.log_tail}"
         if attempt.signal == "SIGTERM":
             assert attempt.exit_status in (0, 143), f"{where}:\n{attempt.log_tail}"
@@ -145,9 +198,13 @@ def chaos(records: str, out: str, faults: list[tuple[str, int]], workers: int = 
     want = _DIGEST.findall(reference.log_tail)
     assert digest and digest == want, (digest, want, attempts[-1].log_tail)
     stops = [a.stop_seconds for a in attempts if a.signal == "SIGTERM" and a.exit_status == 143]
-    return {"attempts": len(attempts), "faults": sum(a.moment is not None for a in attempts),
-            "by_moment": {m: sum(a.moment == m for a in attempts) for m in MOMENTS},
-            "sigterm_stop_seconds_max": max(stops, default=None), "weights_sha256": digest[0]}
+    return {
+        "attempts": len(attempts),
+        "faults": sum(a.moment is not None for a in attempts),
+        "by_moment": {m: sum(a.moment == m for a in attempts) for m in MOMENTS},
+        "sigterm_stop_seconds_max": max(stops, default=None),
+        "weights_sha256": digest[0],
+    }
 
 
 def main() -> None:
@@ -159,12 +216,18 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, PROJECT_ROOT)
     from tests import factory  # the tests' synthetic records
+
     records = os.path.join(args.out, "records")
     if not os.path.exists(records):
         factory.write_records(records, {"train": 32, "val": 8}, size=32)
     start = time.perf_counter()
-    summary = chaos(records, os.path.join(args.out, f"w{args.workers}-s{args.seed}-{time.time():.0f}"),
-                    random_faults(args.kills, args.seed), args.workers, args.seed)
+    summary = chaos(
+        records,
+        os.path.join(args.out, f"w{args.workers}-s{args.seed}-{time.time():.0f}"),
+        random_faults(args.kills, args.seed),
+        args.workers,
+        args.seed,
+    )
     print(summary, f"{time.perf_counter() - start:.0f} s")
 
 

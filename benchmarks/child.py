@@ -61,6 +61,7 @@ def results_in(stdout: str, result_type) -> list:
 @dataclasses.dataclass(frozen=True)
 class ChildRun:
     """What one child did."""
+
     value: object  # the function's result (a `result_type`); None if stopped by stop_when
     started_at: float  # time.time() just before the child was spawned
     stderr: str
@@ -81,9 +82,17 @@ def child_env(overrides: dict | None) -> dict:
     return env
 
 
-def run_child(target: str, kwargs: dict | None = None, result_type=dict, *,
-              env: dict | None = None, cpus: set[int] | None = None, timeout: float = 900,
-              watch_tree: bool = False, stop_when: Callable[[], bool] | None = None) -> ChildRun:
+def run_child(
+    target: str,
+    kwargs: dict | None = None,
+    result_type=dict,
+    *,
+    env: dict | None = None,
+    cpus: set[int] | None = None,
+    timeout: float = 900,
+    watch_tree: bool = False,
+    stop_when: Callable[[], bool] | None = None,
+) -> ChildRun:
     """Calls `module:function(**kwargs)` in a new interpreter (see the module doc).
 
     Args:
@@ -107,8 +116,7 @@ def run_child(target: str, kwargs: dict | None = None, result_type=dict, *,
     argv[2] = pin + argv[2]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started_at = time.time()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=child_env(env),
-                                cwd=paths.PROJECT_ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=child_env(env), cwd=paths.PROJECT_ROOT)
         sampler = _TreeSampler(proc.pid) if watch_tree else None
         try:
             stopped, usage = _wait(proc, timeout, stop_when)
@@ -120,15 +128,20 @@ def run_child(target: str, kwargs: dict | None = None, result_type=dict, *,
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    found = [line[len(_MARKER):] for line in stdout.splitlines() if line.startswith(_MARKER)]
+    found = [line[len(_MARKER) :] for line in stdout.splitlines() if line.startswith(_MARKER)]
     if not stopped and (proc.returncode != 0 or not found):
-        raise RuntimeError(f"benchmark child {target}({kwargs}) failed with exit code "
-                           f"{proc.returncode}:\n{stderr[-3000:]}")
+        raise RuntimeError(
+            f"benchmark child {target}({kwargs}) failed with exit code {proc.returncode}:\n{stderr[-3000:]}"
+        )
     value = None if stopped else results.from_json(result_type, json.loads(found[-1]))
     # ru_maxrss is in KB on Linux.
-    return ChildRun(value=value, started_at=started_at, stderr=stderr,
-                    max_rss_mb=round(usage.ru_maxrss / 1024, 1),
-                    tree_rss_mb=round(sampler.peak_kb / 1024, 1) if sampler else None)
+    return ChildRun(
+        value=value,
+        started_at=started_at,
+        stderr=stderr,
+        max_rss_mb=round(usage.ru_maxrss / 1024, 1),
+        tree_rss_mb=round(sampler.peak_kb / 1024, 1) if sampler else None,
+    )
 
 
 def _wait(proc: subprocess.Popen, timeout: float, stop_when) -> tuple[bool, object]:
@@ -228,4 +241,5 @@ def _rss_kb(pid: int) -> int:
 def onednn_enabled() -> bool:
     """Whether this process's TensorFlow runs its oneDNN kernels (call after importing TF)."""
     from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+
     return bool(_pywrap_util_port.IsMklEnabled())

@@ -8,7 +8,8 @@ lists keep today's flag syntax (`--stages 3,4`): they are strings here, checked 
 import dataclasses
 
 from core.errors import UserError
-from core.options import check_fields, option
+from core.options import check_fields
+from core.options import option
 
 STAGES = (1, 2, 3, 4, 5, 6)  # see benchmarks/stages.py
 GPU_CHECK = "gpu"  # --stages gpu: benchmarks/gpu.py
@@ -27,8 +28,7 @@ def parse_ints(name: str, text: str, allowed: tuple[int, ...] | None = None) -> 
     try:
         numbers = tuple(int(item) for item in items)
     except ValueError:
-        raise UserError(f"--{name} must be a comma-separated list of integers, "
-                        f"got {text!r}") from None
+        raise UserError(f"--{name} must be a comma-separated list of integers, got {text!r}") from None
     if not numbers or min(numbers) < 1 or (allowed and not set(numbers) <= set(allowed)):
         expected = f"values from {list(allowed)}" if allowed else "positive integers"
         raise UserError(f"--{name} got {text!r}; expected {expected}")
@@ -38,26 +38,36 @@ def parse_ints(name: str, text: str, allowed: tuple[int, ...] | None = None) -> 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """`isic-bench`: which stages to run and at which sizes (see benchmarks/stages.py)."""
-    quick: bool = option(False, "Tiny settings (a few minutes): checks that every stage runs; "
-                         "the figures mean little.")
-    stages: str = option("1,2,3,4,5,6", "Stages to run, e.g. 3,4; or `gpu` alone: the GPU "
-                         "acceptance check to run before a long GPU job (benchmarks/gpu.py).")
+
+    quick: bool = option(
+        False, "Tiny settings (a few minutes): checks that every stage runs; the figures mean little."
+    )
+    stages: str = option(
+        "1,2,3,4,5,6",
+        "Stages to run, e.g. 3,4; or `gpu` alone: the GPU "
+        "acceptance check to run before a long GPU job (benchmarks/gpu.py).",
+    )
     unet_filters: str = option("16,32,64", "U-Net base filters of stage 4.")
-    profile_ops: bool = option(False, "Stage 4: also trace 2 steps of ours and of model.fit per "
-                               "width with the TensorFlow profiler and print the time per op "
-                               "type side by side (docs/performance.md).")
-    inference_filters: int = option(32, "U-Net base filters of the inference measurement.",
-                                    lower_bound=1)
+    profile_ops: bool = option(
+        False,
+        "Stage 4: also trace 2 steps of ours and of model.fit per "
+        "width with the TensorFlow profiler and print the time per op "
+        "type side by side (docs/performance.md).",
+    )
+    inference_filters: int = option(32, "U-Net base filters of the inference measurement.", lower_bound=1)
     gpu_scaling_floor: float = option(
-        GPU_SCALING_FLOOR, "--stages gpu fails when images/s on all N GPUs is below this "
-        "share of N x one GPU.", lower_bound=0.0)
+        GPU_SCALING_FLOOR,
+        "--stages gpu fails when images/s on all N GPUs is below this share of N x one GPU.",
+        lower_bound=0.0,
+    )
 
     def __post_init__(self):
         check_fields(self)
         if not self.gpu_check:
             if GPU_CHECK in self.stages.replace(" ", "").split(","):
-                raise UserError(f"--stages {GPU_CHECK} runs alone (it needs the GPUs to "
-                                f"itself); got {self.stages!r}")
+                raise UserError(
+                    f"--stages {GPU_CHECK} runs alone (it needs the GPUs to itself); got {self.stages!r}"
+                )
             parse_ints("stages", self.stages, STAGES)
         parse_ints("unet_filters", self.unet_filters)
 

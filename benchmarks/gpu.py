@@ -41,6 +41,7 @@ CHILD_TIMEOUT_S = 1800
 @dataclasses.dataclass(frozen=True)
 class GpuRun:
     """One setup, measured in its own process(es) (see `measure`)."""
+
     devices: int  # replicas of this process (GPUs, or CPUs when tested without a GPU)
     processes: int
     precision: str
@@ -56,6 +57,7 @@ class GpuRun:
 @dataclasses.dataclass(frozen=True)
 class GpuCheckReport:
     """Everything the check measured; `judge` decides whether it passes."""
+
     gpus: list[str]  # as TensorFlow names them
     one: GpuRun | None
     all: GpuRun | None
@@ -75,12 +77,15 @@ def judge(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[str]:
     runs += [(f"2 processes, worker {i}", r) for i, r in enumerate(report.two_processes or [])]
     for name, run in runs:
         if run is not None and not run.finite:
-            problems.append(f"{name}: non-finite weights after {run.timed_steps} steps "
-                            f"({run.loss_scale_skips} loss-scale skips)")
+            problems.append(
+                f"{name}: non-finite weights after {run.timed_steps} steps "
+                f"({run.loss_scale_skips} loss-scale skips)"
+            )
     efficiency = report.scaling_efficiency
     if efficiency is not None and efficiency < floor:
-        problems.append(f"scaling efficiency {efficiency:.2f} on {report.all.devices} GPUs is "
-                        f"below the floor {floor:g}")
+        problems.append(
+            f"scaling efficiency {efficiency:.2f} on {report.all.devices} GPUs is below the floor {floor:g}"
+        )
     if report.two_processes and len({r.weights_sha256 for r in report.two_processes}) != 1:
         problems.append("2 processes: the workers ended with different weights")
     return problems
@@ -95,36 +100,61 @@ def rows(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[results.R
         if run is None:
             continue
         scaled = run is report.all and efficiency is not None
-        out.append(results.Row.compare(
-            0, f"U-Net {BASE_FILTERS} filters, {name} ({run.devices})", "img/s",
-            run.images_per_s, base, target=f">= {floor:g} x N x 1 GPU" if scaled else "",
-            passed=(efficiency >= floor) if scaled else None, detail=_detail(run)))
+        out.append(
+            results.Row.compare(
+                0,
+                f"U-Net {BASE_FILTERS} filters, {name} ({run.devices})",
+                "img/s",
+                run.images_per_s,
+                base,
+                target=f">= {floor:g} x N x 1 GPU" if scaled else "",
+                passed=(efficiency >= floor) if scaled else None,
+                detail=_detail(run),
+            )
+        )
     if report.two_processes:
         first = report.two_processes[0]
-        out.append(results.Row.compare(
-            0, "2 processes under isic-launch", "img/s", first.images_per_s, base,
-            target="same weights", passed=not judge(dataclasses.replace(
-                report, one=None, all=None)), detail=_detail(first)))
+        out.append(
+            results.Row.compare(
+                0,
+                "2 processes under isic-launch",
+                "img/s",
+                first.images_per_s,
+                base,
+                target="same weights",
+                passed=not judge(dataclasses.replace(report, one=None, all=None)),
+                detail=_detail(first),
+            )
+        )
     return out
 
 
 def _detail(run: GpuRun) -> str:
     memory = f"{run.peak_memory_mb:,.0f} MB peak" if run.peak_memory_mb is not None else "no GPU memory"
-    return (f"{run.precision}, all-reduce {run.all_reduce}, {run.loss_scale_skips} loss-scale "
-            f"skips, {memory}, weights {'finite' if run.finite else 'NOT FINITE'}")
+    return (
+        f"{run.precision}, all-reduce {run.all_reduce}, {run.loss_scale_skips} loss-scale "
+        f"skips, {memory}, weights {'finite' if run.finite else 'NOT FINITE'}"
+    )
 
 
 def list_gpus() -> list[str]:
     """The GPUs TensorFlow sees. Physical devices only: listing them reserves no GPU memory
     (logical devices would), so the children measured afterwards get every GPU whole."""
     import tensorflow as tf
+
     return [d.name for d in tf.config.list_physical_devices("GPU")]
 
 
-def measure(devices: int, device_type: str = "GPU", base_filters: int = BASE_FILTERS,
-            image_size: int = IMAGE_SIZE, per_device_batch: int = PER_GPU_BATCH,
-            warmup_steps: int = WARMUP_STEPS, timed_steps: int = TIMED_STEPS,
-            multi_worker: bool = False) -> GpuRun:
+def measure(
+    devices: int,
+    device_type: str = "GPU",
+    base_filters: int = BASE_FILTERS,
+    image_size: int = IMAGE_SIZE,
+    per_device_batch: int = PER_GPU_BATCH,
+    warmup_steps: int = WARMUP_STEPS,
+    timed_steps: int = TIMED_STEPS,
+    multi_worker: bool = False,
+) -> GpuRun:
     """Trains `devices` local devices (all of them when 0) as isic-train would; see the module
     doc. `device_type` "CPU" is for tests. With `multi_worker`, this process is one worker
     of TF_CONFIG's cluster and reports the whole cluster's images/s."""
@@ -133,6 +163,7 @@ def measure(devices: int, device_type: str = "GPU", base_filters: int = BASE_FIL
     import keras
     import numpy as np
     import tensorflow as tf
+
     from benchmarks import training
     from launch.training import distribute
     from launch.training import steps as steps_lib
@@ -145,7 +176,7 @@ def measure(devices: int, device_type: str = "GPU", base_filters: int = BASE_FIL
         options = distribute.communication_options(0.0, has_gpus=device_type == "GPU")
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         all_reduce = options.implementation.name
-    names = [d.name for d in tf.config.list_logical_devices(device_type)][:devices or None]
+    names = [d.name for d in tf.config.list_logical_devices(device_type)][: devices or None]
     if not multi_worker and len(names) > 1:
         strategy = tf.distribute.MirroredStrategy(names)
         all_reduce = _all_reduce(strategy)
@@ -159,10 +190,14 @@ def measure(devices: int, device_type: str = "GPU", base_filters: int = BASE_FIL
         if precision == "mixed_float16":  # as trainer._build
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
-    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, global_batch,
-                                             training.DEFAULTS.dice_weight)
-    iterator = iter(distribute.distribute_datasets(
-        strategy, lambda ctx: training.constant_dataset(per_device_batch, image_size)))
+    train_steps = steps_lib.make_train_steps(
+        strategy, model, optimizer, global_batch, training.DEFAULTS.dice_weight
+    )
+    iterator = iter(
+        distribute.distribute_datasets(
+            strategy, lambda ctx: training.constant_dataset(per_device_batch, image_size)
+        )
+    )
     train_steps(iterator, warmup_steps)
     device_names = [n for n in names if device_type == "GPU"]
     for name in device_names:
@@ -173,15 +208,19 @@ def measure(devices: int, device_type: str = "GPU", base_filters: int = BASE_FIL
     peaks = [tf.config.experimental.get_memory_info(n)["peak"] for n in device_names]
     weights = [w.numpy() for w in model.weights]
     return GpuRun(
-        devices=strategy.num_replicas_in_sync // workers, processes=workers,
-        precision=precision, all_reduce=all_reduce,
-        images_per_s=timed_steps * global_batch / seconds, timed_steps=timed_steps,
+        devices=strategy.num_replicas_in_sync // workers,
+        processes=workers,
+        precision=precision,
+        all_reduce=all_reduce,
+        images_per_s=timed_steps * global_batch / seconds,
+        timed_steps=timed_steps,
         # Skipped updates do not count as optimizer iterations (keras LossScaleOptimizer:
         # only the finite branch applies the inner optimizer).
         loss_scale_skips=warmup_steps + timed_steps - int(optimizer.iterations.numpy()),
         peak_memory_mb=max(peaks) / 2**20 if peaks else None,
         finite=all(bool(np.isfinite(w).all()) for w in weights),
-        weights_sha256=trainer.weights_digest(model))
+        weights_sha256=trainer.weights_digest(model),
+    )
 
 
 def _all_reduce(strategy) -> str:
@@ -189,6 +228,7 @@ def _all_reduce(strategy) -> str:
     (TF 2.21's default on GPUs, mirrored_strategy.py:339-341). There is no public API: this
     reads private attributes and says "unknown" when they move."""
     import tensorflow as tf
+
     try:
         # A float32 value: int32 ones go through the host instead.
         ops = strategy.extended._get_cross_device_ops(tf.constant(0.0))  # pylint: disable=protected-access
@@ -203,11 +243,13 @@ def _two_processes(gpus: list[str], kwargs: dict) -> list[GpuRun]:
     """`measure` as 2 workers under isic-launch's process group (each its half of `gpus`)."""
     from launch.cluster import process_group
     from launch.cluster.config import LaunchConfig
+
     out, err = io.StringIO(), io.StringIO()
     command = child.command("benchmarks.gpu:measure", dict(kwargs, devices=0, multi_worker=True))
     env = child.child_env({gpus_lib.VISIBLE: ",".join(gpus)})
-    code = process_group.launch(command, LaunchConfig(num_workers=2, grace_seconds=30),
-                                env=env, out=out, err=err)
+    code = process_group.launch(
+        command, LaunchConfig(num_workers=2, grace_seconds=30), env=env, out=out, err=err
+    )
     if code:
         raise RuntimeError(f"the 2-process run failed (exit code {code}):\n{err.getvalue()[-3000:]}")
     return child.results_in(out.getvalue(), GpuRun)
@@ -222,45 +264,64 @@ def run_check(device_type: str = "GPU", **sizes) -> GpuCheckReport | None:
 
     def run(devices: int, visible: list[str] | None) -> GpuRun:
         env = {gpus_lib.VISIBLE: ",".join(visible)} if visible else None
-        return child.run_child("benchmarks.gpu:measure", dict(kwargs, devices=devices), GpuRun,
-                               env=env, timeout=CHILD_TIMEOUT_S).value
+        return child.run_child(
+            "benchmarks.gpu:measure", dict(kwargs, devices=devices), GpuRun, env=env, timeout=CHILD_TIMEOUT_S
+        ).value
 
     visible = gpus_lib.node_gpus(os.environ) or [str(i) for i in range(len(names))]
     several = device_type == "GPU" and len(names) > 1
     return GpuCheckReport(
-        gpus=names, one=run(1, visible[:1] if device_type == "GPU" else None),
+        gpus=names,
+        one=run(1, visible[:1] if device_type == "GPU" else None),
         all=run(0, None) if several else None,
-        two_processes=_two_processes(visible, kwargs) if several else None)
+        two_processes=_two_processes(visible, kwargs) if several else None,
+    )
 
 
 GPU_CHECK_FILE = "gpu_check.json"
 
 
-def main(output_dir: str, floor: float = SCALING_FLOOR, device_type: str = "GPU",
-         **sizes) -> int:
+def main(output_dir: str, floor: float = SCALING_FLOOR, device_type: str = "GPU", **sizes) -> int:
     """Runs the check, prints its table, writes output_dir/gpu_check.json; the exit status."""
     from core import files
+
     report = run_check(device_type, **sizes)
     if report is None:
         listed = gpus_lib.node_gpus(os.environ)
         if listed:  # the driver sees GPUs that TensorFlow cannot use: a broken setup
-            print(f"isic-bench: nvidia-smi lists GPU(s) {','.join(listed)} but TensorFlow "
-                  "sees none: install TensorFlow's CUDA libraries (pip install "
-                  "'tensorflow[and-cuda]') and check the driver; no GPU check ran")
+            print(
+                f"isic-bench: nvidia-smi lists GPU(s) {','.join(listed)} but TensorFlow "
+                "sees none: install TensorFlow's CUDA libraries (pip install "
+                "'tensorflow[and-cuda]') and check the driver; no GPU check ran"
+            )
             return 1
-        print("isic-bench --stages gpu: TensorFlow sees no GPU on this machine, so there is "
-              "nothing to check (run it on the GPU machine before a long job)")
+        print(
+            "isic-bench --stages gpu: TensorFlow sees no GPU on this machine, so there is "
+            "nothing to check (run it on the GPU machine before a long job)"
+        )
         return 0
     os.makedirs(output_dir, exist_ok=True)
     problems = judge(report, floor)
-    files.write_atomic(os.path.join(output_dir, GPU_CHECK_FILE), json.dumps(
-        {"report": results.to_json(report), "scaling_floor": floor,
-         "scaling_efficiency": report.scaling_efficiency, "problems": problems}, indent=1) + "\n")
+    files.write_atomic(
+        os.path.join(output_dir, GPU_CHECK_FILE),
+        json.dumps(
+            {
+                "report": results.to_json(report),
+                "scaling_floor": floor,
+                "scaling_efficiency": report.scaling_efficiency,
+                "problems": problems,
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     print(results.format_table(rows(report, floor)))
     efficiency = report.scaling_efficiency
-    print(f"\n{len(report.gpus)} GPU(s): {', '.join(report.gpus) or device_type}; scaling "
-          f"efficiency {'-' if efficiency is None else f'{efficiency:.2f}'} (floor "
-          f"{floor:g}); {os.path.join(output_dir, GPU_CHECK_FILE)}")
+    print(
+        f"\n{len(report.gpus)} GPU(s): {', '.join(report.gpus) or device_type}; scaling "
+        f"efficiency {'-' if efficiency is None else f'{efficiency:.2f}'} (floor "
+        f"{floor:g}); {os.path.join(output_dir, GPU_CHECK_FILE)}"
+    )
     for problem in problems:
         print(f"FAIL: {problem}")
     return 1 if problems else 0

@@ -20,6 +20,7 @@ from launch.training.config import TrainConfig
 @dataclasses.dataclass(frozen=True)
 class InferenceRun:
     """One loop's throughput, measured in one child."""
+
     loop: str  # "ours" or "keras"
     base_filters: int
     image_size: int
@@ -38,36 +39,54 @@ class InferenceRun:
 @dataclasses.dataclass(frozen=True)
 class InferenceReport:
     """Ours under the tuned environment against model.predict under TF's defaults."""
+
     ours: InferenceRun
     keras_predict: InferenceRun
     speedup: float
 
 
-def measure_inference(base_filters: int, loop: str, image_size: int = 128, batch_size: int = 32,
-                      num_batches: int = 1, depth: int | None = None) -> InferenceRun:
+def measure_inference(
+    base_filters: int,
+    loop: str,
+    image_size: int = 128,
+    batch_size: int = 32,
+    num_batches: int = 1,
+    depth: int | None = None,
+) -> InferenceRun:
     """Images/s of `loop` ("ours" or "keras") over `num_batches` timed batches.
 
     depth is the U-Net's (None: isic-train's; smaller only to keep tests fast).
     """
     import keras
+
     from launch.inference import models
     from model import unet
+
     if loop not in ("ours", "keras"):
         raise ValueError(f"loop must be 'ours' or 'keras', got {loop!r}")
     depth = unet.DEPTH if depth is None else depth
     keras.utils.set_random_seed(0)
-    model = unet.build_unet(image_size, base_filters, depth,
-                            bn_momentum=TrainConfig().bn_momentum)
-    images = np.random.default_rng(0).uniform(
-        size=(batch_size * num_batches, image_size, image_size, 3)).astype(np.float32)
+    model = unet.build_unet(image_size, base_filters, depth, bn_momentum=TrainConfig().bn_momentum)
+    images = (
+        np.random.default_rng(0)
+        .uniform(size=(batch_size * num_batches, image_size, image_size, 3))
+        .astype(np.float32)
+    )
     start = time.perf_counter()
     if loop == "ours":
+
         def run(x):
-            return np.concatenate([models.predict(model, x[i:i + batch_size], batch_size)
-                                   for i in range(0, len(x), batch_size)])
+            return np.concatenate(
+                [
+                    models.predict(model, x[i : i + batch_size], batch_size)
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
     else:
+
         def run(x):
             return model.predict(x, batch_size=batch_size, verbose=0)
+
     run(images[:batch_size])  # warm-up: trace and first execution
     first = time.perf_counter() - start
     start, cpu = time.perf_counter(), time.process_time()
@@ -77,23 +96,39 @@ def measure_inference(base_filters: int, loop: str, image_size: int = 128, batch
         raise AssertionError(f"{loop} returned {probabilities.shape[0]} maps for {len(images)} images")
     flops = unet.unet_flops_per_image(image_size, base_filters, depth)
     return InferenceRun(
-        loop=loop, base_filters=base_filters, image_size=image_size, batch_size=batch_size,
-        depth=depth, images=len(images), first_batch_s=first, seconds=seconds,
-        images_per_s=len(images) / seconds, forward_gflop_per_image=flops / 1e9,
+        loop=loop,
+        base_filters=base_filters,
+        image_size=image_size,
+        batch_size=batch_size,
+        depth=depth,
+        images=len(images),
+        first_batch_s=first,
+        seconds=seconds,
+        images_per_s=len(images) / seconds,
+        forward_gflop_per_image=flops / 1e9,
         gflops=len(images) * flops / seconds / 1e9,
-        gflops_per_cpu_s=len(images) * flops / cpu_seconds / 1e9, onednn=child.onednn_enabled())
+        gflops_per_cpu_s=len(images) * flops / cpu_seconds / 1e9,
+        onednn=child.onednn_enabled(),
+    )
 
 
-def run_inference_benchmark(base_filters: int = 32, image_size: int = 128, batch_size: int = 32,
-                            num_batches: int = 1) -> InferenceReport:
+def run_inference_benchmark(
+    base_filters: int = 32, image_size: int = 128, batch_size: int = 32, num_batches: int = 1
+) -> InferenceReport:
     """Ours under the tuned environment, then model.predict under TF defaults, back to back."""
-    kwargs = {"base_filters": base_filters, "image_size": image_size, "batch_size": batch_size,
-              "num_batches": num_batches}
+    kwargs = {
+        "base_filters": base_filters,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "num_batches": num_batches,
+    }
 
     def measure(loop, env):
-        return child.run_child("benchmarks.inference:measure_inference", dict(kwargs, loop=loop),
-                               InferenceRun, env=env).value
+        return child.run_child(
+            "benchmarks.inference:measure_inference", dict(kwargs, loop=loop), InferenceRun, env=env
+        ).value
 
     ours, keras_plain = measure("ours", child.TUNED_ENV), measure("keras", child.PLAIN_ENV)
-    return InferenceReport(ours=ours, keras_predict=keras_plain,
-                           speedup=ours.images_per_s / keras_plain.images_per_s)
+    return InferenceReport(
+        ours=ours, keras_predict=keras_plain, speedup=ours.images_per_s / keras_plain.images_per_s
+    )

@@ -37,8 +37,9 @@ THROUGHPUT_BATCH = 32
 @dataclasses.dataclass(frozen=True)
 class RuntimeLatency:
     """One runtime's figures."""
+
     runtime: str
-    p50_ms: float   # batch 1 (end to end: one image)
+    p50_ms: float  # batch 1 (end to end: one image)
     p90_ms: float
     p99_ms: float
     images_per_s: float | None  # at THROUGHPUT_BATCH (None end to end)
@@ -47,6 +48,7 @@ class RuntimeLatency:
 @dataclasses.dataclass(frozen=True)
 class LatencyReport:
     """Stage 6: the network in each runtime, and one image end to end."""
+
     base_filters: int
     image_size: int
     runs: int
@@ -84,24 +86,28 @@ def _predictors(model, work_dir: str, skipped: list[str]) -> dict:
     """{runtime name: float32 [N, S, S, 3] -> probabilities} for every available format,
     plus the loaded SavedModel under "_served"."""
     import tensorflow as tf
+
     from launch.export import runtimes
     from launch.export import serving
     from launch.inference.config import InferenceConfig
+
     # The `network` signature applies TTA when its config does (8 network passes, the
     # default since issue 11); the other runtimes hold the network alone, so the one
     # compared with them is exported without TTA. End to end uses the defaults.
     served = {}
-    for name, config in (("serving-network", InferenceConfig(tta=False)),
-                         ("serving", InferenceConfig())):
+    for name, config in (("serving-network", InferenceConfig(tta=False)), ("serving", InferenceConfig())):
         serving.write_saved_model(model, os.path.join(work_dir, name), config)
         served[name] = tf.saved_model.load(os.path.join(work_dir, name))
     network = served["serving-network"].signatures["network"]
-    found = {"Keras": runtimes.keras_predictor(model),
-             "SavedModel `network`": lambda x: network(images=tf.constant(x))["probabilities"].numpy(),
-             "_served": served["serving"]}
+    found = {
+        "Keras": runtimes.keras_predictor(model),
+        "SavedModel `network`": lambda x: network(images=tf.constant(x))["probabilities"].numpy(),
+        "_served": served["serving"],
+    }
     for name, missing, write, predictor, file in (
-            ("ONNX Runtime", runtimes.onnx_missing, runtimes.write_onnx, runtimes.onnx_predictor, "m.onnx"),
-            ("LiteRT", runtimes.litert_missing, runtimes.write_tflite, runtimes.litert_predictor, "m.tflite")):
+        ("ONNX Runtime", runtimes.onnx_missing, runtimes.write_onnx, runtimes.onnx_predictor, "m.onnx"),
+        ("LiteRT", runtimes.litert_missing, runtimes.write_tflite, runtimes.litert_predictor, "m.tflite"),
+    ):
         reason = missing()
         if reason:
             skipped.append(f"{name}: {reason}")
@@ -115,11 +121,14 @@ def _end_to_end(model, served, runs: int) -> tuple[list[RuntimeLatency], str]:
     """isic-predict's Python path and the `segment` signature on one synthetic JPEG."""
     import tensorflow as tf
     from PIL import Image
-    from launch.inference import models, segment
+
+    from launch.inference import models
+    from launch.inference import segment
+    from launch.inference.config import InferenceConfig
     from pipeline import pixels
     from preprocessing import decode
-    from launch.inference.config import InferenceConfig
     from preprocessing import synth
+
     picture, _ = synth.make_pair(0, 0)
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="JPEG", quality=90)
@@ -136,19 +145,30 @@ def _end_to_end(model, served, runs: int) -> tuple[list[RuntimeLatency], str]:
 
         ours = _percentiles(_time_calls(python_path, f.name, runs))
     signature = served.signatures["segment"]
-    graph = _percentiles(_time_calls(lambda c: signature(image_bytes=tf.constant(c))["mask"].numpy(),
-                                     contents, runs))
-    rows = [RuntimeLatency("isic-predict (Python)", *ours, None),
-            RuntimeLatency("SavedModel `segment`", *graph, None)]
+    graph = _percentiles(
+        _time_calls(lambda c: signature(image_bytes=tf.constant(c))["mask"].numpy(), contents, runs)
+    )
+    rows = [
+        RuntimeLatency("isic-predict (Python)", *ours, None),
+        RuntimeLatency("SavedModel `segment`", *graph, None),
+    ]
     return rows, f"{picture.shape[1]}x{picture.shape[0]} JPEG"
 
 
-def measure_latency(base_filters: int = 32, image_size: int = 128, depth: int | None = None,
-                    runs: int = 50, throughput_batches: int = 3, end_to_end_runs: int = 10) -> LatencyReport:
+def measure_latency(
+    base_filters: int = 32,
+    image_size: int = 128,
+    depth: int | None = None,
+    runs: int = 50,
+    throughput_batches: int = 3,
+    end_to_end_runs: int = 10,
+) -> LatencyReport:
     """The figures of the module docstring, measured in this process."""
     import keras
+
     from launch.training.config import TrainConfig
     from model import unet
+
     depth = unet.DEPTH if depth is None else depth
     keras.utils.set_random_seed(0)
     model = unet.build_unet(image_size, base_filters, depth, bn_momentum=TrainConfig().bn_momentum)
@@ -157,20 +177,27 @@ def measure_latency(base_filters: int = 32, image_size: int = 128, depth: int | 
     with tempfile.TemporaryDirectory(prefix="isic-latency-") as work_dir:
         predictors = _predictors(model, work_dir, skipped)
         served = predictors.pop("_served")
-        network = [_network_latency(name, fn, runs, throughput_batches, rng, image_size)
-                   for name, fn in predictors.items()]
+        network = [
+            _network_latency(name, fn, runs, throughput_batches, rng, image_size)
+            for name, fn in predictors.items()
+        ]
         end_to_end, image = _end_to_end(model, served, end_to_end_runs)
-    return LatencyReport(base_filters, image_size, runs, os.cpu_count() or 1, network, end_to_end,
-                         image, skipped)
+    return LatencyReport(
+        base_filters, image_size, runs, os.cpu_count() or 1, network, end_to_end, image, skipped
+    )
 
 
 def run_stage(config, data_dir, work_dir) -> LatencyReport:
     """Stage 6 in a child under isic-train's environment (--quick: a tiny U-Net)."""
     del data_dir, work_dir
-    kwargs = ({"base_filters": 4, "image_size": 32, "runs": 5, "throughput_batches": 1,
-               "end_to_end_runs": 2} if config.quick else {"base_filters": config.inference_filters})
-    return child.run_child("benchmarks.latency:measure_latency", kwargs, LatencyReport,
-                           env=child.TUNED_ENV).value
+    kwargs = (
+        {"base_filters": 4, "image_size": 32, "runs": 5, "throughput_batches": 1, "end_to_end_runs": 2}
+        if config.quick
+        else {"base_filters": config.inference_filters}
+    )
+    return child.run_child(
+        "benchmarks.latency:measure_latency", kwargs, LatencyReport, env=child.TUNED_ENV
+    ).value
 
 
 def rows(report: LatencyReport) -> list[Row]:
@@ -180,23 +207,43 @@ def rows(report: LatencyReport) -> list[Row]:
     table = []
     for r in report.network:
         baseline = None if r is keras_run else keras_run
-        table.append(Row.compare(
-            STAGE, f"latency batch 1, {r.runtime}", "ms p50", r.p50_ms,
-            baseline.p50_ms if baseline else None, lower_is_better=True,
-            detail=f"p90 {r.p90_ms:.2f}, p99 {r.p99_ms:.2f} ms; {width}"
-                   + ("; baseline: Keras" if baseline else "")))
+        table.append(
+            Row.compare(
+                STAGE,
+                f"latency batch 1, {r.runtime}",
+                "ms p50",
+                r.p50_ms,
+                baseline.p50_ms if baseline else None,
+                lower_is_better=True,
+                detail=f"p90 {r.p90_ms:.2f}, p99 {r.p99_ms:.2f} ms; {width}"
+                + ("; baseline: Keras" if baseline else ""),
+            )
+        )
     for r in report.network:
         baseline = None if r is keras_run else keras_run
-        table.append(Row.compare(
-            STAGE, f"throughput batch {THROUGHPUT_BATCH}, {r.runtime}", "img/s", r.images_per_s,
-            baseline.images_per_s if baseline else None,
-            detail=f"{report.cores} cores" + ("; baseline: Keras" if baseline else "")))
+        table.append(
+            Row.compare(
+                STAGE,
+                f"throughput batch {THROUGHPUT_BATCH}, {r.runtime}",
+                "img/s",
+                r.images_per_s,
+                baseline.images_per_s if baseline else None,
+                detail=f"{report.cores} cores" + ("; baseline: Keras" if baseline else ""),
+            )
+        )
     python_path, graph = report.end_to_end
-    table.append(Row.compare(
-        STAGE, f"end to end, one {report.end_to_end_image} to its mask, {graph.runtime}", "ms p50",
-        graph.p50_ms, python_path.p50_ms, lower_is_better=True,
-        detail=f"p90 {graph.p90_ms:.1f} ms; baseline: {python_path.runtime} "
-               f"(p90 {python_path.p90_ms:.1f} ms)"))
+    table.append(
+        Row.compare(
+            STAGE,
+            f"end to end, one {report.end_to_end_image} to its mask, {graph.runtime}",
+            "ms p50",
+            graph.p50_ms,
+            python_path.p50_ms,
+            lower_is_better=True,
+            detail=f"p90 {graph.p90_ms:.1f} ms; baseline: {python_path.runtime} "
+            f"(p90 {python_path.p90_ms:.1f} ms)",
+        )
+    )
     for reason in report.skipped:
         table.append(Row(STAGE, f"skipped: {reason}", "", None, None, None, "", None))
     return table

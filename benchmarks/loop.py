@@ -6,10 +6,11 @@ the loop's. Ours is `launch.training.steps.make_train_steps` driven as
 launch/training/trainer.py drives it: one `train_steps(iterator, n)` call per chunk of
 n = steps_per_execution steps, the metric sums fetched to the host, a finiteness check,
 the running sums, a Progbar update (silent) and the TensorBoard scalar (what the chief's
-reporter does; summaries.Writer writes it at most once per SCALAR_SECONDS). The baseline is `model.fit` on the same model, loss,
-optimizer and dataset, with Keras' default steps_per_execution=1 and with the same
-chunking. Each configuration runs for ~`seconds`; ours and fit alternate `rounds` times
-and the best round of each counts (other processes only ever slow a round down).
+reporter does; summaries.Writer writes it at most once per SCALAR_SECONDS). The baseline
+is `model.fit` on the same model, loss, optimizer and dataset, with Keras' default
+steps_per_execution=1 and with the same chunking. Each configuration runs for
+~`seconds`; ours and fit alternate `rounds` times and the best round of each counts
+(other processes only ever slow a round down).
 """
 
 import dataclasses
@@ -19,7 +20,9 @@ import time
 import numpy as np
 
 from benchmarks import child
-from benchmarks.training import compiled_for_fit, constant_dataset, ours_train_steps
+from benchmarks.training import compiled_for_fit
+from benchmarks.training import constant_dataset
+from benchmarks.training import ours_train_steps
 
 LOOP_IMAGE_SIZE = 8
 LOOP_BATCH_SIZE = 8
@@ -28,6 +31,7 @@ LOOP_BATCH_SIZE = 8
 @dataclasses.dataclass(frozen=True)
 class LoopTiming:
     """The best round of one loop at one chunk size (steps per tf.function call)."""
+
     ms_per_step: float
     steps_per_s: float
     steps: int
@@ -37,6 +41,7 @@ class LoopTiming:
 @dataclasses.dataclass(frozen=True)
 class LoopReport:
     """Stage 3: our loop and model.fit per chunk size, tiny model, in one process."""
+
     ours: dict[int, LoopTiming]
     fit: dict[int, LoopTiming]
     rounds: int
@@ -48,12 +53,13 @@ class LoopReport:
 
 def _tiny_model(image_size: int):
     import keras
-    return keras.Sequential([keras.Input((image_size, image_size, 3)),
-                             keras.layers.Conv2D(1, 1, activation="sigmoid")])
+
+    return keras.Sequential(
+        [keras.Input((image_size, image_size, 3)), keras.layers.Conv2D(1, 1, activation="sigmoid")]
+    )
 
 
-def _run_chunks(train_steps, iterator, chunk: int, seconds: float, writer,
-                bar) -> tuple[int, float, float]:
+def _run_chunks(train_steps, iterator, chunk: int, seconds: float, writer, bar) -> tuple[int, float, float]:
     """The trainer's host loop, for ~`seconds` (at least one chunk): (steps, seconds, CPU s)."""
     step, start, cpu = 0, time.perf_counter(), time.process_time()
     sums = {}
@@ -65,20 +71,29 @@ def _run_chunks(train_steps, iterator, chunk: int, seconds: float, writer,
         sums = {k: sums.get(k, 0.0) + v for k, v in totals.items()}
         images_per_s = sums["count"] / max(time.perf_counter() - start, 1e-9)
         loss = totals["loss"] / totals["count"]
-        bar.update(step, values=[("loss", loss), ("dice", totals["dice"] / totals["count"]),
-                                 ("img/s", images_per_s)])
+        bar.update(
+            step, values=[("loss", loss), ("dice", totals["dice"] / totals["count"]), ("img/s", images_per_s)]
+        )
         writer.scalars(step, {"train/loss_step": loss})
     return step, time.perf_counter() - start, time.process_time() - cpu
 
 
-def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 0.5, rounds: int = 6,
-                 image_size: int = LOOP_IMAGE_SIZE, batch_size: int = LOOP_BATCH_SIZE) -> LoopReport:
+def measure_loop(
+    chunks=(1, 16, 64),
+    fit_chunks=(1, 64),
+    seconds: float = 0.5,
+    rounds: int = 6,
+    image_size: int = LOOP_IMAGE_SIZE,
+    batch_size: int = LOOP_BATCH_SIZE,
+) -> LoopReport:
     """Stage 3: ms per step of our loop and of model.fit with a tiny model (see module doc).
 
     chunks, fit_chunks: steps per tf.function call measured for ours and for model.fit.
     """
     import keras
+
     from launch.training import summaries
+
     dataset = constant_dataset(batch_size, image_size)
     with tempfile.TemporaryDirectory(prefix="isic-loop-bench-") as tmp:
         writer = summaries.Writer(tmp)
@@ -100,26 +115,29 @@ def measure_loop(chunks=(1, 16, 64), fit_chunks=(1, 64), seconds: float = 0.5, r
                     steps = steps or max(c, int(seconds * 1000) // c * c)
                     start, cpu = time.perf_counter(), time.process_time()
                     fits[c].fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-                    _keep_best(best["fit"], c, steps, time.perf_counter() - start,
-                               time.process_time() - cpu)
+                    _keep_best(best["fit"], c, steps, time.perf_counter() - start, time.process_time() - cpu)
         writer.close()
-    return LoopReport(ours=dict(sorted(best["ours"].items())), fit=dict(sorted(best["fit"].items())),
-                      rounds=rounds, seconds=seconds, image_size=image_size,
-                      batch_size=batch_size, onednn=child.onednn_enabled())
+    return LoopReport(
+        ours=dict(sorted(best["ours"].items())),
+        fit=dict(sorted(best["fit"].items())),
+        rounds=rounds,
+        seconds=seconds,
+        image_size=image_size,
+        batch_size=batch_size,
+        onednn=child.onednn_enabled(),
+    )
 
 
 def _keep_best(table: dict, chunk: int, steps: int, seconds: float, cpu_seconds: float) -> None:
     """Keeps the fastest round of `chunk` in table."""
     ms = 1000.0 * seconds / steps
     if chunk not in table or ms < table[chunk].ms_per_step:
-        table[chunk] = LoopTiming(ms_per_step=ms, steps_per_s=1000.0 / ms, steps=steps,
-                                  cpu_ms_per_step=1000.0 * cpu_seconds / steps)
+        table[chunk] = LoopTiming(
+            ms_per_step=ms, steps_per_s=1000.0 / ms, steps=steps, cpu_ms_per_step=1000.0 * cpu_seconds / steps
+        )
 
 
 def run_loop_benchmark(quick: bool = False) -> LoopReport:
     """Stage 3 in one child under the tuned environment (both loops in the same process)."""
     kwargs = {"seconds": 0.3, "rounds": 1} if quick else {}
-    return child.run_child("benchmarks.loop:measure_loop", kwargs, LoopReport,
-                           env=child.TUNED_ENV).value
-
-
+    return child.run_child("benchmarks.loop:measure_loop", kwargs, LoopReport, env=child.TUNED_ENV).value

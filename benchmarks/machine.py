@@ -12,14 +12,24 @@ import platform
 from importlib import metadata
 
 # The /proc/cpuinfo flags worth recording: the vector extensions TensorFlow's kernels use.
-KERNEL_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
-                "amx_bf16", "amx_int8")
+KERNEL_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 _PACKAGES = ("tensorflow", "keras", "numpy", "pillow")
 
 
 @dataclasses.dataclass(frozen=True)
 class Machine:
     """The machine a run measured (see `describe`)."""
+
     cpu: str  # model name, e.g. "AMD EPYC"
     cpu_family_model: str  # e.g. "family 25 model 17": virtual machines often name only the
     # vendor line, and two generations of it differ ~1.5x in matmul peak here
@@ -34,8 +44,10 @@ class Machine:
     def summary(self) -> str:
         """One line for the printed header, e.g. 'AMD EPYC, 2 cores, AVX-512 yes, AMX no'."""
         yes_no = {True: "yes", False: "no"}
-        return (f"{self.cpu} ({self.cpu_family_model}), {self.cores} cores, AVX-512 {yes_no[self.avx512]}, AMX "
-                f"{yes_no[self.amx]} (flags: {' '.join(self.cpu_flags) or 'none'})")
+        return (
+            f"{self.cpu} ({self.cpu_family_model}), {self.cores} cores, AVX-512 {yes_no[self.avx512]}, AMX "
+            f"{yes_no[self.amx]} (flags: {' '.join(self.cpu_flags) or 'none'})"
+        )
 
 
 def _cpuinfo() -> tuple[str, str, set[str]]:
@@ -55,8 +67,11 @@ def _cpuinfo() -> tuple[str, str, set[str]]:
                     break
     except OSError:
         pass
-    family_model = (f"family {fields['cpu family']} model {fields['model']}"
-                    if "cpu family" in fields and "model" in fields else "unknown")
+    family_model = (
+        f"family {fields['cpu family']} model {fields['model']}"
+        if "cpu family" in fields and "model" in fields
+        else "unknown"
+    )
     return fields.get("model name", "unknown"), family_model, flags
 
 
@@ -74,8 +89,14 @@ def describe() -> Machine:
         except metadata.PackageNotFoundError:
             versions[package] = None
     name, family_model, flags = _cpuinfo()
-    return Machine(cpu=name, cpu_family_model=family_model, cpu_flags=tuple(f for f in KERNEL_FLAGS if f in flags),
-                   avx512="avx512f" in flags, amx=bool({"amx_tile", "amx_bf16"} & flags),
-                   cores=len(os.sched_getaffinity(0)), python=platform.python_version(),
-                   versions=versions,
-                   load_average_at_start=tuple(round(x, 2) for x in os.getloadavg()))
+    return Machine(
+        cpu=name,
+        cpu_family_model=family_model,
+        cpu_flags=tuple(f for f in KERNEL_FLAGS if f in flags),
+        avx512="avx512f" in flags,
+        amx=bool({"amx_tile", "amx_bf16"} & flags),
+        cores=len(os.sched_getaffinity(0)),
+        python=platform.python_version(),
+        versions=versions,
+        load_average_at_start=tuple(round(x, 2) for x in os.getloadavg()),
+    )

@@ -25,6 +25,7 @@ _EXECUTOR_EVENTS = ("ExecutorState", "ExecutorDoneCallback")  # spans around ops
 @dataclasses.dataclass(frozen=True)
 class OpTimes:
     """Per op type: milliseconds and executions per training step."""
+
     steps: int
     ms_per_step: dict[str, float]
     count_per_step: dict[str, float]
@@ -37,6 +38,7 @@ class OpTimes:
 def trace(run: Callable[[], object], steps: int) -> OpTimes:
     """Profiles `run()` (`steps` training steps) and returns the time per op type."""
     import tensorflow as tf
+
     with tempfile.TemporaryDirectory(prefix="isic-op-profile-") as logdir:
         tf.profiler.experimental.start(logdir)
         try:
@@ -53,6 +55,7 @@ def trace(run: Callable[[], object], steps: int) -> OpTimes:
 def op_times(xspace_bytes: bytes, steps: int) -> OpTimes:
     """Sums a serialized XSpace's op events per op type (see the module docstring)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
     space = xplane_pb2.XSpace()
     space.ParseFromString(xspace_bytes)
     ms, count = collections.Counter(), collections.Counter()
@@ -67,6 +70,8 @@ def op_times(xspace_bytes: bytes, steps: int) -> OpTimes:
                 op_type = name.rsplit(":", 1)[-1]  # "scope/op_name:OpType"
                 ms[op_type] += event.duration_ps / 1e9
                 count[op_type] += 1
-    return OpTimes(steps=steps,
-                   ms_per_step={k: v / steps for k, v in ms.most_common()},
-                   count_per_step={k: count[k] / steps for k, _ in ms.most_common()})
+    return OpTimes(
+        steps=steps,
+        ms_per_step={k: v / steps for k, v in ms.most_common()},
+        count_per_step={k: count[k] / steps for k, _ in ms.most_common()},
+    )

@@ -27,6 +27,7 @@ from benchmarks import paths
 @dataclasses.dataclass(frozen=True)
 class Throughput:
     """Images delivered by one side in one child, over wall and CPU time."""
+
     images: int
     seconds: float
     cpu_seconds: float
@@ -41,6 +42,7 @@ class Throughput:
 @dataclasses.dataclass(frozen=True)
 class PipelineReport:
     """Everything stage 2 measured, and its settings."""
+
     pipeline_1core: Throughput
     pipeline_1core_no_augment: Throughput
     pipeline_all_cores: Throughput
@@ -56,10 +58,16 @@ class PipelineReport:
     baseline_pairs: int
 
 
-def run_pipeline_benchmark(data_dir: str | None = None, batch_size: int = 32, *,
-                           num_images: int = 2075, image_size: int = 128, epochs: int = 2,
-                           sample_dir: str | None = paths.SAMPLE_DIR,
-                           baseline_images: int = 96) -> PipelineReport:
+def run_pipeline_benchmark(
+    data_dir: str | None = None,
+    batch_size: int = 32,
+    *,
+    num_images: int = 2075,
+    image_size: int = 128,
+    epochs: int = 2,
+    sample_dir: str | None = paths.SAMPLE_DIR,
+    baseline_images: int = 96,
+) -> PipelineReport:
     """Measures training-pipeline images/s per core against the PIL baseline.
 
     Args:
@@ -85,37 +93,59 @@ def run_pipeline_benchmark(data_dir: str | None = None, batch_size: int = 32, *,
         one_core = {cpus[0]}
 
         def measure(function, kwargs, pinned):  # ours with the environment isic-train sets
-            return child.run_child(f"benchmarks.pipeline:{function}", kwargs, Throughput,
-                                   env=child.TUNED_ENV, cpus=one_core if pinned else None).value
+            return child.run_child(
+                f"benchmarks.pipeline:{function}",
+                kwargs,
+                Throughput,
+                env=child.TUNED_ENV,
+                cpus=one_core if pinned else None,
+            ).value
 
         one = measure("measure_pipeline", dict(ours, augment=True, single_core=True), True)
         no_augment = measure("measure_pipeline", dict(ours, augment=False, single_core=True), True)
         every = measure("measure_pipeline", dict(ours, augment=True, single_core=False), False)
-        baseline = measure("measure_baseline", {"pairs": pairs, "batch_size": batch_size,
-                                                "image_size": image_size}, True)
+        baseline = measure(
+            "measure_baseline", {"pairs": pairs, "batch_size": batch_size, "image_size": image_size}, True
+        )
     return PipelineReport(
-        pipeline_1core=one, pipeline_1core_no_augment=no_augment, pipeline_all_cores=every,
-        baseline_1core=baseline, cores=len(cpus),
+        pipeline_1core=one,
+        pipeline_1core_no_augment=no_augment,
+        pipeline_all_cores=every,
+        baseline_1core=baseline,
+        cores=len(cpus),
         speedup_per_core=one.images_per_s / baseline.images_per_s,
         speedup_per_cpu_s=one.images_per_cpu_s / baseline.images_per_cpu_s,
-        batch_size=batch_size, image_size=image_size, records=records, epochs=epochs,
-        baseline_source=source, baseline_pairs=len(pairs))
+        batch_size=batch_size,
+        image_size=image_size,
+        records=records,
+        epochs=epochs,
+        baseline_source=source,
+        baseline_pairs=len(pairs),
+    )
 
 
 def _timed(run) -> Throughput:
     wall, cpu = time.perf_counter(), time.process_time()
     images = run()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return Throughput(images=images, seconds=wall, cpu_seconds=cpu, images_per_s=images / wall,
-                      images_per_cpu_s=images / cpu)
+    return Throughput(
+        images=images,
+        seconds=wall,
+        cpu_seconds=cpu,
+        images_per_s=images / wall,
+        images_per_cpu_s=images / cpu,
+    )
 
 
-def measure_pipeline(data_dir: str, batch_size: int, epochs: int, augment: bool,
-                     single_core: bool) -> Throughput:
+def measure_pipeline(
+    data_dir: str, batch_size: int, epochs: int, augment: bool, single_core: bool
+) -> Throughput:
     """Runs in the child: `epochs` timed epochs after a warm-up; single_core: 1 TF thread."""
     import tensorflow as tf
+
     from pipeline import dataset
     from pipeline.config import AugmentConfig
+
     if single_core:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -125,8 +155,9 @@ def measure_pipeline(data_dir: str, batch_size: int, epochs: int, augment: bool,
 
     def one_epoch(epoch):
         cpu = time.process_time()
-        ds = dataset.make_dataset(records, "train", batch_size=batch_size, training=True,
-                                  seed=0, epoch=epoch, augment=options)
+        ds = dataset.make_dataset(
+            records, "train", batch_size=batch_size, training=True, seed=0, epoch=epoch, augment=options
+        )
         iterator = iter(ds)
         setup[0] += time.process_time() - cpu
         return sum(int(images.shape[0]) for images, _ in iterator)
@@ -135,8 +166,10 @@ def measure_pipeline(data_dir: str, batch_size: int, epochs: int, augment: bool,
     setup[0] = 0.0
     result = _timed(lambda: sum(one_epoch(e) for e in range(1, epochs + 1)))
     return dataclasses.replace(
-        result, setup_cpu_seconds_per_epoch=setup[0] / epochs,
-        steady_images_per_cpu_s=result.images / (result.cpu_seconds - setup[0]))
+        result,
+        setup_cpu_seconds_per_epoch=setup[0] / epochs,
+        steady_images_per_cpu_s=result.images / (result.cpu_seconds - setup[0]),
+    )
 
 
 def measure_baseline(pairs: list, batch_size: int, image_size: int) -> Throughput:
@@ -146,7 +179,7 @@ def measure_baseline(pairs: list, batch_size: int, image_size: int) -> Throughpu
     def batches():  # the original script's loader: decode, resize, stack, per batch
         for start in range(0, len(pairs), batch_size):
             images, masks = [], []
-            for image_path, mask_path in pairs[start:start + batch_size]:
+            for image_path, mask_path in pairs[start : start + batch_size]:
                 with Image.open(image_path) as image:
                     image = image.convert("RGB").resize((image_size, image_size))
                     images.append(np.asarray(image, np.float32) / 255.0)
@@ -166,11 +199,14 @@ def _baseline_pairs(sample_dir, limit: int, tmp: str) -> tuple[list, str]:
     """(image, mask) paths for the baseline: the real sample, or synthetic files in tmp."""
     if sample_dir and os.path.isdir(os.path.join(sample_dir, "images")):
         images = sorted(glob.glob(os.path.join(sample_dir, "images", "*.jpg")))[:limit]
-        pairs = [(p, os.path.join(sample_dir, "masks",
-                                  os.path.basename(p)[:-4] + "_segmentation.png")) for p in images]
+        pairs = [
+            (p, os.path.join(sample_dir, "masks", os.path.basename(p)[:-4] + "_segmentation.png"))
+            for p in images
+        ]
         if pairs and all(os.path.isfile(m) for _, m in pairs):
             return pairs, os.path.abspath(sample_dir)
     from PIL import Image
+
     rng = np.random.default_rng(0)
     os.makedirs(os.path.join(tmp, "raw"))
     pairs = []
@@ -178,8 +214,10 @@ def _baseline_pairs(sample_dir, limit: int, tmp: str) -> tuple[list, str]:
         small = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
         image = Image.fromarray(small).resize((1024, 768), Image.BILINEAR)
         mask = Image.fromarray(((small[..., 0] > 128) * 255).astype(np.uint8)).resize((1024, 768))
-        pair = (os.path.join(tmp, "raw", f"ISIC_{i:07d}.jpg"),
-                os.path.join(tmp, "raw", f"ISIC_{i:07d}_segmentation.png"))
+        pair = (
+            os.path.join(tmp, "raw", f"ISIC_{i:07d}.jpg"),
+            os.path.join(tmp, "raw", f"ISIC_{i:07d}_segmentation.png"),
+        )
         image.save(pair[0], quality=90)
         mask.save(pair[1])
         pairs.append(pair)
@@ -189,6 +227,7 @@ def _baseline_pairs(sample_dir, limit: int, tmp: str) -> tuple[list, str]:
 def write_synthetic_records(out_dir: str, num_images: int, size: int, num_shards: int = 4) -> None:
     """A train-only records dataset written through the project's schema and manifest."""
     import tensorflow as tf
+
     from preprocessing import manifest as manifest_lib
     from preprocessing import schema
 
@@ -205,14 +244,30 @@ def write_synthetic_records(out_dir: str, num_images: int, size: int, num_shards
                 mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
                 image = np.where(mask[..., None] == 1, [90, 50, 30], [220, 170, 140])
                 image = np.clip(image + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-                writer.write(schema.encode_example(f"ISIC_{i:07d}", image, mask, (768, 1024),
-                                                   f"ISIC_{i:07d}.jpg", f"ISIC_{i:07d}_segmentation.png"))
+                writer.write(
+                    schema.encode_example(
+                        f"ISIC_{i:07d}",
+                        image,
+                        mask,
+                        (768, 1024),
+                        f"ISIC_{i:07d}.jpg",
+                        f"ISIC_{i:07d}_segmentation.png",
+                    )
+                )
         shards.append({"file": name, "records": len(ids), "sha256": ""})
-    manifest_lib.write_manifest(out_dir, {
-        "schema_version": schema.SCHEMA_VERSION, "image_size": size, "seed": 0,
-        "fractions": {"train": 1.0, "val": 0.0, "test": 0.0},
-        "counts": {"train": num_images, "val": 0, "test": 0},
-        "shards": {"train": shards, "val": [], "test": []},
-        "splits": {f"ISIC_{i:07d}": "train" for i in range(num_images)}, "skipped": [],
-        "ignored_files": 0, "source": {"images_dir": "", "masks_dir": ""}, "build": {}})
-
+    manifest_lib.write_manifest(
+        out_dir,
+        {
+            "schema_version": schema.SCHEMA_VERSION,
+            "image_size": size,
+            "seed": 0,
+            "fractions": {"train": 1.0, "val": 0.0, "test": 0.0},
+            "counts": {"train": num_images, "val": 0, "test": 0},
+            "shards": {"train": shards, "val": [], "test": []},
+            "splits": {f"ISIC_{i:07d}": "train" for i in range(num_images)},
+            "skipped": [],
+            "ignored_files": 0,
+            "source": {"images_dir": "", "masks_dir": ""},
+            "build": {},
+        },
+    )

@@ -35,6 +35,7 @@ FULL_SIZE = (4000, 3000)
 @dataclasses.dataclass(frozen=True)
 class BuildTiming:
     """One build in a child: wall and CPU seconds (the child and its reaped workers)."""
+
     seconds: float
     cpu_seconds: float
     records: int
@@ -45,6 +46,7 @@ class BuildTiming:
 @dataclasses.dataclass(frozen=True)
 class Builder:
     """The builder with `workers` workers against the naive loop, fastest of the repeats."""
+
     workers: int
     pairs_per_s: float
     pairs_per_cpu_s: float
@@ -57,6 +59,7 @@ class Builder:
 @dataclasses.dataclass(frozen=True)
 class Doubled:
     """Peak memory of a build of the dataset doubled."""
+
     workers: int
     pairs: int
     peak_rss_mb: float
@@ -66,6 +69,7 @@ class Doubled:
 @dataclasses.dataclass(frozen=True)
 class FullSize:
     """Naive loop and 1-worker builder on the sample enlarged to FULL_SIZE."""
+
     pairs: int
     size: str
     naive_pairs_per_s: float
@@ -83,6 +87,7 @@ class FullSize:
 @dataclasses.dataclass(frozen=True)
 class BuildReport:
     """Everything stage 1 measured."""
+
     data_dir: str
     pairs: int
     image_size: int
@@ -98,8 +103,9 @@ class BuildReport:
     load_average_after: float
 
 
-def run_preprocess_benchmark(data_dir: str | None, work_dir: str, image_size: int = 128,
-                             full_size_pairs: int = 8, repeats: int = 2) -> BuildReport:
+def run_preprocess_benchmark(
+    data_dir: str | None, work_dir: str, image_size: int = 128, full_size_pairs: int = 8, repeats: int = 2
+) -> BuildReport:
     """Runs every measurement described in the module doc."""
     os.makedirs(work_dir, exist_ok=True)
     if not data_dir or not os.path.isdir(data_dir):
@@ -113,38 +119,50 @@ def run_preprocess_benchmark(data_dir: str | None, work_dir: str, image_size: in
     for _ in range(repeats):
         naive.append(_naive_seconds(pairs, image_size))
         for w, runs in builds.items():
-            runs.append(_build(images_dir, masks_dir, os.path.join(work_dir, f"out_w{w}"),
-                               image_size, w))
+            runs.append(_build(images_dir, masks_dir, os.path.join(work_dir, f"out_w{w}"), image_size, w))
     naive_wall, naive_cpu = min(t for t, _ in naive), min(c for _, c in naive)
     one, two = (_builder(w, builds[w], len(pairs), naive_wall, naive_cpu) for w in (1, 2))
     doubled = _doubled_dataset(pairs, os.path.join(work_dir, "doubled"))
     doubled_one, doubled_two = (
-        _doubled(w, _build(*doubled, os.path.join(work_dir, f"out_x2_w{w}"), image_size, w))
-        for w in (1, 2))
+        _doubled(w, _build(*doubled, os.path.join(work_dir, f"out_x2_w{w}"), image_size, w)) for w in (1, 2)
+    )
     big = _full_size_dataset(pairs[:full_size_pairs], os.path.join(work_dir, "full_size"))
     return BuildReport(
-        data_dir=os.path.abspath(data_dir), pairs=len(pairs), image_size=image_size,
-        cpus=os.cpu_count(), naive_pairs_per_s=round(len(pairs) / naive_wall, 1),
-        naive_pairs_per_cpu_s=round(len(pairs) / naive_cpu, 1), one_worker=one,
-        two_workers=two, doubled_one_worker=doubled_one, doubled_two_workers=doubled_two,
+        data_dir=os.path.abspath(data_dir),
+        pairs=len(pairs),
+        image_size=image_size,
+        cpus=os.cpu_count(),
+        naive_pairs_per_s=round(len(pairs) / naive_wall, 1),
+        naive_pairs_per_cpu_s=round(len(pairs) / naive_cpu, 1),
+        one_worker=one,
+        two_workers=two,
+        doubled_one_worker=doubled_one,
+        doubled_two_workers=doubled_two,
         full_size=_full_size(big, os.path.join(work_dir, "out_full_size"), image_size, repeats),
-        load_average_before=load_before, load_average_after=round(os.getloadavg()[0], 1))
+        load_average_before=load_before,
+        load_average_after=round(os.getloadavg()[0], 1),
+    )
 
 
-def _builder(workers: int, runs: list[BuildTiming], pairs: int, naive_wall: float,
-             naive_cpu: float) -> Builder:
+def _builder(
+    workers: int, runs: list[BuildTiming], pairs: int, naive_wall: float, naive_cpu: float
+) -> Builder:
     wall, cpu = min(r.seconds for r in runs), min(r.cpu_seconds for r in runs)
-    return Builder(workers=workers, pairs_per_s=round(pairs / wall, 1),
-                   pairs_per_cpu_s=round(pairs / cpu, 1),
-                   speedup_per_worker=round(naive_wall / wall / workers, 2),
-                   cpu_speedup=round(naive_cpu / cpu, 2),
-                   peak_rss_mb=max(r.max_rss_mb for r in runs),
-                   peak_tree_rss_mb=max(r.tree_rss_mb for r in runs))
+    return Builder(
+        workers=workers,
+        pairs_per_s=round(pairs / wall, 1),
+        pairs_per_cpu_s=round(pairs / cpu, 1),
+        speedup_per_worker=round(naive_wall / wall / workers, 2),
+        cpu_speedup=round(naive_cpu / cpu, 2),
+        peak_rss_mb=max(r.max_rss_mb for r in runs),
+        peak_tree_rss_mb=max(r.tree_rss_mb for r in runs),
+    )
 
 
 def _doubled(workers: int, run: BuildTiming) -> Doubled:
-    return Doubled(workers=workers, pairs=run.records, peak_rss_mb=run.max_rss_mb,
-                   peak_tree_rss_mb=run.tree_rss_mb)
+    return Doubled(
+        workers=workers, pairs=run.records, peak_rss_mb=run.max_rss_mb, peak_tree_rss_mb=run.tree_rss_mb
+    )
 
 
 def _full_size(dirs: tuple[str, str], output_dir: str, image_size: int, repeats: int) -> FullSize:
@@ -155,13 +173,17 @@ def _full_size(dirs: tuple[str, str], output_dir: str, image_size: int, repeats:
     built = [_build(*dirs, output_dir, image_size, 1) for _ in range(repeats)]
     wall, cpu = min(r.seconds for r in built), min(r.cpu_seconds for r in built)
     floor = min(_floor_seconds(big_pairs, image_size) for _ in range(repeats))
-    return FullSize(pairs=len(big_pairs), size=f"{FULL_SIZE[0]}x{FULL_SIZE[1]}",
-                    naive_pairs_per_s=round(len(big_pairs) / naive_wall, 2),
-                    pairs_per_s=round(len(big_pairs) / wall, 2),
-                    speedup=round(naive_wall / wall, 2), cpu_speedup=round(naive_cpu / cpu, 2),
-                    peak_rss_mb=max(r.max_rss_mb for r in built),
-                    floor_pairs_per_s=round(len(big_pairs) / floor, 2),
-                    best_possible_speedup=round(naive_wall / floor, 2))
+    return FullSize(
+        pairs=len(big_pairs),
+        size=f"{FULL_SIZE[0]}x{FULL_SIZE[1]}",
+        naive_pairs_per_s=round(len(big_pairs) / naive_wall, 2),
+        pairs_per_s=round(len(big_pairs) / wall, 2),
+        speedup=round(naive_wall / wall, 2),
+        cpu_speedup=round(naive_cpu / cpu, 2),
+        peak_rss_mb=max(r.max_rss_mb for r in built),
+        floor_pairs_per_s=round(len(big_pairs) / floor, 2),
+        best_possible_speedup=round(naive_wall / floor, 2),
+    )
 
 
 def _floor_seconds(pairs, size: int) -> float:
@@ -187,32 +209,49 @@ def _naive_seconds(pairs, size: int) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _build(images_dir: str, masks_dir: str, output_dir: str, image_size: int,
-           num_workers: int) -> BuildTiming:
+def _build(
+    images_dir: str, masks_dir: str, output_dir: str, image_size: int, num_workers: int
+) -> BuildTiming:
     """One build in a benchmark child, with its peak memory (largest process, whole tree)."""
-    run = child.run_child("benchmarks.preprocess:time_build", {
-        "images_dir": images_dir, "masks_dir": masks_dir, "output_dir": output_dir,
-        "image_size": image_size, "num_workers": num_workers}, BuildTiming,
-        env=child.TUNED_ENV, watch_tree=True)  # the environment isic-preprocess sets
+    run = child.run_child(
+        "benchmarks.preprocess:time_build",
+        {
+            "images_dir": images_dir,
+            "masks_dir": masks_dir,
+            "output_dir": output_dir,
+            "image_size": image_size,
+            "num_workers": num_workers,
+        },
+        BuildTiming,
+        env=child.TUNED_ENV,
+        watch_tree=True,
+    )  # the environment isic-preprocess sets
     return dataclasses.replace(run.value, max_rss_mb=run.max_rss_mb, tree_rss_mb=run.tree_rss_mb)
 
 
-def time_build(images_dir: str, masks_dir: str, output_dir: str, image_size: int,
-               num_workers: int) -> BuildTiming:
-    """Runs in the child: one build, timed after the builder's imports. CPU time counts this process and its reaped workers: on a shared machine it
-    is far steadier than wall time, which other jobs stretch."""
+def time_build(
+    images_dir: str, masks_dir: str, output_dir: str, image_size: int, num_workers: int
+) -> BuildTiming:
+    """Runs in the child: one build, timed after the builder's imports. CPU time counts
+    this process and its reaped workers: on a shared machine it is far steadier than wall
+    time, which other jobs stretch."""
     from preprocessing import build
     from preprocessing.config import BuildConfig
 
     def cpu() -> float:
-        return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                      resource.getrusage(resource.RUSAGE_CHILDREN)))
+        return sum(
+            r.ru_utime + r.ru_stime
+            for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+        )
 
     start, cpu_start = time.perf_counter(), cpu()
     config = BuildConfig(image_size=image_size, num_workers=num_workers, overwrite=True)
     manifest = build.build_records([(images_dir, masks_dir)], output_dir, config, progress=False)
-    return BuildTiming(seconds=time.perf_counter() - start, cpu_seconds=cpu() - cpu_start,
-                       records=sum(manifest["counts"].values()))
+    return BuildTiming(
+        seconds=time.perf_counter() - start,
+        cpu_seconds=cpu() - cpu_start,
+        records=sum(manifest["counts"].values()),
+    )
 
 
 def _doubled_dataset(pairs, root: str) -> tuple[str, str]:
@@ -223,8 +262,10 @@ def _doubled_dataset(pairs, root: str) -> tuple[str, str]:
     for pair in pairs:
         ext = os.path.splitext(pair.image_file)[1]
         for case_id in (pair.case_id, pair.case_id + "_copy"):
-            for src, dst in ((pair.image_path, os.path.join(images_dir, case_id + ext)),
-                             (pair.mask_path, os.path.join(masks_dir, case_id + names.MASK_SUFFIX))):
+            for src, dst in (
+                (pair.image_path, os.path.join(images_dir, case_id + ext)),
+                (pair.mask_path, os.path.join(masks_dir, case_id + names.MASK_SUFFIX)),
+            ):
                 if not os.path.lexists(dst):
                     os.symlink(os.path.abspath(src), dst)
     return images_dir, masks_dir
@@ -241,6 +282,5 @@ def _full_size_dataset(pairs, root: str, size=FULL_SIZE) -> tuple[str, str]:
             with Image.open(pair.image_path) as im:
                 im.convert("RGB").resize(size, Image.BICUBIC).save(image_path, quality=90)
             with Image.open(pair.mask_path) as im:
-                im.resize(size, Image.NEAREST).save(
-                    os.path.join(masks_dir, pair.case_id + names.MASK_SUFFIX))
+                im.resize(size, Image.NEAREST).save(os.path.join(masks_dir, pair.case_id + names.MASK_SUFFIX))
     return images_dir, masks_dir

@@ -23,6 +23,7 @@ RESULTS_FILE = "results.json"
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One line of the table: our figure against its baseline measured in the same run."""
+
     stage: int
     measure: str
     unit: str
@@ -34,9 +35,19 @@ class Row:
     detail: str = ""
 
     @classmethod
-    def compare(cls, stage: int, measure: str, unit: str, ours: float | None,
-                baseline: float | None, *, lower_is_better: bool = False, target: str = "",
-                passed: bool | None = None, detail: str = "") -> "Row":
+    def compare(
+        cls,
+        stage: int,
+        measure: str,
+        unit: str,
+        ours: float | None,
+        baseline: float | None,
+        *,
+        lower_is_better: bool = False,
+        target: str = "",
+        passed: bool | None = None,
+        detail: str = "",
+    ) -> "Row":
         """A row whose gain is ours/baseline for rates, baseline/ours for times and memory."""
         gain = None
         if ours and baseline:
@@ -47,6 +58,7 @@ class Row:
 @dataclasses.dataclass
 class Report:
     """Everything results.json holds; filled stage by stage by `suite.run_stages`."""
+
     command: str
     config: BenchConfig
     machine: machine_lib.Machine
@@ -74,8 +86,13 @@ def from_json(kind, data):
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
-        return kind(**{f.name: from_json(hints[f.name], data[f.name])
-                       for f in dataclasses.fields(kind) if f.name in data})
+        return kind(
+            **{
+                f.name: from_json(hints[f.name], data[f.name])
+                for f in dataclasses.fields(kind)
+                if f.name in data
+            }
+        )
     if origin in (typing.Union, types.UnionType):  # X | None
         return from_json(next(a for a in args if a is not type(None)), data)
     if origin is tuple:
@@ -101,11 +118,21 @@ def _fmt(value) -> str:
 def format_table(rows: list[Row]) -> str:
     """The rows as an aligned Markdown table."""
     header = ["stage", "measure", "unit", "ours", "baseline", "gain", "target", "pass", "detail"]
-    body = [[str(r.stage), r.measure, r.unit, _fmt(r.ours), _fmt(r.baseline),
-             f"{r.gain:.2f}x" if r.gain else "-", r.target or "-",
-             {True: "PASS", False: "FAIL", None: "-"}[r.passed], r.detail] for r in rows]
+    body = [
+        [
+            str(r.stage),
+            r.measure,
+            r.unit,
+            _fmt(r.ours),
+            _fmt(r.baseline),
+            f"{r.gain:.2f}x" if r.gain else "-",
+            r.target or "-",
+            {True: "PASS", False: "FAIL", None: "-"}[r.passed],
+            r.detail,
+        ]
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
-             for line in [header] + body]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in [header] + body]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)

@@ -61,10 +61,13 @@ def measure(base_filters: int, image_size: int, batch_size: int, repeats: int = 
         counter = iter(range(1, 1000))
         save = timed(lambda: saver.save(next(counter)))
         check = timed(lambda: integrity.check(saver.last))  # what a resume checks first
-    result = {"train_call_s": timed(lambda: train_steps(train_it, 1)),
-              "eval_call_s": timed(lambda: eval_steps(val_it, 1)), "save_s": save,
-              "check_s": check,
-              "parameters": model.count_params()}
+    result = {
+        "train_call_s": timed(lambda: train_steps(train_it, 1)),
+        "eval_call_s": timed(lambda: eval_steps(val_it, 1)),
+        "save_s": save,
+        "check_s": check,
+        "parameters": model.count_params(),
+    }
     result["one_process_bound_s"] = result["train_call_s"] + result["save_s"]
     result["workers_bound_s"] = 1.0 + 2 * result["train_call_s"] + result["save_s"]
     return result

@@ -17,8 +17,13 @@ from benchmarks import stages as stages_lib
 from benchmarks.config import BenchConfig
 
 
-def run_stages(config: BenchConfig, output_dir: str, data_dir: str | None,
-               argv: list[str] | None = None, stages: dict | None = None) -> results.Report:
+def run_stages(
+    config: BenchConfig,
+    output_dir: str,
+    data_dir: str | None,
+    argv: list[str] | None = None,
+    stages: dict | None = None,
+) -> results.Report:
     """Runs config's stages in order and writes output_dir/results.json; returns the report.
 
     Args:
@@ -28,8 +33,7 @@ def run_stages(config: BenchConfig, output_dir: str, data_dir: str | None,
     """
     stages = stages_lib.STAGES if stages is None else stages
     os.makedirs(output_dir, exist_ok=True)
-    report = results.Report(command=" ".join(argv or sys.argv), config=config,
-                            machine=machine.describe())
+    report = results.Report(command=" ".join(argv or sys.argv), config=config, machine=machine.describe())
     path = os.path.join(output_dir, results.RESULTS_FILE)
     with tempfile.TemporaryDirectory(prefix="isic-bench-") as tmp:
         for number in config.stage_numbers:
@@ -42,6 +46,5 @@ def run_stages(config: BenchConfig, output_dir: str, data_dir: str | None,
             results.write_results(path, report)
             report.rows.extend(stage.rows(raw))
             results.write_results(path, report)
-            print(f"stage {number} ({stage.name}) done in {report.seconds[str(number)]} s",
-                  flush=True)
+            print(f"stage {number} ({stage.name}) done in {report.seconds[str(number)]} s", flush=True)
     return report

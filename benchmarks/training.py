@@ -36,6 +36,7 @@ DEFAULTS = TrainConfig()  # isic-train's defaults: loss weights, batch-norm mome
 @dataclasses.dataclass(frozen=True)
 class MatmulPeak:
     """Best float32 matmul of one process: [size, size] @ [size, size], all cores."""
+
     size: int
     repeats: int
     best_seconds: float
@@ -46,6 +47,7 @@ class MatmulPeak:
 @dataclasses.dataclass(frozen=True)
 class UnetRun:
     """Stage 4, one configuration measured in one child (see measure_unet)."""
+
     loop: str  # "ours" or "fit"
     base_filters: int
     batch_size: int
@@ -80,6 +82,7 @@ class UnetRun:
 @dataclasses.dataclass(frozen=True)
 class UnetReport:
     """Stage 4: every run, and the peak (the best oneDNN probe of the stage)."""
+
     runs: tuple[UnetRun, ...]
     peak_gflops: float
     peak_gflops_per_cpu_s: float
@@ -89,6 +92,7 @@ class UnetReport:
 def matmul_peak(size: int = 4096, repeats: int = 4) -> MatmulPeak:
     """Best float32 matmul GFLOP/s of this process: [size, size] @ [size, size], all cores."""
     import tensorflow as tf
+
     a = tf.random.uniform([size, size], dtype=tf.float32)
     b = tf.random.uniform([size, size], dtype=tf.float32)
     matmul = tf.function(tf.linalg.matmul)
@@ -99,14 +103,20 @@ def matmul_peak(size: int = 4096, repeats: int = 4) -> MatmulPeak:
         matmul(a, b).numpy()
         best = min(best, time.perf_counter() - start)
         best_cpu = min(best_cpu, time.process_time() - cpu)
-    flop = 2.0 * size ** 3
-    return MatmulPeak(size=size, repeats=repeats, best_seconds=best, gflops=flop / best / 1e9,
-                      gflops_per_cpu_s=flop / best_cpu / 1e9)
+    flop = 2.0 * size**3
+    return MatmulPeak(
+        size=size,
+        repeats=repeats,
+        best_seconds=best,
+        gflops=flop / best / 1e9,
+        gflops_per_cpu_s=flop / best_cpu / 1e9,
+    )
 
 
 def constant_dataset(batch_size: int, image_size: int):
     """One random (images [b,S,S,3], masks [b,S,S,1]) batch repeated forever, from memory."""
     import tensorflow as tf
+
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32)
     masks = (rng.uniform(size=(batch_size, image_size, image_size, 1)) > 0.5).astype(np.float32)
@@ -117,9 +127,11 @@ def ours_train_steps(build_model, batch_size: int, dataset):
     """(train_steps, iterator) as launch/training/trainer.py builds them (one device)."""
     import keras
     import tensorflow as tf
+
     from launch.training import distribute
     from launch.training import preemption
     from launch.training import steps as steps_lib
+
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():  # variables must be created in the scope, as in the trainer
         model = build_model()
@@ -128,8 +140,9 @@ def ours_train_steps(build_model, batch_size: int, dataset):
     # The trainer's stop flag too (launch/training/preemption.py): one read per step.
     with tf.device(preemption.HOST):
         stop = tf.Variable(False, trainable=False)
-    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, batch_size,
-                                             DEFAULTS.dice_weight, stop=stop)
+    train_steps = steps_lib.make_train_steps(
+        strategy, model, optimizer, batch_size, DEFAULTS.dice_weight, stop=stop
+    )
     # The trainer's own way of distributing its datasets (input options included).
     iterator = iter(distribute.distribute_datasets(strategy, lambda ctx: dataset))
     return train_steps, iterator
@@ -138,17 +151,30 @@ def ours_train_steps(build_model, batch_size: int, dataset):
 def compiled_for_fit(model, steps_per_execution: int = 1):
     """The same model compiled as a plain Keras user would (Adam, our loss, no metrics)."""
     import keras
+
     from model import losses
-    model.compile(optimizer=keras.optimizers.Adam(DEFAULTS.learning_rate),
-                  steps_per_execution=steps_per_execution,
-                  loss=lambda masks, probs: losses.bce_dice_loss(masks, probs, DEFAULTS.dice_weight))
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(DEFAULTS.learning_rate),
+        steps_per_execution=steps_per_execution,
+        loss=lambda masks, probs: losses.bce_dice_loss(masks, probs, DEFAULTS.dice_weight),
+    )
     return model
 
 
-def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
-                 image_size: int = 128, timed_steps: int = 1, rounds: int = 1,
-                 peak_size: int = 4096, peak_repeats: int = 2, depth: int | None = None,
-                 profile_ops: bool = False, encoder: str = "unet") -> list[UnetRun]:
+def measure_unet(
+    base_filters: int,
+    loops=("ours", "fit"),
+    batch_size: int = 32,
+    image_size: int = 128,
+    timed_steps: int = 1,
+    rounds: int = 1,
+    peak_size: int = 4096,
+    peak_repeats: int = 2,
+    depth: int | None = None,
+    profile_ops: bool = False,
+    encoder: str = "unet",
+) -> list[UnetRun]:
     """Stage 4, one width: images/s of U-Net training steps through each of `loops`.
 
     Args:
@@ -167,7 +193,9 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
     """
     import keras
     import tensorflow as tf
+
     from model import unet
+
     if not loops or set(loops) - {"ours", "fit"}:
         raise ValueError(f"loops must be 'ours' and/or 'fit', got {loops!r}")
     depth = unet.DEPTH if depth is None else depth
@@ -178,15 +206,18 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
         keras.utils.set_random_seed(0)
         if encoder != "unet":
             from model import encoder_unet
-            return encoder_unet.build_encoder_unet(image_size, base_filters, encoder, "none",
-                                                   bn_momentum=DEFAULTS.bn_momentum)
+
+            return encoder_unet.build_encoder_unet(
+                image_size, base_filters, encoder, "none", bn_momentum=DEFAULTS.bn_momentum
+            )
         return unet.build_unet(image_size, base_filters, depth, bn_momentum=DEFAULTS.bn_momentum)
 
     # Every model is built before anything runs: each build sets the global seed, and
     # tf.random.set_seed makes a traced tf.function retrace on its next call (1.2-1.7 s at
     # 4 filters, measured). Then one warm-up step of each, so no timed step traces.
-    timers = {loop: (_OursTimer if loop == "ours" else _FitTimer)(build, batch_size, dataset)
-              for loop in loops}
+    timers = {
+        loop: (_OursTimer if loop == "ours" else _FitTimer)(build, batch_size, dataset) for loop in loops
+    }
     warmup_s = {}
     for loop, timer in timers.items():
         start = time.perf_counter()
@@ -194,29 +225,49 @@ def measure_unet(base_filters: int, loops=("ours", "fit"), batch_size: int = 32,
         warmup_s[loop] = time.perf_counter() - start
     best = {}
     for i in range(rounds):
-        for loop in (loops if i % 2 == 0 else loops[::-1]):
+        for loop in loops if i % 2 == 0 else loops[::-1]:
             seconds, cpu_seconds = timers[loop].time(timed_steps)
             if loop not in best or seconds < best[loop][0]:
                 best[loop] = (seconds, cpu_seconds)
-    ops = ({loop: op_profile.trace(lambda: timers[loop].run(2), steps=2) for loop in loops}
-           if profile_ops else {})
-    forward = (unet.unet_flops_per_image(image_size, base_filters, depth) if encoder == "unet"
-               else layer_flops_per_image(build()))
+    ops = (
+        {loop: op_profile.trace(lambda loop=loop: timers[loop].run(2), steps=2) for loop in loops}
+        if profile_ops
+        else {}
+    )
+    forward = (
+        unet.unet_flops_per_image(image_size, base_filters, depth)
+        if encoder == "unet"
+        else layer_flops_per_image(build())
+    )
     flops = forward * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
     runs = []
     for loop in loops:
         seconds, cpu_seconds = best[loop]
         images_per_s = batch_size * timed_steps / seconds
-        runs.append(UnetRun(
-            loop=loop, base_filters=base_filters, batch_size=batch_size, image_size=image_size,
-            depth=depth, timed_steps=timed_steps, rounds=rounds, warmup_s=warmup_s[loop],
-            step_s=seconds / timed_steps, images_per_s=images_per_s,
-            training_gflop_per_image=flops / 1e9, gflops=images_per_s * flops / 1e9,
-            gflops_per_cpu_s=batch_size * timed_steps * flops / cpu_seconds / 1e9, peak=peak,
-            onednn=child.onednn_enabled(),
-            intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
-            inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
-            cpus=len(os.sched_getaffinity(0)), ops=ops.get(loop), encoder=encoder))
+        runs.append(
+            UnetRun(
+                loop=loop,
+                base_filters=base_filters,
+                batch_size=batch_size,
+                image_size=image_size,
+                depth=depth,
+                timed_steps=timed_steps,
+                rounds=rounds,
+                warmup_s=warmup_s[loop],
+                step_s=seconds / timed_steps,
+                images_per_s=images_per_s,
+                training_gflop_per_image=flops / 1e9,
+                gflops=images_per_s * flops / 1e9,
+                gflops_per_cpu_s=batch_size * timed_steps * flops / cpu_seconds / 1e9,
+                peak=peak,
+                onednn=child.onednn_enabled(),
+                intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+                inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+                cpus=len(os.sched_getaffinity(0)),
+                ops=ops.get(loop),
+                encoder=encoder,
+            )
+        )
     return runs
 
 
@@ -224,10 +275,18 @@ def layer_flops_per_image(model) -> float:
     """Forward FLOPs of one image, 2 per multiply-add of every convolution and dense layer,
     from the built layers' shapes (the U-Net's analytic count, for any model)."""
     import keras
+
     macs = 0
     for layer in model.layers:
-        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose,
-                                  keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+        if not isinstance(
+            layer,
+            (
+                keras.layers.Conv2D,
+                keras.layers.Conv2DTranspose,
+                keras.layers.DepthwiseConv2D,
+                keras.layers.Dense,
+            ),
+        ):
             continue
         kernel = layer.kernel.shape  # [kh, kw, c_in, c_out or multiplier]
         if isinstance(layer, keras.layers.Conv2DTranspose):  # each input pixel scatters
@@ -266,16 +325,24 @@ class _FitTimer:
         self._dataset = dataset
 
     def run(self, steps: int, callbacks=()) -> None:
-        self._model.fit(self._dataset, steps_per_epoch=steps, epochs=1, verbose=0,
-                        shuffle=False, callbacks=list(callbacks))
+        self._model.fit(
+            self._dataset,
+            steps_per_epoch=steps,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+            callbacks=list(callbacks),
+        )
 
     def time(self, steps: int) -> tuple[float, float]:
         """(wall, CPU) seconds of `steps` steps: from the end of an untimed first step of
         the fit call (its iterator and callbacks start there) to the end of the last."""
         import keras
+
         ends = []
-        stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(
-            (time.perf_counter(), time.process_time())))
+        stamp = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: ends.append((time.perf_counter(), time.process_time()))
+        )
         self.run(1 + steps, callbacks=[stamp])
         return ends[-1][0] - ends[0][0], ends[-1][1] - ends[0][1]
 
@@ -285,28 +352,56 @@ def measure_unets(configs: list[dict]) -> list[UnetRun]:
     return [run for c in configs for run in measure_unet(**c)]
 
 
-def run_unet_benchmark(filters=(16, 32, 64), batch_size: int = 32, image_size: int = 128,
-                       plain_filters=(16,), peak_size: int = 4096, plain_peak_size: int = 2048,
-                       profile_ops: bool = False, quick: bool = False,
-                       encoders=(("efficientnet_lite0", 16),)) -> UnetReport:
+def run_unet_benchmark(
+    filters=(16, 32, 64),
+    batch_size: int = 32,
+    image_size: int = 128,
+    plain_filters=(16,),
+    peak_size: int = 4096,
+    plain_peak_size: int = 2048,
+    profile_ops: bool = False,
+    quick: bool = False,
+    encoders=(("efficientnet_lite0", 16),),
+) -> UnetReport:
     """Stage 4: ours and model.fit for each width in one tuned child, then model.fit under
     TensorFlow's defaults (the plain child) for `plain_filters`, which shows what the
     environment alone gives. The peak is the best oneDNN matmul probe of the stage (one
     before each width); the plain child's probes (TF's default matmul, `plain_peak_size`)
     are only reported. `encoders`: (encoder, decoder base filters) pairs measured the same
     way in the tuned child, beside the U-Nets."""
-    cases = unet_cases(filters, batch_size, image_size, plain_filters, peak_size,
-                       plain_peak_size, profile_ops, quick, encoders)
+    cases = unet_cases(
+        filters,
+        batch_size,
+        image_size,
+        plain_filters,
+        peak_size,
+        plain_peak_size,
+        profile_ops,
+        quick,
+        encoders,
+    )
     envs = {"tuned": child.TUNED_ENV, "plain": child.PLAIN_ENV}
-    runs = {name: child.run_child("benchmarks.training:measure_unets", {"configs": configs},
-                                  list[UnetRun], env=envs[name]).value
-            for name, configs in cases.items() if configs}
+    runs = {
+        name: child.run_child(
+            "benchmarks.training:measure_unets", {"configs": configs}, list[UnetRun], env=envs[name]
+        ).value
+        for name, configs in cases.items()
+        if configs
+    }
     return unet_report(runs, peak_size)
 
 
-def unet_cases(filters, batch_size: int, image_size: int, plain_filters, peak_size: int,
-               plain_peak_size: int, profile_ops: bool = False,
-               quick: bool = False, encoders=()) -> dict[str, list[dict]]:
+def unet_cases(
+    filters,
+    batch_size: int,
+    image_size: int,
+    plain_filters,
+    peak_size: int,
+    plain_peak_size: int,
+    profile_ops: bool = False,
+    quick: bool = False,
+    encoders=(),
+) -> dict[str, list[dict]]:
     """{"tuned": measure_unet kwargs (ours and fit), "plain": (fit only)}, per width.
 
     Narrow U-Nets take more steps and rounds: a round of one loop lasts a few seconds
@@ -315,10 +410,14 @@ def unet_cases(filters, batch_size: int, image_size: int, plain_filters, peak_si
     """
     tuned, plain = [], []
     for encoder, f in [("unet", f) for f in filters] + list(encoders):
-        common = {"base_filters": f, "batch_size": batch_size, "image_size": image_size,
-                  "timed_steps": 1 if quick else 3 if f <= 16 else 2 if f <= 32 else 1,
-                  "rounds": 1 if quick else 4 if f <= 16 else 3 if f <= 32 else 2,
-                  "peak_size": peak_size}
+        common = {
+            "base_filters": f,
+            "batch_size": batch_size,
+            "image_size": image_size,
+            "timed_steps": 1 if quick else 3 if f <= 16 else 2 if f <= 32 else 1,
+            "rounds": 1 if quick else 4 if f <= 16 else 3 if f <= 32 else 2,
+            "peak_size": peak_size,
+        }
         if encoder != "unet":  # beside the U-Net of the same child: no op trace, no plain run
             tuned.append(dict(common, loops=("ours", "fit"), encoder=encoder))
             continue
@@ -334,12 +433,23 @@ def unet_report(runs: dict[str, list[UnetRun]], peak_size: int) -> UnetReport:
     probes = [r.peak for r in labelled if r.env == "tuned" and r.peak]
     peak = max(p.gflops for p in probes)
     peak_per_cpu_s = max(p.gflops_per_cpu_s for p in probes)
-    labelled = [dataclasses.replace(
-        r, fraction_of_peak=r.gflops / peak, fraction_per_cpu_s=r.gflops_per_cpu_s / peak_per_cpu_s,
-        fraction_of_own_probe=r.gflops / r.peak.gflops if r.peak else None) for r in labelled]
+    labelled = [
+        dataclasses.replace(
+            r,
+            fraction_of_peak=r.gflops / peak,
+            fraction_per_cpu_s=r.gflops_per_cpu_s / peak_per_cpu_s,
+            fraction_of_own_probe=r.gflops / r.peak.gflops if r.peak else None,
+        )
+        for r in labelled
+    ]
     return UnetReport(
-        runs=tuple(labelled), peak_gflops=peak, peak_gflops_per_cpu_s=peak_per_cpu_s,
-        peak_method=(f"best of {probes[0].repeats} timed tf.linalg.matmul runs (after a warm-up "
-                     f"run) of two {peak_size}x{peak_size} float32 matrices (2*{peak_size}**3 "
-                     "FLOPs), all cores, oneDNN on, probed in each tuned child before its "
-                     "measurement; the best probe of the stage"))
+        runs=tuple(labelled),
+        peak_gflops=peak,
+        peak_gflops_per_cpu_s=peak_per_cpu_s,
+        peak_method=(
+            f"best of {probes[0].repeats} timed tf.linalg.matmul runs (after a warm-up "
+            f"run) of two {peak_size}x{peak_size} float32 matrices (2*{peak_size}**3 "
+            "FLOPs), all cores, oneDNN on, probed in each tuned child before its "
+            "measurement; the best probe of the stage"
+        ),
+    )

@@ -44,6 +44,7 @@ def is_local(path: str) -> bool:
 def _gfile():
     """tf.io.gfile, imported on the first remote path only (see the module docstring)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     return tf.io.gfile
 
 
@@ -86,6 +87,7 @@ def glob(pattern: str) -> list[str]:
     """Paths matching `pattern` (glob syntax), unsorted."""
     if is_local(pattern):
         import glob as glob_lib  # pylint: disable=import-outside-toplevel
+
         return glob_lib.glob(pattern)
     return _gfile().glob(pattern)
 
@@ -290,13 +292,16 @@ def ensure_writable(folder: str) -> None:
             write_atomic(probe, b"")
             remove(probe)
         except Exception as e:  # pylint: disable=broad-except  # tf.errors.OpError, OSError
-            raise UserError(f"cannot write to the output folder {folder} ({e}); pass an "
-                            "--output_dir you can write to") from None
+            raise UserError(
+                f"cannot write to the output folder {folder} ({e}); pass an --output_dir you can write to"
+            ) from None
         return
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to the output folder {folder} ({e.strerror or e}); "
-                        "pass an --output_dir you can write to") from None
+        raise UserError(
+            f"cannot write to the output folder {folder} ({e.strerror or e}); "
+            "pass an --output_dir you can write to"
+        ) from None

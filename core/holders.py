@@ -24,6 +24,7 @@ class LockedError(UserError):
 @dataclasses.dataclass(frozen=True)
 class Holder:
     """Who holds (or held) a lock."""
+
     host: str
     pid: int
     started: str  # local time with UTC offset, e.g. 2025-12-01 21:04:38 +0000

@@ -28,7 +28,9 @@ from absl import logging
 
 from core import files
 from core.errors import UserError
-from core.holders import Holder, LockedError, parse_holder
+from core.holders import Holder
+from core.holders import LockedError
+from core.holders import parse_holder
 
 RENEW_SECONDS = 30.0
 STALE_SECONDS = 120.0  # four missed renewals
@@ -37,13 +39,19 @@ STALE_SECONDS = 120.0  # four missed renewals
 @dataclasses.dataclass(frozen=True)
 class Lease:
     """A lease file's content."""
+
     holder: Holder
     token: str
     renewed: float  # time.time() of the holder at its last renewal
 
     def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self.holder), "token": self.token,
-                           "renewed": self.renewed}, sort_keys=True) + "\n"
+        return (
+            json.dumps(
+                {**dataclasses.asdict(self.holder), "token": self.token, "renewed": self.renewed},
+                sort_keys=True,
+            )
+            + "\n"
+        )
 
 
 def read(path: str) -> Lease | None:
@@ -87,20 +95,28 @@ def hold(directory: str, name: str, command: str, *, advice: str):
             raise LockedError(
                 f"{directory} is in use by {current.holder.describe()}, whose lease was renewed "
                 f"{age:.0f} s ago; {advice}. (Lease file: {path}; a lease not renewed for "
-                f"{STALE_SECONDS:.0f} s is taken over.)", current.holder)
+                f"{STALE_SECONDS:.0f} s is taken over.)",
+                current.holder,
+            )
         stale = current.holder
-        logging.warning("taking over the lease %s of %s: not renewed for %.0f s%s", path,
-                        stale.describe(), age, " (its pid is gone)" if stale.is_gone() else "")
+        logging.warning(
+            "taking over the lease %s of %s: not renewed for %.0f s%s",
+            path,
+            stale.describe(),
+            age,
+            " (its pid is gone)" if stale.is_gone() else "",
+        )
     mine = Lease(Holder.this_process(command), uuid.uuid4().hex, time.time())
     _write(path, mine, command)
     won = _read_quietly(path)
     if won is None or won.token != mine.token:
         who = won.holder.describe() if won else "another process"
-        raise LockedError(f"{directory} was just taken by {who}; {advice}. "
-                                f"(Lease file: {path}.)", won.holder if won else None)
+        raise LockedError(
+            f"{directory} was just taken by {who}; {advice}. (Lease file: {path}.)",
+            won.holder if won else None,
+        )
     stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(path, mine, stop), daemon=True,
-                               name="lease-renewal")
+    renewer = threading.Thread(target=_renew, args=(path, mine, stop), daemon=True, name="lease-renewal")
     renewer.start()
     try:
         yield stale
@@ -116,8 +132,9 @@ def _write(path: str, lease: Lease, command: str) -> None:
     try:
         files.write_atomic(path, lease.to_json())
     except Exception as e:  # pylint: disable=broad-except  # OSError or a tf.errors.OpError
-        raise UserError(f"cannot write the lease file {path}: {e}; {command} needs a "
-                        "folder it can write to") from None
+        raise UserError(
+            f"cannot write the lease file {path}: {e}; {command} needs a folder it can write to"
+        ) from None
 
 
 def _renew(path: str, mine: Lease, stop: threading.Event) -> None:
@@ -125,8 +142,11 @@ def _renew(path: str, mine: Lease, stop: threading.Event) -> None:
     while not stop.wait(RENEW_SECONDS):
         current = _read_quietly(path)
         if current is not None and current.token != mine.token:
-            logging.error("the lease %s was taken over by %s: two runs may now write the same "
-                          "folder; stop one of them", path, current.holder.describe())
+            logging.error(
+                "the lease %s was taken over by %s: two runs may now write the same folder; stop one of them",
+                path,
+                current.holder.describe(),
+            )
             return
         try:
             files.write_atomic(path, dataclasses.replace(mine, renewed=time.time()).to_json())

@@ -35,7 +35,9 @@ from absl import logging
 from core import files
 from core import leases
 from core.errors import UserError
-from core.holders import Holder, LockedError, parse_holder  # noqa: F401  (callers use locks.*)
+from core.holders import Holder  # noqa: F401  (callers use locks.*)
+from core.holders import LockedError  # noqa: F401  (callers use locks.*)
+from core.holders import parse_holder  # noqa: F401  (callers use locks.*)
 
 # flock's errors on a filesystem that has no flock (ENOTSUP is EOPNOTSUPP on Linux; NFS
 # without lockd answers ENOLCK).
@@ -61,30 +63,40 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
     kind = mount_type(directory) if files.is_local(directory) else ""
     if not files.is_local(directory) or kind.startswith("fuse"):
         if kind:  # the kernel emulates flock on FUSE mounts that lack it, within one machine
-            logging.warning("%s is on a FUSE mount (%s), whose flock holds within this machine "
-                            "only; using a lease file instead, which is advisory "
-                            "(core/leases.py)", directory, kind)
+            logging.warning(
+                "%s is on a FUSE mount (%s), whose flock holds within this machine "
+                "only; using a lease file instead, which is advisory "
+                "(core/leases.py)",
+                directory,
+                kind,
+            )
         with _lease(directory, name, command, advice) as stale:
             yield stale
         return
     path = os.path.join(directory, name)
     if files.exists(directory) and not files.isdir(directory):
-        raise UserError(f"{directory} is a file, not a folder; {command} needs a folder there: "
-                        "pass another path, or move that file away")
+        raise UserError(
+            f"{directory} is a file, not a folder; {command} needs a folder there: "
+            "pass another path, or move that file away"
+        )
     try:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise UserError(f"cannot create the lock file {path}: {e.strerror or e}; "
-                        f"{command} needs a folder it can write to") from None
+        raise UserError(
+            f"cannot create the lock file {path}: {e.strerror or e}; {command} needs a folder it can write to"
+        ) from None
     with os.fdopen(fd, "r+", errors="replace") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno in _NO_FLOCK:
-                logging.warning("%s: this filesystem has no flock (%s); using a lease file "
-                                "instead, which is advisory (core/leases.py)",
-                                directory, os.strerror(e.errno))
+                logging.warning(
+                    "%s: this filesystem has no flock (%s); using a lease file "
+                    "instead, which is advisory (core/leases.py)",
+                    directory,
+                    os.strerror(e.errno),
+                )
                 lock.close()
                 with _lease(directory, name, command, advice) as stale:
                     yield stale
@@ -93,16 +105,19 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
                 raise
             holder = _read_holder(lock)
             who = holder.describe() if holder else f"another {command}"
-            raise LockedError(f"{directory} is in use by {who}; {advice}. (Lock file: {path}.)",
-                              holder) from None
+            raise LockedError(
+                f"{directory} is in use by {who}; {advice}. (Lock file: {path}.)", holder
+            ) from None
         stale = _read_holder(lock)
         if stale is not None:
             _warn_stale(stale, path)
         try:
             _write_holder(lock, Holder.this_process(command))
         except OSError as e:  # a full disk: not even the few bytes of the holder fit
-            raise UserError(f"cannot write the lock file {path}: {e.strerror or e}; {command} "
-                            "needs a folder it can write to") from None
+            raise UserError(
+                f"cannot write the lock file {path}: {e.strerror or e}; {command} "
+                "needs a folder it can write to"
+            ) from None
         try:
             yield stale
         finally:
@@ -140,9 +155,11 @@ def _lease(directory, name, command, advice):
 def _warn_stale(stale: Holder, path: str) -> None:
     gone = stale.is_gone()
     if gone is None:
-        why = (f"its host {stale.host} no longer holds it (crashed or killed); if that run is "
-               "in fact still going, this filesystem does not share locks between machines: "
-               "stop one of the two runs")
+        why = (
+            f"its host {stale.host} no longer holds it (crashed or killed); if that run is "
+            "in fact still going, this filesystem does not share locks between machines: "
+            "stop one of the two runs"
+        )
     elif gone:
         why = f"pid {stale.pid} is gone (killed or crashed)"
     else:
@@ -171,4 +188,3 @@ def holder_of(directory: str, name: str) -> Holder | None:
         return None
     with files.open(path) as f:
         return _read_holder(f)
-

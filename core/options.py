@@ -29,8 +29,7 @@ def check_fields(config) -> None:
         value = getattr(config, field.name)
         choices = field.metadata.get("choices")
         if choices is not None and value not in choices:
-            raise UserError(f"--{field.name} must be one of {', '.join(map(str, choices))}; "
-                            f"got {value!r}")
+            raise UserError(f"--{field.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
         bound = field.metadata.get("lower_bound")
         if bound is not None and value is not None and value < bound:
             raise UserError(f"--{field.name} must be >= {bound}; got {value!r}")

@@ -27,8 +27,9 @@ class Progress:
         rate = done / elapsed
         left = (self._total - done) / rate if rate > 0 else 0.0
         width = len(str(self._total))
-        line = (f"{done:{width}d}/{self._total} {self._unit}s  {rate:.1f} {self._unit}s/s  "
-                + (f"{elapsed:.0f} s" if done >= self._total else f"ETA {left:.0f} s"))
+        line = f"{done:{width}d}/{self._total} {self._unit}s  {rate:.1f} {self._unit}s/s  " + (
+            f"{elapsed:.0f} s" if done >= self._total else f"ETA {left:.0f} s"
+        )
         if self._tty:
             self._stream.write("\r" + line + ("\n" if done >= self._total else ""))
         elif done >= self._total or done * 10 >= self._next_line * self._total:

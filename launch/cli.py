@@ -32,18 +32,16 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from core import files
 from core import options
 from core.errors import UserError
 from launch.cluster import gpus
-from core import files
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 TF_LOG_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 # Set ISIC_TF_LOGS=1 to see TensorFlow's C++ start-up lines (oneDNN notice, cuInit
 # failure on machines without a GPU, XLA), which normal output leaves out.
 SHOW_TF_LOGS_VARIABLE = "ISIC_TF_LOGS"
-
-
 
 
 def prefer_onednn() -> bool:
@@ -54,8 +52,10 @@ def prefer_onednn() -> bool:
     the user chose. Must run before the process imports TensorFlow; later it only warns.
     """
     if ONEDNN_VARIABLE not in os.environ and "tensorflow" in sys.modules:
-        logging.warning("TensorFlow was imported before %s could be set: oneDNN keeps "
-                        "TensorFlow's default for this CPU", ONEDNN_VARIABLE)
+        logging.warning(
+            "TensorFlow was imported before %s could be set: oneDNN keeps TensorFlow's default for this CPU",
+            ONEDNN_VARIABLE,
+        )
         return False
     os.environ.setdefault(ONEDNN_VARIABLE, "1")
     return os.environ[ONEDNN_VARIABLE].strip().lower() not in ("0", "false", "off", "")
@@ -72,8 +72,8 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault(TF_LOG_VARIABLE, "3")
 
 
-# C++ lines TensorFlow prints while it loads and finds its devices (and a few later ones). They come from absl's
-# C++ logging before it is initialised, which no log level silences.
+# C++ lines TensorFlow prints while it loads and finds its devices (and a few later ones).
+# They come from absl's C++ logging before it is initialised, which no log level silences.
 _STARTUP_NOISE = re.compile(
     r"(All log messages before absl::InitializeLog|oneDNN custom operations are on|"
     r"Could not find cuda drivers|failed call to cuInit|cuda_executor|cuda_dnn|cuda_fft|"
@@ -82,7 +82,8 @@ _STARTUP_NOISE = re.compile(
     r"TF-TRT Warning|Attempting to register factory|"
     # Printed when a uint8 op of the serving graph is placed (isic-export): oneDNN's layout
     # pass declines it and TensorFlow's own kernel runs, with the same results.
-    r"oneDNN supports DT_UINT8 only on platforms with AVX-512)")
+    r"oneDNN supports DT_UINT8 only on platforms with AVX-512)"
+)
 
 
 def import_tensorflow_quietly() -> None:
@@ -91,6 +92,7 @@ def import_tensorflow_quietly() -> None:
         return
     with filtered_stderr():
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
         tf.config.list_physical_devices()
 
 
@@ -133,8 +135,15 @@ def define_config_flags(config_cls, flag_values=flags.FLAGS, module_name: str | 
     """One absl flag per field of `config_cls` (a dataclass made with `options.option`)."""
     hints = options.field_types(config_cls)
     for field in dataclasses.fields(config_cls):
-        _define(field.name, hints[field.name], field.default, field.metadata.get("help", ""),
-                field.metadata.get("choices"), flag_values, module_name)
+        _define(
+            field.name,
+            hints[field.name],
+            field.default,
+            field.metadata.get("help", ""),
+            field.metadata.get("choices"),
+            flag_values,
+            module_name,
+        )
 
 
 def _define(name, kind, default, help_text, choices, flag_values, module_name) -> None:
@@ -174,9 +183,17 @@ def config_from_flags(config_cls, flag_values=flags.FLAGS):
         raise app.UsageError(str(e)) from None
 
 
-def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = None,
-        required: tuple[str, ...] = (), multi_paths: tuple[str, ...] = (),
-        uses_tensorflow: bool = True, passthrough: bool = False) -> None:
+def run(
+    module_name: str,
+    config_cls,
+    main,
+    *,
+    paths: dict[str, str] | None = None,
+    required: tuple[str, ...] = (),
+    multi_paths: tuple[str, ...] = (),
+    uses_tensorflow: bool = True,
+    passthrough: bool = False,
+) -> None:
     """Runs a command: environment, flags, config, `main(args, config)`, error convention.
 
     Args:
@@ -226,9 +243,14 @@ def run(module_name: str, config_cls, main, *, paths: dict[str, str] | None = No
             return 1
         if uses_tensorflow:
             import_tensorflow_quietly()
-        args = types.SimpleNamespace(**{
-            name: (tuple(flags.FLAGS[name].value or ()) if name in multi_paths
-                   else flags.FLAGS[name].value) for name in (paths or {})})
+        args = types.SimpleNamespace(
+            **{
+                name: (
+                    tuple(flags.FLAGS[name].value or ()) if name in multi_paths else flags.FLAGS[name].value
+                )
+                for name in (paths or {})
+            }
+        )
         if passthrough:
             args.argv = list(argv[1:])
         try:
@@ -251,8 +273,11 @@ def local_flagfiles(argv: list[str]) -> list[str]:
     out, copies = [], None
     for index, arg in enumerate(argv):
         previous = argv[index - 1] if index else ""
-        value = arg.split("=", 1)[1] if arg.startswith(("--flagfile=", "-flagfile=")) else (
-            arg if previous in ("--flagfile", "-flagfile") else None)
+        value = (
+            arg.split("=", 1)[1]
+            if arg.startswith(("--flagfile=", "-flagfile="))
+            else (arg if previous in ("--flagfile", "-flagfile") else None)
+        )
         if value is None or files.is_local(value):
             out.append(arg)
             continue

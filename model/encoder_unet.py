@@ -30,9 +30,16 @@ DECODER_MULTIPLIERS = (1, 2, 3, 4, 8)
 STRIDE = 32  # the encoders' deepest stride: S must be a multiple of it
 
 
-def build_encoder_unet(image_size: int, base_filters: int, encoder: str, weights: str, *,
-                       bn_momentum: float, sync_batch_norm: bool = False,
-                       name: str = "isic_unet") -> keras.Model:
+def build_encoder_unet(
+    image_size: int,
+    base_filters: int,
+    encoder: str,
+    weights: str,
+    *,
+    bn_momentum: float,
+    sync_batch_norm: bool = False,
+    name: str = "isic_unet",
+) -> keras.Model:
     """Builds the encoder + U-Net decoder model (uncompiled).
 
     Args:
@@ -50,14 +57,17 @@ def build_encoder_unet(image_size: int, base_filters: int, encoder: str, weights
       encoders.WeightsUnavailableError: pretrained weights asked for but not available.
     """
     if image_size < STRIDE or image_size % STRIDE:
-        raise ValueError(f"image_size {image_size} must be a positive multiple of {STRIDE} "
-                         f"for the {encoder} encoder (5 stride-2 stages); use e.g. "
-                         f"{max(STRIDE, image_size // STRIDE * STRIDE)}")
+        raise ValueError(
+            f"image_size {image_size} must be a positive multiple of {STRIDE} "
+            f"for the {encoder} encoder (5 stride-2 stages); use e.g. "
+            f"{max(STRIDE, image_size // STRIDE * STRIDE)}"
+        )
     if base_filters < 1:
         raise ValueError(f"base_filters must be >= 1, got {base_filters}")
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    *skips, x = encoders.apply_encoder(inputs, encoder, weights, bn_momentum=bn_momentum,
-                                       sync_batch_norm=sync_batch_norm)
+    *skips, x = encoders.apply_encoder(
+        inputs, encoder, weights, bn_momentum=bn_momentum, sync_batch_norm=sync_batch_norm
+    )
     skips = [None, *skips]  # stride 1 has no skip: [None, s2, s4, s8, s16]
     for stage in reversed(range(len(DECODER_MULTIPLIERS))):
         filters = base_filters * DECODER_MULTIPLIERS[stage]

@@ -45,12 +45,23 @@ class _KerasBackbone:
 # preprocessing layer computes for 0-255 inputs, restated for [0, 1].
 KERAS_BACKBONES = {
     "efficientnetv2b0": _KerasBackbone(
-        "EfficientNetV2B0", ("block1a_project_activation", "block2b_add", "block3b_add",
-                             "block5e_add", "block6h_add"), IMAGENET_MEAN, IMAGENET_STD),
+        "EfficientNetV2B0",
+        ("block1a_project_activation", "block2b_add", "block3b_add", "block5e_add", "block6h_add"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    ),
     "mobilenetv3large": _KerasBackbone(
-        "MobileNetV3Large", ("expanded_conv_add", "expanded_conv_2_add", "expanded_conv_5_add",
-                             "expanded_conv_11_add", "expanded_conv_14_add"),
-        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # [-1, 1]
+        "MobileNetV3Large",
+        (
+            "expanded_conv_add",
+            "expanded_conv_2_add",
+            "expanded_conv_5_add",
+            "expanded_conv_11_add",
+            "expanded_conv_14_add",
+        ),
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+    ),  # [-1, 1]
 }
 ENCODERS = ("efficientnet_lite0", *KERAS_BACKBONES)
 
@@ -62,13 +73,14 @@ def _normalise(inputs, mean, std):
     its mean and variance as eager tensors that tf2onnx turns into extra graph inputs;
     Rescaling's lists become constants of the traced graph.
     """
-    return layers.Rescaling(scale=[1.0 / s for s in std],
-                            offset=[-m / s for m, s in zip(mean, std)],
-                            name="encoder_normalisation")(inputs)
+    return layers.Rescaling(
+        scale=[1.0 / s for s in std], offset=[-m / s for m, s in zip(mean, std)], name="encoder_normalisation"
+    )(inputs)
 
 
-def apply_encoder(inputs, encoder: str, weights: str, *, bn_momentum: float,
-                  sync_batch_norm: bool = False) -> list:
+def apply_encoder(
+    inputs, encoder: str, weights: str, *, bn_momentum: float, sync_batch_norm: bool = False
+) -> list:
     """The five features [stride 2, 4, 8, 16, 32] of `encoder` applied to `inputs`.
 
     Args:
@@ -85,7 +97,8 @@ def apply_encoder(inputs, encoder: str, weights: str, *, bn_momentum: float,
     if encoder == "efficientnet_lite0":
         x = _normalise(inputs, efficientnet_lite.MEAN, efficientnet_lite.STD)
         features, _ = efficientnet_lite.efficientnet_lite0(
-            x, bn_momentum=bn_momentum, sync_batch_norm=sync_batch_norm)
+            x, bn_momentum=bn_momentum, sync_batch_norm=sync_batch_norm
+        )
         if weights != "none":
             state = efficientnet_lite.imagenet_state(None if weights == "imagenet" else weights)
             efficientnet_lite.load_weights(keras.Model(inputs, features), state)
@@ -105,8 +118,12 @@ def _keras_backbone(encoder: str, spec: _KerasBackbone, x, weights: str) -> kera
     """The keras.applications model built on tensor `x` (its layers join the caller's graph)."""
     constructor = getattr(keras.applications, spec.constructor)
     try:
-        return constructor(include_top=False, weights=None if weights == "none" else weights,
-                           input_tensor=x, include_preprocessing=False)
+        return constructor(
+            include_top=False,
+            weights=None if weights == "none" else weights,
+            input_tensor=x,
+            include_preprocessing=False,
+        )
     except Exception as e:  # Keras raises a bare Exception on fetch failures
         if "URL fetch failure" not in str(e):
             raise
@@ -115,7 +132,8 @@ def _keras_backbone(encoder: str, spec: _KerasBackbone, x, weights: str) -> kera
             f"cannot download the ImageNet weights of {encoder} ({reason}). Connect to the "
             f"network once (Keras caches them in {_keras_cache()}), or pass "
             "the downloaded file with --encoder_weights PATH, or train from scratch with "
-            "--encoder_weights none") from None
+            "--encoder_weights none"
+        ) from None
 
 
 def _keras_cache() -> str:

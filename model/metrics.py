@@ -35,7 +35,7 @@ JACCARD_THRESHOLD = 0.65
 # 0.65 == 13 / 20: the threshold test is done as 20 * tp >= 13 * (tp + fp + fn), exact
 # on integer-valued counts, instead of comparing a rounded quotient with a rounded 0.65.
 _THRESHOLD_NUM, _THRESHOLD_DEN = 13, 20
-_FLOAT32_EXACT_LIMIT = 2 ** 24
+_FLOAT32_EXACT_LIMIT = 2**24
 
 
 def binarize_probabilities(p, threshold: float = 0.5) -> tf.Tensor:
@@ -56,8 +56,10 @@ def binarize_uint8_mask(m) -> tf.Tensor:
     """
     m = tf.convert_to_tensor(m)
     if m.dtype != tf.uint8:
-        raise TypeError(f"binarize_uint8_mask expects a uint8 mask on the 0-255 scale, got "
-                        f"{m.dtype.name}; use binarize_probabilities for 0/1 or probability maps")
+        raise TypeError(
+            f"binarize_uint8_mask expects a uint8 mask on the 0-255 scale, got "
+            f"{m.dtype.name}; use binarize_probabilities for 0/1 or probability maps"
+        )
     return tf.math.greater(m, tf.constant(128, tf.uint8))
 
 
@@ -66,15 +68,19 @@ def _check_float32_exact(flat: tf.Tensor, dtype: tf.DType) -> list:
     if dtype != tf.float32:
         return []
     pixels = flat.shape[1]
-    message = (f"images of more than {_FLOAT32_EXACT_LIMIT} pixels cannot be counted exactly "
-               f"in float32; pass dtype=tf.float64")
+    message = (
+        f"images of more than {_FLOAT32_EXACT_LIMIT} pixels cannot be counted exactly "
+        f"in float32; pass dtype=tf.float64"
+    )
     if pixels is not None:
         if pixels > _FLOAT32_EXACT_LIMIT:
             raise ValueError(f"{message} (got {pixels} pixels per image)")
         return []
-    return [tf.debugging.assert_less_equal(tf.shape(flat, out_type=tf.int64)[1],
-                                           tf.constant(_FLOAT32_EXACT_LIMIT, tf.int64),
-                                           message=message)]
+    return [
+        tf.debugging.assert_less_equal(
+            tf.shape(flat, out_type=tf.int64)[1], tf.constant(_FLOAT32_EXACT_LIMIT, tf.int64), message=message
+        )
+    ]
 
 
 def confusion_per_image(truth_bool, pred_bool, dtype: tf.DType = tf.float64):
@@ -93,11 +99,15 @@ def confusion_per_image(truth_bool, pred_bool, dtype: tf.DType = tf.float64):
     truth = tf.convert_to_tensor(truth_bool)
     pred = tf.convert_to_tensor(pred_bool)
     if truth.dtype != tf.bool or pred.dtype != tf.bool:
-        raise ValueError(f"confusion_per_image needs bool masks (binarise first), got "
-                         f"{truth.dtype.name} and {pred.dtype.name}")
+        raise ValueError(
+            f"confusion_per_image needs bool masks (binarise first), got "
+            f"{truth.dtype.name} and {pred.dtype.name}"
+        )
     if truth.shape.rank not in (3, 4) or not truth.shape.is_compatible_with(pred.shape):
-        raise ValueError(f"expected truth and prediction of one shape [B, H, W] or [B, H, W, C], "
-                         f"got {truth.shape} and {pred.shape}")
+        raise ValueError(
+            f"expected truth and prediction of one shape [B, H, W] or [B, H, W, C], "
+            f"got {truth.shape} and {pred.shape}"
+        )
     dtype = tf.as_dtype(dtype)
     if dtype not in (tf.float32, tf.float64):
         raise ValueError(f"dtype must be tf.float32 or tf.float64, got {dtype}")
@@ -106,8 +116,10 @@ def confusion_per_image(truth_bool, pred_bool, dtype: tf.DType = tf.float64):
     pred = tf.reshape(pred, [batch, -1])
     checks = _check_float32_exact(truth, dtype)
     with tf.control_dependencies(checks):
+
         def count(mask):  # bool [B, N] -> int64 [B], exact for any image size
             return tf.reduce_sum(tf.cast(mask, tf.int64), axis=1)
+
         tp = count(truth & pred)
         fp = count(pred) - tp
         fn = count(truth) - tp
@@ -173,15 +185,22 @@ def batch_scores(truth01, probabilities) -> tf.Tensor:
     axes = list(range(1, truth.shape.rank))
     pixels = int(np.prod(truth.shape[1:]))  # static at training sizes: no shape ops
     if pixels > _FLOAT32_EXACT_LIMIT:
-        raise ValueError(f"batch_scores counts in float32; images of {pixels} pixels "
-                         "need confusion_per_image with dtype=tf.float64")
+        raise ValueError(
+            f"batch_scores counts in float32; images of {pixels} pixels "
+            "need confusion_per_image with dtype=tf.float64"
+        )
     tp = tf.reduce_sum(truth * pred, axis=axes)  # [B]
     both = tf.reduce_sum(truth, axis=axes) + tf.reduce_sum(pred, axis=axes)  # 2tp + fp + fn
     union = both - tp  # tp + fp + fn
     empty = tf.equal(union, 0.0)  # both masks empty: Dice and Jaccard are 1
-    return tf.stack([(pixels - union + tp) / pixels,  # (tp + tn) / N
-                     tf.where(empty, 1.0, 2.0 * tp / tf.maximum(both, 1.0)),
-                     tf.where(empty, 1.0, tp / tf.maximum(union, 1.0))], axis=1)
+    return tf.stack(
+        [
+            (pixels - union + tp) / pixels,  # (tp + tn) / N
+            tf.where(empty, 1.0, 2.0 * tp / tf.maximum(both, 1.0)),
+            tf.where(empty, 1.0, tp / tf.maximum(union, 1.0)),
+        ],
+        axis=1,
+    )
 
 
 def summarize(per_image: dict) -> dict:
@@ -210,7 +229,9 @@ def summarize(per_image: dict) -> dict:
         raise ValueError(f"per-image arrays must be non-empty and of one length, got {lengths}")
     for name, a in arrays.items():
         if np.isnan(a).any():
-            raise ValueError(f"per-image {name} has NaN at images {np.flatnonzero(np.isnan(a))[:10].tolist()}")
+            raise ValueError(
+                f"per-image {name} has NaN at images {np.flatnonzero(np.isnan(a))[:10].tolist()}"
+            )
     mean = {name: float(a.mean()) for name, a in arrays.items()}
     # Below 0.65 <=> thresholded to 0: reuses isic_scores' exact test instead of comparing
     # a float32-rounded jaccard (13/20 -> 0.64999998) with 0.65 again here.

@@ -26,10 +26,17 @@ import numpy as np
 
 _MAGIC = 0x1950A86A20F9469CFC6C
 _PROTOCOL = 1001
-_STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64,
-                   "HalfStorage": np.float16, "LongStorage": np.int64, "IntStorage": np.int32,
-                   "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-                   "BoolStorage": np.bool_}
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
 
 
 class CheckpointFormatError(ValueError):
@@ -55,15 +62,17 @@ class _LazyTensor:
         if self.size:  # the last element addressed must lie inside the storage
             last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
             if last >= base.size:
-                raise CheckpointFormatError(f"a tensor of shape {self.size} with strides "
-                                            f"{self.stride} reads past its storage ({base.size})")
+                raise CheckpointFormatError(
+                    f"a tensor of shape {self.size} with strides "
+                    f"{self.stride} reads past its storage ({base.size})"
+                )
         view = np.lib.stride_tricks.as_strided(
-            base[self.offset:], shape=self.size, strides=[s * itemsize for s in self.stride])
+            base[self.offset :], shape=self.size, strides=[s * itemsize for s in self.stride]
+        )
         return np.array(view, order="C")  # a copy (ascontiguousarray would make 0-d 1-d)
 
 
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
     del requires_grad, hooks, metadata  # autograd bookkeeping: irrelevant for weights
     return _LazyTensor(storage, offset, size, stride)
 
@@ -80,8 +89,10 @@ class _Unpickler(pickle.Unpickler):
             return _rebuild_tensor_v2
         if module == "torch" and name in _STORAGE_DTYPES:
             return name  # only used as a tag inside persistent ids
-        raise CheckpointFormatError(f"the checkpoint names {module}.{name}, which this reader "
-                                    "does not support (only tensors in (Ordered)dicts)")
+        raise CheckpointFormatError(
+            f"the checkpoint names {module}.{name}, which this reader "
+            "does not support (only tensors in (Ordered)dicts)"
+        )
 
     def persistent_load(self, pid):
         kind, storage_type, key, _location, numel = pid[:5]
@@ -111,16 +122,18 @@ def _read(path: str) -> dict[str, _LazyTensor]:
     """The state dict's tensors, their storages filled from the file."""
     with open(path, "rb") as f:
         if f.read(2) == b"PK":
-            raise CheckpointFormatError(f"{path} is a zip-format torch checkpoint; only the "
-                                        "legacy format is supported")
+            raise CheckpointFormatError(
+                f"{path} is a zip-format torch checkpoint; only the legacy format is supported"
+            )
         f.seek(0)
         try:
             magic, protocol, sys_info = (pickle.load(f) for _ in range(3))
         except Exception as e:  # any unpickling failure means a foreign file
             raise CheckpointFormatError(f"{path} is not a legacy torch checkpoint: {e}") from None
         if magic != _MAGIC or protocol != _PROTOCOL or not sys_info.get("little_endian"):
-            raise CheckpointFormatError(f"{path}: unsupported header (magic {magic!r}, protocol "
-                                        f"{protocol!r}, {sys_info!r})")
+            raise CheckpointFormatError(
+                f"{path}: unsupported header (magic {magic!r}, protocol {protocol!r}, {sys_info!r})"
+            )
         storages = {}
         state = _Unpickler(f, storages).load()
         keys = pickle.load(f)

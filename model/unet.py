@@ -49,16 +49,23 @@ def _check_size(image_size: int, base_filters: int, depth: int) -> None:
         raise ValueError(f"depth must be >= 1, got {depth}")
     if base_filters < 1:
         raise ValueError(f"base_filters must be >= 1, got {base_filters}")
-    step = 2 ** depth
+    step = 2**depth
     if image_size < step or image_size % step:
         raise ValueError(
             f"image_size {image_size} must be a positive multiple of 2**depth = {step} "
-            f"(depth {depth} halves it {depth} times); use e.g. {max(step, image_size // step * step)}")
+            f"(depth {depth} halves it {depth} times); use e.g. {max(step, image_size // step * step)}"
+        )
 
 
-def build_unet(image_size: int, base_filters: int, depth: int = DEPTH, *,
-               bn_momentum: float, sync_batch_norm: bool = False,
-               name: str = "isic_unet") -> keras.Model:
+def build_unet(
+    image_size: int,
+    base_filters: int,
+    depth: int = DEPTH,
+    *,
+    bn_momentum: float,
+    sync_batch_norm: bool = False,
+    name: str = "isic_unet",
+) -> keras.Model:
     """Builds the U-Net (uncompiled).
 
     Args:
@@ -82,12 +89,12 @@ def build_unet(image_size: int, base_filters: int, depth: int = DEPTH, *,
     x = inputs
     skips = []
     for level in range(depth):
-        x = double_conv(x, base_filters * 2 ** level, f"down{level + 1}", sync_batch_norm, bn_momentum)
+        x = double_conv(x, base_filters * 2**level, f"down{level + 1}", sync_batch_norm, bn_momentum)
         skips.append(x)  # [B, S / 2**level, S / 2**level, F * 2**level]
         x = layers.MaxPooling2D(2, name=f"down{level + 1}_pool")(x)
-    x = double_conv(x, base_filters * 2 ** depth, "bottleneck", sync_batch_norm, bn_momentum)
+    x = double_conv(x, base_filters * 2**depth, "bottleneck", sync_batch_norm, bn_momentum)
     for level in reversed(range(depth)):
-        filters = base_filters * 2 ** level
+        filters = base_filters * 2**level
         # 2x2 transposed conv, stride 2: doubles H and W, halves the channels. Chosen over
         # UpSampling2D because nearest upsampling has no deterministic GPU gradient. It
         # keeps its bias: no batch norm follows it before the concatenation.
@@ -124,13 +131,13 @@ def unet_flops_per_image(image_size: int, base_filters: int, depth: int = DEPTH)
     macs = 0
     c_in = 3
     for level in range(depth + 1):  # contracting levels, then the bottleneck
-        size = image_size // 2 ** level
-        c_out = base_filters * 2 ** level
+        size = image_size // 2**level
+        c_out = base_filters * 2**level
         macs += _conv_macs(size, size, 3, c_in, c_out) + _conv_macs(size, size, 3, c_out, c_out)
         c_in = c_out
     for level in reversed(range(depth)):
-        size = image_size // 2 ** level
-        c_out = base_filters * 2 ** level
+        size = image_size // 2**level
+        c_out = base_filters * 2**level
         macs += (size // 2) * (size // 2) * 4 * c_in * c_out  # transposed conv
         macs += _conv_macs(size, size, 3, 2 * c_out, c_out) + _conv_macs(size, size, 3, c_out, c_out)
         c_in = c_out

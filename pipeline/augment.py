@@ -43,7 +43,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import ZOOM_FLOOR, AugmentConfig
+from pipeline.config import ZOOM_FLOOR
+from pipeline.config import AugmentConfig
 
 
 def _dihedral_matrices() -> np.ndarray:
@@ -58,9 +59,7 @@ def _colour_basis() -> np.ndarray:
     """float32 [3, 3, 3] B with B[0] + a * B[1] + b * B[2] = YIQ^-1 @ [[1, 0, 0], [0, a, -b],
     [0, b, a]] @ YIQ: the RGB map that scales the chroma plane (I, Q) by sqrt(a^2 + b^2)
     (saturation) and rotates it by atan2(b, a) (hue), keeping the luma Y (grey) fixed."""
-    rgb_to_yiq = np.array([[0.299, 0.587, 0.114],
-                           [0.596, -0.274, -0.322],
-                           [0.211, -0.523, 0.312]])
+    rgb_to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     yiq_to_rgb = np.linalg.inv(rgb_to_yiq)
     luma = np.outer(yiq_to_rgb[:, 0], rgb_to_yiq[0])
     scale = np.outer(yiq_to_rgb[:, 1], rgb_to_yiq[1]) + np.outer(yiq_to_rgb[:, 2], rgb_to_yiq[2])
@@ -78,6 +77,7 @@ class Strengths(NamedTuple):
     A NamedTuple of Python floats, so that the cached tf.function below traces once per
     distinct set of values.
     """
+
     rotation_degrees: float
     zoom_min: float
     zoom_max: float
@@ -104,10 +104,15 @@ def strengths(config: AugmentConfig) -> Strengths:
         rotation_degrees=config.rotation_degrees * k,
         zoom_min=max(ZOOM_FLOOR, (1.0 - k) + k * config.zoom_min),  # exact at k = 0 and 1
         zoom_max=max(ZOOM_FLOOR, (1.0 - k) + k * config.zoom_max),
-        translate=config.translate * k, brightness=config.brightness * k,
-        contrast=min(1.0, config.contrast * k), saturation=min(1.0, config.saturation * k),
-        hue=config.hue * k, gamma=config.gamma * k, blur=config.blur * k,
-        noise=config.noise * k)
+        translate=config.translate * k,
+        brightness=config.brightness * k,
+        contrast=min(1.0, config.contrast * k),
+        saturation=min(1.0, config.saturation * k),
+        hue=config.hue * k,
+        gamma=config.gamma * k,
+        blur=config.blur * k,
+        noise=config.noise * k,
+    )
 
 
 def augment_batch(images, masks, seed, config: AugmentConfig):
@@ -125,24 +130,35 @@ def augment_batch(images, masks, seed, config: AugmentConfig):
     """
     images, masks = tf.convert_to_tensor(images), tf.convert_to_tensor(masks)
     size = images.shape[1]
-    if (images.shape.rank != 4 or size is None or images.shape[2] != size
-            or images.shape[3] != 3 or masks.shape[1:] != [size, size, 1]):
-        raise ValueError(f"augment_batch needs images [B, S, S, 3] and masks [B, S, S, 1] "
-                         f"with a static S, got {images.shape} and {masks.shape}")
+    if (
+        images.shape.rank != 4
+        or size is None
+        or images.shape[2] != size
+        or images.shape[3] != 3
+        or masks.shape[1:] != [size, size, 1]
+    ):
+        raise ValueError(
+            f"augment_batch needs images [B, S, S, 3] and masks [B, S, S, 1] "
+            f"with a static S, got {images.shape} and {masks.shape}"
+        )
     unit = 1.0 / 255.0 if images.dtype == tf.uint8 else 1.0  # stored value -> [0, 1]
     if not config.augment:
         return tf.cast(images, tf.float32) * unit, tf.cast(masks, tf.float32)
     options = strengths(config)
     seed = tf.convert_to_tensor(seed)
     inverse, colour, contrast_factor, delta, extra = _draw_parameters(
-        tf.shape(images)[0], seed, size, options)
-    pixels, masks, mean = _resample(images, masks, _border_colour(images),
-                                    _sample_points(inverse, size))
+        tf.shape(images)[0], seed, size, options
+    )
+    pixels, masks, mean = _resample(images, masks, _border_colour(images), _sample_points(inverse, size))
     images, masks = _apply_colour(pixels, masks, mean, colour * unit, contrast_factor, delta)
     if options.gamma or options.blur or options.noise:
         noise = (extra["noise_std"], extra["noise_key"]) if options.noise else None
-        images = _photometric(images, extra["gamma"] if options.gamma else None,
-                              extra["blur_kernel"] if options.blur else None, noise)
+        images = _photometric(
+            images,
+            extra["gamma"] if options.gamma else None,
+            extra["blur_kernel"] if options.blur else None,
+            noise,
+        )
     return images, masks
 
 
@@ -180,8 +196,7 @@ def _draw_parameters(batch, seed, size, options: Strengths):
     # u's columns are fixed (the same options give the same bits as before v existed);
     # transforms added later draw from v, a second stream.
     u = tf.random.stateless_uniform([batch, 7], seed=seed)
-    v = tf.random.stateless_uniform(
-        [batch, 6], seed=tf.random.experimental.stateless_fold_in(seed, 1))
+    v = tf.random.stateless_uniform([batch, 6], seed=tf.random.experimental.stateless_fold_in(seed, 1))
 
     def symmetric(column, strength, source=u):  # [B] uniform in [-strength, strength]
         return (2.0 * source[:, column] - 1.0) * strength
@@ -195,20 +210,19 @@ def _draw_parameters(batch, seed, size, options: Strengths):
     centre = (size - 1) / 2.0
     shift = centre - tf.reduce_sum(linear, axis=-1) * centre  # keeps the centre fixed
     if options.translate:  # then moves the window by up to translate * S per axis
-        shift += tf.stack([symmetric(0, options.translate * size, v),
-                           symmetric(1, options.translate * size, v)], axis=-1)
+        shift += tf.stack(
+            [symmetric(0, options.translate * size, v), symmetric(1, options.translate * size, v)], axis=-1
+        )
     inverse = tf.concat([linear, shift[..., None]], axis=-1)
     if options.saturation or options.hue:
         chroma = 1.0 + symmetric(3, options.saturation)
         angle = symmetric(4, options.hue * 2.0 * math.pi)
-        weights = tf.stack([tf.ones_like(angle), chroma * tf.cos(angle),
-                            chroma * tf.sin(angle)], axis=-1)
+        weights = tf.stack([tf.ones_like(angle), chroma * tf.cos(angle), chroma * tf.sin(angle)], axis=-1)
         colour = tf.einsum("bk,kij->bij", weights, tf.constant(_COLOUR_BASIS))
     else:  # exactly the identity, so that geometry-only augmentation is lossless
         colour = tf.eye(3, batch_shape=[batch])
     contrast_factor = 1.0 + symmetric(5, options.contrast)
-    return inverse, colour, contrast_factor, symmetric(6, options.brightness), _draw_extra(
-        v, seed, options)
+    return inverse, colour, contrast_factor, symmetric(6, options.brightness), _draw_extra(v, seed, options)
 
 
 def _draw_extra(v, seed, options: Strengths) -> dict:
@@ -220,10 +234,14 @@ def _draw_extra(v, seed, options: Strengths) -> dict:
     radius = _blur_radius(options.blur)
     taps = tf.constant(np.arange(-radius, radius + 1) ** 2 / 2.0, tf.float32)
     noise_key = tf.random.stateless_uniform(
-        [2], seed=tf.random.experimental.stateless_fold_in(seed, 2), dtype=tf.uint32,
-        minval=None, maxval=None)
-    return {"gamma": gamma, "blur_kernel": tf.exp(-taps / (sigma * sigma)),
-            "noise_std": v[:, 5] * options.noise, "noise_key": noise_key}
+        [2], seed=tf.random.experimental.stateless_fold_in(seed, 2), dtype=tf.uint32, minval=None, maxval=None
+    )
+    return {
+        "gamma": gamma,
+        "blur_kernel": tf.exp(-taps / (sigma * sigma)),
+        "noise_std": v[:, 5] * options.noise,
+        "noise_key": noise_key,
+    }
 
 
 @tf.function(jit_compile=True)
@@ -256,8 +274,13 @@ def _sample_points(inverse, size: int):
     weights = points - corner  # in [0, 1]
     corner = tf.cast(corner, tf.int32)
     first_row = (tf.range(tf.shape(inverse)[0]) * size * size)[:, None]  # [B, 1]
-    return (first_row + corner[:, 1] * size + corner[:, 0], weights[:, 0], weights[:, 1],
-            in_image[:, 0] * in_image[:, 1], in_mask)
+    return (
+        first_row + corner[:, 1] * size + corner[:, 0],
+        weights[:, 0],
+        weights[:, 1],
+        in_image[:, 0] * in_image[:, 1],
+        in_mask,
+    )
 
 
 @tf.function(jit_compile=True)
@@ -281,8 +304,9 @@ def _resample(images, masks, fill, points):
         return tf.cast(tf.gather(flat_images, base + offset), tf.float32)
 
     wx3, wy3, inside3 = wx[..., None], wy[..., None], inside[..., None]
-    pixels = ((neighbour(0) * (1.0 - wx3) + neighbour(1) * wx3) * (1.0 - wy3)
-              + (neighbour(size) * (1.0 - wx3) + neighbour(size + 1) * wx3) * wy3)
+    pixels = (neighbour(0) * (1.0 - wx3) + neighbour(1) * wx3) * (1.0 - wy3) + (
+        neighbour(size) * (1.0 - wx3) + neighbour(size + 1) * wx3
+    ) * wy3
     pixels = pixels * inside3 + (1.0 - inside3) * fill[:, None, :]
     # Nearest neighbour, rounding half up like floor(x + 0.5): masks stay exactly 0/1.
     nearest = base + tf.cast(wx >= 0.5, tf.int32) + tf.cast(wy >= 0.5, tf.int32) * size
@@ -299,11 +323,11 @@ def _border_colour(images):
     recomputed it for every pixel; as plain TF ops, graph rewrites inside tf.data changed
     its last bit.
     """
+
     def total(edge):  # [B, n, 3] -> [B, 3]
         return tf.reduce_sum(tf.cast(edge, tf.float32), axis=1)
 
-    ring = (total(images[:, 0]) + total(images[:, -1]) + total(images[:, 1:-1, 0])
-            + total(images[:, 1:-1, -1]))
+    ring = total(images[:, 0]) + total(images[:, -1]) + total(images[:, 1:-1, 0]) + total(images[:, 1:-1, -1])
     return ring / (4.0 * (images.shape[1] - 1))
 
 
@@ -324,8 +348,12 @@ def _apply_colour(pixels, masks, mean, colour, contrast_factor, delta):
     c = contrast_factor[:, None]
     offset = (1.0 - c) * tf.einsum("bij,bj->bi", colour, mean) + delta[:, None]  # [B, 3]
     columns = (colour * c[..., None])[:, None]  # [B, 1, 3 out, 3 in]: 3 FMAs beat a dot here
-    pixels = (pixels[..., 0:1] * columns[..., 0] + pixels[..., 1:2] * columns[..., 1]
-              + pixels[..., 2:3] * columns[..., 2] + offset[:, None, :])
+    pixels = (
+        pixels[..., 0:1] * columns[..., 0]
+        + pixels[..., 1:2] * columns[..., 1]
+        + pixels[..., 2:3] * columns[..., 2]
+        + offset[:, None, :]
+    )
     images = tf.reshape(tf.clip_by_value(pixels, 0.0, 1.0), [batch, size, size, 3])
     return images, tf.reshape(tf.cast(masks, tf.float32), [batch, size, size, 1])
 
@@ -369,10 +397,12 @@ def _unit_noise(shape, key):
     bits = _mix(tf.bitwise.bitwise_xor(_mix(tf.bitwise.bitwise_xor(index, key[0])), key[1]))
     total = 0.0
     for byte in range(4):
-        total += tf.cast(tf.bitwise.bitwise_and(
-            tf.bitwise.right_shift(bits, np.uint32(8 * byte)), np.uint32(255)), tf.float32)
+        total += tf.cast(
+            tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, np.uint32(8 * byte)), np.uint32(255)),
+            tf.float32,
+        )
     # Each byte is uniform on 0..255: mean 127.5, variance (256^2 - 1) / 12.
-    return (total - 510.0) / math.sqrt((256.0 ** 2 - 1.0) / 3.0)
+    return (total - 510.0) / math.sqrt((256.0**2 - 1.0) / 3.0)
 
 
 def _blur_axis(images, kernel, axis: int):
@@ -389,7 +419,7 @@ def _blur_axis(images, kernel, axis: int):
     shape = [-1, 1, 1, 1]
     total = 0.0
     for k in range(taps):  # K shifted multiply-adds, fused by XLA into one loop
-        window = padded[:, k:k + size] if axis == 1 else padded[:, :, k:k + size]
+        window = padded[:, k : k + size] if axis == 1 else padded[:, :, k : k + size]
         total += window * tf.reshape(kernel[:, k], shape)
     offsets = np.arange(size)[:, None] + np.arange(taps)[None, :] - radius  # [S, K]
     valid = tf.constant((offsets >= 0) & (offsets < size), tf.float32)

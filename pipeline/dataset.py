@@ -32,14 +32,14 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from core import files as files_lib
+from core.errors import UserError
 from pipeline import augment as augment_lib
 from pipeline import pixels
 from pipeline import verify as verify_lib
 from pipeline.config import AugmentConfig
-from core import files as files_lib
 from preprocessing import manifest as manifest_lib
 from preprocessing import schema
-from core.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Traced once per image size and reused: the training dataset is rebuilt every epoch.
@@ -65,6 +65,7 @@ class Records:
         constancy); training copies it into the model directory for inference.
       manifest: the whole manifest (sha256 of each shard, how the records were built).
     """
+
     data_dir: str
     image_size: int
     shards: dict
@@ -79,16 +80,14 @@ class Records:
         (no manifest, another schema, a listed shard missing, counts that disagree)."""
         try:
             manifest = manifest_lib.read_manifest(data_dir)
-            shards = {split: _split_shards(data_dir, manifest, split)
-                      for split in manifest_lib.SPLITS}
+            shards = {split: _split_shards(data_dir, manifest, split) for split in manifest_lib.SPLITS}
         except (OSError, ValueError) as e:
             if isinstance(e, RecordsError):
                 raise
             raise RecordsError(str(e)) from e
         size = int(manifest["image_size"])
         # Records from before the field existed had no colour constancy.
-        preprocessing = manifest.get("preprocessing") or {
-            "image_size": size, "colour_constancy": "none"}
+        preprocessing = manifest.get("preprocessing") or {"image_size": size, "colour_constancy": "none"}
         return cls(data_dir, size, shards, preprocessing, manifest)
 
     def size(self, split: str) -> int:
@@ -106,7 +105,8 @@ class Records:
         if steps == 0:
             raise RecordsError(
                 f"split {split!r} of {self.data_dir} has {self.size(split)} records, fewer "
-                f"than one global batch of {batch_size}; lower --batch_size")
+                f"than one global batch of {batch_size}; lower --batch_size"
+            )
         return steps
 
     def files(self, split: str) -> list[tuple[str, int]]:
@@ -118,7 +118,8 @@ class Records:
     def _empty(self, split: str) -> "RecordsError":
         return RecordsError(
             f"split {split!r} of {self.data_dir} is empty (0 records in its manifest); "
-            f"rebuild it with isic-preprocess --splits giving {split!r} a non-zero fraction")
+            f"rebuild it with isic-preprocess --splits giving {split!r} a non-zero fraction"
+        )
 
     def verify(self, splits, level: str = "sha256") -> dict:
         """Checks the shards of `splits` against the manifest (pipeline/verify.py levels).
@@ -133,30 +134,41 @@ class Records:
         found = verify_lib.problems(shards, level)
         if found:
             raise RecordsError(verify_lib.report(self.data_dir, self.manifest, found))
-        return {"shards": len(shards), "bytes": verify_lib.total_bytes(shards),
-                "seconds": time.perf_counter() - start}
+        return {
+            "shards": len(shards),
+            "bytes": verify_lib.total_bytes(shards),
+            "seconds": time.perf_counter() - start,
+        }
 
     def corrupt_error(self, detail: str) -> "RecordsError":
         """The RecordsError for a read that failed with `detail` (a DataLossError's
         message); every shard is hashed to name the bad one(s)."""
         shards = verify_lib.listed(self.data_dir, self.manifest, list(self.shards.values()))
-        return RecordsError(verify_lib.report(
-            self.data_dir, self.manifest, verify_lib.digest_problems(shards),
-            prefix=f"{self.data_dir}: a shard is corrupt ({detail}). "))
+        return RecordsError(
+            verify_lib.report(
+                self.data_dir,
+                self.manifest,
+                verify_lib.digest_problems(shards),
+                prefix=f"{self.data_dir}: a shard is corrupt ({detail}). ",
+            )
+        )
 
 
 def _split_shards(data_dir: str, manifest: dict, split: str) -> tuple[tuple[str, int], ...]:
     """(path, records) of `split`'s shards, sorted; checks files and counts."""
     paths = manifest_lib.shard_paths(data_dir, manifest, split)  # checks the files exist
-    records = {os.path.join(data_dir, entry["file"]): int(entry["records"])
-               for entry in manifest["shards"].get(split, [])}
+    records = {
+        os.path.join(data_dir, entry["file"]): int(entry["records"])
+        for entry in manifest["shards"].get(split, [])
+    }
     shards = tuple((path, records[path]) for path in paths)
     count = sum(n for _, n in shards)
     if count != manifest["counts"].get(split, 0):
         raise RecordsError(
             f"{os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}: counts[{split!r}]="
             f"{manifest['counts'].get(split)} but its {split} shards list {count} records; "
-            "rebuild with isic-preprocess --overwrite")
+            "rebuild with isic-preprocess --overwrite"
+        )
     return shards
 
 
@@ -173,14 +185,23 @@ def reading(records: Records):
     except tf.errors.InvalidArgumentError as e:
         if _COUNT_MISMATCH not in e.message:
             raise
-        raise RecordsError(f"{records.data_dir}: the {_COUNT_MISMATCH}; rebuild with "
-                           "isic-preprocess --overwrite") from None
+        raise RecordsError(
+            f"{records.data_dir}: the {_COUNT_MISMATCH}; rebuild with isic-preprocess --overwrite"
+        ) from None
 
 
-def make_dataset(records: Records, split: str, *, batch_size: int, training: bool,
-                 seed: int = 0, epoch: int = 0, skip_batches: int = 0,
-                 augment: AugmentConfig = AugmentConfig(),
-                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+def make_dataset(
+    records: Records,
+    split: str,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    skip_batches: int = 0,
+    augment: AugmentConfig = AugmentConfig(),
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
     """Builds the dataset of one split for this input pipeline.
 
     Args:
@@ -205,8 +226,7 @@ def make_dataset(records: Records, split: str, *, batch_size: int, training: boo
     """
     layout = _Layout.of(batch_size, input_context)
     if training:
-        return _training_dataset(records, split, layout, batch_size, seed, epoch, skip_batches,
-                                 augment)
+        return _training_dataset(records, split, layout, batch_size, seed, epoch, skip_batches, augment)
     return _evaluation_dataset(records, split, layout, batch_size)
 
 
@@ -225,8 +245,7 @@ def read_examples(records: Records | str, split: str, batch_size: int) -> tf.dat
     size = records.image_size
     ds = tf.data.TFRecordDataset([path for path, _ in shards])
     ds = ds.apply(tf.data.experimental.assert_cardinality(sum(n for _, n in shards)))
-    ds = ds.batch(batch_size).map(lambda serialized: _parse(serialized, size),
-                                  num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size).map(lambda serialized: _parse(serialized, size), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
@@ -238,7 +257,8 @@ def _parse(serialized, size: int, augment_seed=None, augment: AugmentConfig | No
     example = _parse_batch(serialized, size)
     if augment_seed is not None:
         example["image"], example["mask"] = augment_lib.augment_batch(
-            example["image"], example["mask"], augment_seed, augment)
+            example["image"], example["mask"], augment_seed, augment
+        )
     else:
         example["image"] = pixels.to_unit_range(example["image"])
         example["mask"] = tf.cast(example["mask"], tf.float32)
@@ -248,6 +268,7 @@ def _parse(serialized, size: int, augment_seed=None, augment: AugmentConfig | No
 @dataclasses.dataclass(frozen=True)
 class _Layout:
     """Where this input pipeline sits: how many there are, which one, per-replica batch."""
+
     num_pipelines: int
     pipeline_id: int
     local_batch: int
@@ -259,14 +280,27 @@ class _Layout:
             return cls(1, 0, batch_size)
         replicas = input_context.num_replicas_in_sync
         if batch_size % replicas:
-            raise ValueError(f"global batch size {batch_size} does not divide by the {replicas} "
-                             f"replicas in sync; use a multiple of {replicas}")
-        return cls(input_context.num_input_pipelines, input_context.input_pipeline_id,
-                   input_context.get_per_replica_batch_size(batch_size))
+            raise ValueError(
+                f"global batch size {batch_size} does not divide by the {replicas} "
+                f"replicas in sync; use a multiple of {replicas}"
+            )
+        return cls(
+            input_context.num_input_pipelines,
+            input_context.input_pipeline_id,
+            input_context.get_per_replica_batch_size(batch_size),
+        )
 
 
-def _training_dataset(records: Records, split: str, layout: _Layout, batch_size: int,
-                      seed: int, epoch: int, skip_batches: int, augment: AugmentConfig):
+def _training_dataset(
+    records: Records,
+    split: str,
+    layout: _Layout,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    skip_batches: int,
+    augment: AugmentConfig,
+):
     """One shuffled, augmented epoch of this pipeline (see make_dataset)."""
     shards = records.files(split)
     if seed < 0 or epoch < 0:
@@ -277,15 +311,20 @@ def _training_dataset(records: Records, split: str, layout: _Layout, batch_size:
     local_batch, pipeline_id = layout.local_batch, layout.pipeline_id
     num_batches = steps * (batch_size // layout.num_pipelines) // local_batch
     if not 0 <= skip_batches <= num_batches:
-        raise ValueError(f"skip_batches={skip_batches} is outside this pipeline's epoch of "
-                         f"{num_batches} batches (split {split!r} of {records.data_dir})")
+        raise ValueError(
+            f"skip_batches={skip_batches} is outside this pipeline's epoch of "
+            f"{num_batches} batches (split {split!r} of {records.data_dir})"
+        )
     files, num_records, shard_by_data = _plan_sharding(
-        shards, layout.num_pipelines, pipeline_id, num_batches * local_batch)
+        shards, layout.num_pipelines, pipeline_id, num_batches * local_batch
+    )
     size = records.image_size
-    order = _epoch_order(_seed_sequence(seed, epoch, pipeline_id, purpose=0), num_records,
-                         num_batches, local_batch)
+    order = _epoch_order(
+        _seed_sequence(seed, epoch, pipeline_id, purpose=0), num_records, num_batches, local_batch
+    )
     augment_seed = tf.constant(
-        _seed_sequence(seed, epoch, pipeline_id, purpose=1).generate_state(2), tf.int64)
+        _seed_sequence(seed, epoch, pipeline_id, purpose=1).generate_state(2), tf.int64
+    )
 
     @tf.autograph.experimental.do_not_convert
     def parse_and_augment(batch, serialized):
@@ -293,45 +332,58 @@ def _training_dataset(records: Records, split: str, layout: _Layout, batch_size:
         -> images float32 [b, S, S, 3], masks float32 [b, S, S, 1]."""
         index, rows = batch
         check = tf.debugging.assert_equal(
-            tf.size(serialized), num_records,
+            tf.size(serialized),
+            num_records,
             message=f"{records.data_dir}: the {split} {_COUNT_MISMATCH}; rebuild with "
-                    "isic-preprocess --overwrite")
+            "isic-preprocess --overwrite",
+        )
         # Seeded by the absolute batch index: a skipped-to batch gets the same bits.
-        batch_seed = (tf.random.experimental.stateless_fold_in(augment_seed, index)
-                      if augment.augment else None)
+        batch_seed = (
+            tf.random.experimental.stateless_fold_in(augment_seed, index) if augment.augment else None
+        )
         with tf.control_dependencies([check]):
             example = _parse(tf.gather(serialized, rows), size, batch_seed, augment)
-        return (tf.ensure_shape(example["image"], [local_batch, size, size, 3]),
-                tf.ensure_shape(example["mask"], [local_batch, size, size, 1]))
+        return (
+            tf.ensure_shape(example["image"], [local_batch, size, size, 3]),
+            tf.ensure_shape(example["mask"], [local_batch, size, size, 1]),
+        )
 
     all_records = _read_once(
-        records, ("train", tuple(files), layout.num_pipelines, pipeline_id, shard_by_data),
-        _all_records(files, num_records, layout.num_pipelines, pipeline_id, shard_by_data))
+        records,
+        ("train", tuple(files), layout.num_pipelines, pipeline_id, shard_by_data),
+        _all_records(files, num_records, layout.num_pipelines, pipeline_id, shard_by_data),
+    )
     # Shuffle and skip: the permuted rows of batches skip_batches.. of the epoch. Skipping
     # costs nothing, and batch k keeps its index k for its augmentation seed.
     batches = tf.data.Dataset.from_tensor_slices(
-        (np.arange(skip_batches, num_batches, dtype=np.int64), order[skip_batches:]))
+        (np.arange(skip_batches, num_batches, dtype=np.int64), order[skip_batches:])
+    )
     ds = tf.data.Dataset.zip(batches, all_records)
     ds = ds.map(parse_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
-def _epoch_order(seeds: np.random.SeedSequence, num_records: int, num_batches: int,
-                 local_batch: int) -> np.ndarray:
+def _epoch_order(
+    seeds: np.random.SeedSequence, num_records: int, num_batches: int, local_batch: int
+) -> np.ndarray:
     """int32 [num_batches, local_batch]: a seeded permutation of the pipeline's records (as
     positions in read order) cut into full batches; the records left over are different
     ones each epoch. Drawn with NumPy at build time, so the graph only slices it."""
     order = np.random.default_rng(seeds).permutation(num_records)
-    return order[:num_batches * local_batch].astype(np.int32).reshape(num_batches, local_batch)
+    return order[: num_batches * local_batch].astype(np.int32).reshape(num_batches, local_batch)
 
 
-def _all_records(files: list[str], num_records: int, num_pipelines: int, pipeline_id: int,
-                 shard_by_data: bool) -> tf.data.Dataset:
+def _all_records(
+    files: list[str], num_records: int, num_pipelines: int, pipeline_id: int, shard_by_data: bool
+) -> tf.data.Dataset:
     """Endless repeats of ONE element: this pipeline's serialized records, string [n]."""
     records = tf.data.Dataset.from_tensor_slices(files)
-    records = records.interleave(tf.data.TFRecordDataset,
-                                 cycle_length=min(len(files), _MAX_OPEN_FILES),
-                                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    records = records.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), _MAX_OPEN_FILES),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     if shard_by_data:  # every pipeline reads all files in the same order, keeps 1 in N
         records = records.shard(num_pipelines, pipeline_id)
     # One element holding what a full shuffle buffer would hold, cached so that a second
@@ -363,26 +415,33 @@ def _evaluation_dataset(records: Records, split: str, layout: _Layout, batch_siz
     count = sum(n for _, n in shards)
     padded = -(-count // batch_size) * batch_size  # multiple of the GLOBAL batch
     # A valid record with a zero image and mask: padding goes through the same parse.
-    blank = schema.encode_example("", np.zeros([size, size, 3], np.uint8),
-                                  np.zeros([size, size], np.uint8), (0, 0), "", "")
+    blank = schema.encode_example(
+        "", np.zeros([size, size, 3], np.uint8), np.zeros([size, size], np.uint8), (0, 0), "", ""
+    )
 
     def parse(serialized, weights):  # string [b], float32 [b]
         example = _parse(serialized, size)
-        return (tf.ensure_shape(example["image"], [local_batch, size, size, 3]),
-                tf.ensure_shape(example["mask"], [local_batch, size, size, 1]),
-                tf.ensure_shape(weights, [local_batch]))
+        return (
+            tf.ensure_shape(example["image"], [local_batch, size, size, 3]),
+            tf.ensure_shape(example["mask"], [local_batch, size, size, 1]),
+            tf.ensure_shape(weights, [local_batch]),
+        )
 
     # Record order (sorted shards, file order): no shuffle, no augmentation.
     paths = [path for path, _ in shards]
     if files_lib.is_local(records.data_dir):
         ds = tf.data.TFRecordDataset(paths)
     else:  # read once per run, see _read_once
-        ds = _read_once(records, ("eval", split), tf.data.TFRecordDataset(paths).batch(count + 1)
-                        .repeat()).take(1).unbatch()
+        ds = (
+            _read_once(records, ("eval", split), tf.data.TFRecordDataset(paths).batch(count + 1).repeat())
+            .take(1)
+            .unbatch()
+        )
     ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     ds = ds.map(lambda record: (record, tf.constant(1.0)))
-    ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(blank), tf.constant(0.0)))
-                        .repeat(padded - count))
+    ds = ds.concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(blank), tf.constant(0.0))).repeat(padded - count)
+    )
     if layout.num_pipelines > 1:  # padded % (num_pipelines * local_batch) == 0: equal shares
         ds = ds.shard(layout.num_pipelines, layout.pipeline_id)
     ds = ds.batch(local_batch, drop_remainder=True).cache()

@@ -27,10 +27,12 @@ from core import files
 # the --verify_records flag, and `isic-train --help` must not load TensorFlow.
 LEVELS = ("sha256", "size", "none")
 _HEADER = 12  # length (8) + its CRC (4)
-_FOOTER = 4   # payload CRC
+_FOOTER = 4  # payload CRC
 _MAX_HASH_THREADS = 4  # hashlib releases the GIL: shards are hashed side by side
-_DIGEST_MISMATCH = ("its sha256 differs from manifest.json's (a byte changed after the build, "
-                    "or the manifest entry was edited)")
+_DIGEST_MISMATCH = (
+    "its sha256 differs from manifest.json's (a byte changed after the build, "
+    "or the manifest entry was edited)"
+)
 
 
 def framing_problem(path: str, expected_records: int, data: bytes | None = None) -> str | None:
@@ -39,11 +41,13 @@ def framing_problem(path: str, expected_records: int, data: bytes | None = None)
     data: the shard's bytes when already read (remote shards); else the file is read.
     """
     if data is not None:
-        return _framing(lambda offset: data[offset:offset + _HEADER], len(data), expected_records)
+        return _framing(lambda offset: data[offset : offset + _HEADER], len(data), expected_records)
     with files.open(path, "rb") as f:
+
         def read_header(offset):
             f.seek(offset)
             return f.read(_HEADER)
+
         return _framing(read_header, files.getsize(path), expected_records)
 
 
@@ -53,13 +57,14 @@ def _framing(read_header, size: int, expected_records: int) -> str | None:
     while offset < size:
         header = read_header(offset)
         if len(header) < _HEADER:
-            return (f"truncated: it ends inside the header of record {count + 1} "
-                    f"(byte {offset} of {size})")
+            return f"truncated: it ends inside the header of record {count + 1} (byte {offset} of {size})"
         length = struct.unpack("<Q", header[:8])[0]
         end = offset + _HEADER + length + _FOOTER
         if end > size:
-            return (f"truncated or damaged: record {count + 1} at byte {offset} claims "
-                    f"{length} bytes, past the end of the file ({size} bytes)")
+            return (
+                f"truncated or damaged: record {count + 1} at byte {offset} claims "
+                f"{length} bytes, past the end of the file ({size} bytes)"
+            )
         offset, count = end, count + 1
     if count != expected_records:
         return f"it holds {count} records but manifest.json says {expected_records}"
@@ -84,8 +89,7 @@ def problems(shards: list[tuple[str, int, str | None]], level: str) -> dict[str,
     if remote:
         with _pool(len(remote)) as pool:
             checked = pool.map(lambda shard: _remote_problem(shard, level), remote)
-            found.update({path: problem for (path, _, _), problem in zip(remote, checked)
-                          if problem})
+            found.update({path: problem for (path, _, _), problem in zip(remote, checked) if problem})
     return found
 
 
@@ -96,8 +100,7 @@ def _remote_problem(shard: tuple[str, int, str | None], level: str) -> str | Non
     path, records, digest = shard
     data = files.read_bytes(path)
     problem = framing_problem(path, records, data)
-    if (problem is None and level == "sha256" and digest
-            and hashlib.sha256(data).hexdigest() != digest):
+    if problem is None and level == "sha256" and digest and hashlib.sha256(data).hexdigest() != digest:
         problem = _DIGEST_MISMATCH
     return problem
 
@@ -105,25 +108,27 @@ def _remote_problem(shard: tuple[str, int, str | None], level: str) -> str | Non
 def _pool(jobs: int) -> concurrent.futures.ThreadPoolExecutor:
     """Threads for hashing or downloading shards side by side (hashlib and gfile release
     the GIL)."""
-    return concurrent.futures.ThreadPoolExecutor(
-        max(1, min(_MAX_HASH_THREADS, os.cpu_count() or 1, jobs)))
+    return concurrent.futures.ThreadPoolExecutor(max(1, min(_MAX_HASH_THREADS, os.cpu_count() or 1, jobs)))
 
 
 def digest_problems(shards: list[tuple[str, int, str | None]]) -> dict[str, str]:
     """{path: problem} for the shards whose sha256 differs from the manifest's."""
     from preprocessing import shards as shards_lib  # pylint: disable=import-outside-toplevel
+
     with_digest = [(path, digest) for path, _, digest in shards if digest]
     with _pool(len(with_digest)) as pool:
         actual = list(pool.map(shards_lib.sha256_file, [path for path, _ in with_digest]))
-    return {path: _DIGEST_MISMATCH
-            for (path, digest), got in zip(with_digest, actual) if got != digest}
+    return {path: _DIGEST_MISMATCH for (path, digest), got in zip(with_digest, actual) if got != digest}
 
 
 def listed(data_dir: str, manifest: dict, split_shards) -> list[tuple[str, int, str | None]]:
     """(path, records, sha256 or None) of the shards in `split_shards`, each a split's
     ((path, records), ...) as `dataset.Records.shards` holds them."""
-    digests = {os.path.join(data_dir, entry["file"]): entry.get("sha256")
-               for entries in manifest.get("shards", {}).values() for entry in entries}
+    digests = {
+        os.path.join(data_dir, entry["file"]): entry.get("sha256")
+        for entries in manifest.get("shards", {}).values()
+        for entry in entries
+    }
     return [(path, n, digests.get(path)) for shards in split_shards for path, n in shards]
 
 
@@ -134,12 +139,17 @@ def report(data_dir: str, manifest: dict, found: dict[str, str], prefix: str = "
     rebuild = rebuild_command(data_dir, manifest)
     prefix = prefix or f"{data_dir}: "
     if not found:
-        return (f"{prefix}Every shard still matches its sha256 in manifest.json, so the "
-                f"storage may have returned bad bytes; if it happens again, rebuild:\n  {rebuild}")
+        return (
+            f"{prefix}Every shard still matches its sha256 in manifest.json, so the "
+            f"storage may have returned bad bytes; if it happens again, rebuild:\n  {rebuild}"
+        )
     lines = [f"  {os.path.basename(path)}: {problem}" for path, problem in sorted(found.items())]
-    return (f"{prefix}{len(found)} shard(s) do not match manifest.json:\n" + "\n".join(lines)
-            + "\nRebuild the records (the build is deterministic: they come back as the "
-            f"manifest describes them):\n  {rebuild}")
+    return (
+        f"{prefix}{len(found)} shard(s) do not match manifest.json:\n"
+        + "\n".join(lines)
+        + "\nRebuild the records (the build is deterministic: they come back as the "
+        f"manifest describes them):\n  {rebuild}"
+    )
 
 
 def total_bytes(shards: list[tuple[str, int, str | None]]) -> int:
@@ -156,8 +166,10 @@ def rebuild_command(data_dir: str, manifest: dict) -> str:
     folders = manifest.get("sources") or ({"": manifest["source"]} if manifest.get("source") else {})
     parts = ["isic-preprocess"]
     for source in folders.values():
-        parts += [f"--images_dir {source.get('images_dir') or '<images>'}",
-                  f"--masks_dir {source.get('masks_dir') or '<masks>'}"]
+        parts += [
+            f"--images_dir {source.get('images_dir') or '<images>'}",
+            f"--masks_dir {source.get('masks_dir') or '<masks>'}",
+        ]
     if not folders:
         parts.append("--data_dir <the original images and masks>")
     parts += [f"--output_dir {data_dir}", f"--image_size {manifest['image_size']}"]
@@ -168,6 +180,7 @@ def rebuild_command(data_dir: str, manifest: dict) -> str:
 def _option_flags(build: dict) -> list[str]:
     """Flags of the recorded build options that differ from isic-preprocess's defaults."""
     from preprocessing.config import BuildConfig  # pylint: disable=import-outside-toplevel
+
     default = BuildConfig()
     flags = []
     fractions = build.get("fractions")

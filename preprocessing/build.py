@@ -21,19 +21,24 @@ good pairs and the shards rewritten (a second pass), so the counts stay exact.
 import contextlib
 import os
 
-from core import locks
 from core import files
+from core import locks
 from preprocessing import manifest as manifest_lib
 from preprocessing import writer
 from preprocessing.config import BuildConfig
+
 # The errors a build raises, named here for callers (`build.BadDataError`).
-from preprocessing.plan import BadDataError, BuildError, OutputConflictError, plan_build  # noqa: F401
+from preprocessing.plan import BadDataError  # noqa: F401
+from preprocessing.plan import BuildError  # noqa: F401
+from preprocessing.plan import OutputConflictError  # noqa: F401
+from preprocessing.plan import plan_build  # noqa: F401
 
 _LOCK_NAME = ".isic-preprocess.lock"
 
 
-def build_records(inputs, output_dir: str, config: BuildConfig = BuildConfig(), *,
-                  progress: bool = True) -> dict:
+def build_records(
+    inputs, output_dir: str, config: BuildConfig = BuildConfig(), *, progress: bool = True
+) -> dict:
     """Builds (or finds already built) the sharded TFRecords of one or more input folders.
 
     Args:
@@ -58,8 +63,9 @@ def build_records(inputs, output_dir: str, config: BuildConfig = BuildConfig(), 
         existing = None if config.overwrite else _finished_build(output_dir, plan.options)
         if existing is not None:
             if progress:
-                print(f"{output_dir}: already built with these inputs and options "
-                      "(pass --overwrite to rebuild)")
+                print(
+                    f"{output_dir}: already built with these inputs and options (pass --overwrite to rebuild)"
+                )
             return existing
         return writer.write_build(plan, output_dir, config, progress)
 
@@ -69,8 +75,12 @@ def _exclusive(output_dir: str):
     """Holds the exclusive lock on output_dir (core/locks.py: released by the OS
     if the process dies; a second build is refused with the holder's pid, host and start)."""
     try:
-        with locks.exclusive(output_dir, _LOCK_NAME, "isic-preprocess",
-                             advice="wait for it to finish or use another --output_dir"):
+        with locks.exclusive(
+            output_dir,
+            _LOCK_NAME,
+            "isic-preprocess",
+            advice="wait for it to finish or use another --output_dir",
+        ):
             yield
     except locks.LockedError as e:
         raise BuildError(str(e)) from None
@@ -88,19 +98,28 @@ def _finished_build(output_dir: str, options: dict) -> dict | None:
         raise OutputConflictError(f"{e}") from None
     old = existing.get("build", {})
     if old == options:
-        missing = [s["file"] for entries in existing["shards"].values() for s in entries
-                   if not files.isfile(os.path.join(output_dir, s["file"]))]
+        missing = [
+            s["file"]
+            for entries in existing["shards"].values()
+            for s in entries
+            if not files.isfile(os.path.join(output_dir, s["file"]))
+        ]
         if missing:
-            raise OutputConflictError(f"{path} lists shards that are missing ({missing[:3]}); "
-                                      "rerun with --overwrite to rebuild")
+            raise OutputConflictError(
+                f"{path} lists shards that are missing ({missing[:3]}); rerun with --overwrite to rebuild"
+            )
         return existing
     changes = []
     for key in sorted(set(old) | set(options)):
         if key == "inputs_sha256" and old.get(key) != options[key]:
-            changes.append(f"the input files changed (name, size or mtime; "
-                           f"{old.get('input_files')} files then, {options['input_files']} now)")
+            changes.append(
+                f"the input files changed (name, size or mtime; "
+                f"{old.get('input_files')} files then, {options['input_files']} now)"
+            )
         elif key not in ("inputs_sha256", "input_files") and old.get(key) != options.get(key):
             changes.append(f"{key}: {old.get(key)!r} in the existing build, {options.get(key)!r} now")
     raise OutputConflictError(
-        f"{output_dir} already holds a build made differently: " + "; ".join(changes)
-        + ". Rerun with --overwrite to replace it, or choose another --output_dir.")
+        f"{output_dir} already holds a build made differently: "
+        + "; ".join(changes)
+        + ". Rerun with --overwrite to replace it, or choose another --output_dir."
+    )

@@ -32,23 +32,27 @@ import os
 import numpy as np
 from PIL import Image
 
-from core.errors import InputError
 from core import files
+from core.errors import InputError
 
 # File endings read as images, everywhere in the project.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # Every mode a mask may have. Others (e.g. "F": float values have no agreed 0-255 scale)
 # are refused by the builder and by evaluation alike.
-MASK_MODES = ("L", "1", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr",
-              *SIXTEEN_BIT_MODES)
+MASK_MODES = ("L", "1", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", *SIXTEEN_BIT_MODES)
 COLOUR_CONSTANCY_METHODS = ("none", "shades_of_gray")
 
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class DecodeError(InputError):
@@ -67,13 +71,15 @@ class ColourConstancy:
     Recorded by the builder as manifest["preprocessing"] and by the trainer as
     model_dir/preprocessing.json (`to_dict`), so inference applies the same one.
     """
-    method: str = "none"     # one of COLOUR_CONSTANCY_METHODS
-    p: int = 6               # the Minkowski norm of shades_of_gray
+
+    method: str = "none"  # one of COLOUR_CONSTANCY_METHODS
+    p: int = 6  # the Minkowski norm of shades_of_gray
 
     def __post_init__(self):
         if self.method not in COLOUR_CONSTANCY_METHODS:
-            raise ValueError(f"unknown colour constancy {self.method!r}; use one of "
-                             f"{', '.join(COLOUR_CONSTANCY_METHODS)}")
+            raise ValueError(
+                f"unknown colour constancy {self.method!r}; use one of {', '.join(COLOUR_CONSTANCY_METHODS)}"
+            )
         if isinstance(self.p, bool) or not isinstance(self.p, int) or self.p < 1:
             raise ValueError(f"colour constancy p must be an integer >= 1, got {self.p!r}")
 
@@ -111,10 +117,10 @@ def shades_of_gray(image: np.ndarray, p: int = 6) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"shades_of_gray needs uint8 [H, W, 3], got {image.dtype} {image.shape}")
     x = image.astype(np.float64)
-    illuminant = np.mean(x.reshape(-1, 3) ** p, axis=0) ** (1.0 / p)          # [3]
+    illuminant = np.mean(x.reshape(-1, 3) ** p, axis=0) ** (1.0 / p)  # [3]
     if not illuminant.any():
         return image.copy()
-    grey = np.sqrt(np.mean(illuminant ** 2))
+    grey = np.sqrt(np.mean(illuminant**2))
     gain = np.where(illuminant > 0, grey / np.where(illuminant > 0, illuminant, 1.0), 1.0)
     return np.clip(np.rint(x * gain), 0, 255).astype(np.uint8)
 
@@ -165,8 +171,13 @@ def upright(im: Image.Image, orientation: int) -> Image.Image:
     return im.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else im
 
 
-def check_mask_size(mask_path: str, mask_size: tuple[int, int], image_path: str,
-                    stored_size: tuple[int, int], orientation: int) -> None:
+def check_mask_size(
+    mask_path: str,
+    mask_size: tuple[int, int],
+    image_path: str,
+    stored_size: tuple[int, int],
+    orientation: int,
+) -> None:
     """Raises DecodeError unless the mask (width, height) is the upright image's size.
 
     `stored_size` is the image's (width, height) before its EXIF `orientation`.
@@ -174,16 +185,21 @@ def check_mask_size(mask_path: str, mask_size: tuple[int, int], image_path: str,
     width, height = upright_size(stored_size, orientation)
     if tuple(mask_size) == (width, height):
         return
-    msg = (f"mask is {mask_size[0]}x{mask_size[1]} but image {os.path.basename(image_path)} "
-           f"is {width}x{height} (width x height); a mask must have its image's pixel size")
+    msg = (
+        f"mask is {mask_size[0]}x{mask_size[1]} but image {os.path.basename(image_path)} "
+        f"is {width}x{height} (width x height); a mask must have its image's pixel size"
+    )
     if orientation in (5, 6, 7, 8) and tuple(mask_size) == tuple(stored_size):
-        msg += (f" (the image is rotated by its EXIF orientation {orientation}; the mask "
-                "matches the unrotated pixels: rotate the mask to match the upright image)")
+        msg += (
+            f" (the image is rotated by its EXIF orientation {orientation}; the mask "
+            "matches the unrotated pixels: rotate the mask to match the upright image)"
+        )
     raise DecodeError(mask_path, msg)
 
 
-def prepare_image(im: Image.Image, image_size: int,
-                  colour_constancy: ColourConstancy = NO_COLOUR_CONSTANCY) -> np.ndarray:
+def prepare_image(
+    im: Image.Image, image_size: int, colour_constancy: ColourConstancy = NO_COLOUR_CONSTANCY
+) -> np.ndarray:
     """The pixels a model sees for an opened image file: uint8 [S, S, 3] RGB, upright.
 
     Decode (DCT-downscaled for JPEG), convert to RGB, box-resize to S x S, turn upright,
@@ -214,9 +230,9 @@ def prepare_image(im: Image.Image, image_size: int,
     return colour_constancy.apply(np.asarray(upright(small, orientation)))
 
 
-def load_image(path: str, image_size: int,
-               colour_constancy: ColourConstancy = NO_COLOUR_CONSTANCY
-               ) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image(
+    path: str, image_size: int, colour_constancy: ColourConstancy = NO_COLOUR_CONSTANCY
+) -> tuple[np.ndarray, tuple[int, int]]:
     """`prepare_image` of the file at `path`.
 
     Returns:
@@ -257,8 +273,10 @@ def _sixteen_to_eight(path: str, im: Image.Image) -> np.ndarray:
     """uint8 [H, W] from a 16-bit grayscale image (value // 257: 65535 -> 255)."""
     values = np.asarray(im).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
-        raise DecodeError(path, f"{im.mode} values outside 0..65535 "
-                          f"({values.min()}..{values.max()}); save it as 8 or 16 bit")
+        raise DecodeError(
+            path,
+            f"{im.mode} values outside 0..65535 ({values.min()}..{values.max()}); save it as 8 or 16 bit",
+        )
     return (values // 257).astype(np.uint8)
 
 
@@ -275,8 +293,7 @@ def mask_to_gray(im: Image.Image) -> tuple[Image.Image, list[int]]:
     path = getattr(im, "filename", "") or "mask"
     decoded(path, "mask", im.load)
     if im.mode not in MASK_MODES:
-        raise DecodeError(path, f"unsupported mask mode {im.mode}; save masks as 8-bit "
-                          "grayscale PNG")
+        raise DecodeError(path, f"unsupported mask mode {im.mode}; save masks as 8-bit grayscale PNG")
     raw_max = None
     if im.mode in SIXTEEN_BIT_MODES:
         raw_max = int(np.asarray(im).max(initial=0))
@@ -286,10 +303,14 @@ def mask_to_gray(im: Image.Image) -> tuple[Image.Image, list[int]]:
     histogram = gray.histogram()
     high = max((v for v, n in enumerate(histogram) if n), default=0)
     if high <= 128 and (high > 0 or (raw_max or 0) > 0):
-        raise DecodeError(path, (
-            f"no mask value is above 128 (max {raw_max if raw_max is not None else high}), so "
-            "the mask would be empty; foreground must be > 128 on the 8-bit scale: save a "
-            "0/1 label mask as 0/255"))
+        raise DecodeError(
+            path,
+            (
+                f"no mask value is above 128 (max {raw_max if raw_max is not None else high}), so "
+                "the mask would be empty; foreground must be > 128 on the 8-bit scale: save a "
+                "0/1 label mask as 0/255"
+            ),
+        )
     return gray, histogram
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 
 from core.errors import InputError
 from preprocessing import decode
-from preprocessing.pairs import Pair, Problem
+from preprocessing.pairs import Pair
+from preprocessing.pairs import Problem
 
 
 class BadPairError(InputError):
@@ -28,9 +29,9 @@ class BadPairError(InputError):
         self.problem = Problem(case_id, file, reason)
 
 
-def load_pair(pair: Pair, image_size: int,
-              colour_constancy: decode.ColourConstancy = decode.NO_COLOUR_CONSTANCY
-              ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def load_pair(
+    pair: Pair, image_size: int, colour_constancy: decode.ColourConstancy = decode.NO_COLOUR_CONSTANCY
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Loads, validates and resizes one pair.
 
     Returns:
@@ -49,8 +50,7 @@ def load_pair(pair: Pair, image_size: int,
             width, height = decode.upright_size(image.size, orientation)
             # The cheap checks first: the mask's size before the image's pixels.
             with decode.open_image(pair.mask_path, "mask") as mask:
-                decode.check_mask_size(pair.mask_path, mask.size, pair.image_path,
-                                       image.size, orientation)
+                decode.check_mask_size(pair.mask_path, mask.size, pair.image_path, image.size, orientation)
                 small_mask = _small_mask(mask, image_size)
             small_image = decode.prepare_image(image, image_size, colour_constancy)
     except decode.DecodeError as e:
@@ -70,7 +70,7 @@ def try_load_pair(task: tuple):
 
 def _small_mask(im: Image.Image, size: int) -> np.ndarray:
     """Binarises at > 128 (8-bit scale) and area-downsamples: uint8 [S, S] of 0/1."""
-    gray, histogram = decode.mask_to_gray(im)                       # histogram: 256 counts
+    gray, histogram = decode.mask_to_gray(im)  # histogram: 256 counts
     # Foreground 255 / background 0 (ISIC masks already are: skip that full-size pass),
     # then the box filter gives 255 x (foreground fraction of each footprint); >= 128
     # means at least half.

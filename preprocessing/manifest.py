@@ -32,8 +32,9 @@ reads the manifest before it knows whether TensorFlow is needed.
 import json
 import os
 
-from core.errors import InputError, MissingInputError
 from core import files
+from core.errors import InputError
+from core.errors import MissingInputError
 from preprocessing import schema
 from preprocessing.splits import SPLITS  # noqa: F401  (readers use manifest.SPLITS too)
 
@@ -62,7 +63,8 @@ def read_manifest(data_dir: str) -> dict:
     if not files.isfile(path):
         raise MissingInputError(
             f"{path} not found: {data_dir!r} is not a finished TFRecord dataset. "
-            f"Build it with `isic-preprocess --data_dir <images and masks> --output_dir {data_dir}`.")
+            f"Build it with `isic-preprocess --data_dir <images and masks> --output_dir {data_dir}`."
+        )
     try:
         with files.open(path) as f:
             manifest = json.load(f)
@@ -72,7 +74,8 @@ def read_manifest(data_dir: str) -> dict:
     if version != schema.SCHEMA_VERSION:
         raise InputError(
             f"{path} has schema version {version}, this code reads version {schema.SCHEMA_VERSION}; "
-            "rebuild the records with isic-preprocess --overwrite")
+            "rebuild the records with isic-preprocess --overwrite"
+        )
     for key in ("image_size", "counts", "shards", "splits"):
         if key not in manifest:
             raise InputError(f"{path} lacks the {key!r} field; rebuild with isic-preprocess --overwrite")

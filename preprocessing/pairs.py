@@ -19,8 +19,11 @@ import dataclasses
 import hashlib
 import os
 
-from core.names import IMAGE_EXTENSIONS, MASK_SUFFIX
-from core.errors import InputError, MissingInputError, UserError
+from core.errors import InputError
+from core.errors import MissingInputError
+from core.errors import UserError
+from core.names import IMAGE_EXTENSIONS
+from core.names import MASK_SUFFIX
 
 _IGNORED_IMAGE_SUFFIXES = ("_superpixels.png",)
 _MAX_CLASHES_SHOWN = 20
@@ -29,6 +32,7 @@ _MAX_CLASHES_SHOWN = 20
 @dataclasses.dataclass(frozen=True)
 class Source:
     """One input folder of a build: its name (recorded in each record) and its folders."""
+
     name: str
     images_dir: str
     masks_dir: str
@@ -37,6 +41,7 @@ class Source:
 @dataclasses.dataclass(frozen=True)
 class Pair:
     """One image/mask pair: absolute paths, and the name of its Source."""
+
     case_id: str
     image_path: str
     mask_path: str
@@ -54,6 +59,7 @@ class Pair:
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """A pair that cannot be used: its ID, the file at fault and why."""
+
     case_id: str
     file: str
     reason: str
@@ -69,11 +75,12 @@ class Problem:
 class Listing:
     """What `discover_pairs` (one folder) or `discover_sources` found; `pairs` and
     `problems` are sorted by ID."""
+
     pairs: list[Pair]
     problems: list[Problem]
-    ignored: list[str]          # ignored entries, as '[<source>/]images/<name>' or ...masks/
-    fingerprint: str            # sha256 of the pair files' names, sizes and mtimes
-    num_files: int              # files that took part in the fingerprint
+    ignored: list[str]  # ignored entries, as '[<source>/]images/<name>' or ...masks/
+    fingerprint: str  # sha256 of the pair files' names, sizes and mtimes
+    num_files: int  # files that took part in the fingerprint
 
 
 def dataset_dirs(data_dir: str) -> tuple[str, str]:
@@ -91,17 +98,21 @@ def input_dirs(data_dirs=(), images_dirs=(), masks_dirs=()) -> list[tuple[str, s
     """
     data_dirs, images_dirs, masks_dirs = list(data_dirs), list(images_dirs), list(masks_dirs)
     if data_dirs and (images_dirs or masks_dirs):
-        raise InputError("--data_dir cannot be combined with --images_dir/--masks_dir; pass "
-                         "either --data_dir D (reads D/images, D/masks; repeat it for several "
-                         "folders) or --images_dir and --masks_dir pairs")
+        raise InputError(
+            "--data_dir cannot be combined with --images_dir/--masks_dir; pass "
+            "either --data_dir D (reads D/images, D/masks; repeat it for several "
+            "folders) or --images_dir and --masks_dir pairs"
+        )
     if data_dirs:
         return [dataset_dirs(d) for d in data_dirs]
     if images_dirs and len(images_dirs) == len(masks_dirs):
         return list(zip(images_dirs, masks_dirs))
     if images_dirs or masks_dirs:
-        raise InputError("--images_dir and --masks_dir must be given together, one --masks_dir "
-                         f"per --images_dir in the same order; got {len(images_dirs)} "
-                         f"--images_dir and {len(masks_dirs)} --masks_dir")
+        raise InputError(
+            "--images_dir and --masks_dir must be given together, one --masks_dir "
+            f"per --images_dir in the same order; got {len(images_dirs)} "
+            f"--images_dir and {len(masks_dirs)} --masks_dir"
+        )
     raise InputError("pass --data_dir D (with D/images and D/masks), or --images_dir and --masks_dir")
 
 
@@ -119,8 +130,10 @@ def name_sources(dirs) -> list[Source]:
     twice = sorted({i for i in images if images.count(i) > 1})
     if twice:
         raise UserError(f"the images folder {twice[0]} is given twice; give each input folder once")
-    roots = [(os.path.dirname(i) if os.path.basename(i) == "images" else i).strip(os.sep).split(os.sep)
-             for i in images]
+    roots = [
+        (os.path.dirname(i) if os.path.basename(i) == "images" else i).strip(os.sep).split(os.sep)
+        for i in images
+    ]
     for depth in range(1, max(len(r) for r in roots) + 1):
         names = ["/".join(r[-depth:]) for r in roots]
         if len(set(names)) == len(names):
@@ -143,19 +156,28 @@ def discover_sources(sources: list[Source]) -> Listing:
     listings = [discover_pairs(s.images_dir, s.masks_dir, s.name) for s in sources]
     for source, listing in zip(sources, listings):
         if not listing.pairs and not listing.problems:
-            raise UserError(f"no image/mask pairs found: expected <ID>.jpg|.jpeg|.png in "
-                            f"{source.images_dir} and <ID>_segmentation.png in {source.masks_dir}")
+            raise UserError(
+                f"no image/mask pairs found: expected <ID>.jpg|.jpeg|.png in "
+                f"{source.images_dir} and <ID>_segmentation.png in {source.masks_dir}"
+            )
     _check_unique_ids(sources, listings)
     digest = hashlib.sha256()
     for source, listing in zip(sources, listings):
         digest.update(f"{source.name}\t{listing.fingerprint}\n".encode())
     prefix = len(sources) > 1
     return Listing(
-        pairs=sorted((p for l in listings for p in l.pairs), key=lambda p: p.case_id),
-        problems=sorted((p for l in listings for p in l.problems), key=lambda p: (p.case_id, p.file)),
-        ignored=[f"{s.name}/{entry}" if prefix else entry
-                 for s, l in zip(sources, listings) for entry in l.ignored],
-        fingerprint=digest.hexdigest(), num_files=sum(l.num_files for l in listings))
+        pairs=sorted((p for listing in listings for p in listing.pairs), key=lambda p: p.case_id),
+        problems=sorted(
+            (p for listing in listings for p in listing.problems), key=lambda p: (p.case_id, p.file)
+        ),
+        ignored=[
+            f"{s.name}/{entry}" if prefix else entry
+            for s, listing in zip(sources, listings)
+            for entry in listing.ignored
+        ],
+        fingerprint=digest.hexdigest(),
+        num_files=sum(listing.num_files for listing in listings),
+    )
 
 
 def _check_unique_ids(sources: list[Source], listings: list[Listing]) -> None:
@@ -168,13 +190,21 @@ def _check_unique_ids(sources: list[Source], listings: list[Listing]) -> None:
     if not clashes:
         return
     folders = {s.name: s.images_dir for s in sources}
-    lines = [f"  {case_id}: in {', '.join(f'{n} ({folders[n]})' for n in names)}"
-             for case_id, names in clashes[:_MAX_CLASHES_SHOWN]]
+    lines = [
+        f"  {case_id}: in {', '.join(f'{n} ({folders[n]})' for n in names)}"
+        for case_id, names in clashes[:_MAX_CLASHES_SHOWN]
+    ]
     if len(clashes) > _MAX_CLASHES_SHOWN:
         lines.append(f"  ... and {len(clashes) - _MAX_CLASHES_SHOWN} more")
-    raise UserError("\n".join(
-        [f"{len(clashes)} ID(s) appear in more than one input folder; IDs must be unique "
-         "across folders (rename the files, or leave one folder out):"] + lines))
+    raise UserError(
+        "\n".join(
+            [
+                f"{len(clashes)} ID(s) appear in more than one input folder; IDs must be unique "
+                "across folders (rename the files, or leave one folder out):"
+            ]
+            + lines
+        )
+    )
 
 
 def discover_pairs(images_dir: str, masks_dir: str, source: str = "") -> Listing:
@@ -188,7 +218,8 @@ def discover_pairs(images_dir: str, masks_dir: str, source: str = "") -> Listing
         if not os.path.isdir(folder):
             raise MissingInputError(
                 f"{what} folder {folder} does not exist; expected <data_dir>/images and "
-                "<data_dir>/masks (or pass --images_dir and --masks_dir)")
+                "<data_dir>/masks (or pass --images_dir and --masks_dir)"
+            )
     ignored: list[str] = []
     images: dict[str, list[str]] = {}
     for name, path in _files(images_dir, "images", ignored):
@@ -197,32 +228,48 @@ def discover_pairs(images_dir: str, masks_dir: str, source: str = "") -> Listing
         if ext not in IMAGE_EXTENSIONS or lower.endswith(_IGNORED_IMAGE_SUFFIXES):
             ignored.append("images/" + name)
             continue
-        images.setdefault(name[:-len(ext)], []).append(path)
+        images.setdefault(name[: -len(ext)], []).append(path)
     masks: dict[str, str] = {}
     for name, path in _files(masks_dir, "masks", ignored):
         if not name.lower().endswith(MASK_SUFFIX):
             ignored.append("masks/" + name)
             continue
-        masks[name[:-len(MASK_SUFFIX)]] = path
+        masks[name[: -len(MASK_SUFFIX)]] = path
 
     pairs, problems = [], []
     for case_id in sorted(set(images) | set(masks)):
         found = sorted(images.get(case_id, []))
         if len(found) > 1:
-            problems.append(Problem(case_id, found[1], f"two images for ID {case_id}: "
-                                    + ", ".join(os.path.basename(p) for p in found)
-                                    + "; keep one"))
+            problems.append(
+                Problem(
+                    case_id,
+                    found[1],
+                    f"two images for ID {case_id}: "
+                    + ", ".join(os.path.basename(p) for p in found)
+                    + "; keep one",
+                )
+            )
         elif not found:
-            problems.append(Problem(case_id, masks[case_id],
-                                    f"mask without image: no {case_id}.jpg/.jpeg/.png "
-                                    f"in {images_dir}"))
+            problems.append(
+                Problem(
+                    case_id,
+                    masks[case_id],
+                    f"mask without image: no {case_id}.jpg/.jpeg/.png in {images_dir}",
+                )
+            )
         elif case_id not in masks:
-            problems.append(Problem(case_id, found[0], "image without mask: expected "
-                                    + os.path.join(masks_dir, case_id + MASK_SUFFIX)))
+            problems.append(
+                Problem(
+                    case_id,
+                    found[0],
+                    "image without mask: expected " + os.path.join(masks_dir, case_id + MASK_SUFFIX),
+                )
+            )
         else:
             pairs.append(Pair(case_id, found[0], masks[case_id], source))
-    used = ([("images/" + os.path.basename(p), p) for paths in images.values() for p in paths]
-            + [("masks/" + os.path.basename(p), p) for p in masks.values()])
+    used = [("images/" + os.path.basename(p), p) for paths in images.values() for p in paths] + [
+        ("masks/" + os.path.basename(p), p) for p in masks.values()
+    ]
     return Listing(pairs, problems, sorted(ignored), _fingerprint(used), len(used))
 
 

@@ -15,7 +15,9 @@ import contextlib
 import itertools
 import multiprocessing
 import os
-from typing import Callable, Iterable, Iterator
+from typing import Callable
+from typing import Iterable
+from typing import Iterator
 
 
 def available_cpus() -> int:
@@ -27,8 +29,7 @@ def available_cpus() -> int:
 
 
 @contextlib.contextmanager
-def ordered_map(fn: Callable, items: Iterable, num_workers: int,
-                chunk_size: int = 8) -> Iterator[Iterator]:
+def ordered_map(fn: Callable, items: Iterable, num_workers: int, chunk_size: int = 8) -> Iterator[Iterator]:
     """Context manager yielding an iterator over fn(item), in the order of `items`.
 
     Args:
@@ -53,10 +54,10 @@ def ordered_map(fn: Callable, items: Iterable, num_workers: int,
 def _ordered_results(pool, fn, items, num_workers, chunk_size):
     chunks = _chunked(items, chunk_size)
     pending = collections.deque(
-        pool.apply_async(_run_chunk, (fn, chunk))
-        for chunk in itertools.islice(chunks, 2 * num_workers))
+        pool.apply_async(_run_chunk, (fn, chunk)) for chunk in itertools.islice(chunks, 2 * num_workers)
+    )
     while pending:
-        results = pending.popleft().get()   # re-raises a worker's exception here
+        results = pending.popleft().get()  # re-raises a worker's exception here
         for chunk in itertools.islice(chunks, 1):
             pending.append(pool.apply_async(_run_chunk, (fn, chunk)))
         yield from results

@@ -27,7 +27,8 @@ class BadDataError(BuildError):
         self.problems = list(problems)
         headline = headline or (
             f"{len(self.problems)} bad pair(s); fix or remove them, or pass --skip_bad "
-            "to leave them out. Nothing was written.")
+            "to leave them out. Nothing was written."
+        )
         super().__init__("\n".join([headline] + ["  " + p.line() for p in self.problems]))
 
 
@@ -41,6 +42,7 @@ class Plan:
 
     options: the manifest's "build" field; equal options mean byte-equal outputs.
     """
+
     sources: list[pairs_lib.Source]
     listing: pairs_lib.Listing
     options: dict
@@ -58,14 +60,17 @@ def plan_build(inputs, config: BuildConfig) -> Plan:
     return Plan(sources, listing, build_options(sources, listing, config))
 
 
-def build_options(sources: list[pairs_lib.Source], listing: pairs_lib.Listing,
-                  config: BuildConfig) -> dict:
+def build_options(sources: list[pairs_lib.Source], listing: pairs_lib.Listing, config: BuildConfig) -> dict:
     """The manifest's "build" field: what determines the output bytes."""
     return {
-        "builder_version": BUILDER_VERSION, "image_size": config.image_size,
-        "fractions": [float(f) for f in config.fractions], "seed": config.seed,
-        "num_shards": config.num_shards, "skip_bad": config.skip_bad,
+        "builder_version": BUILDER_VERSION,
+        "image_size": config.image_size,
+        "fractions": [float(f) for f in config.fractions],
+        "seed": config.seed,
+        "num_shards": config.num_shards,
+        "skip_bad": config.skip_bad,
         **config.colour.to_dict(),
         "sources": [s.name for s in sources],
-        "inputs_sha256": listing.fingerprint, "input_files": listing.num_files,
+        "inputs_sha256": listing.fingerprint,
+        "input_files": listing.num_files,
     }

@@ -57,14 +57,23 @@ _FEATURES = {
 def feature_spec() -> dict:
     """The parse spec {key: tf.io.FixedLenFeature} of a record."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  (see module doc)
+
     dtypes = {"bytes": tf.string, "int64": tf.int64}
-    return {key: tf.io.FixedLenFeature([], dtypes[kind], default_value=default)
-            for key, (kind, default) in _FEATURES.items()}
+    return {
+        key: tf.io.FixedLenFeature([], dtypes[kind], default_value=default)
+        for key, (kind, default) in _FEATURES.items()
+    }
 
 
-def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
-                   original_size: tuple[int, int], image_file: str, mask_file: str,
-                   source: str = "") -> bytes:
+def encode_example(
+    case_id: str,
+    image: np.ndarray,
+    mask: np.ndarray,
+    original_size: tuple[int, int],
+    image_file: str,
+    mask_file: str,
+    source: str = "",
+) -> bytes:
     """Serializes one resized pair into a `tf.train.Example` (without TensorFlow:
     preprocessing/tfrecord.py).
 
@@ -85,17 +94,19 @@ def encode_example(case_id: str, image: np.ndarray, mask: np.ndarray,
         raise ValueError(f"{case_id}: mask must be uint8 [{size}, {size}], got {mask.dtype} {mask.shape}")
     if mask.max(initial=0) > 1:
         raise ValueError(f"{case_id}: mask values must be 0/1, found {int(mask.max())}")
-    return tfrecord.example_bytes({
-        IMAGE: np.ascontiguousarray(image).tobytes(),
-        MASK: np.ascontiguousarray(mask).tobytes(),
-        SIZE: int(size),
-        CASE_ID: case_id.encode(),
-        ORIGINAL_HEIGHT: int(original_size[0]),
-        ORIGINAL_WIDTH: int(original_size[1]),
-        SOURCE_IMAGE: image_file.encode(),
-        SOURCE_MASK: mask_file.encode(),
-        SOURCE: source.encode(),
-    })
+    return tfrecord.example_bytes(
+        {
+            IMAGE: np.ascontiguousarray(image).tobytes(),
+            MASK: np.ascontiguousarray(mask).tobytes(),
+            SIZE: int(size),
+            CASE_ID: case_id.encode(),
+            ORIGINAL_HEIGHT: int(original_size[0]),
+            ORIGINAL_WIDTH: int(original_size[1]),
+            SOURCE_IMAGE: image_file.encode(),
+            SOURCE_MASK: mask_file.encode(),
+            SOURCE: source.encode(),
+        }
+    )
 
 
 def parse_batch(serialized, image_size: int) -> dict:
@@ -110,10 +121,15 @@ def parse_batch(serialized, image_size: int) -> dict:
       "source_image", "source_mask" and "source" string [B].
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  (see module doc)
+
     parsed = tf.io.parse_example(serialized, feature_spec())
-    checks = [tf.debugging.assert_equal(
-        parsed[SIZE], tf.constant(image_size, tf.int64),
-        message=f"record image size differs from the manifest's {image_size}")]
+    checks = [
+        tf.debugging.assert_equal(
+            parsed[SIZE],
+            tf.constant(image_size, tf.int64),
+            message=f"record image size differs from the manifest's {image_size}",
+        )
+    ]
     with tf.control_dependencies(checks):
         image = tf.io.decode_raw(parsed[IMAGE], tf.uint8)
     mask = tf.io.decode_raw(parsed[MASK], tf.uint8)

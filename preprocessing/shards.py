@@ -70,8 +70,7 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def write_shard(output_dir: str, split: str, index: int, num_shards: int,
-                records: Iterable[bytes]) -> dict:
+def write_shard(output_dir: str, split: str, index: int, num_shards: int, records: Iterable[bytes]) -> dict:
     """Writes one shard from serialized records; returns its manifest entry.
 
     The records are consumed lazily (one in memory at a time) and framed as TFRecords

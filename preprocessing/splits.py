@@ -60,7 +60,7 @@ def split_counts(n: int, fractions) -> dict[str, int]:
     quotas = [n * f / total for f in exact]
     counts = [math.floor(q) for q in quotas]
     by_remainder = sorted(range(3), key=lambda i: (-(quotas[i] - counts[i]), i))
-    for i in by_remainder[:n - sum(counts)]:
+    for i in by_remainder[: n - sum(counts)]:
         counts[i] += 1
     return dict(zip(SPLITS, counts))
 
@@ -89,6 +89,6 @@ def assign_splits(case_ids, fractions, seed: int) -> dict[str, list[str]]:
     counts = split_counts(len(ranked), fractions)
     out, start = {}, 0
     for split in SPLITS:
-        out[split] = ranked[start:start + counts[split]]
+        out[split] = ranked[start : start + counts[split]]
         start += counts[split]
     return out

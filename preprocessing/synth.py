@@ -29,7 +29,8 @@ import math
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 from core import files
 from core import names as names_lib
@@ -40,16 +41,19 @@ from preprocessing import parallel
 # files on disk are what this code would write.
 GENERATOR_VERSION = 1
 
-_SKIN_TONES = np.array([[236, 190, 165], [226, 172, 142], [208, 150, 122],
-                        [192, 136, 112], [240, 204, 190], [218, 160, 150]], np.float32)
-_LESION_CORES = np.array([[72, 42, 32], [98, 60, 44], [122, 80, 60], [62, 46, 52],
-                          [138, 90, 70], [88, 50, 46]], np.float32)
+_SKIN_TONES = np.array(
+    [[236, 190, 165], [226, 172, 142], [208, 150, 122], [192, 136, 112], [240, 204, 190], [218, 160, 150]],
+    np.float32,
+)
+_LESION_CORES = np.array(
+    [[72, 42, 32], [98, 60, 44], [122, 80, 60], [62, 46, 52], [138, 90, 70], [88, 50, 46]], np.float32
+)
 _SECOND_COLOURS = np.array([[105, 110, 135], [45, 28, 22], [150, 72, 62]], np.float32)
-
 
 
 class ForeignFilesError(UserError, FileExistsError):
     """The output folder holds files isic-synth did not write (it never mixes them)."""
+
 
 def case_id(index: int) -> str:
     """Returns the ID of the `index`-th synthetic pair, e.g. 'SYNTH_0000007'."""
@@ -66,19 +70,19 @@ def make_pair(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     w = int(rng.integers(600, 1025))
     h = int(np.clip(round(w * rng.uniform(0.68, 0.8)), 450, 768))
-    image = _skin(rng, h, w)                                        # float32 [H, W, 3]
+    image = _skin(rng, h, w)  # float32 [H, W, 3]
     mask = np.zeros((h, w), bool)
 
     # The lesion is drawn inside its bounding window only (it covers 3-55% of the image).
     outline = _random_outline(rng, h, w)
     softness = rng.uniform(1.5, 2.0 + 0.12 * outline["r0"])
     rows, cols = _window(outline, h, w, margin=2 * softness + 2)
-    signed_dist = _signed_distance(outline, rows, cols)             # float32 [h', w'], px
-    patch = image[rows, cols]                                       # view [h', w', 3]
+    signed_dist = _signed_distance(outline, rows, cols)  # float32 [h', w'], px
+    patch = image[rows, cols]  # view [h', w', 3]
     lesion = _lesion_colour(rng, patch, signed_dist, outline["r0"])
     # Soft border: blend weight 0.5 exactly on the outline, where the mask flips.
     t = np.clip(0.5 + signed_dist / (2.0 * softness), 0.0, 1.0)
-    alpha = (t * t * (3.0 - 2.0 * t))[..., None]                    # [h', w', 1]
+    alpha = (t * t * (3.0 - 2.0 * t))[..., None]  # [h', w', 1]
     patch[...] = patch * (1.0 - alpha) + lesion * alpha
     patch[...] = _draw_dots(rng, patch, signed_dist, outline["r0"])
     mask[rows, cols] = signed_dist > 0.0
@@ -103,8 +107,9 @@ def encode_pair(image: np.ndarray, mask: np.ndarray) -> tuple[bytes, bytes]:
 STAMP_NAME = "synth.json"
 
 
-def write_dataset(output_dir: str, num_images: int, seed: int, num_workers: int | None = None,
-                  progress: bool = True) -> bool:
+def write_dataset(
+    output_dir: str, num_images: int, seed: int, num_workers: int | None = None, progress: bool = True
+) -> bool:
     """Writes pairs 0..num_images-1 of `seed` in the input layout under output_dir.
 
     Args:
@@ -118,11 +123,11 @@ def write_dataset(output_dir: str, num_images: int, seed: int, num_workers: int 
     """
     images_dir, masks_dir = os.path.join(output_dir, "images"), os.path.join(output_dir, "masks")
     stamp = {"num_images": num_images, "seed": seed, "generator_version": GENERATOR_VERSION}
-    names = [(case_id(i) + ".jpg", names_lib.mask_name(case_id(i)))
-             for i in range(num_images)]
+    names = [(case_id(i) + ".jpg", names_lib.mask_name(case_id(i))) for i in range(num_images)]
     if _read_stamp(output_dir) == stamp and all(
-            os.path.isfile(os.path.join(images_dir, a)) and os.path.isfile(os.path.join(masks_dir, b))
-            for a, b in names):
+        os.path.isfile(os.path.join(images_dir, a)) and os.path.isfile(os.path.join(masks_dir, b))
+        for a, b in names
+    ):
         if progress:
             print(f"{output_dir}: already generated ({num_images} pairs, seed {seed})")
         return False
@@ -135,6 +140,7 @@ def write_dataset(output_dir: str, num_images: int, seed: int, num_workers: int 
         # keras (for its progress bar) is imported here: it loads TensorFlow, which the
         # drawing workers, started with 'spawn', must not import.
         import keras  # pylint: disable=g-import-not-at-top
+
         bar = keras.utils.Progbar(num_images, unit_name="pair")
     workers = min(num_workers or parallel.available_cpus(), num_images)
     tasks = ((seed, i) for i in range(num_images))
@@ -171,7 +177,8 @@ def _remove_stale(output_dir, images_dir, masks_dir, keep_images, keep_masks) ->
         if foreign:
             raise ForeignFilesError(
                 f"{os.path.join(folder, foreign[0])} was not written by isic-synth; use an "
-                "empty or new --output_dir")
+                "empty or new --output_dir"
+            )
     # Without a stamp the set counts as incomplete, whatever happens next.
     if os.path.exists(os.path.join(output_dir, STAMP_NAME)):
         os.remove(os.path.join(output_dir, STAMP_NAME))
@@ -200,13 +207,18 @@ def _skin(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     mix = rng.uniform()
     base = _SKIN_TONES[a] * (1 - mix) + _SKIN_TONES[b] * mix
     base = base + rng.normal(0, 6, size=3).astype(np.float32)
-    bright = (1.0 + 0.05 * _smooth_noise(rng, hs, ws, rng.uniform(3, 7))
-              + 0.025 * _smooth_noise(rng, hs, ws, rng.uniform(25, 45)))
+    bright = (
+        1.0
+        + 0.05 * _smooth_noise(rng, hs, ws, rng.uniform(3, 7))
+        + 0.025 * _smooth_noise(rng, hs, ws, rng.uniform(25, 45))
+    )
     redness = np.clip(_smooth_noise(rng, hs, ws, rng.uniform(4, 9)), 0, None) * rng.uniform(0, 12)
-    small = base[None, None, :] * bright[..., None]                 # [H/4, W/4, 3]
+    small = base[None, None, :] * bright[..., None]  # [H/4, W/4, 3]
     small += redness[..., None] * np.array([1.0, -0.6, -0.5], np.float32)
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(small[..., c]), "F")
-                           .resize((w, h), Image.BICUBIC)) for c in range(3)]
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(small[..., c]), "F").resize((w, h), Image.BICUBIC))
+        for c in range(3)
+    ]
     return np.stack(channels, axis=-1)
 
 
@@ -216,15 +228,17 @@ def _random_outline(rng: np.random.Generator, h: int, w: int) -> dict:
     # Outline radius r(theta) = r0 (1 + sum_k a_k cos(k theta + phi_k)); low harmonics
     # give lobes, high ones a ragged edge. Sum of amplitudes <= 0.5 keeps r > 0.
     ks = np.arange(2, 19)
-    amps = rng.uniform(0, 1, size=ks.size) / ks ** 1.2 * rng.uniform(0.1, 0.6)
+    amps = rng.uniform(0, 1, size=ks.size) / ks**1.2 * rng.uniform(0.1, 0.6)
     amps *= min(1.0, 0.5 / amps.sum())
     return {
         "cy": h * (0.5 + rng.uniform(-0.15, 0.15)),
         "cx": w * (0.5 + rng.uniform(-0.15, 0.15)),
         "r0": float(np.sqrt(area_fraction * h * w / np.pi)),
-        "stretch": rng.uniform(0.75, 1.3),   # area-preserving elongation
+        "stretch": rng.uniform(0.75, 1.3),  # area-preserving elongation
         "angle": rng.uniform(0, np.pi),
-        "ks": ks, "amps": amps, "phases": rng.uniform(0, 2 * np.pi, size=ks.size),
+        "ks": ks,
+        "amps": amps,
+        "phases": rng.uniform(0, 2 * np.pi, size=ks.size),
     }
 
 
@@ -249,13 +263,13 @@ def _signed_distance(outline: dict, rows: slice, cols: slice) -> np.ndarray:
     # Tabulate r(theta) once and interpolate: 17 cosines per pixel would dominate the cost.
     ks, amps, phases = outline["ks"], outline["amps"], outline["phases"]
     table_theta = np.linspace(-np.pi, np.pi, 4097)
-    table = outline["r0"] * (1 + (amps[:, None] * np.cos(ks[:, None] * table_theta
-                                                          + phases[:, None])).sum(0))
+    table = outline["r0"] * (1 + (amps[:, None] * np.cos(ks[:, None] * table_theta + phases[:, None])).sum(0))
     return (np.interp(theta, table_theta, table) - rho).astype(np.float32)
 
 
-def _lesion_colour(rng: np.random.Generator, skin: np.ndarray, signed_dist: np.ndarray,
-                   r0: float) -> np.ndarray:
+def _lesion_colour(
+    rng: np.random.Generator, skin: np.ndarray, signed_dist: np.ndarray, r0: float
+) -> np.ndarray:
     """Lesion colour float32 [h', w', 3] over its window: dark core, lighter rim, blotches."""
     h, w = signed_dist.shape
     skin_mean = skin.reshape(-1, 3).mean(axis=0)
@@ -270,15 +284,13 @@ def _lesion_colour(rng: np.random.Generator, skin: np.ndarray, signed_dist: np.n
     colour = rim + (core - rim) * depth
     # Blotches of a second colour and a fine reticular darkening.
     second = _SECOND_COLOURS[rng.integers(len(_SECOND_COLOURS))]
-    blotch = np.clip(_smooth_noise(rng, h, w, max(3.0, h / (0.5 * r0)))
-                     - rng.uniform(0.2, 1.2), 0, 1)
+    blotch = np.clip(_smooth_noise(rng, h, w, max(3.0, h / (0.5 * r0))) - rng.uniform(0.2, 1.2), 0, 1)
     colour += (second - colour) * (blotch * rng.uniform(0.3, 0.8))[..., None]
     reticule = 1.0 + 0.08 * _smooth_noise(rng, h, w, max(8.0, h / (0.08 * r0)))
     return (colour * reticule[..., None]).astype(np.float32)
 
 
-def _draw_dots(rng: np.random.Generator, image: np.ndarray, signed_dist: np.ndarray,
-               r0: float) -> np.ndarray:
+def _draw_dots(rng: np.random.Generator, image: np.ndarray, signed_dist: np.ndarray, r0: float) -> np.ndarray:
     """Adds a few dark dots/globules inside the lesion (not crossing the outline)."""
     inside = np.argwhere(signed_dist > max(4.0, 0.1 * r0))
     if len(inside) == 0:
@@ -288,7 +300,7 @@ def _draw_dots(rng: np.random.Generator, image: np.ndarray, signed_dist: np.ndar
     for y, x in inside[rng.integers(len(inside), size=int(rng.integers(0, 30)))]:
         r = rng.uniform(1.5, max(2.0, 0.04 * r0))
         draw.ellipse([x - r, y - r, x + r, y + r], fill=int(rng.integers(80, 200)))
-    weight = np.asarray(canvas, np.float32)[..., None] / 255.0        # [H, W, 1]
+    weight = np.asarray(canvas, np.float32)[..., None] / 255.0  # [H, W, 1]
     return image * (1.0 - 0.6 * weight)
 
 
@@ -308,10 +320,14 @@ def _draw_hairs(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
         bend = rng.uniform(-0.2, 0.2) * length
         ctrl = (start + end) / 2 + bend * np.array([-np.sin(direction), np.cos(direction)])
         t = np.linspace(0, 1, 24)[:, None]
-        points = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t ** 2 * end   # [24, 2]
-        draw.line([tuple(p) for p in points], fill=int(rng.integers(150, 256)),
-                  width=int(rng.integers(1, 5)), joint="curve")
-    weight = np.asarray(canvas, np.float32)[..., None] / 255.0        # [H, W, 1]
+        points = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t**2 * end  # [24, 2]
+        draw.line(
+            [tuple(p) for p in points],
+            fill=int(rng.integers(150, 256)),
+            width=int(rng.integers(1, 5)),
+            joint="curve",
+        )
+    weight = np.asarray(canvas, np.float32)[..., None] / 255.0  # [H, W, 1]
     hair = np.array([35, 25, 20], np.float32) * rng.uniform(0.6, 1.6)
     return image * (1.0 - weight) + hair * weight
 
@@ -322,16 +338,16 @@ def _lighting(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, 
     Returns (image float32 [H, W, 3], field_of_view bool [H, W]: pixels not blacked out).
     """
     h, w = image.shape[:2]
-    yy = np.arange(h, dtype=np.float32)[:, None] + 0.5              # [H, 1]
-    xx = np.arange(w, dtype=np.float32)[None, :] + 0.5              # [1, W]
+    yy = np.arange(h, dtype=np.float32)[:, None] + 0.5  # [H, 1]
+    xx = np.arange(w, dtype=np.float32)[None, :] + 0.5  # [1, W]
     cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
-    dist = np.hypot(yy - cy, xx - cx) / math.hypot(h / 2, w / 2)    # [H, W], ~1 at corners
-    gain = 1.0 - rng.uniform(0.0, 0.35) * dist ** 2
+    dist = np.hypot(yy - cy, xx - cx) / math.hypot(h / 2, w / 2)  # [H, W], ~1 at corners
+    gain = 1.0 - rng.uniform(0.0, 0.35) * dist**2
     gain += rng.uniform(-0.08, 0.08) * (yy / h - 0.5) + rng.uniform(-0.08, 0.08) * (xx / w - 0.5)
     image = image * gain[..., None]
     field_of_view = np.ones((h, w), bool)
     if rng.uniform() < 0.25:
-        radius = rng.uniform(0.8, 0.97)        # in units of the half-diagonal
+        radius = rng.uniform(0.8, 0.97)  # in units of the half-diagonal
         edge = rng.uniform(0.005, 0.03)
         t = np.clip((dist - radius) / edge + 0.5, 0, 1)[..., None]
         black = np.array([14, 11, 11], np.float32)

@@ -45,8 +45,9 @@ def masked_crc32c(data: bytes) -> int:
 def frame(record: bytes) -> bytes:
     """One record as it appears in a TFRecord file (header, data, footer)."""
     length = struct.pack("<Q", len(record))
-    return b"".join((length, struct.pack("<I", masked_crc32c(length)), record,
-                     struct.pack("<I", masked_crc32c(record))))
+    return b"".join(
+        (length, struct.pack("<I", masked_crc32c(length)), record, struct.pack("<I", masked_crc32c(record)))
+    )
 
 
 def example_bytes(features: dict[str, bytes | int]) -> bytes:

@@ -7,16 +7,17 @@ import contextlib
 import os
 import time
 
-from core import progress as progress_lib
 from core import files
+from core import progress as progress_lib
 from preprocessing import load
 from preprocessing import manifest as manifest_lib
 from preprocessing import parallel
 from preprocessing import schema
 from preprocessing import shards
 from preprocessing import splits
-from preprocessing.plan import BadDataError, Plan
 from preprocessing.config import BuildConfig
+from preprocessing.plan import BadDataError
+from preprocessing.plan import Plan
 from preprocessing.splits import SPLITS
 
 
@@ -58,8 +59,7 @@ def _passes(plan, output_dir, config, workers, progress):
         if not good:
             raise BadDataError(problems, "no usable pair left; the problems were:")
         by_split = splits.assign_splits([p.case_id for p in good], config.fractions, config.seed)
-        entries, found = run_pass(good, by_split, output_dir, config, workers, write=True,
-                                  progress=progress)
+        entries, found = run_pass(good, by_split, output_dir, config, workers, write=True, progress=progress)
         if not found:
             return by_split, entries, _sorted(problems)
         shards.remove_build_files(output_dir)
@@ -69,8 +69,10 @@ def _passes(plan, output_dir, config, workers, progress):
         bad = {p.case_id for p in found}
         good = [p for p in good if p.case_id not in bad]
         if progress:
-            print(f"{len(found)} bad pair(s) found while decoding; recomputing the splits "
-                  f"over the {len(good)} good pairs and writing the shards again")
+            print(
+                f"{len(found)} bad pair(s) found while decoding; recomputing the splits "
+                f"over the {len(good)} good pairs and writing the shards again"
+            )
 
 
 def _sorted(problems: list) -> list:
@@ -99,6 +101,7 @@ def run_pass(pairs, by_split, output_dir, config, workers, *, write, progress):
         nonlocal done
         done += 1
         bar.advance(done)
+
     with parallel.ordered_map(load.try_load_pair, tasks, min(workers, len(pairs))) as results:
         for split, index, count, ids in plan:
             pending = iter(ids)  # shared: what the shard's writing did not take is drained below
@@ -130,8 +133,9 @@ def _records(pending, by_id, results, problems, step):
             raise _BadPair(case_id)
         pair = by_id[case_id]
         image, mask, original_size = loaded
-        yield schema.encode_example(case_id, image, mask, original_size, pair.image_file,
-                                    pair.mask_file, pair.source)
+        yield schema.encode_example(
+            case_id, image, mask, original_size, pair.image_file, pair.mask_file, pair.source
+        )
 
 
 def shard_plan(by_split: dict, num_shards: int | None) -> list[tuple[str, int, int, list[str]]]:
@@ -142,23 +146,26 @@ def shard_plan(by_split: dict, num_shards: int | None) -> list[tuple[str, int, i
         count = min(num_shards, len(ids)) if num_shards else shards.default_num_shards(len(ids))
         start = 0
         for index, size in enumerate(shards.shard_sizes(len(ids), count)):
-            plan.append((split, index, count, ids[start:start + size]))
+            plan.append((split, index, count, ids[start : start + size]))
             start += size
     return plan
 
 
-def make_manifest(plan: Plan, config: BuildConfig, by_split: dict, entries: dict,
-                  problems: list) -> dict:
+def make_manifest(plan: Plan, config: BuildConfig, by_split: dict, entries: dict, problems: list) -> dict:
     """The manifest of a finished build (fields: preprocessing/manifest.py).
 
     by_split: {split: [IDs in record order]}; entries: {split: [write_shard's entries]};
     problems: the pairs.Problem of the pairs left out.
     """
     source_of = {p.case_id: p.source for p in plan.listing.pairs}
-    sources = {s.name: {"images_dir": s.images_dir, "masks_dir": s.masks_dir,
-                        "counts": {split: sum(source_of[i] == s.name for i in by_split[split])
-                                   for split in SPLITS}}
-               for s in plan.sources}
+    sources = {
+        s.name: {
+            "images_dir": s.images_dir,
+            "masks_dir": s.masks_dir,
+            "counts": {split: sum(source_of[i] == s.name for i in by_split[split]) for split in SPLITS},
+        }
+        for s in plan.sources
+    }
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "image_size": config.image_size,
@@ -174,16 +181,20 @@ def make_manifest(plan: Plan, config: BuildConfig, by_split: dict, entries: dict
         "build": plan.options,
     }
     if len(plan.sources) == 1:  # the field single-folder builds have always had
-        manifest["source"] = {"images_dir": plan.sources[0].images_dir,
-                              "masks_dir": plan.sources[0].masks_dir}
+        manifest["source"] = {
+            "images_dir": plan.sources[0].images_dir,
+            "masks_dir": plan.sources[0].masks_dir,
+        }
     return manifest
 
 
 def _print_summary(manifest, plan, output_dir, workers, seconds) -> None:
     counts, ignored = manifest["counts"], plan.listing.ignored
     total = sum(counts.values())
-    print(f"Built {output_dir}: {total} pairs at {manifest['image_size']}x{manifest['image_size']}"
-          f" in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} pairs/s, {workers} worker(s))")
+    print(
+        f"Built {output_dir}: {total} pairs at {manifest['image_size']}x{manifest['image_size']}"
+        f" in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} pairs/s, {workers} worker(s))"
+    )
     for split in SPLITS:
         print(f"  {split:5s} {counts[split]:6d} records in {len(manifest['shards'][split])} shard(s)")
     if len(manifest["sources"]) > 1:

@@ -1,9 +1,12 @@
 """Tiny image/mask folders and build helpers shared by the preprocessing tests."""
+
 import dataclasses
 import os
+
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
 from core import names
 from preprocessing import build
 from preprocessing import manifest as manifest_lib
@@ -14,6 +17,7 @@ from preprocessing.config import BuildConfig
 S = 16
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def write_pair(root, case_id, image, mask, ext=".png", **save_kw):
     """Writes root/images/<case_id><ext> and root/masks/<case_id>_segmentation.png."""
@@ -33,7 +37,7 @@ def random_dataset(root, n, seed=0, h=30, w=40, prefix="ID"):
         image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         mask = np.zeros((h, w), np.uint8)
         y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        mask[y:y + h // 2, x:x + w // 2] = 255
+        mask[y : y + h // 2, x : x + w // 2] = 255
         write_pair(root, f"{prefix}_{i:03d}", image, mask, ext=".jpg", quality=90)
     return os.path.join(root, "images"), os.path.join(root, "masks")
 
@@ -59,21 +63,22 @@ def read_records(out, manifest):
             parsed = schema.parse_batch(batch, manifest["image_size"])
             for i, case_id in enumerate(parsed["case_id"].numpy()):
                 records[case_id.decode()] = {
-                    "split": split, "image": parsed["image"][i].numpy(),
+                    "split": split,
+                    "image": parsed["image"][i].numpy(),
                     "mask": parsed["mask"][i, ..., 0].numpy(),
                     "original_size": tuple(parsed["original_size"][i].numpy().tolist()),
                     "source_image": parsed["source_image"][i].numpy().decode(),
                     "source_mask": parsed["source_mask"][i].numpy().decode(),
-                    "source": parsed["source"][i].numpy().decode()}
+                    "source": parsed["source"][i].numpy().decode(),
+                }
     return records
 
 
 def shard_bytes(out):
-    return {n: open(os.path.join(out, n), "rb").read()
-            for n in sorted(os.listdir(out)) if n.endswith(".tfrecord")}
+    return {
+        n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out)) if n.endswith(".tfrecord")
+    }
 
 
 def own_files(out):
     return sorted(n for n in os.listdir(out) if not n.startswith("."))
-
-

@@ -1,4 +1,5 @@
 """Shared pytest setup: quiet TensorFlow logs, paths to optional real data."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

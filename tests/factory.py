@@ -36,8 +36,9 @@ def make_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def write_records(out_dir: str, counts: dict, size: int = 32, shards_per_split: int = 2,
-                  seed: int = 0, legacy: bool = False) -> dict:
+def write_records(
+    out_dir: str, counts: dict, size: int = 32, shards_per_split: int = 2, seed: int = 0, legacy: bool = False
+) -> dict:
     """Writes a complete tiny dataset as the builder does; returns its manifest.
 
     Args:
@@ -54,24 +55,34 @@ def write_records(out_dir: str, counts: dict, size: int = 32, shards_per_split: 
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     total = sum(counts.values())
-    config = BuildConfig(image_size=size, seed=seed, num_shards=shards_per_split,
-                         splits=",".join(repr(counts.get(s, 0) / total) for s in manifest_lib.SPLITS))
-    by_split = {split: [f"{split.upper()}_{i:05d}" for i in range(counts.get(split, 0))]
-                for split in manifest_lib.SPLITS}
+    config = BuildConfig(
+        image_size=size,
+        seed=seed,
+        num_shards=shards_per_split,
+        splits=",".join(repr(counts.get(s, 0) / total) for s in manifest_lib.SPLITS),
+    )
+    by_split = {
+        split: [f"{split.upper()}_{i:05d}" for i in range(counts.get(split, 0))]
+        for split in manifest_lib.SPLITS
+    }
     source = "" if legacy else SOURCE
     records = {}
     for case_id in (i for split in manifest_lib.SPLITS for i in by_split[split]):
         image, mask = make_pair(rng, size)
-        records[case_id] = schema.encode_example(case_id, image, mask, (size * 3, size * 4),
-                                                 case_id + ".jpg", names.mask_name(case_id), source)
+        records[case_id] = schema.encode_example(
+            case_id, image, mask, (size * 3, size * 4), case_id + ".jpg", names.mask_name(case_id), source
+        )
     entries = {split: [] for split in manifest_lib.SPLITS}
     for split, index, count, ids in writer.shard_plan(by_split, shards_per_split):
-        entries[split].append(shards.write_shard(out_dir, split, index, count,
-                                                 (records[i] for i in ids)))
+        entries[split].append(shards.write_shard(out_dir, split, index, count, (records[i] for i in ids)))
     sources = [pairs_lib.Source(SOURCE, images_dir="", masks_dir="")]
     listing = pairs_lib.Listing(
         pairs=[pairs_lib.Pair(i, i + ".jpg", names.mask_name(i), SOURCE) for i in records],
-        problems=[], ignored=[], fingerprint="", num_files=0)
+        problems=[],
+        ignored=[],
+        fingerprint="",
+        num_files=0,
+    )
     plan = plan_lib.Plan(sources, listing, plan_lib.build_options(sources, listing, config))
     manifest = writer.make_manifest(plan, config, by_split, entries, problems=[])
     if legacy:

@@ -8,11 +8,12 @@ membership are fixed for a process's lifetime.
 
 --steps lists one training step per entry, each naming the replicas whose gradients
 overflow ("none", "all" or replica ids like "1" or "0,3"): those replicas get masks of 1e6
-instead of 0/1. Their loss stays finite in float32 (|loss| about 1e5-1e6), but its gradient times
-the loss scale (2**15) exceeds float16's maximum (65504) where it flows back into the
-float16 layers, so their gradients hold inf. Before the first step and after each one the line records the loss scale, the inner optimizer's iterations, whether
-all weights are finite, whether every replica holds the same trainable weights, and their
-digest (to compare workers, and a skipped step with the one before).
+instead of 0/1. Their loss stays finite in float32 (|loss| about 1e5-1e6), but its
+gradient times the loss scale (2**15) exceeds float16's maximum (65504) where it flows
+back into the float16 layers, so their gradients hold inf. Before the first step and
+after each one the line records the loss scale, the inner optimizer's iterations,
+whether all weights are finite, whether every replica holds the same trainable weights,
+and their digest (to compare workers, and a skipped step with the one before).
 """
 
 import argparse
@@ -64,15 +65,17 @@ def _dataset(steps: list, ctx: tf.distribute.InputContext):
 def _state(strategy, model, optimizer) -> dict:
     """Trainable weights only: batch-norm moving statistics are updated by every forward
     pass, skipped step or not, and per replica unless batch norm is synchronized."""
-    per_replica = [[v.numpy() for v in strategy.experimental_local_results(w.value)]
-                   for w in model.trainable_weights]  # [variable][replica]
+    per_replica = [
+        [v.numpy() for v in strategy.experimental_local_results(w.value)] for w in model.trainable_weights
+    ]  # [variable][replica]
     first = [values[0] for values in per_replica]
-    return {"scale": float(optimizer.dynamic_scale.numpy()),
-            "iterations": int(optimizer.iterations.numpy()),
-            "finite": all(bool(np.isfinite(w.numpy()).all()) for w in model.weights),
-            "replicas_identical": all(np.array_equal(values[0], v)
-                                      for values in per_replica for v in values[1:]),
-            "digest": hashlib.sha256(b"".join(w.tobytes() for w in first)).hexdigest()}
+    return {
+        "scale": float(optimizer.dynamic_scale.numpy()),
+        "iterations": int(optimizer.iterations.numpy()),
+        "finite": all(bool(np.isfinite(w.numpy()).all()) for w in model.weights),
+        "replicas_identical": all(np.array_equal(values[0], v) for values in per_replica for v in values[1:]),
+        "digest": hashlib.sha256(b"".join(w.tobytes() for w in first)).hexdigest(),
+    }
 
 
 def main():
@@ -84,19 +87,17 @@ def main():
     keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(0)
     strategy = distribute.make_strategy(
-        "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored", collective_timeout=60)
+        "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored", collective_timeout=60
+    )
     n = strategy.num_replicas_in_sync
     named = {"none": set(), "all": set(range(n))}
-    steps = [named[s] if s in named else {int(r) for r in s.split(",")}
-             for s in args.steps.split(";")]
+    steps = [named[s] if s in named else {int(r) for r in s.split(",")} for s in args.steps.split(";")]
     with strategy.scope():  # as trainer._build does
         model = _tiny_model()
         optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3))
         optimizer.build(model.trainable_variables)
-    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, PER_REPLICA * n,
-                                             dice_weight=1.0)
-    iterator = iter(distribute.distribute_datasets(
-        strategy, functools.partial(_dataset, steps)))
+    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, PER_REPLICA * n, dice_weight=1.0)
+    iterator = iter(distribute.distribute_datasets(strategy, functools.partial(_dataset, steps)))
     states = [_state(strategy, model, optimizer)]
     for _ in steps:
         totals = train_steps(iterator, 1)

@@ -1,5 +1,6 @@
 """augment_batch: shapes, binary masks, image/mask alignment, zoom-out padding, photometric
 ops, determinism, eager == tf.data, and AugmentConfig validation."""
+
 import dataclasses
 import itertools
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core.errors import UserError
 from pipeline import augment
 from pipeline.config import AugmentConfig
-from core.errors import UserError
 
 DEFAULT = AugmentConfig()
 NO_COLOUR = dataclasses.replace(DEFAULT, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
@@ -36,7 +37,7 @@ def _marker_batch(n=N, size=SIZE):
     images = np.full((n, size, size, 3), 0.2, np.float32)
     masks = np.zeros((n, size, size, 1), np.float32)
     for target in (images, masks):
-        target[:, 3:12, 4:7] = 1.0   # vertical bar
+        target[:, 3:12, 4:7] = 1.0  # vertical bar
         target[:, 9:12, 7:13] = 1.0  # foot to the right, off-centre
     return images, masks
 
@@ -45,10 +46,10 @@ def _border_lesion_batch(n=N, size=SIZE, seed=0):
     """Textured skin with a dark lesion over the left quarter (touching the border), and
     that lesion as the mask."""
     rng = np.random.default_rng(seed)
-    images = (np.array([0.8, 0.6, 0.5]) + rng.uniform(-0.1, 0.1, (n, size, size, 3)))
+    images = np.array([0.8, 0.6, 0.5]) + rng.uniform(-0.1, 0.1, (n, size, size, 3))
     masks = np.zeros((n, size, size, 1), np.float32)
-    images[:, 4:12, :size // 4] = 0.1
-    masks[:, 4:12, :size // 4] = 1.0
+    images[:, 4:12, : size // 4] = 0.1
+    masks[:, 4:12, : size // 4] = 1.0
     return images.astype(np.float32), masks
 
 
@@ -70,8 +71,7 @@ def _dihedral_index(image, out_image):
 def _assert_exact_dihedral(images, masks, out_images, out_masks):
     """Every output pair is the same one of the 8 flips / 90-degree rotations of its input."""
     seen = set()
-    for image, mask, out_image, out_mask in zip(images, masks, np.asarray(out_images),
-                                                np.asarray(out_masks)):
+    for image, mask, out_image, out_mask in zip(images, masks, np.asarray(out_images), np.asarray(out_masks)):
         found = _dihedral_index(image, out_image)
         assert found is not None, "output is not a dihedral transform of its input"
         k, flip = found
@@ -83,7 +83,8 @@ def _assert_exact_dihedral(images, masks, out_images, out_masks):
 def _in_tf_data(images, masks, seed, config):
     """augment_batch run inside tf.data.Dataset.map."""
     ds = tf.data.Dataset.from_tensors((images, masks)).map(
-        lambda i, m: augment.augment_batch(i, m, seed, config))
+        lambda i, m: augment.augment_batch(i, m, seed, config)
+    )
     return next(iter(ds))
 
 
@@ -110,10 +111,13 @@ def test_augment_off_returns_the_inputs():
 @pytest.mark.parametrize("zoom", [(0.8, 1.2), (0.5, 0.7), (1.3, 1.6)])
 def test_marker_stays_aligned_between_image_and_mask(zoom):
     images, masks = _marker_batch()
-    config = dataclasses.replace(DEFAULT, rotation_degrees=30.0, zoom_min=zoom[0],
-                                 zoom_max=zoom[1], translate=0.05)
-    for out_images, out_masks in (augment.augment_batch(images, masks, tf.constant([3, 4]), config),
-                                  _in_tf_data(images, masks, tf.constant([3, 4]), config)):
+    config = dataclasses.replace(
+        DEFAULT, rotation_degrees=30.0, zoom_min=zoom[0], zoom_max=zoom[1], translate=0.05
+    )
+    for out_images, out_masks in (
+        augment.augment_batch(images, masks, tf.constant([3, 4]), config),
+        _in_tf_data(images, masks, tf.constant([3, 4]), config),
+    ):
         out_images, out_masks = out_images.numpy(), out_masks.numpy()[..., 0]
         assert set(np.unique(out_masks)) == {0.0, 1.0}
         moved = 0
@@ -137,15 +141,17 @@ def test_zoom_out_pads_with_the_border_colour_and_an_empty_mask():
     source = np.zeros((SIZE, SIZE), bool)
     source[4:12, 4:12] = True
     fill = _ring_mean(images)
-    for out_images, out_masks in (augment.augment_batch(images, masks, tf.constant([1, 5]), half),
-                                  _in_tf_data(images, masks, tf.constant([1, 5]), half)):
+    for out_images, out_masks in (
+        augment.augment_batch(images, masks, tf.constant([1, 5]), half),
+        _in_tf_data(images, masks, tf.constant([1, 5]), half),
+    ):
         out_images, out_masks = out_images.numpy(), out_masks.numpy()[..., 0]
         # No lesion pixels in the padding, though the lesion touches the image border...
         assert not out_masks[:, ~source].any()
         # ...and no mirrored copy of it either: the padding is one colour, the border mean.
-        np.testing.assert_allclose(out_images[:, ~source],
-                                   np.broadcast_to(fill[:, None], out_images[:, ~source].shape),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            out_images[:, ~source], np.broadcast_to(fill[:, None], out_images[:, ~source].shape), atol=1e-6
+        )
         # The lesion is still there, at half its size, aligned with the dark pixels.
         for image, mask in zip(out_images, out_masks):
             assert mask.sum() == (8 // 2) * (SIZE // 4 // 2)
@@ -168,7 +174,7 @@ def test_zoom_in_with_translate_gives_random_crops_inside_the_image():
         out = augment.augment_batch(images, masks, seed, config)[0].numpy()
         np.testing.assert_array_equal(out, _in_tf_data(images, masks, seed, config)[0])
         # Mean of the 4 central pixels = the window centre's (x, y) on the ramp, in pixels.
-        centre = out[:, SIZE // 2 - 1:SIZE // 2 + 1, SIZE // 2 - 1:SIZE // 2 + 1, :2]
+        centre = out[:, SIZE // 2 - 1 : SIZE // 2 + 1, SIZE // 2 - 1 : SIZE // 2 + 1, :2]
         centres.append(centre.mean(axis=(1, 2)) * (SIZE - 1))
         assert np.all(np.abs(out[..., 2] - 0.5) < 1e-6)  # no padding: the crop is inside
     np.testing.assert_allclose(centres[0], (SIZE - 1) / 2.0, atol=1e-4)  # centre crops
@@ -179,21 +185,23 @@ def test_zoom_in_with_translate_gives_random_crops_inside_the_image():
 
 def test_dihedral_transforms_are_exact_and_all_eight_occur():
     images, masks = _batch()
-    outputs = [augment.augment_batch(images, masks, tf.constant([7, k]), DIHEDRAL_ONLY)
-               for k in range(8)]
-    seen = _assert_exact_dihedral(np.concatenate([images] * 8), np.concatenate([masks] * 8),
-                                  np.concatenate([o[0] for o in outputs]),
-                                  np.concatenate([o[1] for o in outputs]))
+    outputs = [augment.augment_batch(images, masks, tf.constant([7, k]), DIHEDRAL_ONLY) for k in range(8)]
+    seen = _assert_exact_dihedral(
+        np.concatenate([images] * 8),
+        np.concatenate([masks] * 8),
+        np.concatenate([o[0] for o in outputs]),
+        np.concatenate([o[1] for o in outputs]),
+    )
     assert len(seen) == 8
 
 
 def test_strength_zero_keeps_only_exact_dihedral_transforms():
     images, masks = _batch()
-    zero = dataclasses.replace(DEFAULT, augment_strength=0.0, zoom_min=0.3, zoom_max=2.0,
-                               translate=0.2, **PHOTOMETRIC)
+    zero = dataclasses.replace(
+        DEFAULT, augment_strength=0.0, zoom_min=0.3, zoom_max=2.0, translate=0.2, **PHOTOMETRIC
+    )
     assert augment.strengths(zero) == augment.strengths(DIHEDRAL_ONLY)
-    _assert_exact_dihedral(images, masks, *augment.augment_batch(images, masks,
-                                                                 tf.constant([5, 6]), zero))
+    _assert_exact_dihedral(images, masks, *augment.augment_batch(images, masks, tf.constant([5, 6]), zero))
 
 
 def test_strength_scales_every_range():
@@ -210,16 +218,20 @@ def test_warp_matches_image_projective_transform_v3_with_constant_fill():
     images, masks = _batch()
     images[:, [0, -1]] = 0.25  # the same border colour in every image: V3's fill_value
     images[:, :, [0, -1]] = 0.25
-    config = dataclasses.replace(NO_COLOUR, rotation_degrees=20.0, zoom_min=0.5,
-                                 zoom_max=1.3, translate=0.1)
+    config = dataclasses.replace(NO_COLOUR, rotation_degrees=20.0, zoom_min=0.5, zoom_max=1.3, translate=0.1)
     inverse = augment.inverse_transforms(N, tf.constant([9, 9]), SIZE, config)
     transforms = tf.concat([tf.reshape(inverse, [N, 6]), tf.zeros([N, 2])], axis=1)
     out_images, out_masks = augment.augment_batch(images, masks, tf.constant([9, 9]), config)
 
     def reference(x, interpolation):
         return tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=transforms, output_shape=[SIZE, SIZE], fill_value=0.25,
-            interpolation=interpolation, fill_mode="CONSTANT")
+            images=x,
+            transforms=transforms,
+            output_shape=[SIZE, SIZE],
+            fill_value=0.25,
+            interpolation=interpolation,
+            fill_mode="CONSTANT",
+        )
 
     np.testing.assert_allclose(out_images, reference(images, "BILINEAR"), atol=1e-5)
     # Rounding ties may differ on a pixel or two; random angles make them rare. V3 fills
@@ -281,7 +293,7 @@ def test_noise_std_is_drawn_per_image_and_noise_is_near_gaussian_and_uncorrelate
     assert np.all(stds < 0.11) and len(np.unique(stds)) == N and stds.min() < 0.05
     z = out / stds[:, None, None, None]  # each image's noise, standardised
     assert np.abs(z.mean(axis=(1, 2, 3))).max() < 0.1 and np.abs(z).max() <= 3.5
-    assert abs(np.mean(z ** 4) - 3.0) < 0.5  # kurtosis: 3 for a Gaussian, 2.7 here
+    assert abs(np.mean(z**4) - 3.0) < 0.5  # kurtosis: 3 for a Gaussian, 2.7 here
     flat = z.reshape(N, -1)
     for a, b in ((flat[:, :-1], flat[:, 1:]), (flat[:-1], flat[1:])):  # neighbours, images
         assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.05
@@ -335,17 +347,21 @@ def test_colour_jitter_leaves_mask_and_grey_hue_alone():
     np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-5)
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(zoom_min=1.2, zoom_max=1.1), "zoom_min must be <= --zoom_max"),
-    (dict(zoom_min=0.05), "zoom_min must be >= 0.1"),
-    (dict(brightness=-0.1), "brightness must be >= 0"),
-    (dict(translate=-0.1), "translate must be >= 0"),
-    (dict(gamma=-1.0), "gamma must be >= 0"),
-    (dict(blur=-1.0), "blur must be >= 0"),
-    (dict(noise=-0.01), "noise must be >= 0"),
-    (dict(augment_strength=-1.0), "augment_strength must be >= 0"),
-    (dict(contrast=1.5), "contrast must be <= 1"),
-    (dict(saturation=1.5), "saturation must be <= 1")])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(zoom_min=1.2, zoom_max=1.1), "zoom_min must be <= --zoom_max"),
+        (dict(zoom_min=0.05), "zoom_min must be >= 0.1"),
+        (dict(brightness=-0.1), "brightness must be >= 0"),
+        (dict(translate=-0.1), "translate must be >= 0"),
+        (dict(gamma=-1.0), "gamma must be >= 0"),
+        (dict(blur=-1.0), "blur must be >= 0"),
+        (dict(noise=-0.01), "noise must be >= 0"),
+        (dict(augment_strength=-1.0), "augment_strength must be >= 0"),
+        (dict(contrast=1.5), "contrast must be <= 1"),
+        (dict(saturation=1.5), "saturation must be <= 1"),
+    ],
+)
 def test_bad_options_raise_user_error(options, message):
     with pytest.raises(UserError, match=message):
         dataclasses.replace(DEFAULT, **options)

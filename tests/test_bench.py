@@ -40,9 +40,17 @@ def loop_result():
 
 @pytest.fixture(scope="module")
 def unet_runs():
-    ours, fit = training.measure_unet(base_filters=2, batch_size=2, image_size=16, timed_steps=2,
-                                      rounds=2, peak_size=64, peak_repeats=1, depth=1,
-                                      profile_ops=True)
+    ours, fit = training.measure_unet(
+        base_filters=2,
+        batch_size=2,
+        image_size=16,
+        timed_steps=2,
+        rounds=2,
+        peak_size=64,
+        peak_repeats=1,
+        depth=1,
+        profile_ops=True,
+    )
     return {"ours": ours, "fit": fit}
 
 
@@ -51,8 +59,14 @@ def test_config_reads_comma_lists_and_rejects_bad_ones():
     assert config.stage_numbers == (3, 4) and config.unet_filter_counts == (8, 16)
     assert BenchConfig().stage_numbers == config_lib.STAGES == tuple(stages.STAGES)
     assert BenchConfig(stages=" gpu").gpu_check and BenchConfig(stages="gpu").stage_numbers == ()
-    for bad in ({"stages": ""}, {"stages": "7"}, {"stages": "1,x"}, {"unet_filters": "0"},
-                {"inference_filters": 0}, {"stages": "gpu,3"}):
+    for bad in (
+        {"stages": ""},
+        {"stages": "7"},
+        {"stages": "1,x"},
+        {"unet_filters": "0"},
+        {"inference_filters": 0},
+        {"stages": "gpu,3"},
+    ):
         with pytest.raises(UserError):
             BenchConfig(**bad)
 
@@ -71,10 +85,19 @@ def test_loop_measures_both_loops_per_chunk(loop_result):
 
 def test_loop_rows_pass_only_within_ten_percent_of_fit():
     def report(ours_ms, fit_ms):
-        timing = lambda ms: loop.LoopTiming(ms_per_step=ms, steps_per_s=1e3 / ms, steps=64,
-                                            cpu_ms_per_step=ms)
-        return loop.LoopReport(ours={64: timing(ours_ms)}, fit={1: timing(2.0), 64: timing(fit_ms)},
-                               rounds=1, seconds=1.0, image_size=8, batch_size=8, onednn=True)
+        timing = lambda ms: loop.LoopTiming(
+            ms_per_step=ms, steps_per_s=1e3 / ms, steps=64, cpu_ms_per_step=ms
+        )
+        return loop.LoopReport(
+            ours={64: timing(ours_ms)},
+            fit={1: timing(2.0), 64: timing(fit_ms)},
+            rounds=1,
+            seconds=1.0,
+            image_size=8,
+            batch_size=8,
+            onednn=True,
+        )
+
     assert stages.rows_loop(report(0.50, 0.46))[0].passed  # 0.92x
     assert not stages.rows_loop(report(0.50, 0.44))[0].passed  # 0.88x
     assert not stages.rows_loop(report(1.20, 1.20))[0].passed  # over 1 ms
@@ -82,6 +105,7 @@ def test_loop_rows_pass_only_within_ten_percent_of_fit():
 
 def test_unet_measurement_counts_training_flops_and_profiles_ops(unet_runs):
     from model import unet
+
     flop = unet.unet_flops_per_image(16, 2, 1) * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
     for run in unet_runs.values():
         assert run.images_per_s > 0 and run.warmup_s > 0 and run.peak.gflops > 0
@@ -90,25 +114,28 @@ def test_unet_measurement_counts_training_flops_and_profiles_ops(unet_runs):
         assert run.rounds == 2 and run.ops.steps == 2
         # The profiler saw the U-Net's convolutions and their gradients, in both loops.
         assert {"Conv2DBackpropFilter", "Conv2DBackpropInput"} <= {
-            op.replace("_MklNative", "") for op in run.ops.ms_per_step}
+            op.replace("_MklNative", "") for op in run.ops.ms_per_step
+        }
         assert run.ops.total_ms > 0 and min(run.ops.count_per_step.values()) > 0
     assert [r.loop for r in unet_runs.values()] == ["ours", "fit"]
 
 
 def test_unet_cases_compare_ours_and_fit_in_one_child_and_fit_plain():
-    cases = training.unet_cases((2, 32, 64), 2, 16, plain_filters=(2,), peak_size=64,
-                                plain_peak_size=32)
+    cases = training.unet_cases((2, 32, 64), 2, 16, plain_filters=(2,), peak_size=64, plain_peak_size=32)
     assert [(c["base_filters"], c["loops"]) for c in cases["tuned"]] == [
-        (2, ("ours", "fit")), (32, ("ours", "fit")), (64, ("ours", "fit"))]
+        (2, ("ours", "fit")),
+        (32, ("ours", "fit")),
+        (64, ("ours", "fit")),
+    ]
     assert [(c["timed_steps"], c["rounds"]) for c in cases["tuned"]] == [(3, 4), (2, 3), (1, 2)]
-    assert [(c["base_filters"], c["loops"], c["peak_size"]) for c in cases["plain"]] == [
-        (2, ("fit",), 32)]
+    assert [(c["base_filters"], c["loops"], c["peak_size"]) for c in cases["plain"]] == [(2, ("fit",), 32)]
 
 
 def test_unet_rows_compare_with_fit_in_the_same_process(unet_runs):
     plain_fit = dataclasses.replace(unet_runs["fit"], ops=None)
-    report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"]],
-                                   "plain": [plain_fit]}, peak_size=64)
+    report = training.unet_report(
+        {"tuned": [unet_runs["ours"], unet_runs["fit"]], "plain": [plain_fit]}, peak_size=64
+    )
     peak = unet_runs["ours"].peak.gflops  # the tuned child's probe; plain probes only reported
     assert report.peak_gflops == peak
     assert [r.env for r in report.runs] == ["tuned", "tuned", "plain"]
@@ -118,8 +145,7 @@ def test_unet_rows_compare_with_fit_in_the_same_process(unet_runs):
     assert rows[0].unit == "GFLOP/s"
     versus = rows[1]
     assert "ours vs model.fit" in versus.measure and versus.target.startswith(">= 1x")
-    assert (versus.ours, versus.baseline) == (report.runs[0].images_per_s,
-                                              report.runs[1].images_per_s)
+    assert (versus.ours, versus.baseline) == (report.runs[0].images_per_s, report.runs[1].images_per_s)
     assert versus.passed == (versus.ours >= 0.97 * versus.baseline)
     assert "plain model.fit" in rows[2].measure and rows[2].passed is None
     ops = [r for r in rows if ", op " in r.measure]
@@ -129,14 +155,22 @@ def test_unet_rows_compare_with_fit_in_the_same_process(unet_runs):
 
 def test_op_times_sum_compute_thread_events_per_op_type():
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
     space = xplane_pb2.XSpace()
     plane = space.planes.add(name="/host:CPU")
-    names = {1: "a/conv:_MklNativeConv2D", 2: "b/conv:_MklNativeConv2D", 3: "x/mul:Mul",
-             4: "ExecutorState::Process"}
+    names = {
+        1: "a/conv:_MklNativeConv2D",
+        2: "b/conv:_MklNativeConv2D",
+        3: "x/mul:Mul",
+        4: "ExecutorState::Process",
+    }
     for i, name in names.items():
         plane.event_metadata[i].id, plane.event_metadata[i].name = i, name
-    for line_name, events in (("tf_Compute/1", [(1, 3e9), (3, 1e9), (4, 9e9)]),
-                              ("tf_Compute/2", [(2, 1e9)]), ("python", [(1, 5e9)])):
+    for line_name, events in (
+        ("tf_Compute/1", [(1, 3e9), (3, 1e9), (4, 9e9)]),
+        ("tf_Compute/2", [(2, 1e9)]),
+        ("python", [(1, 5e9)]),
+    ):
         line = plane.lines.add(name=line_name)
         for metadata_id, picoseconds in events:
             line.events.add(metadata_id=metadata_id, duration_ps=int(picoseconds))
@@ -148,15 +182,18 @@ def test_op_times_sum_compute_thread_events_per_op_type():
 
 @pytest.mark.parametrize("loop", ["ours", "keras"])
 def test_inference_returns_every_image(loop):
-    result = inference.measure_inference(base_filters=2, loop=loop, image_size=16, batch_size=3,
-                                         num_batches=2, depth=1)
+    result = inference.measure_inference(
+        base_filters=2, loop=loop, image_size=16, batch_size=3, num_batches=2, depth=1
+    )
     assert result.images == 6 and result.images_per_s > 0 and result.gflops > 0
 
 
 def test_child_runs_a_function_in_a_fresh_interpreter():
-    run = child.run_child("benchmarks.child:child_env",
-                          {"overrides": {"ISIC_BENCH_X": "7", "TF_ENABLE_ONEDNN_OPTS": None}},
-                          watch_tree=True)
+    run = child.run_child(
+        "benchmarks.child:child_env",
+        {"overrides": {"ISIC_BENCH_X": "7", "TF_ENABLE_ONEDNN_OPTS": None}},
+        watch_tree=True,
+    )
     assert run.value["ISIC_BENCH_X"] == "7" and "TF_ENABLE_ONEDNN_OPTS" not in run.value
     assert run.max_rss_mb > 0 and run.tree_rss_mb > 0 and run.started_at <= time.time()
     with pytest.raises(RuntimeError, match="no_such_function"):
@@ -167,25 +204,32 @@ def test_tree_memory_keeps_a_sustained_peak():
     # 300 MB held for a second: far longer than two samples, so it counts (the rule that
     # drops fork-before-exec windows must not drop real peaks).
     start = time.monotonic()
-    run = child.run_child("benchmarks.startup:run_module", {"module": "timeit", "argv": [
-        "-n", "1", "-r", "1", "x = b'x' * (300 << 20); import time; time.sleep(60)"]},
-        watch_tree=True, stop_when=lambda: time.monotonic() - start > 3)
+    run = child.run_child(
+        "benchmarks.startup:run_module",
+        {
+            "module": "timeit",
+            "argv": ["-n", "1", "-r", "1", "x = b'x' * (300 << 20); import time; time.sleep(60)"],
+        },
+        watch_tree=True,
+        stop_when=lambda: time.monotonic() - start > 3,
+    )
     assert run.tree_rss_mb > 300 and run.max_rss_mb > 300
 
 
 def test_child_is_pinned_and_its_dataclass_rebuilt():
     first = min(os.sched_getaffinity(0))
-    described = child.run_child("benchmarks.machine:describe", {}, machine.Machine,
-                                cpus={first}).value
+    described = child.run_child("benchmarks.machine:describe", {}, machine.Machine, cpus={first}).value
     assert isinstance(described, machine.Machine) and described.cores == 1
     assert described.cpu_flags == machine.describe().cpu_flags
 
 
 def test_child_is_stopped_when_asked():
     start = time.monotonic()
-    run = child.run_child("benchmarks.startup:run_module",
-                          {"module": "timeit", "argv": ["-n", "1", "import time; time.sleep(60)"]},
-                          stop_when=lambda: time.monotonic() - start > 0.5)
+    run = child.run_child(
+        "benchmarks.startup:run_module",
+        {"module": "timeit", "argv": ["-n", "1", "import time; time.sleep(60)"]},
+        stop_when=lambda: time.monotonic() - start > 0.5,
+    )
     assert run.value is None and time.monotonic() - start < 30
 
 
@@ -205,39 +249,76 @@ def _numbers(cls, **given):
 
 def test_rows_of_the_other_stages_follow_their_reports():
     build = preprocess.BuildReport(
-        data_dir="d", pairs=10, image_size=8, cpus=2, naive_pairs_per_s=10.0,
+        data_dir="d",
+        pairs=10,
+        image_size=8,
+        cpus=2,
+        naive_pairs_per_s=10.0,
         naive_pairs_per_cpu_s=12.0,
-        one_worker=_numbers(preprocess.Builder, workers=1, pairs_per_s=30.0, speedup_per_worker=3.0,
-                            peak_rss_mb=100.0),
-        two_workers=_numbers(preprocess.Builder, workers=2, pairs_per_s=50.0,
-                             speedup_per_worker=2.5, peak_tree_rss_mb=300.0),
+        one_worker=_numbers(
+            preprocess.Builder, workers=1, pairs_per_s=30.0, speedup_per_worker=3.0, peak_rss_mb=100.0
+        ),
+        two_workers=_numbers(
+            preprocess.Builder, workers=2, pairs_per_s=50.0, speedup_per_worker=2.5, peak_tree_rss_mb=300.0
+        ),
         doubled_one_worker=_numbers(preprocess.Doubled, peak_rss_mb=101.0),
         doubled_two_workers=_numbers(preprocess.Doubled, peak_tree_rss_mb=400.0),
-        full_size=preprocess.FullSize(pairs=1, size="4000x3000", naive_pairs_per_s=1.0,
-                                      pairs_per_s=4.0, speedup=4.0, cpu_speedup=4.0,
-                                      peak_rss_mb=1.0),
-        load_average_before=0.0, load_average_after=0.0)
+        full_size=preprocess.FullSize(
+            pairs=1,
+            size="4000x3000",
+            naive_pairs_per_s=1.0,
+            pairs_per_s=4.0,
+            speedup=4.0,
+            cpu_speedup=4.0,
+            peak_rss_mb=1.0,
+        ),
+        load_average_before=0.0,
+        load_average_after=0.0,
+    )
     rows = stages.rows_build(build)
     assert [r.passed for r in rows] == [True, True, False, True, False]
     assert rows[3].gain == pytest.approx(100 / 101)  # memory: lower is better
     pipe = pipeline.PipelineReport(
-        pipeline_1core=_numbers(pipeline.Throughput, images_per_s=900.0, images_per_cpu_s=1200.0,
-                                steady_images_per_cpu_s=1300.0),
+        pipeline_1core=_numbers(
+            pipeline.Throughput, images_per_s=900.0, images_per_cpu_s=1200.0, steady_images_per_cpu_s=1300.0
+        ),
         pipeline_1core_no_augment=_numbers(pipeline.Throughput),
         pipeline_all_cores=_numbers(pipeline.Throughput, images_per_s=1500.0, images_per_cpu_s=900.0),
         baseline_1core=_numbers(pipeline.Throughput, images_per_s=20.0, images_per_cpu_s=50.0),
-        cores=2, speedup_per_core=45.0, speedup_per_cpu_s=24.0, batch_size=2, image_size=8,
-        records=4, epochs=1, baseline_source="synthetic", baseline_pairs=4)
+        cores=2,
+        speedup_per_core=45.0,
+        speedup_per_cpu_s=24.0,
+        batch_size=2,
+        image_size=8,
+        records=4,
+        epochs=1,
+        baseline_source="synthetic",
+        baseline_pairs=4,
+    )
     assert [r.passed for r in stages.rows_pipeline(pipe)] == [True, False]
     serving = stages.ServingReport(
         inference=inference.InferenceReport(
-            ours=_numbers(inference.InferenceRun, loop="ours", base_filters=4, batch_size=2,
-                          images_per_s=4.0, onednn=True),
-            keras_predict=_numbers(inference.InferenceRun, loop="keras", images_per_s=2.0,
-                                   onednn=False), speedup=2.0),
-        startup=startup.StartupReport(ours=startup.FirstStep(10.0, True),
-                                      fit=startup.FirstStep(20.0), speedup=2.0, base_filters=4,
-                                      batch_size=2, image_size=8, records=4))
+            ours=_numbers(
+                inference.InferenceRun,
+                loop="ours",
+                base_filters=4,
+                batch_size=2,
+                images_per_s=4.0,
+                onednn=True,
+            ),
+            keras_predict=_numbers(inference.InferenceRun, loop="keras", images_per_s=2.0, onednn=False),
+            speedup=2.0,
+        ),
+        startup=startup.StartupReport(
+            ours=startup.FirstStep(10.0, True),
+            fit=startup.FirstStep(20.0),
+            speedup=2.0,
+            base_filters=4,
+            batch_size=2,
+            image_size=8,
+            records=4,
+        ),
+    )
     assert [r.gain for r in stages.rows_serving(serving)] == [2.0, 2.0]
 
 
@@ -248,8 +329,7 @@ def test_reports_survive_json(unet_runs, loop_result):
 
 
 def test_run_stages_writes_results_and_table(loop_result, tmp_path):
-    only_loop = {3: stages.Stage("loop", lambda config, data_dir, work_dir: loop_result,
-                                 stages.rows_loop)}
+    only_loop = {3: stages.Stage("loop", lambda config, data_dir, work_dir: loop_result, stages.rows_loop)}
     config = BenchConfig(stages="3", quick=True)
     report = suite.run_stages(config, str(tmp_path), None, argv=["isic-bench"], stages=only_loop)
     with open(os.path.join(tmp_path, results.RESULTS_FILE)) as f:
@@ -263,22 +343,27 @@ def test_run_stages_writes_results_and_table(loop_result, tmp_path):
     assert written["machine"]["cpu"] == machine.cpu_name()
     table = results.format_table(report.rows)
     assert table.count("\n") == 3 and "loop overhead, 4 step(s) per call" in table
-    assert not any(isinstance(v, float) and math.isnan(v)
-                   for v in dataclasses.asdict(report.rows[0]).values())
+    assert not any(
+        isinstance(v, float) and math.isnan(v) for v in dataclasses.asdict(report.rows[0]).values()
+    )
 
 
 def test_stage_helpers_build_read_and_fit_tiny_records(tmp_path):
     records = startup.write_records(str(tmp_path / "startup"), num_pairs=8, image_size=32)
     raw = str(tmp_path / "startup" / "raw")
-    built = preprocess.time_build(os.path.join(raw, "images"), os.path.join(raw, "masks"),
-                                  str(tmp_path / "built"), image_size=32, num_workers=1)
+    built = preprocess.time_build(
+        os.path.join(raw, "images"),
+        os.path.join(raw, "masks"),
+        str(tmp_path / "built"),
+        image_size=32,
+        num_workers=1,
+    )
     assert built.records == 8 and built.seconds > 0 and built.max_rss_mb is None
     before = time.time()
     assert startup.fit_first_step(records, base_filters=2, batch_size=4, image_size=32) > before
     synthetic = str(tmp_path / "synthetic")
     pipeline.write_synthetic_records(synthetic, num_images=8, size=16)
-    throughput = pipeline.measure_pipeline(synthetic, batch_size=4, epochs=1, augment=True,
-                                           single_core=False)
+    throughput = pipeline.measure_pipeline(synthetic, batch_size=4, epochs=1, augment=True, single_core=False)
     assert throughput.images == 8 and throughput.steady_images_per_cpu_s > 0
 
 
@@ -290,23 +375,38 @@ def test_quick_loop_stage_runs_in_a_child(tmp_path):
 
 
 def _gpu_run(images_per_s, devices=1, finite=True, digest="a"):
-    return gpu.GpuRun(devices=devices, processes=1, precision="mixed_float16",
-                      all_reduce="NcclAllReduce", images_per_s=images_per_s, timed_steps=100,
-                      loss_scale_skips=2, peak_memory_mb=5000.0, finite=finite,
-                      weights_sha256=digest)
+    return gpu.GpuRun(
+        devices=devices,
+        processes=1,
+        precision="mixed_float16",
+        all_reduce="NcclAllReduce",
+        images_per_s=images_per_s,
+        timed_steps=100,
+        loss_scale_skips=2,
+        peak_memory_mb=5000.0,
+        finite=finite,
+        weights_sha256=digest,
+    )
 
 
 def test_gpu_check_fails_on_non_finite_weights_scaling_below_the_floor_or_split_workers():
     one = _gpu_run(100.0)
-    good = gpu.GpuCheckReport(["GPU:0", "GPU:1", "GPU:2", "GPU:3"], one, _gpu_run(330.0, 4),
-                              [_gpu_run(300.0, 2), _gpu_run(300.0, 2)])
+    good = gpu.GpuCheckReport(
+        ["GPU:0", "GPU:1", "GPU:2", "GPU:3"],
+        one,
+        _gpu_run(330.0, 4),
+        [_gpu_run(300.0, 2), _gpu_run(300.0, 2)],
+    )
     assert good.scaling_efficiency == pytest.approx(0.825) and gpu.judge(good) == []
     assert [r.passed for r in gpu.rows(good)] == [None, True, True]
     slow = dataclasses.replace(good, all=_gpu_run(270.0, 4))  # 0.675 < 0.7
     assert [p.split(" on")[0] for p in gpu.judge(slow)] == ["scaling efficiency 0.68"]
     assert gpu.judge(slow, floor=0.6) == [] and gpu.rows(slow)[1].passed is False
-    broken = dataclasses.replace(good, one=_gpu_run(100.0, finite=False),
-                                 two_processes=[_gpu_run(300.0, 2), _gpu_run(300.0, 2, digest="b")])
+    broken = dataclasses.replace(
+        good,
+        one=_gpu_run(100.0, finite=False),
+        two_processes=[_gpu_run(300.0, 2), _gpu_run(300.0, 2, digest="b")],
+    )
     problems = gpu.judge(broken)
     assert len(problems) == 2 and "1 GPU: non-finite weights" in problems[0]
     assert "different weights" in problems[1]
@@ -326,8 +426,15 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path, capsys, monkeypat
 def test_gpu_check_measures_and_judges_on_a_cpu(tmp_path, capsys):
     # The measuring path (the trainer's steps, precision auto, the weights check, the
     # report file) on one CPU device, tiny; GPU figures (memory, scaling) stay empty.
-    code = gpu.main(str(tmp_path), device_type="CPU", base_filters=2, image_size=16,
-                    per_device_batch=2, warmup_steps=1, timed_steps=2)
+    code = gpu.main(
+        str(tmp_path),
+        device_type="CPU",
+        base_filters=2,
+        image_size=16,
+        per_device_batch=2,
+        warmup_steps=1,
+        timed_steps=2,
+    )
     assert code == 0, capsys.readouterr().out
     with open(tmp_path / gpu.GPU_CHECK_FILE) as f:
         saved = json.load(f)
@@ -337,15 +444,29 @@ def test_gpu_check_measures_and_judges_on_a_cpu(tmp_path, capsys):
 
 
 def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):
-    cases = training.unet_cases((2,), 2, 32, plain_filters=(), peak_size=64, plain_peak_size=32,
-                                encoders=(("efficientnet_lite0", 16),))
+    cases = training.unet_cases(
+        (2,),
+        2,
+        32,
+        plain_filters=(),
+        peak_size=64,
+        plain_peak_size=32,
+        encoders=(("efficientnet_lite0", 16),),
+    )
     assert [(c.get("encoder", "unet"), c["base_filters"], c["loops"]) for c in cases["tuned"]] == [
-        ("unet", 2, ("ours", "fit")), ("efficientnet_lite0", 16, ("ours", "fit"))]
-    lite = [dataclasses.replace(unet_runs[loop], encoder="efficientnet_lite0", ops=None,
-                                images_per_s=unet_runs[loop].images_per_s / 2)
-            for loop in ("ours", "fit")]
-    report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"], *lite]},
-                                  peak_size=64)
+        ("unet", 2, ("ours", "fit")),
+        ("efficientnet_lite0", 16, ("ours", "fit")),
+    ]
+    lite = [
+        dataclasses.replace(
+            unet_runs[loop],
+            encoder="efficientnet_lite0",
+            ops=None,
+            images_per_s=unet_runs[loop].images_per_s / 2,
+        )
+        for loop in ("ours", "fit")
+    ]
+    report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"], *lite]}, peak_size=64)
     rows = stages.rows_unet(report)
     encoder_row = rows[-1]
     assert encoder_row.measure.startswith("efficientnet_lite0 + U-Net decoder")
@@ -355,5 +476,6 @@ def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):
 
 def test_layer_flops_equal_the_unets_analytic_count():
     from model import unet
+
     model = unet.build_unet(32, 2, 2, bn_momentum=0.9)
     assert training.layer_flops_per_image(model) == unet.unet_flops_per_image(32, 2, 2)

@@ -14,8 +14,9 @@ from tests import factory
 def test_killed_during_a_save_and_stopped_during_validation_ends_bit_identical(tmp_path):
     records = str(tmp_path / "records")
     factory.write_records(records, {"train": 32, "val": 32}, size=32)
-    summary = chaos.chaos(records, str(tmp_path / "chaos"),
-                          [("save", signal.SIGKILL), ("validation", signal.SIGTERM)])
+    summary = chaos.chaos(
+        records, str(tmp_path / "chaos"), [("save", signal.SIGKILL), ("validation", signal.SIGTERM)]
+    )
     print(summary)
     # chaos() asserts the digest, the exit statuses and the stop bound; here: both faults
     # were dealt (a run that finished first would have escaped them).

@@ -1,6 +1,7 @@
 """The one error rule of every isic-* command (launch/cli.run): a UserError is one line
 "isic-X: error: ..." and exit 1 without a traceback; any other exception keeps its
 traceback. Run as a real command in a subprocess: absl flags are process-global."""
+
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 
 # A command whose main raises what --raise names.
-_COMMAND = '''
+_COMMAND = """
 from core.errors import InputError, UserError
 from launch import cli
 
@@ -25,19 +26,28 @@ def main(args, config):
     return 0
 
 cli.run(__name__, None, main, paths={"kind": "what main raises"}, uses_tensorflow=False)
-'''
+"""
 
 
 def _run(tmp_path, kind):
     script = tmp_path / "isic-example"
     script.write_text(_COMMAND)
-    return subprocess.run([sys.executable, str(script), f"--kind={kind}"], capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=60)
+    return subprocess.run(
+        [sys.executable, str(script), f"--kind={kind}"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("user", "the input folder /x has no pairs; pass --data_dir <folder>"),
-    ("input", "model /m was trained at 64x64; pass --image_size 64")])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("user", "the input folder /x has no pairs; pass --data_dir <folder>"),
+        ("input", "model /m was trained at 64x64; pass --image_size 64"),
+    ],
+)
 def test_a_user_error_is_one_line_and_exit_1(tmp_path, kind, message):
     result = _run(tmp_path, kind)
     assert result.returncode == 1

@@ -22,10 +22,10 @@ import time
 import pytest
 from absl import app
 
-from launch.commands import launch as cluster
+from core.errors import UserError
 from launch.cluster import process_group
 from launch.cluster.config import LaunchConfig
-from core.errors import UserError
+from launch.commands import launch as cluster
 from tests.conftest import PROJECT_ROOT
 
 # A stand-in worker. Its behaviour comes from argv: MODE [ARG]. It prints its TF_CONFIG on
@@ -96,8 +96,7 @@ def _launch(command, num_workers, **options):
     (exit code, stdout text, stderr text, seconds)."""
     out, err = io.StringIO(), io.StringIO()
     t0 = time.monotonic()
-    code = process_group.launch(command, LaunchConfig(num_workers=num_workers, **options),
-                                out=out, err=err)
+    code = process_group.launch(command, LaunchConfig(num_workers=num_workers, **options), out=out, err=err)
     return code, out.getvalue(), err.getvalue(), time.monotonic() - t0
 
 
@@ -141,8 +140,9 @@ def test_ports_start_at_port_and_skip_busy_ones():
 
 def test_worker_env_slices_gpus_and_hides_an_enclosing_slurm_job():
     addresses = ["127.0.0.1:1", "127.0.0.1:2"]
-    env = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_PROCID": "0",
-                                    "SLURM_NTASKS": "2"}, addresses, 1, "2,3")
+    env = process_group.worker_env(
+        {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, addresses, 1, "2,3"
+    )
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     assert "SLURM_PROCID" not in env  # or distribute.make_strategy would use SLURM's cluster
     assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
@@ -152,31 +152,67 @@ def test_worker_env_slices_gpus_and_hides_an_enclosing_slurm_job():
 
 def test_each_worker_gets_its_own_gpus_with_memory_growth():
     # The launcher's CUDA_VISIBLE_DEVICES stands for the machine's GPUs (no GPU needed).
-    show = [sys.executable, "-c", "import os; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'], "
-            "os.environ['TF_FORCE_GPU_ALLOW_GROWTH'])"]
+    show = [
+        sys.executable,
+        "-c",
+        "import os; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'], "
+        "os.environ['TF_FORCE_GPU_ALLOW_GROWTH'])",
+    ]
     out, err = io.StringIO(), io.StringIO()
-    code = process_group.launch(show, LaunchConfig(num_workers=2), out=out, err=err,
-                                env=dict(os.environ, CUDA_VISIBLE_DEVICES="4,5,6,7"))
+    code = process_group.launch(
+        show,
+        LaunchConfig(num_workers=2),
+        out=out,
+        err=err,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES="4,5,6,7"),
+    )
     assert code == 0, err.getvalue()
     assert sorted(re.findall(r"^\[w\d\] gpus .*$", out.getvalue(), re.M)) == [
-        "[w0] gpus 4,5 true", "[w1] gpus 6,7 true"]
+        "[w0] gpus 4,5 true",
+        "[w1] gpus 6,7 true",
+    ]
     assert "isic-launch: GPUs: worker 0: 4,5; worker 1: 6,7" in err.getvalue()
     with pytest.raises(UserError, match="--num_workers 2 or fewer"):
-        process_group.launch(show, LaunchConfig(num_workers=3), out=out, err=err,
-                             env=dict(os.environ, CUDA_VISIBLE_DEVICES="0,1"))
+        process_group.launch(
+            show,
+            LaunchConfig(num_workers=3),
+            out=out,
+            err=err,
+            env=dict(os.environ, CUDA_VISIBLE_DEVICES="0,1"),
+        )
 
 
 def test_a_slurm_task_keeps_its_share_of_the_node_gpus_from_the_start():
     # Task 1 of 2 on a node whose 4 GPUs both see: every isic-* command narrows its own
     # CUDA_VISIBLE_DEVICES before it imports TensorFlow (launch/cli.py); here isic-launch,
     # whose one worker then inherits the share.
-    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, CUDA_VISIBLE_DEVICES="0,1,2,3",
-               SLURM_PROCID="1", SLURM_NTASKS="2", SLURM_STEP_TASKS_PER_NODE="2",
-               SLURM_NODEID="0", SLURM_LOCALID="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=PROJECT_ROOT,
+        CUDA_VISIBLE_DEVICES="0,1,2,3",
+        SLURM_PROCID="1",
+        SLURM_NTASKS="2",
+        SLURM_STEP_TASKS_PER_NODE="2",
+        SLURM_NODEID="0",
+        SLURM_LOCALID="1",
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "launch.commands.launch", "--num_workers=1", "--", sys.executable,
-         "-c", "import os; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'])"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "launch.commands.launch",
+            "--num_workers=1",
+            "--",
+            sys.executable,
+            "-c",
+            "import os; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'])",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "[w0] gpus 2,3" in done.stdout
 
@@ -210,8 +246,10 @@ def test_restarts_relaunch_the_group_on_fresh_ports(stand_in, tmp_path):
     assert "restart 2 of 2" not in err
     # Two attempts, with disjoint ports (from the launcher's own lines: under load a worker
     # may be stopped before it prints anything).
-    attempts = [set(m.split(", ")) for m in re.findall(
-        r"^isic-launch: (?:2 worker\(s\)|restart \d of \d) on (.*)$", err, re.M)]
+    attempts = [
+        set(m.split(", "))
+        for m in re.findall(r"^isic-launch: (?:2 worker\(s\)|restart \d of \d) on (.*)$", err, re.M)
+    ]
     assert len(attempts) == 2 and len(attempts[0]) == 2 and not attempts[0] & attempts[1]
     assert set(_configs(out)[1]["cluster"]["worker"]) == attempts[1]  # the last one succeeded
 
@@ -230,8 +268,14 @@ def test_restarts_give_up_after_k_relaunches(stand_in, tmp_path):
 
 def _start_launcher(*args):
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
-    return subprocess.Popen([sys.executable, "-m", "launch.commands.launch", *args], cwd=PROJECT_ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch.commands.launch", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.timeout(60)
@@ -255,11 +299,14 @@ def test_signals_to_the_launcher_reach_every_worker(stand_in, signum):
 
 def test_launch_config_rejects_bad_values():
     assert LaunchConfig().num_workers == 2 and LaunchConfig().grace_seconds == 30.0
-    for bad, message in (({"num_workers": 0}, "--num_workers must be >= 1"),
-                         ({"port": 70000}, "--port must be in 1..65535"),
-                         ({"port": 0}, "--port must be >= 1"),
-                         ({"restarts": -1}, "--restarts"), ({"grace_seconds": -1.0}, "--grace_seconds"),
-                         ({"gpus_per_worker": -1}, "--gpus_per_worker")):
+    for bad, message in (
+        ({"num_workers": 0}, "--num_workers must be >= 1"),
+        ({"port": 70000}, "--port must be in 1..65535"),
+        ({"port": 0}, "--port must be >= 1"),
+        ({"restarts": -1}, "--restarts"),
+        ({"grace_seconds": -1.0}, "--grace_seconds"),
+        ({"gpus_per_worker": -1}, "--gpus_per_worker"),
+    ):
         with pytest.raises(UserError, match=message):
             LaunchConfig(**bad)
 
@@ -268,14 +315,24 @@ def test_the_command_passes_what_follows_the_double_dash_to_the_workers(tmp_path
     # Run from another folder: the workers must still find the project (PYTHONPATH first).
     code = "import os; print('pythonpath', os.environ['PYTHONPATH'].split(os.pathsep)[0])"
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
-    done = subprocess.run([sys.executable, "-m", "launch.commands.launch", "--num_workers=1",
-                           "--", sys.executable, "-c", code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.commands.launch", "--num_workers=1", "--", sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert f"[w0] pythonpath {PROJECT_ROOT}\n" in done.stdout
-    refused = subprocess.run([sys.executable, "-m", "launch.commands.launch", "--port=70000", "--",
-                              "--data_dir=x"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "launch.commands.launch", "--port=70000", "--", "--data_dir=x"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1 and "--port must be in 1..65535" in refused.stderr
     assert "Traceback" not in refused.stderr
 
@@ -295,8 +352,17 @@ def test_worker_command_adds_multi_worker_and_rejects_other_strategies():
 
 # What the chief writes into the model directory (no validation split here, hence no
 # best/ model); the trainer may add files of its own, the other workers add none.
-CHIEF_FILES = {"ISIC-UNet.keras", "accuracy.png", "checkpoints", "config.json", "dice.png",
-               "history.csv", "logs", "loss.png", "saved_model"}
+CHIEF_FILES = {
+    "ISIC-UNet.keras",
+    "accuracy.png",
+    "checkpoints",
+    "config.json",
+    "dice.png",
+    "history.csv",
+    "logs",
+    "loss.png",
+    "saved_model",
+}
 
 
 class _Lines:
@@ -332,6 +398,7 @@ class _Lines:
 
 def _latest_step(model_dir):
     import tensorflow as tf  # only this test needs it
+
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     return int(latest.rsplit("-", 1)[1]) if latest else None
 
@@ -339,6 +406,7 @@ def _latest_step(model_dir):
 @pytest.mark.timeout(600)
 def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
     from tests import factory
+
     records, model_dir = str(tmp_path / "records"), str(tmp_path / "model")
     scratch = tmp_path / "scratch"  # the workers' TMPDIR: non-chief checkpoints go there
     scratch.mkdir()
@@ -350,13 +418,37 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
     # default): the group must stop without one.
     grace = 2.0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launch.commands.launch", "--num_workers=2", "--restarts=1",
-         f"--grace_seconds={grace}", "--", f"--data_dir={records}", f"--model_dir={model_dir}",
-         "--base_filters=4", "--batch_size=8", "--precision=float32", "--summary_images=0",
-         "--epochs=1", "--checkpoint_every_steps=2", "--noaugment", "--sync_batch_norm"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-                 CUDA_VISIBLE_DEVICES="", TMPDIR=str(scratch)))
+        [
+            sys.executable,
+            "-m",
+            "launch.commands.launch",
+            "--num_workers=2",
+            "--restarts=1",
+            f"--grace_seconds={grace}",
+            "--",
+            f"--data_dir={records}",
+            f"--model_dir={model_dir}",
+            "--base_filters=4",
+            "--batch_size=8",
+            "--precision=float32",
+            "--summary_images=0",
+            "--epochs=1",
+            "--checkpoint_every_steps=2",
+            "--noaugment",
+            "--sync_batch_norm",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(
+            os.environ,
+            PYTHONPATH=PROJECT_ROOT,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            CUDA_VISIBLE_DEVICES="",
+            TMPDIR=str(scratch),
+        ),
+    )
     out, err = _Lines(proc.stdout), _Lines(proc.stderr)
     try:
         _, pid = err.wait_for(r"isic-launch: worker 1 pid (\d+)", 60)
@@ -376,8 +468,10 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
             proc.kill()
     stdout, stderr = out.text(), err.text()
     assert proc.returncode == 0, stderr[-4000:]
-    print(f"worker death to group stopped: {stopped_at - killed_at:.2f} s "
-          f"(launcher's own measure {stopped.group(1)} s)")
+    print(
+        f"worker death to group stopped: {stopped_at - killed_at:.2f} s "
+        f"(launcher's own measure {stopped.group(1)} s)"
+    )
     assert "worker 1 died (signal SIGKILL)" in stderr
     assert stopped_at - killed_at < grace + 2.0
     # The relaunch resumed both workers at the last checkpoint, mid-epoch (2 <= N < 8).
@@ -392,5 +486,7 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
     # temporary checkpoints (except, possibly, one it was writing when it was killed).
     listing = set(os.listdir(model_dir))
     assert CHIEF_FILES <= listing, sorted(listing)
-    assert not [n for n in listing if "worker" in n or "tmp" in n or n.startswith("isic-ckpt-")], sorted(listing)
+    assert not [n for n in listing if "worker" in n or "tmp" in n or n.startswith("isic-ckpt-")], sorted(
+        listing
+    )
     assert len([p for p in os.listdir(scratch) if p.startswith("isic-ckpt-")]) <= 1

@@ -1,4 +1,5 @@
 """TrainConfig: every shipped flag file parses into one, and bad values are clear errors."""
+
 import dataclasses
 import glob
 import json
@@ -9,10 +10,10 @@ import pytest
 from absl import app
 from absl import flags
 
+from core import options
 from core.errors import UserError
 from launch import cli
 from launch.training.config import TrainConfig
-from core import options
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "configs")
 FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.flags")))
@@ -30,8 +31,11 @@ def _named_in_docs() -> set:
     """The flag files that README.md, docs/*.md and the Makefile name."""
     root = os.path.dirname(os.path.dirname(CONFIG_DIR))
     named = set()
-    for path in [os.path.join(root, "README.md"), os.path.join(root, "Makefile"),
-                 *glob.glob(os.path.join(root, "docs", "*.md"))]:
+    for path in [
+        os.path.join(root, "README.md"),
+        os.path.join(root, "Makefile"),
+        *glob.glob(os.path.join(root, "docs", "*.md")),
+    ]:
         with open(path) as f:
             named |= set(re.findall(r"launch/configs/(\w+\.flags)", f.read()))
     return named
@@ -58,31 +62,38 @@ def test_full_scale_config_is_the_original_setting_with_the_cpu_candidates_encod
     assert config.precision == "auto"  # mixed float16 on GPUs
     candidate = _parse(f"--flagfile={os.path.join(CONFIG_DIR, 'isic2017_lite0_cpu.flags')}")
     assert (config.encoder, config.encoder_weights, config.base_filters) == (
-        candidate.encoder, candidate.encoder_weights, candidate.base_filters)
+        candidate.encoder,
+        candidate.encoder_weights,
+        candidate.base_filters,
+    )
 
 
 def test_flag_defaults_are_the_config_defaults():
     assert _parse() == TrainConfig()
-    config = _parse("--epochs=3", "--noaugment", "--warm_start=w.keras", "--collective_timeout=5",
-                    "--summary_images=0")
+    config = _parse(
+        "--epochs=3", "--noaugment", "--warm_start=w.keras", "--collective_timeout=5", "--summary_images=0"
+    )
     assert (config.epochs, config.augment, config.warm_start) == (3, False, "w.keras")
     assert (config.collective_timeout, config.summary_images) == (5.0, 0)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"batch_size": 0}, "--batch_size must be >= 1"),
-    ({"epochs": 0}, "--epochs must be >= 1"),
-    ({"steps_per_execution": -1}, "--steps_per_execution must be >= 0"),
-    ({"bn_momentum": 1.0}, r"--bn_momentum must be in \[0, 1\)"),
-    ({"bn_momentum": -0.1}, "--bn_momentum must be >= 0"),
-    ({"lr_schedule": "linear"}, "--lr_schedule must be one of constant, cosine"),
-    ({"precision": "float64"}, "--precision must be one of"),
-    ({"strategy": "tpu"}, "--strategy must be one of"),
-    ({"augment_strength": -1.0}, "--augment_strength must be >= 0"),
-    ({"collective_timeout": -1.0}, "--collective_timeout must be >= 0"),
-    ({"warmup_epochs": 1.0}, "needs --lr_schedule cosine"),
-    ({"warmup_epochs": 30.0, "lr_schedule": "cosine"}, "longer than the run"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "--batch_size must be >= 1"),
+        ({"epochs": 0}, "--epochs must be >= 1"),
+        ({"steps_per_execution": -1}, "--steps_per_execution must be >= 0"),
+        ({"bn_momentum": 1.0}, r"--bn_momentum must be in \[0, 1\)"),
+        ({"bn_momentum": -0.1}, "--bn_momentum must be >= 0"),
+        ({"lr_schedule": "linear"}, "--lr_schedule must be one of constant, cosine"),
+        ({"precision": "float64"}, "--precision must be one of"),
+        ({"strategy": "tpu"}, "--strategy must be one of"),
+        ({"augment_strength": -1.0}, "--augment_strength must be >= 0"),
+        ({"collective_timeout": -1.0}, "--collective_timeout must be >= 0"),
+        ({"warmup_epochs": 1.0}, "needs --lr_schedule cosine"),
+        ({"warmup_epochs": 30.0, "lr_schedule": "cosine"}, "longer than the run"),
+    ],
+)
 def test_bad_values_are_user_errors(changes, message):
     with pytest.raises(UserError, match=message):
         dataclasses.replace(TrainConfig(), **changes)

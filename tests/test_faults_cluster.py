@@ -20,9 +20,14 @@ from tests.conftest import PROJECT_ROOT
 
 
 def _launcher(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "launch.commands.launch", *args],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch.commands.launch", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _latest_step(model_dir):
@@ -41,15 +46,31 @@ def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identi
     factory.write_records(records, {"train": 64, "val": 128}, size=32)
     scratch = tmp_path / "scratch"  # the workers' TMPDIR (non-chief temporary checkpoints)
     scratch.mkdir()
-    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="", TMPDIR=str(scratch))
+    env = dict(
+        os.environ,
+        PYTHONPATH=PROJECT_ROOT,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        TMPDIR=str(scratch),
+    )
 
     def command(model_dir):
-        return ["--num_workers=2", "--grace_seconds=60", "--", f"--data_dir={records}",
-                f"--model_dir={model_dir}", "--base_filters=4", "--batch_size=8",
-                "--precision=float32", "--summary_images=0", "--epochs=2",
-                "--checkpoint_every_steps=2", "--noaugment", "--collective_timeout=60",
-                "--deterministic"]
+        return [
+            "--num_workers=2",
+            "--grace_seconds=60",
+            "--",
+            f"--data_dir={records}",
+            f"--model_dir={model_dir}",
+            "--base_filters=4",
+            "--batch_size=8",
+            "--precision=float32",
+            "--summary_images=0",
+            "--epochs=2",
+            "--checkpoint_every_steps=2",
+            "--noaugment",
+            "--collective_timeout=60",
+            "--deterministic",
+        ]
 
     model_dir = str(tmp_path / "stopped")
     proc = _launcher(*command(model_dir), env=env)
@@ -103,6 +124,7 @@ def _signal_on_line(proc, pattern, timeout=240):
             lines.append(line)
             if re.search(pattern, line):
                 seen.set()
+
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     assert seen.wait(timeout) or proc.poll() is not None, "".join(lines)[-3000:]
@@ -131,8 +153,9 @@ def test_a_worker_stopped_by_a_signal_stops_the_group_without_a_restart(tmp_path
     script = tmp_path / "worker.py"
     script.write_text(STOPS_BY_ITSELF)
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
-    proc = _launcher("--num_workers=2", "--restarts=2", "--grace_seconds=5", "--",
-                     sys.executable, str(script), env=env)
+    proc = _launcher(
+        "--num_workers=2", "--restarts=2", "--grace_seconds=5", "--", sys.executable, str(script), env=env
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "worker 0 stopped on SIGTERM after checkpointing: waiting up to 5 s for the others" in err

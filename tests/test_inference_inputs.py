@@ -8,20 +8,32 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import pixels
-from launch.inference import images
-from launch import layout
-from launch.inference import models as inference
 from core import names
+from launch import layout
+from launch.inference import images
+from launch.inference import models as inference
+from pipeline import pixels
 from preprocessing import decode
 from preprocessing import load
 from preprocessing import pairs
-from tests.test_predict import S, _save_mode, red_channel_model
+from tests.test_predict import S
+from tests.test_predict import _save_mode
+from tests.test_predict import red_channel_model
 
 
-@pytest.mark.parametrize("mode,ext", [("RGB", ".jpg"), ("RGB", ".png"), ("L", ".png"), ("RGBA", ".png"),
-                                      ("P", ".png"), ("I;16", ".png"), ("CMYK", ".jpg"),
-                                      ("exif6", ".jpg")])
+@pytest.mark.parametrize(
+    "mode,ext",
+    [
+        ("RGB", ".jpg"),
+        ("RGB", ".png"),
+        ("L", ".png"),
+        ("RGBA", ".png"),
+        ("P", ".png"),
+        ("I;16", ".png"),
+        ("CMYK", ".jpg"),
+        ("exif6", ".jpg"),
+    ],
+)
 def test_load_image_matches_the_builder_byte_for_byte(tmp_path, mode, ext):
     # The model must see at prediction time exactly the pixels it was trained on.
     rng = np.random.default_rng(1)
@@ -47,9 +59,9 @@ def _save_mask(path, kind: str) -> None:
         Image.fromarray(fg.astype(np.uint8) * np.uint8(255)).convert(kind).save(path)
     elif kind == "I;16":
         Image.fromarray(np.where(fg, 33153, 32896).astype(np.uint16)).save(path)
-    elif kind == "F":          # refused: float values have no 0-255 scale (a TIFF named .png)
+    elif kind == "F":  # refused: float values have no 0-255 scale (a TIFF named .png)
         Image.fromarray(fg.astype(np.float32) * 255).save(path, format="TIFF")
-    else:                      # "zero_one": refused, it would read as an empty mask
+    else:  # "zero_one": refused, it would read as an empty mask
         Image.fromarray(fg.astype(np.uint8)).save(path)
 
 
@@ -94,6 +106,7 @@ def test_records_and_prediction_inputs_are_identical_with_colour_constancy(tmp_p
     from pipeline import dataset
     from preprocessing import build
     from preprocessing.config import BuildConfig
+
     rng = np.random.default_rng(4)
     source = tmp_path / "source"
     for folder in ("images", "masks"):
@@ -105,9 +118,11 @@ def test_records_and_prediction_inputs_are_identical_with_colour_constancy(tmp_p
         Image.fromarray(np.zeros((h, w), np.uint8)).save(source / "masks" / names.mask_name(f"ISIC_{i}"))
     records = str(tmp_path / "records")
     manifest = build.build_records(
-        [(str(source / "images"), str(source / "masks"))], records,
+        [(str(source / "images"), str(source / "masks"))],
+        records,
         BuildConfig(image_size=S, splits="0,0,1", num_workers=1, colour_constancy="shades_of_gray"),
-        progress=False)
+        progress=False,
+    )
     model_dir = tmp_path / "run"
     model_dir.mkdir()
     red_channel_model(str(model_dir / layout.MODEL_FILE))

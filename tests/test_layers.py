@@ -52,8 +52,12 @@ def _imports(path: str, modules: dict) -> set[str]:
 
 def test_no_package_imports_a_layer_above_it():
     modules = _modules()
-    wrong = [f"{m} imports {i}" for m, path in modules.items() for i in _imports(path, modules)
-             if i.split(".")[0] not in ALLOWED[m.split(".")[0]]]
+    wrong = [
+        f"{m} imports {i}"
+        for m, path in modules.items()
+        for i in _imports(path, modules)
+        if i.split(".")[0] not in ALLOWED[m.split(".")[0]]
+    ]
     assert not wrong, wrong
 
 
@@ -67,7 +71,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"

@@ -29,16 +29,21 @@ def _env(**extra):
 
 
 def _probe(devices: int, steps: str, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.loss_scale_probe", f"--devices={devices}",
-                             f"--steps={steps}"], env=env or _env(), cwd=PROJECT_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.loss_scale_probe", f"--devices={devices}", f"--steps={steps}"],
+        env=env or _env(),
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _states(proc: subprocess.Popen, timeout=600) -> list:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
     line = next(line for line in out.splitlines() if line.startswith("PROBE "))
-    return json.loads(line[len("PROBE "):])["states"]
+    return json.loads(line[len("PROBE ") :])["states"]
 
 
 def _assert_skips_then_trains(states):
@@ -76,9 +81,18 @@ def _free_ports(n):
 
 def test_overflow_on_one_worker_skips_the_step_on_both():
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = [_probe(1, SEQUENCE, _env(TF_CONFIG=json.dumps(
-        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})))
-        for index in range(2)]
+    procs = [
+        _probe(
+            1,
+            SEQUENCE,
+            _env(
+                TF_CONFIG=json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+                )
+            ),
+        )
+        for index in range(2)
+    ]
     runs = [_states(p) for p in procs]
     for states in runs:
         _assert_skips_then_trains(states)
@@ -98,8 +112,9 @@ def test_scale_doubles_after_growth_steps_and_halves_on_overflow_in_process():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = unet.build_unet(16, 2, bn_momentum=0.9)
-        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3),
-                                                        initial_scale=1024.0, dynamic_growth_steps=2)
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.Adam(1e-3), initial_scale=1024.0, dynamic_growth_steps=2
+        )
         optimizer.build(model.trainable_variables)
     finally:
         keras.mixed_precision.set_global_policy(previous)
@@ -107,8 +122,9 @@ def test_scale_doubles_after_growth_steps_and_halves_on_overflow_in_process():
     images = rng.uniform(0, 1, (5, 2, 16, 16, 3)).astype(np.float32)
     masks = (rng.uniform(0, 1, (5, 2, 16, 16, 1)) > 0.5).astype(np.float32)
     masks[2] *= 1e6  # the 3rd step overflows (see tests/loss_scale_probe.py)
-    train_steps = steps_lib.make_train_steps(tf.distribute.get_strategy(), model, optimizer, 2,
-                                             dice_weight=1.0)
+    train_steps = steps_lib.make_train_steps(
+        tf.distribute.get_strategy(), model, optimizer, 2, dice_weight=1.0
+    )
     iterator = iter(tf.data.Dataset.from_tensor_slices((images, masks)))
     scales = []
     for _ in range(5):

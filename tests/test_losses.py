@@ -1,4 +1,5 @@
 """Per-image losses: exact values on hand-made masks, float32 under low-precision inputs."""
+
 import keras
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ from model import losses
 
 def _disc(size=16):
     yy, xx = np.mgrid[0:size, 0:size]
-    return ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (size / 4) ** 2).astype(np.float32)[None, ..., None]
+    return ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (size / 4) ** 2).astype(np.float32)[
+        None, ..., None
+    ]
 
 
 def test_perfect_prediction_gives_dice_one_and_near_zero_loss():
@@ -63,8 +66,9 @@ def test_weights_select_the_terms():
     np.testing.assert_allclose(losses.bce_dice_loss(truth, pred).numpy(), bce + 1 - dice, rtol=1e-6)
     np.testing.assert_allclose(losses.bce_dice_loss(truth, pred, dice_weight=0.0).numpy(), bce, rtol=1e-6)
     np.testing.assert_allclose(losses.bce_dice_loss(truth, pred, bce_weight=0.0).numpy(), 1 - dice, rtol=1e-6)
-    np.testing.assert_allclose(losses.bce_dice_loss(truth, pred, 2.0, 0.5).numpy(),
-                               0.5 * bce + 2 * (1 - dice), rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.bce_dice_loss(truth, pred, 2.0, 0.5).numpy(), 0.5 * bce + 2 * (1 - dice), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
@@ -72,8 +76,9 @@ def test_low_precision_inputs_sum_in_float32(dtype):
     # 128x128 = 16,384 pixels: summed in float16 a running sum of 1s stalls at 2,048, and
     # bfloat16 at 256; float32 is exact.
     truth = tf.ones([2, 128, 128, 1], dtype)
-    pred = tf.concat([tf.fill([1, 128, 128, 1], tf.constant(0.5, dtype)),
-                      tf.ones([1, 128, 128, 1], dtype)], axis=0)
+    pred = tf.concat(
+        [tf.fill([1, 128, 128, 1], tf.constant(0.5, dtype)), tf.ones([1, 128, 128, 1], dtype)], axis=0
+    )
     dice = losses.soft_dice_per_image(truth, pred)
     assert dice.dtype == tf.float32
     # image 0: (2 * 8192 + 1) / (16384 + 8192 + 1); image 1: perfect
@@ -92,5 +97,7 @@ def test_integer_truth_and_graph_mode():
 
 
 def test_shape_mismatch_raises():
-    with pytest.raises(ValueError, match=r"y_true shape \(1, 4, 4, 1\) differs from y_pred shape \(1, 4, 4, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"y_true shape \(1, 4, 4, 1\) differs from y_pred shape \(1, 4, 4, 2\)"
+    ):
         losses.bce_dice_loss(np.zeros([1, 4, 4, 1]), np.zeros([1, 4, 4, 2]))

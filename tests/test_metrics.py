@@ -1,4 +1,5 @@
 """ISIC 2018 Task 1 metrics: exact values on hand-made masks, edge cases, summary."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -52,8 +53,14 @@ def test_confusion_counts_and_hand_values():
     assert [float(c.numpy()[0]) for c in counts] == [3, 2, 1, 10]
     assert all(c.dtype == tf.float64 for c in counts)
     s = _scores(truth, pred)
-    assert s == {"accuracy": 13 / 16, "sensitivity": 3 / 4, "specificity": 10 / 12,
-                 "jaccard": 3 / 6, "thresholded_jaccard": 0.0, "dice": 6 / 9}
+    assert s == {
+        "accuracy": 13 / 16,
+        "sensitivity": 3 / 4,
+        "specificity": 10 / 12,
+        "jaccard": 3 / 6,
+        "thresholded_jaccard": 0.0,
+        "dice": 6 / 9,
+    }
 
 
 def test_channel_axis_and_batch_are_per_image():
@@ -89,16 +96,28 @@ def test_just_below_065_is_zero_even_when_float32_rounds_it_to_065():
 
 def test_both_empty_scores_one():
     s = _scores(np.zeros([3, 5]), np.zeros([3, 5]))
-    assert s == {"accuracy": 1.0, "sensitivity": 1.0, "specificity": 1.0,
-                 "jaccard": 1.0, "thresholded_jaccard": 1.0, "dice": 1.0}
+    assert s == {
+        "accuracy": 1.0,
+        "sensitivity": 1.0,
+        "specificity": 1.0,
+        "jaccard": 1.0,
+        "thresholded_jaccard": 1.0,
+        "dice": 1.0,
+    }
 
 
 def test_empty_truth_with_false_positives():
     pred = np.zeros([2, 5])
     pred[0, :2] = 1
     s = _scores(np.zeros([2, 5]), pred)
-    assert s == {"accuracy": 0.8, "sensitivity": 1.0, "specificity": 0.8,
-                 "jaccard": 0.0, "thresholded_jaccard": 0.0, "dice": 0.0}
+    assert s == {
+        "accuracy": 0.8,
+        "sensitivity": 1.0,
+        "specificity": 0.8,
+        "jaccard": 0.0,
+        "thresholded_jaccard": 0.0,
+        "dice": 0.0,
+    }
 
 
 def test_truth_without_background_has_specificity_one():
@@ -120,8 +139,11 @@ def test_batch_scores_of_the_training_loop_match_the_isic_definitions():
     probs[3] = truth[3] * 0.9  # perfect
     graph = tf.function(metrics.batch_scores)(truth, probs)
     assert graph.dtype == tf.float32 and graph.shape == (6, len(metrics.TRAINING_SCORES))
-    reference = metrics.isic_scores(*metrics.confusion_per_image(
-        metrics.binarize_probabilities(truth), metrics.binarize_probabilities(probs)))
+    reference = metrics.isic_scores(
+        *metrics.confusion_per_image(
+            metrics.binarize_probabilities(truth), metrics.binarize_probabilities(probs)
+        )
+    )
     for column, name in enumerate(metrics.TRAINING_SCORES):
         np.testing.assert_allclose(graph[:, column].numpy(), reference[name].numpy(), rtol=1e-6)
     np.testing.assert_array_equal(graph[:4, 1].numpy(), [1.0, 0.0, 0.0, 1.0])  # Dice
@@ -130,15 +152,17 @@ def test_batch_scores_of_the_training_loop_match_the_isic_definitions():
 
 
 def test_float32_counts_refused_beyond_exact_range_float64_exact():
-    n = 2 ** 24 + 1
+    n = 2**24 + 1
     big = np.ones([1, 1, n], bool)
     with pytest.raises(ValueError, match=r"dtype=tf.float64 \(got 16777217 pixels per image\)"):
         metrics.confusion_per_image(big, big, tf.float32)
     tp, fp, fn, tn = metrics.confusion_per_image(big, big)
     assert tp.numpy()[0] == n and float(np.float32(n)) != n  # float32 would have rounded
     # Unknown static size inside a tf.function: checked at run time instead.
-    fn_graph = tf.function(lambda t, p: metrics.confusion_per_image(t, p, tf.float32),
-                           input_signature=[tf.TensorSpec([None, None, None], tf.bool)] * 2)
+    fn_graph = tf.function(
+        lambda t, p: metrics.confusion_per_image(t, p, tf.float32),
+        input_signature=[tf.TensorSpec([None, None, None], tf.bool)] * 2,
+    )
     with pytest.raises(tf.errors.InvalidArgumentError, match="dtype=tf.float64"):
         fn_graph(big, big)
     assert fn_graph(big[:, :, :10], big[:, :, :10])[0].numpy()[0] == 10
@@ -185,5 +209,11 @@ def test_summarize_rejects_bad_input():
     with pytest.raises(ValueError, match="non-empty"):
         metrics.summarize({"jaccard": [], "dice": [], "thresholded_jaccard": []})
     with pytest.raises(ValueError, match=r"accuracy has NaN at images \[1\]"):
-        metrics.summarize({"jaccard": [1, 1], "dice": [1, 1], "thresholded_jaccard": [1, 1],
-                           "accuracy": [1.0, float("nan")]})
+        metrics.summarize(
+            {
+                "jaccard": [1, 1],
+                "dice": [1, 1],
+                "thresholded_jaccard": [1, 1],
+                "accuracy": [1.0, float("nan")],
+            }
+        )

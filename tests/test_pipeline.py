@@ -1,5 +1,6 @@
 """make_dataset / read_examples on tiny synthetic records: shapes, determinism, resume,
 sharding across input pipelines, evaluation padding and clear errors."""
+
 import json
 import os
 import re
@@ -8,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core.errors import UserError
 from pipeline import dataset
 from pipeline.config import AugmentConfig
 from preprocessing import manifest as manifest_lib
 from preprocessing import schema
-from core.errors import UserError
 from tests import factory
 
 NO_AUGMENT = AugmentConfig(augment=False)
@@ -37,8 +38,11 @@ def one_shard_dir(tmp_path_factory):
 
 
 def _context(pipelines, pipeline_id, replicas=None):
-    return tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=pipeline_id,
-                                      num_replicas_in_sync=replicas or pipelines)
+    return tf.distribute.InputContext(
+        num_input_pipelines=pipelines,
+        input_pipeline_id=pipeline_id,
+        num_replicas_in_sync=replicas or pipelines,
+    )
 
 
 def _batches(ds):
@@ -76,8 +80,7 @@ def test_training_batches_have_static_shapes_and_valid_values(data_dir):
 
 def test_training_order_and_augmentation_are_a_pure_function_of_seed_and_epoch(data_dir):
     def run(**kwargs):
-        return _batches(dataset.make_dataset(data_dir, "train", batch_size=BATCH, training=True,
-                                             **kwargs))
+        return _batches(dataset.make_dataset(data_dir, "train", batch_size=BATCH, training=True, **kwargs))
 
     first = run(seed=3, epoch=1)
     ds = dataset.make_dataset(data_dir, "train", batch_size=BATCH, training=True, seed=3, epoch=1)
@@ -91,9 +94,17 @@ def test_training_order_and_augmentation_are_a_pure_function_of_seed_and_epoch(d
 
 def test_an_epoch_is_each_example_once_in_an_epoch_dependent_order(data_dir):
     table = _case_ids_by_image(data_dir, "train")
-    orders = [_case_ids(_batches(dataset.make_dataset(
-        data_dir, "train", batch_size=BATCH, training=True, epoch=e, augment=NO_AUGMENT)), table)
-        for e in range(2)]
+    orders = [
+        _case_ids(
+            _batches(
+                dataset.make_dataset(
+                    data_dir, "train", batch_size=BATCH, training=True, epoch=e, augment=NO_AUGMENT
+                )
+            ),
+            table,
+        )
+        for e in range(2)
+    ]
     for order in orders:
         assert sorted(order) == sorted(table.values())  # 32 records, 4 full batches: all
     assert orders[0] != orders[1]
@@ -123,8 +134,14 @@ def _pipeline_ids(records, batch_size, pipelines, split="train"):
     table = _case_ids_by_image(records, split)
     halves = []
     for pipeline_id in range(pipelines):
-        ds = dataset.make_dataset(records, split, batch_size=batch_size, training=True,
-                                  augment=NO_AUGMENT, input_context=_context(pipelines, pipeline_id))
+        ds = dataset.make_dataset(
+            records,
+            split,
+            batch_size=batch_size,
+            training=True,
+            augment=NO_AUGMENT,
+            input_context=_context(pipelines, pipeline_id),
+        )
         assert ds.element_spec[0].shape == (batch_size // pipelines, SIZE, SIZE, 3)  # per replica
         batches = _batches(ds)
         assert len(batches) == records.steps_per_epoch(split, batch_size)
@@ -162,8 +179,9 @@ def test_evaluation_pads_to_full_global_batches_and_sees_every_example_once(data
     table = _case_ids_by_image(data_dir, "val")
     seen, total_weight, lengths = [], 0.0, []
     for pipeline_id in range(2):  # 7 records, global batch 4 -> 8 slots, 2 batches of 2 each
-        ds = dataset.make_dataset(data_dir, "val", batch_size=4, training=False,
-                                  input_context=_context(2, pipeline_id))
+        ds = dataset.make_dataset(
+            data_dir, "val", batch_size=4, training=False, input_context=_context(2, pipeline_id)
+        )
         assert [spec.shape for spec in ds.element_spec] == [(2, SIZE, SIZE, 3), (2, SIZE, SIZE, 1), (2,)]
         batches = _batches(ds)
         lengths.append(len(batches))
@@ -236,8 +254,9 @@ def test_an_unusable_directory_is_a_clear_error(tmp_path):
 
 def test_bad_batch_sizes_are_clear_errors(data_dir):
     with pytest.raises(ValueError, match="does not divide by the 3 replicas"):
-        dataset.make_dataset(data_dir, "train", batch_size=8, training=True,
-                             input_context=_context(1, 0, replicas=3))
+        dataset.make_dataset(
+            data_dir, "train", batch_size=8, training=True, input_context=_context(1, 0, replicas=3)
+        )
     with pytest.raises(dataset.RecordsError, match="fewer than one global batch"):
         dataset.make_dataset(data_dir, "train", batch_size=64, training=True)
     with pytest.raises(ValueError, match="positive integer"):

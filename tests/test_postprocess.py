@@ -38,54 +38,33 @@ def _reference_labels(mask: np.ndarray, diagonal: bool) -> list[set]:
 
 
 def test_two_blobs_keep_the_largest():
-    mask = _mask(["##....",
-                  "##..##",
-                  "....##",
-                  "....##"])
-    assert postprocess.largest_component(mask).tolist() == _mask(["......",
-                                                                   "....##",
-                                                                   "....##",
-                                                                   "....##"]).tolist()
+    mask = _mask(["##....", "##..##", "....##", "....##"])
+    assert (
+        postprocess.largest_component(mask).tolist()
+        == _mask(["......", "....##", "....##", "....##"]).tolist()
+    )
 
 
 def test_diagonal_neighbours_are_one_region_and_ties_keep_the_first():
     # A diagonal chain of 3 pixels (8-connected: one region) beats a 2-pixel bar.
-    chain = _mask(["#.....",
-                   ".#..##",
-                   "..#..."])
-    assert postprocess.largest_component(chain).tolist() == _mask(["#.....",
-                                                                    ".#....",
-                                                                    "..#..."]).tolist()
+    chain = _mask(["#.....", ".#..##", "..#..."])
+    assert postprocess.largest_component(chain).tolist() == _mask(["#.....", ".#....", "..#..."]).tolist()
     # Two regions of 2 pixels: the first in raster order is kept.
-    tie = _mask(["...##",
-                 "##..."])
-    assert postprocess.largest_component(tie).tolist() == _mask(["...##",
-                                                                  "....."]).tolist()
+    tie = _mask(["...##", "##..."])
+    assert postprocess.largest_component(tie).tolist() == _mask(["...##", "....."]).tolist()
 
 
 def test_ring_is_filled_and_border_background_is_not():
-    ring = _mask([".....",
-                  ".###.",
-                  ".#.#.",
-                  ".###.",
-                  "....."])
-    assert postprocess.fill_holes(ring).tolist() == _mask([".....",
-                                                            ".###.",
-                                                            ".###.",
-                                                            ".###.",
-                                                            "....."]).tolist()
+    ring = _mask([".....", ".###.", ".#.#.", ".###.", "....."])
+    assert (
+        postprocess.fill_holes(ring).tolist() == _mask([".....", ".###.", ".###.", ".###.", "....."]).tolist()
+    )
     # A "C" open to the border encloses nothing; a hole touching the border is no hole.
-    open_ring = _mask(["###",
-                       "#..",
-                       "###"])
+    open_ring = _mask(["###", "#..", "###"])
     assert postprocess.fill_holes(open_ring).tolist() == open_ring.tolist()
     # Closed only through diagonal steps: background is 4-connected, so this is a hole.
-    diamond = _mask([".#.",
-                     "#.#",
-                     ".#."])
-    assert postprocess.fill_holes(diamond).tolist() == _mask([".#.",
-                                                              "###",
-                                                              ".#."]).tolist()
+    diamond = _mask([".#.", "#.#", ".#."])
+    assert postprocess.fill_holes(diamond).tolist() == _mask([".#.", "###", ".#."]).tolist()
 
 
 def test_empty_and_full_masks_stay_as_they_are():
@@ -99,15 +78,15 @@ def test_empty_and_full_masks_stay_as_they_are():
 def test_holes_are_filled_before_the_largest_region_is_chosen():
     # The ring has 8 pixels and the bar 9; filled, the ring has 9 too, and of equal
     # regions the first in raster order is kept.
-    mask = _mask(["###......",
-                  "#.#......",
-                  "###......",
-                  ".........",
-                  "#########"])
-    assert postprocess.apply(mask, fill=True, largest=True).tolist() == _mask([
-        "###......", "###......", "###......", ".........", "........."]).tolist()
-    assert postprocess.apply(mask, fill=False, largest=True).tolist() == _mask([
-        ".........", ".........", ".........", ".........", "#########"]).tolist()
+    mask = _mask(["###......", "#.#......", "###......", ".........", "#########"])
+    assert (
+        postprocess.apply(mask, fill=True, largest=True).tolist()
+        == _mask(["###......", "###......", "###......", ".........", "........."]).tolist()
+    )
+    assert (
+        postprocess.apply(mask, fill=False, largest=True).tolist()
+        == _mask([".........", ".........", ".........", ".........", "#########"]).tolist()
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -146,6 +125,7 @@ def test_bad_input_is_refused():
 
 # ----------------------------------------------------------------------------- TTA
 
+
 def test_the_eight_transforms_are_distinct_and_invert_exactly():
     x = np.arange(2 * 3 * 3 * 2, dtype=np.float32).reshape(2, 3, 3, 2)
     seen = set()
@@ -156,8 +136,7 @@ def test_the_eight_transforms_are_distinct_and_invert_exactly():
         seen.add(y.tobytes())
     assert len(tta.TRANSFORMS) == 8 and len(seen) == 8  # the dihedral group of the square
     # One quarter turn is counter-clockwise in (row, column) = (y, x) coordinates.
-    np.testing.assert_array_equal(tta.transform(np.array([[[1, 2], [3, 4]]]), 1, False),
-                                  [[[2, 4], [1, 3]]])
+    np.testing.assert_array_equal(tta.transform(np.array([[[1, 2], [3, 4]]]), 1, False), [[[2, 4], [1, 3]]])
 
 
 def test_an_equivariant_model_gives_the_same_probabilities_with_tta():
@@ -180,8 +159,8 @@ def test_tta_averages_an_asymmetric_model_over_the_turned_images():
         return p
 
     out = tta.average(top_row, np.zeros((1, 4, 4, 3), np.float32))[0]
-    expected = np.array([[0.5, 0.25, 0.25, 0.5],
-                         [0.25, 0.0, 0.0, 0.25],
-                         [0.25, 0.0, 0.0, 0.25],
-                         [0.5, 0.25, 0.25, 0.5]], np.float32)
+    expected = np.array(
+        [[0.5, 0.25, 0.25, 0.5], [0.25, 0.0, 0.0, 0.25], [0.25, 0.0, 0.0, 0.25], [0.5, 0.25, 0.25, 0.5]],
+        np.float32,
+    )
     np.testing.assert_array_equal(out, expected)

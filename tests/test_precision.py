@@ -17,16 +17,25 @@ from launch.training.config import TrainConfig
 from model import unet
 from tests import factory
 
-ZEN4_FLAGS = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+ZEN4_FLAGS = (
+    "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+)
 SAPPHIRE_RAPIDS_FLAGS = "flags\t\t: avx2 avx512f amx_bf16 amx_tile amx_int8\n"
 OLD_CPU_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
 
 
-@pytest.mark.parametrize("capabilities, expected", [
-    ([(9, 0)], "mixed_bfloat16"), ([(8, 0), (8, 6)], "mixed_bfloat16"),
-    ([(7, 0)], "mixed_float16"), ([(7, 5)], "mixed_float16"),
-    ([(8, 0), (7, 5)], "mixed_float16"),  # the lowest GPU decides
-    ([(6, 0)], "float32"), ([(8, 0), (6, 1)], "float32")])
+@pytest.mark.parametrize(
+    "capabilities, expected",
+    [
+        ([(9, 0)], "mixed_bfloat16"),
+        ([(8, 0), (8, 6)], "mixed_bfloat16"),
+        ([(7, 0)], "mixed_float16"),
+        ([(7, 5)], "mixed_float16"),
+        ([(8, 0), (7, 5)], "mixed_float16"),  # the lowest GPU decides
+        ([(6, 0)], "float32"),
+        ([(8, 0), (6, 1)], "float32"),
+    ],
+)
 def test_auto_precision_on_gpus_follows_the_lowest_compute_capability(capabilities, expected):
     chosen, why = distribute.choose_precision(capabilities, distribute.cpu_flags(ZEN4_FLAGS))
     assert chosen == expected
@@ -35,17 +44,26 @@ def test_auto_precision_on_gpus_follows_the_lowest_compute_capability(capabiliti
 
 
 def test_auto_precision_on_cpus_reads_the_bf16_flags():
-    assert distribute.cpu_flags(ZEN4_FLAGS) == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16",
-                                                "avx512_vnni"}
+    assert distribute.cpu_flags(ZEN4_FLAGS) == {
+        "fpu",
+        "sse2",
+        "avx2",
+        "avx512f",
+        "avx512_bf16",
+        "avx512_vnni",
+    }
     assert distribute.cpu_flags("no flags here") == set()
     # Native bf16 is detected and named, but not used until its quality is validated.
     for text, flag in ((ZEN4_FLAGS, "avx512_bf16"), (SAPPHIRE_RAPIDS_FLAGS, "amx_bf16")):
         chosen, why = distribute.choose_precision([], distribute.cpu_flags(text))
         assert chosen == "float32" and flag in why and "not yet measured" in why
-        assert distribute.choose_precision([], distribute.cpu_flags(text),
-                                           cpu_bf16_validated=True)[0] == "mixed_bfloat16"
-    chosen, why = distribute.choose_precision([], distribute.cpu_flags(OLD_CPU_FLAGS),
-                                              cpu_bf16_validated=True)
+        assert (
+            distribute.choose_precision([], distribute.cpu_flags(text), cpu_bf16_validated=True)[0]
+            == "mixed_bfloat16"
+        )
+    chosen, why = distribute.choose_precision(
+        [], distribute.cpu_flags(OLD_CPU_FLAGS), cpu_bf16_validated=True
+    )
     assert chosen == "float32" and "without native bfloat16" in why
 
 
@@ -61,8 +79,7 @@ def _build(precision):
         optimizer.build(model.trainable_variables)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                     step=tf.Variable(0, dtype=tf.int64))
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=tf.Variable(0, dtype=tf.int64))
     return checkpoint, getattr(optimizer, "inner_optimizer", optimizer)
 
 
@@ -80,11 +97,12 @@ def test_restore_under_another_precision_keeps_weights_and_optimizer_state(tmp_p
     fresh, fresh_adam = _build(resumed)
     assert checkpoints.restore_latest(fresh, str(tmp_path)).endswith("ckpt-7")
     assert int(fresh.step.numpy()) == 7
-    for a, b in zip(checkpoint.model.weights + adam.variables,
-                    fresh.model.weights + fresh_adam.variables, strict=True):
+    for a, b in zip(
+        checkpoint.model.weights + adam.variables, fresh.model.weights + fresh_adam.variables, strict=True
+    ):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     if resumed == "mixed_float16":  # the loss scale starts as in a new run
-        assert float(fresh.optimizer.dynamic_scale.numpy()) == 2.0 ** 15
+        assert float(fresh.optimizer.dynamic_scale.numpy()) == 2.0**15
 
 
 def test_a_float32_run_resumes_under_mixed_float16(tmp_path, caplog):
@@ -93,24 +111,39 @@ def test_a_float32_run_resumes_under_mixed_float16(tmp_path, caplog):
     (test above)."""
     records, model_dir = str(tmp_path / "records"), str(tmp_path / "run")
     factory.write_records(records, {"train": 8, "val": 2}, size=16)
-    config = TrainConfig(batch_size=4, base_filters=2, strategy="one_device", summary_images=0,
-                         verify_records="none")
+    config = TrainConfig(
+        batch_size=4, base_filters=2, strategy="one_device", summary_images=0, verify_records="none"
+    )
     with caplog.at_level("WARNING"):
         for epochs, precision in ((1, "float32"), (2, "mixed_float16")):
-            row = trainer.train(records, model_dir, dataclasses.replace(
-                config, epochs=epochs, precision=precision), verbose=False)
+            row = trainer.train(
+                records,
+                model_dir,
+                dataclasses.replace(config, epochs=epochs, precision=precision),
+                verbose=False,
+            )
             assert row["step"] == 2 * epochs and np.isfinite(row["loss"]), precision
     assert "started under --precision float32; resuming under mixed_float16" in caplog.text
     with open(os.path.join(model_dir, "checkpoints", "run.json")) as f:
         assert json.load(f)["precision"] == "float32"  # the one the run started with
-    variables = [name for name, _ in tf.train.list_variables(
-        tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))]
+    variables = [
+        name
+        for name, _ in tf.train.list_variables(
+            tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        )
+    ]
     assert "optimizer/dynamic_scale/.ATTRIBUTES/VARIABLE_VALUE" in variables
 
 
 def test_run_json_without_a_precision_resumes_under_any(tmp_path, caplog):
-    identity = {"image_size": 16, "base_filters": 2, "depth": 4, "batch_size": 4,
-                "steps_per_epoch": 2, "seed": 0}  # a run.json from before issue 19
+    identity = {
+        "image_size": 16,
+        "base_filters": 2,
+        "depth": 4,
+        "batch_size": 4,
+        "steps_per_epoch": 2,
+        "seed": 0,
+    }  # a run.json from before issue 19
     os.makedirs(tmp_path / "checkpoints")
     with open(tmp_path / "checkpoints" / "run.json", "w") as f:
         json.dump(identity, f)

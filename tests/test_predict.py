@@ -16,11 +16,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from core.errors import UserError
 from launch import layout
 from launch.inference import models as inference
 from launch.inference import prediction
 from launch.inference.config import PredictConfig
-from core.errors import UserError
 
 S = 16
 CONFIG = PredictConfig(tta=False, fill_holes=False, largest_component=False)  # raw mask
@@ -55,8 +55,9 @@ def _read(path: str) -> Image.Image:
     return im
 
 
-@pytest.mark.parametrize("height,width,ext", [(1, 1, ".png"), (7, 1000, ".jpg"), (3000, 4000, ".jpg"),
-                                              (33, 17, ".png")])
+@pytest.mark.parametrize(
+    "height,width,ext", [(1, 1, ".png"), (7, 1000, ".jpg"), (3000, 4000, ".jpg"), (33, 17, ".png")]
+)
 def test_masks_have_the_input_size_mode_and_values(model_path, tmp_path, height, width, ext):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
@@ -73,7 +74,7 @@ def test_masks_have_the_input_size_mode_and_values(model_path, tmp_path, height,
     else:  # left half foreground, right half background, away from the resized border
         margin = max(2, width // 8)
         assert (values[:, : width // 2 - margin] == 255).all()
-        assert (values[:, width // 2 + margin:] == 0).all()
+        assert (values[:, width // 2 + margin :] == 0).all()
 
 
 def _save_mode(path, rgb: np.ndarray, mode: str) -> None:
@@ -93,8 +94,10 @@ def _save_mode(path, rgb: np.ndarray, mode: str) -> None:
         im.convert(mode).save(path)
 
 
-@pytest.mark.parametrize("mode,ext", [("L", ".png"), ("RGBA", ".png"), ("P", ".png"),
-                                      ("I;16", ".png"), ("CMYK", ".jpg"), ("L", ".jpg")])
+@pytest.mark.parametrize(
+    "mode,ext",
+    [("L", ".png"), ("RGBA", ".png"), ("P", ".png"), ("I;16", ".png"), ("CMYK", ".jpg"), ("L", ".jpg")],
+)
 def test_any_mode_gives_binary_mask_of_the_input_size(model_path, tmp_path, mode, ext):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
@@ -136,8 +139,9 @@ def test_unreadable_image_is_skipped_and_named(model_path, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:100])
     (inp / "notes.txt").write_text("not an image")
     (inp / ".DS_Store").write_bytes(b"\0")
-    report = prediction.predict_folder(model_path, str(inp), str(out), dataclasses.replace(CONFIG, batch_size=2),
-                                       progress=False)
+    report = prediction.predict_folder(
+        model_path, str(inp), str(out), dataclasses.replace(CONFIG, batch_size=2), progress=False
+    )
     assert [os.path.basename(p) for p in report["written"]] == ["good_segmentation.png"]
     assert [name for name, _ in report["failed"]] == ["broken.jpg", "truncated.png"]
     assert all("cannot" in reason for _, reason in report["failed"])
@@ -198,8 +202,9 @@ def test_resize_happens_before_thresholding():
         reference = tf.image.resize(q[..., None], size, method="bilinear", antialias=True).numpy()[..., 0]
         np.testing.assert_allclose(inference.to_original_size(q, size), reference, atol=1e-4)
     # Shrinking averages (antialiased) rather than sampling one pixel.
-    assert inference.to_original_size(np.array([[0.0, 1.0], [0.0, 1.0]], np.float32), (1, 1))[0, 0] == \
-        pytest.approx(0.5, abs=1e-6)
+    assert inference.to_original_size(np.array([[0.0, 1.0], [0.0, 1.0]], np.float32), (1, 1))[
+        0, 0
+    ] == pytest.approx(0.5, abs=1e-6)
 
 
 def test_cli_reports_the_bad_file_and_exits_1(model_path, tmp_path):
@@ -208,9 +213,21 @@ def test_cli_reports_the_bad_file_and_exits_1(model_path, tmp_path):
     Image.fromarray(_half_red(8, 8)).save(inp / "good.png")
     (inp / "broken.png").write_bytes(b"garbage")
     result = subprocess.run(
-        [sys.executable, "-m", "launch.commands.predict", f"--model={model_path}", f"--input_dir={inp}",
-         f"--output_dir={tmp_path / 'out'}", "--tta", "--fill_holes", "--largest_component"],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "launch.commands.predict",
+            f"--model={model_path}",
+            f"--input_dir={inp}",
+            f"--output_dir={tmp_path / 'out'}",
+            "--tta",
+            "--fill_holes",
+            "--largest_component",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr
     assert "1 masks written" in result.stdout and "1 images failed" in result.stdout
@@ -230,13 +247,15 @@ def test_prediction_applies_the_models_colour_constancy(tmp_path):
     red_channel_model(str(run / layout.MODEL_FILE))
     prediction.predict_folder(str(run), str(inp), str(tmp_path / "plain"), CONFIG, progress=False)
     assert (np.asarray(_read(tmp_path / "plain" / "x_segmentation.png")) == 0).all()
-    (run / layout.PREPROCESSING_FILE).write_text(json.dumps(
-        {"image_size": S, "colour_constancy": "shades_of_gray", "colour_constancy_p": 6}))
+    (run / layout.PREPROCESSING_FILE).write_text(
+        json.dumps({"image_size": S, "colour_constancy": "shades_of_gray", "colour_constancy_p": 6})
+    )
     prediction.predict_folder(str(run), str(inp), str(tmp_path / "sog"), CONFIG, progress=False)
     assert (np.asarray(_read(tmp_path / "sog" / "x_segmentation.png")) == 255).all()
 
 
 # ----------------------------------------------------------------------------- inference options
+
 
 def test_post_processing_options_shape_the_written_mask(model_path, tmp_path):
     # 64 x 64, red where the lesion is: a ring (outer 12-44, inner 20-36) and a speck.
@@ -248,16 +267,21 @@ def test_post_processing_options_shape_the_written_mask(model_path, tmp_path):
     image[52:60, 52:60, 0] = 255
     Image.fromarray(image).save(inp / "x.png")
     masks = {}
-    for name, options in {"plain": {}, "fill": {"fill_holes": True}, "largest": {"largest_component": True},
-                          "both": {"fill_holes": True, "largest_component": True, "tta": True}}.items():
+    for name, options in {
+        "plain": {},
+        "fill": {"fill_holes": True},
+        "largest": {"largest_component": True},
+        "both": {"fill_holes": True, "largest_component": True, "tta": True},
+    }.items():
         out = tmp_path / name
-        prediction.predict_folder(model_path, str(inp), str(out), dataclasses.replace(CONFIG, **options),
-                                  progress=False)
+        prediction.predict_folder(
+            model_path, str(inp), str(out), dataclasses.replace(CONFIG, **options), progress=False
+        )
         masks[name] = np.asarray(_read(out / "x_segmentation.png")) == 255
     plain = masks["plain"]
     assert plain[28, 28] == 0 and plain[56, 56] == 1 and plain[14, 28] == 1  # hole, speck, ring
-    assert masks["fill"][28, 28] and masks["fill"][56, 56]                  # hole filled
-    assert not masks["largest"][28, 28] and not masks["largest"][56, 56]    # speck gone
+    assert masks["fill"][28, 28] and masks["fill"][56, 56]  # hole filled
+    assert not masks["largest"][28, 28] and not masks["largest"][56, 56]  # speck gone
     assert masks["both"][28, 28] and not masks["both"][56, 56]
     # The red-channel model commutes with flips and rotations: TTA changes nothing else.
     speck = masks["plain"] & ~masks["largest"]
@@ -275,6 +299,7 @@ def test_unwritable_output_is_refused_before_any_prediction(model_path, tmp_path
 
 def test_inference_options_are_validated_and_keep_each_commands_defaults():
     from launch.inference.config import EvaluateConfig
+
     with pytest.raises(UserError, match=r"--threshold must be in \[0, 1\), got 1.0"):
         PredictConfig(threshold=1.0)
     with pytest.raises(UserError, match="--batch_size must be >= 1"):
@@ -283,5 +308,9 @@ def test_inference_options_are_validated_and_keep_each_commands_defaults():
         EvaluateConfig(split="validation")
     assert (PredictConfig().batch_size, EvaluateConfig().batch_size) == (16, 32)
     for config in (PredictConfig(), EvaluateConfig()):
-        assert (config.threshold, config.tta, config.fill_holes, config.largest_component) == \
-            (0.5, True, True, True)  # best on validation (docs/recipes.md)
+        assert (config.threshold, config.tta, config.fill_holes, config.largest_component) == (
+            0.5,
+            True,
+            True,
+            True,
+        )  # best on validation (docs/recipes.md)

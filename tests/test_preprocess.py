@@ -10,8 +10,11 @@ import contextlib
 import dataclasses
 import io
 import os
+
 import numpy as np
 import pytest
+
+from core.errors import UserError
 from preprocessing import build
 from preprocessing import decode
 from preprocessing import manifest as manifest_lib
@@ -20,11 +23,17 @@ from preprocessing import schema
 from preprocessing import shards
 from preprocessing import splits
 from preprocessing.config import BuildConfig
-from core.errors import UserError
-from tests.build_helpers import CONFIG, S, build_dir, own_files, random_dataset, read_records, shard_bytes, write_pair  # noqa: F401
-
+from tests.build_helpers import CONFIG  # noqa: F401
+from tests.build_helpers import S  # noqa: F401
+from tests.build_helpers import build_dir  # noqa: F401
+from tests.build_helpers import own_files  # noqa: F401
+from tests.build_helpers import random_dataset  # noqa: F401
+from tests.build_helpers import read_records  # noqa: F401
+from tests.build_helpers import shard_bytes  # noqa: F401
+from tests.build_helpers import write_pair  # noqa: F401
 
 # ----------------------------------------------------------------------------- round trip
+
 
 def test_round_trip_exact_values(tmp_path):
     root, out = str(tmp_path / "data"), str(tmp_path / "out")
@@ -42,8 +51,14 @@ def test_round_trip_exact_values(tmp_path):
     b_mask[13:37] = 255
     write_pair(root, "ISIC_B", b, b_mask)
     # C: a JPEG with an empty mask.
-    write_pair(root, "ISIC_C", np.full((20, 24, 3), 128, np.uint8), np.zeros((20, 24), np.uint8),
-               ext=".JPG", quality=95)
+    write_pair(
+        root,
+        "ISIC_C",
+        np.full((20, 24, 3), 128, np.uint8),
+        np.zeros((20, 24), np.uint8),
+        ext=".JPG",
+        quality=95,
+    )
     for junk in ("images/.DS_Store", "images/LICENSE.txt", "masks/ATTRIBUTION.txt"):
         (tmp_path / "data" / junk).write_bytes(b"junk")
 
@@ -77,26 +92,33 @@ def test_round_trip_exact_values(tmp_path):
         assert entry["sha256"] == shards.sha256_file(os.path.join(out, entry["file"]))
     assert manifest == manifest_lib.read_manifest(out)
     assert manifest["source"]["images_dir"] == os.path.join(root, "images")
-    assert manifest["sources"] == {"data": {
-        "images_dir": os.path.join(root, "images"), "masks_dir": os.path.join(root, "masks"),
-        "counts": {"train": 3, "val": 0, "test": 0}}}
+    assert manifest["sources"] == {
+        "data": {
+            "images_dir": os.path.join(root, "images"),
+            "masks_dir": os.path.join(root, "masks"),
+            "counts": {"train": 3, "val": 0, "test": 0},
+        }
+    }
     assert {r["source"] for r in records.values()} == {"data"}
-    assert manifest["preprocessing"] == {"image_size": S, "colour_constancy": "none",
-                                         "colour_constancy_p": 6}
+    assert manifest["preprocessing"] == {"image_size": S, "colour_constancy": "none", "colour_constancy_p": 6}
 
 
 # ----------------------------------------------------------------------------- splits
 
-@pytest.mark.parametrize("n,fractions,expected", [
-    (456, (0.8, 0.1, 0.1), (365, 46, 45)),
-    (10, (0.8, 0.1, 0.1), (8, 1, 1)),
-    (5, (0.8, 0.1, 0.1), (4, 1, 0)),
-    (3, (0.8, 0.1, 0.1), (3, 0, 0)),
-    (7, (0, 0, 1), (0, 0, 7)),
-    (7, (0.5, 0.5, 0), (4, 3, 0)),
-    (2594, (0.8, 0.1, 0.1), (2075, 260, 259)),
-    (0, (0.8, 0.1, 0.1), (0, 0, 0)),
-])
+
+@pytest.mark.parametrize(
+    "n,fractions,expected",
+    [
+        (456, (0.8, 0.1, 0.1), (365, 46, 45)),
+        (10, (0.8, 0.1, 0.1), (8, 1, 1)),
+        (5, (0.8, 0.1, 0.1), (4, 1, 0)),
+        (3, (0.8, 0.1, 0.1), (3, 0, 0)),
+        (7, (0, 0, 1), (0, 0, 7)),
+        (7, (0.5, 0.5, 0), (4, 3, 0)),
+        (2594, (0.8, 0.1, 0.1), (2075, 260, 259)),
+        (0, (0.8, 0.1, 0.1), (0, 0, 0)),
+    ],
+)
 def test_split_counts_are_exact(n, fractions, expected):
     assert tuple(splits.split_counts(n, fractions).values()) == expected
 
@@ -125,8 +147,17 @@ def test_splits_depend_on_ids_and_seed_only_and_are_stable():
 
 
 def test_shard_counts():
-    assert [shards.default_num_shards(n) for n in (0, 1, 5, 8, 46, 365, 600, 2075, 10**6)] == \
-        [0, 1, 5, 8, 8, 8, 10, 16, 16]
+    assert [shards.default_num_shards(n) for n in (0, 1, 5, 8, 46, 365, 600, 2075, 10**6)] == [
+        0,
+        1,
+        5,
+        8,
+        8,
+        8,
+        10,
+        16,
+        16,
+    ]
     assert shards.shard_sizes(10, 4) == [3, 3, 2, 2]
 
 
@@ -139,7 +170,9 @@ def test_splits_and_shards_in_the_manifest(tmp_path):
     assert manifest["splits"] == {i: s for s, ids in expected.items() for i in ids}
     assert [s["records"] for s in manifest["shards"]["train"]] == [6, 5, 5]
     assert [s["file"] for s in manifest["shards"]["val"]] == [
-        "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
+        "val-00000-of-00002.tfrecord",
+        "val-00001-of-00002.tfrecord",
+    ]
     records = read_records(out, manifest)
     assert {i: r["split"] for i, r in records.items()} == manifest["splits"]
 
@@ -150,6 +183,7 @@ def test_splits_and_shards_in_the_manifest(tmp_path):
 
 # ----------------------------------------------------------------------------- determinism
 
+
 def test_outputs_are_byte_identical_across_worker_counts_and_rebuilds(tmp_path):
     roots = [str(tmp_path / "clinic_a"), str(tmp_path / "clinic_b")]
     random_dataset(roots[0], 14, seed=5, prefix="A")
@@ -157,16 +191,19 @@ def test_outputs_are_byte_identical_across_worker_counts_and_rebuilds(tmp_path):
     one = build_dir(roots, str(tmp_path / "w1"), num_workers=1)
     two = build_dir(roots, str(tmp_path / "w2"), num_workers=2)
     assert shard_bytes(str(tmp_path / "w1")) == shard_bytes(str(tmp_path / "w2"))
-    assert len(shard_bytes(str(tmp_path / "w1"))) == 8 + 3 + 2   # 19/3/2 records
+    assert len(shard_bytes(str(tmp_path / "w1"))) == 8 + 3 + 2  # 19/3/2 records
     assert one == two
     again = build_dir(roots, str(tmp_path / "w1"), num_workers=2, overwrite=True)
     assert shard_bytes(str(tmp_path / "w1")) == shard_bytes(str(tmp_path / "w2")) and again == one
-    with open(os.path.join(tmp_path / "w1", manifest_lib.MANIFEST_NAME), "rb") as a, \
-            open(os.path.join(tmp_path / "w2", manifest_lib.MANIFEST_NAME), "rb") as b:
+    with (
+        open(os.path.join(tmp_path / "w1", manifest_lib.MANIFEST_NAME), "rb") as a,
+        open(os.path.join(tmp_path / "w2", manifest_lib.MANIFEST_NAME), "rb") as b,
+    ):
         assert a.read() == b.read()
 
 
 # ----------------------------------------------------------------------------- several folders
+
 
 def test_several_folders_make_one_build_that_remembers_each_record_source(tmp_path):
     roots = [str(tmp_path / "clinic_a"), str(tmp_path / "clinic_b")]
@@ -183,14 +220,14 @@ def test_several_folders_make_one_build_that_remembers_each_record_source(tmp_pa
     assert manifest["counts"] == {"train": 10, "val": 5, "test": 5}
     records = read_records(out, manifest)
     assert {i: r["source"] for i, r in records.items()} == {
-        i: "clinic_a" if i.startswith("A") else "clinic_b" for i in ids}
+        i: "clinic_a" if i.startswith("A") else "clinic_b" for i in ids
+    }
     assert sorted(manifest["sources"]) == ["clinic_a", "clinic_b"]
     for name, prefix in (("clinic_a", "A"), ("clinic_b", "B")):
         source = manifest["sources"][name]
         assert source["images_dir"] == os.path.join(tmp_path, name, "images")
-        assert source["counts"] == {s: sum(i.startswith(prefix) for i in expected[s])
-                                    for s in splits.SPLITS}
-    assert "source" not in manifest          # one folder only: see test_round_trip_exact_values
+        assert source["counts"] == {s: sum(i.startswith(prefix) for i in expected[s]) for s in splits.SPLITS}
+    assert "source" not in manifest  # one folder only: see test_round_trip_exact_values
     assert manifest["build"]["sources"] == ["clinic_a", "clinic_b"]
     assert manifest["ignored_files"] == 1
     assert records["B_003"]["source_image"] == "B_003.jpg"
@@ -202,26 +239,35 @@ def test_several_folders_make_one_build_that_remembers_each_record_source(tmp_pa
 
 def test_ids_in_several_folders_are_refused_with_the_list(tmp_path):
     roots = [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")]
-    random_dataset(roots[0], 3)                       # ID_000..ID_002
-    random_dataset(roots[1], 2, seed=1)               # ID_000, ID_001 again
+    random_dataset(roots[0], 3)  # ID_000..ID_002
+    random_dataset(roots[1], 2, seed=1)  # ID_000, ID_001 again
     random_dataset(roots[2], 2, prefix="C")
     with pytest.raises(UserError) as info:
         build_dir(roots, str(tmp_path / "out"))
     message = str(info.value)
     assert "2 ID(s) appear in more than one input folder" in message
-    assert f"ID_000: in a ({os.path.join(roots[0], 'images')}), b ({os.path.join(roots[1], 'images')})" in message
+    assert (
+        f"ID_000: in a ({os.path.join(roots[0], 'images')}), b ({os.path.join(roots[1], 'images')})"
+        in message
+    )
     assert "ID_001: in a" in message and "ID_002" not in message and "C_000" not in message
     assert not os.path.exists(tmp_path / "out" / manifest_lib.MANIFEST_NAME)
 
 
 def test_input_folders_are_named_after_their_data_folder():
-    named = pairs_lib.name_sources([("/d/isic2017-train-256/images", "/d/isic2017-train-256/masks"),
-                                    ("/d/ISIC-2017_Test_Data", "/d/ISIC-2017_Test_GroundTruth")])
+    named = pairs_lib.name_sources(
+        [
+            ("/d/isic2017-train-256/images", "/d/isic2017-train-256/masks"),
+            ("/d/ISIC-2017_Test_Data", "/d/ISIC-2017_Test_GroundTruth"),
+        ]
+    )
     assert [s.name for s in named] == ["isic2017-train-256", "ISIC-2017_Test_Data"]
-    assert named[1] == pairs_lib.Source("ISIC-2017_Test_Data", "/d/ISIC-2017_Test_Data",
-                                        "/d/ISIC-2017_Test_GroundTruth")
-    same = pairs_lib.name_sources([pairs_lib.dataset_dirs("/x/clinic1/isic"),
-                                   pairs_lib.dataset_dirs("/x/clinic2/isic")])
+    assert named[1] == pairs_lib.Source(
+        "ISIC-2017_Test_Data", "/d/ISIC-2017_Test_Data", "/d/ISIC-2017_Test_GroundTruth"
+    )
+    same = pairs_lib.name_sources(
+        [pairs_lib.dataset_dirs("/x/clinic1/isic"), pairs_lib.dataset_dirs("/x/clinic2/isic")]
+    )
     assert [s.name for s in same] == ["clinic1/isic", "clinic2/isic"]
     with pytest.raises(UserError, match="given twice"):
         pairs_lib.name_sources([pairs_lib.dataset_dirs("/x/a"), pairs_lib.dataset_dirs("/x/a/")])
@@ -229,14 +275,19 @@ def test_input_folders_are_named_after_their_data_folder():
 
 # ----------------------------------------------------------------------------- options
 
+
 def test_build_config_validates_and_names_the_flag():
     assert BuildConfig().fractions == (0.8, 0.1, 0.1)
     assert dataclasses.replace(CONFIG, splits="0,0,1").fractions == (0.0, 0.0, 1.0)
-    for bad, message in (({"splits": "0.8,0.1"}, "--splits"), ({"splits": "0.5,0.5,0.5"}, "--splits"),
-                         ({"image_size": 0}, "--image_size must be >= 1"),
-                         ({"num_workers": 0}, "--num_workers"), ({"num_shards": 0}, "--num_shards"),
-                         ({"colour_constancy": "retinex"}, "--colour_constancy must be one of"),
-                         ({"colour_constancy_p": 0}, "--colour_constancy_p")):
+    for bad, message in (
+        ({"splits": "0.8,0.1"}, "--splits"),
+        ({"splits": "0.5,0.5,0.5"}, "--splits"),
+        ({"image_size": 0}, "--image_size must be >= 1"),
+        ({"num_workers": 0}, "--num_workers"),
+        ({"num_shards": 0}, "--num_shards"),
+        ({"colour_constancy": "retinex"}, "--colour_constancy must be one of"),
+        ({"colour_constancy_p": 0}, "--colour_constancy_p"),
+    ):
         with pytest.raises(UserError, match=message):
             BuildConfig(**bad)
 
@@ -255,8 +306,11 @@ def test_colour_constancy_is_applied_recorded_and_part_of_the_build(tmp_path):
     colour = decode.ColourConstancy("shades_of_gray", 6)
     np.testing.assert_array_equal(record["image"], decode.load_image(image_path, S, colour)[0])
     assert np.ptp(record["image"][0, 0].astype(int)) < np.ptp(image[0, 0].astype(int))
-    assert manifest["preprocessing"] == {"image_size": S, "colour_constancy": "shades_of_gray",
-                                         "colour_constancy_p": 6}
+    assert manifest["preprocessing"] == {
+        "image_size": S,
+        "colour_constancy": "shades_of_gray",
+        "colour_constancy_p": 6,
+    }
     assert manifest["build"]["colour_constancy"] == "shades_of_gray"
     with pytest.raises(build.OutputConflictError, match="colour_constancy: 'shades_of_gray' .* 'none' now"):
         build_dir(root, out, splits="1,0,0")
@@ -265,6 +319,7 @@ def test_colour_constancy_is_applied_recorded_and_part_of_the_build(tmp_path):
 
 
 # ----------------------------------------------------------------------------- build once
+
 
 def test_second_run_returns_at_once_and_other_options_are_refused(tmp_path):
     root, out = str(tmp_path / "data"), str(tmp_path / "out")
@@ -293,7 +348,7 @@ def test_second_run_returns_at_once_and_other_options_are_refused(tmp_path):
     os.utime(os.path.join(root, "images", "ID_000.jpg"), ns=(1, 1))
     with pytest.raises(build.OutputConflictError, match="input files changed"):
         build_dir(root, out)
-    assert manifest_lib.read_manifest(out) == first   # refusals leave the build alone
+    assert manifest_lib.read_manifest(out) == first  # refusals leave the build alone
 
     rebuilt = build_dir(root, out, image_size=32, overwrite=True)
     assert rebuilt["image_size"] == 32 and rebuilt["build"]["image_size"] == 32
@@ -301,6 +356,7 @@ def test_second_run_returns_at_once_and_other_options_are_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- interruption
+
 
 class _CtrlCAfter(io.StringIO):
     """Standard output whose user presses Ctrl-C after the build's n-th progress update
@@ -318,8 +374,9 @@ class _CtrlCAfter(io.StringIO):
 
 def _interrupted_build(root, out, n, **kw):
     with contextlib.redirect_stdout(_CtrlCAfter(n)), pytest.raises(KeyboardInterrupt):
-        build.build_records([pairs_lib.dataset_dirs(root)], out,
-                            dataclasses.replace(CONFIG, **kw), progress=True)
+        build.build_records(
+            [pairs_lib.dataset_dirs(root)], out, dataclasses.replace(CONFIG, **kw), progress=True
+        )
 
 
 def test_interrupted_build_leaves_no_manifest_and_next_run_rebuilds(tmp_path):
@@ -327,7 +384,7 @@ def test_interrupted_build_leaves_no_manifest_and_next_run_rebuilds(tmp_path):
     random_dataset(root, 20)
     reference = build_dir(root, str(tmp_path / "reference"))
 
-    _interrupted_build(root, out, 7)   # in the fourth train shard (8 shards of 2)
+    _interrupted_build(root, out, 7)  # in the fourth train shard (8 shards of 2)
     assert own_files(out) == []
 
     # A run killed with SIGKILL cannot clean up: leave what it would have left.

@@ -1,23 +1,34 @@
 """isic-preprocess: bad data, the command line, and the real ISIC sample."""
+
 import csv
 import json
 import os
 import subprocess
 import sys
+
 import numpy as np
 import pytest
 from PIL import Image
+
 from core import names
+from core.errors import UserError
 from preprocessing import build
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 from preprocessing import splits
-from core.errors import UserError
-from tests.conftest import ISIC_SAMPLE, PROJECT_ROOT
-from tests.build_helpers import CONFIG, S, build_dir, own_files, random_dataset, read_records, shard_bytes, write_pair  # noqa: F401
-
+from tests.build_helpers import CONFIG  # noqa: F401
+from tests.build_helpers import S  # noqa: F401
+from tests.build_helpers import build_dir  # noqa: F401
+from tests.build_helpers import own_files  # noqa: F401
+from tests.build_helpers import random_dataset  # noqa: F401
+from tests.build_helpers import read_records  # noqa: F401
+from tests.build_helpers import shard_bytes  # noqa: F401
+from tests.build_helpers import write_pair  # noqa: F401
+from tests.conftest import ISIC_SAMPLE
+from tests.conftest import PROJECT_ROOT
 
 # ----------------------------------------------------------------------------- bad data
+
 
 def _bad_dataset(root):
     """Four good pairs plus one of every kind of problem the builder must report."""
@@ -27,8 +38,7 @@ def _bad_dataset(root):
     jpg, _ = write_pair(root, "TRUNCATED_JPEG", noisy, np.zeros((60, 80), np.uint8), ext=".jpg")
     with open(jpg, "r+b") as f:
         f.truncate(os.path.getsize(jpg) // 2)
-    _, png = write_pair(root, "TRUNCATED_MASK", noisy,
-                        (rng.random((60, 80)) > 0.5).astype(np.uint8) * 255)
+    _, png = write_pair(root, "TRUNCATED_MASK", noisy, (rng.random((60, 80)) > 0.5).astype(np.uint8) * 255)
     with open(png, "r+b") as f:
         f.truncate(os.path.getsize(png) // 2)
     bad, _ = write_pair(root, "UNREADABLE", noisy, np.zeros((60, 80), np.uint8), ext=".jpg")
@@ -36,14 +46,18 @@ def _bad_dataset(root):
         f.write(b"this is not a JPEG")
     write_pair(root, "SIZE_MISMATCH", noisy, np.zeros((60, 81), np.uint8))
     Image.fromarray(noisy).save(os.path.join(root, "images", "NO_MASK.png"))
-    Image.fromarray(np.zeros((6, 8), np.uint8)).save(
-        os.path.join(root, "masks", "NO_IMAGE_segmentation.png"))
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(os.path.join(root, "masks", "NO_IMAGE_segmentation.png"))
     for junk in (".DS_Store", "LICENSE.txt", "ATTRIBUTION.txt", "ISIC_0000000_superpixels.png"):
         with open(os.path.join(root, "images", junk), "wb") as f:
             f.write(b"junk")
-    return {"TRUNCATED_JPEG": "truncated", "TRUNCATED_MASK": "truncated",
-            "UNREADABLE": "cannot identify image file", "SIZE_MISMATCH": "mask is 81x60",
-            "NO_MASK": "image without mask", "NO_IMAGE": "mask without image"}
+    return {
+        "TRUNCATED_JPEG": "truncated",
+        "TRUNCATED_MASK": "truncated",
+        "UNREADABLE": "cannot identify image file",
+        "SIZE_MISMATCH": "mask is 81x60",
+        "NO_MASK": "image without mask",
+        "NO_IMAGE": "mask without image",
+    }
 
 
 def test_bad_data_is_listed_and_nothing_is_published(tmp_path):
@@ -72,8 +86,9 @@ def test_skip_bad_records_the_problems_and_keeps_exact_splits(tmp_path):
     # Splits are computed over the 4 good pairs only (2/1/1), as if the bad ones were absent.
     assert manifest["counts"] == {"train": 2, "val": 1, "test": 1}
     good = [f"ID_{i:03d}" for i in range(4)]
-    assert manifest["splits"] == {i: s for s, ids in splits.assign_splits(
-        good, (0.5, 0.25, 0.25), 0).items() for i in ids}
+    assert manifest["splits"] == {
+        i: s for s, ids in splits.assign_splits(good, (0.5, 0.25, 0.25), 0).items() for i in ids
+    }
     assert sorted(read_records(out, manifest)) == good
     assert manifest["ignored_files"] == 4
     assert not [n for n in os.listdir(out) if ".tmp" in n]
@@ -86,20 +101,24 @@ def test_no_pairs_at_all_is_an_error(tmp_path):
     with pytest.raises(UserError, match="no image/mask pairs found: .* in .*/images"):
         build_dir(str(tmp_path), str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="masks folder .* does not exist"):
-        build.build_records([(str(tmp_path / "images"), str(tmp_path / "nope"))],
-                            str(tmp_path / "o"), CONFIG)
+        build.build_records([(str(tmp_path / "images"), str(tmp_path / "nope"))], str(tmp_path / "o"), CONFIG)
 
 
 # ----------------------------------------------------------------------------- CLI
+
 
 def test_input_flags_are_exclusive_and_repeatable():
     assert pairs_lib.input_dirs(["D"]) == [(os.path.join("D", "images"), os.path.join("D", "masks"))]
     assert pairs_lib.input_dirs(["A", "B"])[1] == (os.path.join("B", "images"), os.path.join("B", "masks"))
     assert pairs_lib.input_dirs((), ["I"], ["M"]) == [("I", "M")]
     assert pairs_lib.input_dirs((), ["I1", "I2"], ["M1", "M2"]) == [("I1", "M1"), ("I2", "M2")]
-    for args, message in (((["D"], ["I"], []), "cannot be combined"), ((["D"], [], ["M"]), "cannot be combined"),
-                          (([], ["I"], []), "together"), (([], ["I1", "I2"], ["M1"]), "got 2 --images_dir and 1"),
-                          (([], [], []), "pass --data_dir")):
+    for args, message in (
+        ((["D"], ["I"], []), "cannot be combined"),
+        ((["D"], [], ["M"]), "cannot be combined"),
+        (([], ["I"], []), "together"),
+        (([], ["I1", "I2"], ["M1"]), "got 2 --images_dir and 1"),
+        (([], [], []), "pass --data_dir"),
+    ):
         with pytest.raises(ValueError, match=message):
             pairs_lib.input_dirs(*args)
 
@@ -109,13 +128,30 @@ def test_cli_reports_bad_data_without_traceback(tmp_path):
     expected = _bad_dataset(root)
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
     result = subprocess.run(
-        [sys.executable, "-m", "launch.commands.preprocess", "--images_dir", os.path.join(root, "images"),
-         "--masks_dir", os.path.join(root, "masks"), "--output_dir", out, "--image_size", "16",
-         "--num_workers", "1"], capture_output=True, text=True, env=env, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "launch.commands.preprocess",
+            "--images_dir",
+            os.path.join(root, "images"),
+            "--masks_dir",
+            os.path.join(root, "masks"),
+            "--output_dir",
+            out,
+            "--image_size",
+            "16",
+            "--num_workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    message = result.stderr[result.stderr.index(": error: 6 bad pair(s)"):]
-    error_lines = [l for l in message.splitlines() if l.startswith("  /")]
+    message = result.stderr[result.stderr.index(": error: 6 bad pair(s)") :]
+    error_lines = [text for text in message.splitlines() if text.startswith("  /")]
     assert len(error_lines) == len(expected)
     assert own_files(out) == []
 
@@ -123,11 +159,18 @@ def test_cli_reports_bad_data_without_traceback(tmp_path):
 def test_worker_imports_stay_free_of_tensorflow():
     # 'spawn' workers re-import the entry point's module and unpickle the task function's
     # module; TensorFlow there would cost each worker seconds and memory for nothing.
-    code = ("import sys; import launch.commands.preprocess, launch.commands.synth, "
-            "preprocessing.build, preprocessing.load, preprocessing.synth; "
-            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=60)
+    code = (
+        "import sys; import launch.commands.preprocess, launch.commands.synth, "
+        "preprocessing.build, preprocessing.load, preprocessing.synth; "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
+        timeout=60,
+    )
     assert result.stdout.strip() == "[]", (result.stdout, result.stderr)
 
 
@@ -151,15 +194,29 @@ def test_build_and_rerun_never_import_tensorflow(tmp_path):
     random_dataset(roots[1], 3, prefix="B")
     out = str(tmp_path / "out")
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
-    flags = ["--data_dir", roots[0], "--data_dir", roots[1], "--output_dir", out,
-             "--image_size", str(S), "--num_workers", "2"]
+    flags = [
+        "--data_dir",
+        roots[0],
+        "--data_dir",
+        roots[1],
+        "--output_dir",
+        out,
+        "--image_size",
+        str(S),
+        "--num_workers",
+        "2",
+    ]
 
     def run(*extra):
-        return subprocess.run([sys.executable, "-c", _RUN, *flags, *extra], capture_output=True,
-                              text=True, env=env, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-c", _RUN, *flags, *extra], capture_output=True, text=True, env=env, timeout=120
+        )
+
     result = run()
-    assert "Built " in result.stdout and result.stdout.strip().endswith("exit 0 False"), \
-        (result.stdout, result.stderr)
+    assert "Built " in result.stdout and result.stdout.strip().endswith("exit 0 False"), (
+        result.stdout,
+        result.stderr,
+    )
     result = run()
     assert "already built" in result.stdout, result.stderr
     assert result.stdout.strip().endswith("exit 0 False"), result.stdout
@@ -171,10 +228,11 @@ def test_build_and_rerun_never_import_tensorflow(tmp_path):
 
 # ----------------------------------------------------------------------------- real data
 
+
 @pytest.mark.skipif(not os.path.isdir(ISIC_SAMPLE), reason="ISIC sample not present")
 def test_real_sample_subset(tmp_path):
     with open(os.path.join(ISIC_SAMPLE, "manifest.csv")) as f:
-        rows = list(csv.DictReader(f))[::23][:20]   # 20 pairs spread over the sample
+        rows = list(csv.DictReader(f))[::23][:20]  # 20 pairs spread over the sample
     for sub in ("images", "masks"):
         (tmp_path / sub).mkdir()
     for row in rows:

@@ -30,31 +30,63 @@ def _half_mask(h=32, w=32):
 
 # ----------------------------------------------------------------------------- discovery
 
+
 def test_discovery_matches_ids_case_insensitively_and_counts_junk(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
-    for name in ("A.jpg", "B.JPG", "C.Jpeg", "D.PNG", "DUP.jpg", "DUP.png", "NOMASK.jpg",
-                 ".DS_Store", "._A.jpg", "LICENSE.txt", "A_superpixels.png", "notes.md"):
+    for name in (
+        "A.jpg",
+        "B.JPG",
+        "C.Jpeg",
+        "D.PNG",
+        "DUP.jpg",
+        "DUP.png",
+        "NOMASK.jpg",
+        ".DS_Store",
+        "._A.jpg",
+        "LICENSE.txt",
+        "A_superpixels.png",
+        "notes.md",
+    ):
         (images / name).write_bytes(b"x")
-    for name in ("A_segmentation.png", "B_Segmentation.PNG", "C_segmentation.png",
-                 "D_segmentation.png", "DUP_segmentation.png", "ORPHAN_segmentation.png",
-                 "A.png", "ATTRIBUTION.txt"):
+    for name in (
+        "A_segmentation.png",
+        "B_Segmentation.PNG",
+        "C_segmentation.png",
+        "D_segmentation.png",
+        "DUP_segmentation.png",
+        "ORPHAN_segmentation.png",
+        "A.png",
+        "ATTRIBUTION.txt",
+    ):
         (masks / name).write_bytes(b"x")
     (images / "subfolder").mkdir()
 
     listing = pairs_lib.discover_pairs(str(images), str(masks))
     assert [(p.case_id, p.image_file, p.mask_file) for p in listing.pairs] == [
-        ("A", "A.jpg", "A_segmentation.png"), ("B", "B.JPG", "B_Segmentation.PNG"),
-        ("C", "C.Jpeg", "C_segmentation.png"), ("D", "D.PNG", "D_segmentation.png")]
+        ("A", "A.jpg", "A_segmentation.png"),
+        ("B", "B.JPG", "B_Segmentation.PNG"),
+        ("C", "C.Jpeg", "C_segmentation.png"),
+        ("D", "D.PNG", "D_segmentation.png"),
+    ]
     reasons = {p.case_id: p.reason for p in listing.problems}
     assert sorted(reasons) == ["DUP", "NOMASK", "ORPHAN"]
     assert "two images for ID DUP: DUP.jpg, DUP.png" in reasons["DUP"]
     assert reasons["NOMASK"].startswith("image without mask")
     assert reasons["ORPHAN"].startswith("mask without image")
-    assert listing.ignored == sorted([
-        "images/.DS_Store", "images/._A.jpg", "images/LICENSE.txt", "images/A_superpixels.png",
-        "images/notes.md", "images/subfolder", "masks/A.png", "masks/ATTRIBUTION.txt"])
+    assert listing.ignored == sorted(
+        [
+            "images/.DS_Store",
+            "images/._A.jpg",
+            "images/LICENSE.txt",
+            "images/A_superpixels.png",
+            "images/notes.md",
+            "images/subfolder",
+            "masks/A.png",
+            "masks/ATTRIBUTION.txt",
+        ]
+    )
 
     # The fingerprint follows the pair files (not the junk) and survives a move.
     (images / "LICENSE.txt").write_bytes(b"changed")
@@ -69,6 +101,7 @@ def test_discovery_matches_ids_case_insensitively_and_counts_junk(tmp_path):
 
 # ----------------------------------------------------------------------------- images
 
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "1", "I;16"])
 def test_image_modes_become_rgb(tmp_path, mode):
     if mode == "L":
@@ -77,13 +110,13 @@ def test_image_modes_become_rgb(tmp_path, mode):
         image = Image.new("P", (24, 20), 1)
         image.putpalette([0, 0, 0, 10, 200, 30])
         expected = (10, 200, 30)
-    elif mode == "RGBA":   # alpha is dropped, not composited
+    elif mode == "RGBA":  # alpha is dropped, not composited
         image, expected = Image.new("RGBA", (24, 20), (10, 200, 30, 0)), (10, 200, 30)
     elif mode == "LA":
         image, expected = Image.new("LA", (24, 20), (60, 255)), (60, 60, 60)
     elif mode == "1":
         image, expected = Image.new("1", (24, 20), 1), (255, 255, 255)
-    else:                  # 16-bit grayscale: value // 257
+    else:  # 16-bit grayscale: value // 257
         image = Image.fromarray(np.full((20, 24), 40000, np.uint16))
         expected = (155, 155, 155)
     small, mask, size = _load(tmp_path, image, np.zeros((20, 24), np.uint8))
@@ -93,7 +126,7 @@ def test_image_modes_become_rgb(tmp_path, mode):
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):
-    image = Image.new("CMYK", (24, 20), (0, 255, 255, 0))   # pure red
+    image = Image.new("CMYK", (24, 20), (0, 255, 255, 0))  # pure red
     small, _, _ = _load(tmp_path, image, np.zeros((20, 24), np.uint8), ext=".jpg", quality=95)
     assert np.abs(small.astype(int) - [255, 0, 0]).max() <= 8, small[0, 0]
 
@@ -109,8 +142,8 @@ def test_exif_orientation_is_applied(tmp_path):
     upright_mask[:20] = 255
     small, mask, size = _load(tmp_path, stored, upright_mask, ext=".jpg", exif=exif, quality=95)
     assert size == (40, 20)
-    assert small[: S // 2].min() > 240 and small[S // 2:].max() < 15
-    assert mask[: S // 2].all() and not mask[S // 2:].any()
+    assert small[: S // 2].min() > 240 and small[S // 2 :].max() < 15
+    assert mask[: S // 2].all() and not mask[S // 2 :].any()
     # A mask drawn on the stored (unrotated) pixels is refused, with the reason.
     with pytest.raises(load.BadPairError, match="EXIF orientation 6"):
         _load(tmp_path, stored, np.zeros((20, 40), np.uint8), ext=".jpg", exif=exif)
@@ -133,6 +166,7 @@ def test_jpeg_draft_stays_aligned_with_the_full_decode(tmp_path):
 
 # ----------------------------------------------------------------------------- masks
 
+
 @pytest.mark.parametrize("kind", ["1", "L_129", "P", "RGB", "RGBA", "I;16"])
 def test_mask_modes_are_binarised_above_128(tmp_path, kind):
     # Left half foreground, right half background in every encoding.
@@ -140,7 +174,7 @@ def test_mask_modes_are_binarised_above_128(tmp_path, kind):
     fg[:, :16] = True
     if kind == "1":
         mask = Image.fromarray(fg)
-    elif kind == "L_129":     # the boundary values: 129 is lesion, 128 is not
+    elif kind == "L_129":  # the boundary values: 129 is lesion, 128 is not
         mask = Image.fromarray(np.where(fg, 129, 128).astype(np.uint8))
     elif kind == "P":
         mask = Image.fromarray(fg.astype(np.uint8), "P")
@@ -148,9 +182,10 @@ def test_mask_modes_are_binarised_above_128(tmp_path, kind):
     elif kind == "RGB":
         mask = Image.fromarray(np.repeat(fg[..., None] * np.uint8(255), 3, axis=2))
     elif kind == "RGBA":
-        mask = Image.fromarray(np.dstack([np.repeat(fg[..., None] * np.uint8(255), 3, axis=2),
-                                          np.full((32, 32), 255, np.uint8)]))
-    else:                     # 16-bit: 33153 // 257 = 129 (lesion), 32896 // 257 = 128 (not)
+        mask = Image.fromarray(
+            np.dstack([np.repeat(fg[..., None] * np.uint8(255), 3, axis=2), np.full((32, 32), 255, np.uint8)])
+        )
+    else:  # 16-bit: 33153 // 257 = 129 (lesion), 32896 // 257 = 128 (not)
         mask = Image.fromarray(np.where(fg, 33153, 32896).astype(np.uint16))
     _, small, _ = _load(tmp_path, np.zeros((32, 32, 3), np.uint8), mask)
     expected = np.zeros((S, S), np.uint8)
@@ -181,10 +216,12 @@ def test_zero_one_mask_is_refused(tmp_path, dtype):
 
 # ----------------------------------------------------------------------------- errors
 
+
 def test_truncated_png_image_and_empty_files_name_the_file(tmp_path):
     rng = np.random.default_rng(0)
-    image_path, mask_path = write_pair(str(tmp_path), "X", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8),
-                                       np.zeros((40, 50), np.uint8))
+    image_path, mask_path = write_pair(
+        str(tmp_path), "X", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), np.zeros((40, 50), np.uint8)
+    )
     pair = pairs_lib.Pair("X", image_path, mask_path)
     with open(image_path, "r+b") as f:
         f.truncate(os.path.getsize(image_path) // 2)
@@ -203,8 +240,9 @@ def test_truncated_png_image_and_empty_files_name_the_file(tmp_path):
 
 def test_unsupported_mask_mode_is_refused(tmp_path):
     # A float mask has no agreed 0-255 scale (saved as TIFF: PNG cannot hold mode F).
-    image_path, mask_path = write_pair(str(tmp_path), "X", np.zeros((8, 8, 3), np.uint8),
-                                       np.zeros((8, 8), np.uint8))
+    image_path, mask_path = write_pair(
+        str(tmp_path), "X", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    )
     Image.fromarray(np.full((8, 8), 255.0, np.float32)).save(mask_path, format="TIFF")
     with pytest.raises(load.BadPairError, match="unsupported mask mode F"):
         load.load_pair(pairs_lib.Pair("X", image_path, mask_path), S)
@@ -212,13 +250,14 @@ def test_unsupported_mask_mode_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- colour constancy
 
+
 def test_shades_of_gray_follows_its_formula():
     # Two pixels per channel: e_c = ((a^6 + b^6) / 2)^(1/6); the grey target is the RMS
     # of the three estimates; each channel is scaled by target / e_c and rounded.
-    image = np.array([[[100, 200, 50], [100, 100, 150]]], np.uint8)   # [1, 2, 3]
+    image = np.array([[[100, 200, 50], [100, 100, 150]]], np.uint8)  # [1, 2, 3]
     x = image.astype(np.float64)
     e = ((x[0, 0] ** 6 + x[0, 1] ** 6) / 2) ** (1 / 6)
-    target = np.sqrt(np.mean(e ** 2))
+    target = np.sqrt(np.mean(e**2))
     expected = np.clip(np.rint(x * (target / e)), 0, 255).astype(np.uint8)
     out = decode.shades_of_gray(image, 6)
     np.testing.assert_array_equal(out, expected)
@@ -230,7 +269,7 @@ def test_shades_of_gray_follows_its_formula():
 
 def test_shades_of_gray_edge_cases():
     grey = np.full((4, 4, 3), 90, np.uint8)
-    np.testing.assert_array_equal(decode.shades_of_gray(grey), grey)      # already grey
+    np.testing.assert_array_equal(decode.shades_of_gray(grey), grey)  # already grey
     black = np.zeros((2, 2, 3), np.uint8)
     np.testing.assert_array_equal(decode.shades_of_gray(black), black)
     red = np.zeros((2, 2, 3), np.uint8)
@@ -261,9 +300,10 @@ def test_colour_constancy_record_round_trips_and_is_checked():
 def test_colour_constancy_is_applied_to_the_resized_image(tmp_path, ext):
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
-    image[..., 2] //= 3                      # a blue-poor illuminant to correct
-    image_path, mask_path = write_pair(str(tmp_path), "X", image, np.zeros((40, 56), np.uint8),
-                                       ext=ext, quality=95)
+    image[..., 2] //= 3  # a blue-poor illuminant to correct
+    image_path, mask_path = write_pair(
+        str(tmp_path), "X", image, np.zeros((40, 56), np.uint8), ext=ext, quality=95
+    )
     pair = pairs_lib.Pair("X", image_path, mask_path)
     on = decode.ColourConstancy("shades_of_gray", 6)
     plain, _, _ = load.load_pair(pair, S)

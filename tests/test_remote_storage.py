@@ -21,27 +21,35 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core import files
+from core import leases
+from core import locks
+from core.errors import UserError
 from launch import cli
-from launch.inference import evaluation
 from launch.export import exporter
+from launch.export.config import ExportConfig
+from launch.inference import evaluation
 from launch.inference import models
 from launch.inference import prediction
-from launch.export.config import ExportConfig
-from launch.inference.config import EvaluateConfig, PredictConfig
+from launch.inference.config import EvaluateConfig
+from launch.inference.config import PredictConfig
 from launch.training import checkpoints
 from launch.training import trainer
 from launch.training.config import TrainConfig
 from model import unet
 from pipeline import dataset as dataset_lib
-from core import files
-from core import leases
-from core import locks
-from core.errors import UserError
 from tests import build_helpers
 
 RAW = dict(tta=False, fill_holes=False, largest_component=False)
-TINY = TrainConfig(batch_size=4, base_filters=2, strategy="one_device", precision="float32",
-                   summary_images=0, checkpoint_every_steps=2, epochs=1)
+TINY = TrainConfig(
+    batch_size=4,
+    base_filters=2,
+    strategy="one_device",
+    precision="float32",
+    summary_images=0,
+    checkpoint_every_steps=2,
+    epochs=1,
+)
 
 
 def _ram(name: str) -> str:
@@ -55,8 +63,9 @@ def _tree(root: str) -> dict[str, bytes]:
     for folder, _, names in tf.io.gfile.walk(root):
         for name in names:
             path = os.path.join(folder, name)
-            found[os.path.relpath(path, root) if files.is_local(root)
-                  else path[len(root.rstrip("/")) + 1:]] = files.read_bytes(path)
+            found[
+                os.path.relpath(path, root) if files.is_local(root) else path[len(root.rstrip("/")) + 1 :]
+            ] = files.read_bytes(path)
     return found
 
 
@@ -79,9 +88,17 @@ def test_every_command_on_ram_filesystem(tmp_path):
     second = trainer.train(data_dir, model_dir, dataclasses.replace(TINY, epochs=2), verbose=False)
     assert second["step"] == 2 * first["step"] and second["epoch"] == 2
     written = set(_tree(model_dir))
-    for name in ("config.json", "preprocessing.json", "history.csv", "loss.png",
-                 "ISIC-UNet.keras", "best/ISIC-UNet.keras", "saved_model/saved_model.pb",
-                 "checkpoints/run.json", "checkpoints/checkpoint"):
+    for name in (
+        "config.json",
+        "preprocessing.json",
+        "history.csv",
+        "loss.png",
+        "ISIC-UNet.keras",
+        "best/ISIC-UNet.keras",
+        "saved_model/saved_model.pb",
+        "checkpoints/run.json",
+        "checkpoints/checkpoint",
+    ):
         assert name in written, (name, sorted(written))
     assert any(n.startswith("logs/train/events.out.tfevents") for n in written)
     assert trainer.LOCK_FILE not in written  # the lease is released at the end
@@ -97,8 +114,7 @@ def test_every_command_on_ram_filesystem(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), final))
 
     # Evaluate on the remote records, into the model directory's default output folder.
-    summary = evaluation.evaluate(model_dir, data_dir, EvaluateConfig(split="val", **RAW),
-                                  progress=False)
+    summary = evaluation.evaluate(model_dir, data_dir, EvaluateConfig(split="val", **RAW), progress=False)
     metrics = json.loads(files.read_bytes(f"{model_dir}/eval-val/metrics.json"))
     assert metrics["count"] == summary["count"] > 0 and metrics["data_dir"] == data_dir
     assert files.isfile(f"{model_dir}/eval-val/per_image.csv")
@@ -107,15 +123,17 @@ def test_every_command_on_ram_filesystem(tmp_path):
     inputs = f"{root}/inputs"
     for name in sorted(os.listdir(images_dir))[:3]:
         tf.io.gfile.copy(os.path.join(images_dir, name), f"{inputs}/{name}")
-    report = prediction.predict_folder(model_dir, inputs, f"{root}/masks",
-                                       PredictConfig(overlays=True, **RAW), progress=False)
+    report = prediction.predict_folder(
+        model_dir, inputs, f"{root}/masks", PredictConfig(overlays=True, **RAW), progress=False
+    )
     assert len(report["written"]) == 3 and not report["failed"]
     assert all(files.isfile(p) for p in report["written"])
     assert len(files.listdir(f"{root}/masks/{prediction.OVERLAY_DIR}")) == 3
 
     # Export: the checked SavedModel lands whole, export.json (its marker) included.
-    exporter.export_model(model_dir, f"{root}/export", ExportConfig(onnx=False, tflite=False, **RAW),
-                        log=lambda _: None)
+    exporter.export_model(
+        model_dir, f"{root}/export", ExportConfig(onnx=False, tflite=False, **RAW), log=lambda _: None
+    )
     assert files.isfile(f"{root}/export/{exporter.EXPORT_FILE}")
     assert files.isfile(f"{root}/export/{exporter.SERVING_DIR}/saved_model.pb")
 
@@ -141,8 +159,16 @@ def test_remote_flag_files_are_read_through_a_local_copy(tmp_path):
     remote = _ram("flags")
     files.write_atomic(f"{remote}/a.flags", "--epochs=3\n")
     files.write_atomic(f"{remote}/b.flags", "--data_dir=gs://b/records\n")
-    argv = cli.local_flagfiles(["isic-train", f"--flagfile={remote}/a.flags", "--flagfile",
-                                f"{remote}/b.flags", "--flagfile=local.flags", "--epochs=2"])
+    argv = cli.local_flagfiles(
+        [
+            "isic-train",
+            f"--flagfile={remote}/a.flags",
+            "--flagfile",
+            f"{remote}/b.flags",
+            "--flagfile=local.flags",
+            "--epochs=2",
+        ]
+    )
     assert argv[0::2] == ["isic-train", "--flagfile", "--flagfile=local.flags"]
     assert argv[-1] == "--epochs=2" and argv[1].startswith("--flagfile=")
     assert files.read_bytes(argv[1].split("=", 1)[1]) == b"--epochs=3\n"
@@ -153,8 +179,7 @@ def test_remote_flag_files_are_read_through_a_local_copy(tmp_path):
 
 def _lease_file(directory: str, host: str, renewed: float) -> None:
     holder = locks.Holder(host, 4242, "2026-01-01 00:00:00 +0000", "isic-train")
-    files.write_atomic(f"{directory}/.lock",
-                       leases.Lease(holder, "someone-else", renewed).to_json())
+    files.write_atomic(f"{directory}/.lock", leases.Lease(holder, "someone-else", renewed).to_json())
 
 
 def test_lease_refuses_a_live_holder_and_takes_over_a_stale_one():
@@ -177,6 +202,7 @@ def test_lease_refuses_a_live_holder_and_takes_over_a_stale_one():
 def test_local_mount_without_flock_falls_back_to_the_lease(tmp_path, monkeypatch, caplog):
     def no_flock(*_):
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
     monkeypatch.setattr(fcntl, "flock", no_flock)  # what gcsfuse answers
     directory = str(tmp_path / "run")
     with locks.exclusive(directory, ".lock", "isic-train", advice="use another") as stale:
@@ -190,9 +216,11 @@ def test_local_mount_without_flock_falls_back_to_the_lease(tmp_path, monkeypatch
 
 
 def test_fuse_mounts_are_recognised_for_the_lease(tmp_path):
-    table = ("/dev/sda1 / ext4 rw 0 0\n"
-             "gcsfuse /gcs fuse.gcsfuse rw,nosuid 0 0\n"
-             "server:/export /mnt/my\\040nfs nfs4 rw 0 0\n")
+    table = (
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "gcsfuse /gcs fuse.gcsfuse rw,nosuid 0 0\n"
+        "server:/export /mnt/my\\040nfs nfs4 rw 0 0\n"
+    )
     assert locks.mount_type("/gcs/bucket/runs/x", table) == "fuse.gcsfuse"
     assert locks.mount_type("/gcsx/runs", table) == "ext4"
     assert locks.mount_type("/mnt/my nfs/runs", table) == "nfs4"
@@ -201,18 +229,42 @@ def test_fuse_mounts_are_recognised_for_the_lease(tmp_path):
 
 # Calls that touch files, which library modules make through core/files.py so
 # that remote paths work. Each exception says why the path is always local.
-_FILE_CALLS = {"open"} | {f"os.{n}" for n in (
-    "replace", "rename", "remove", "unlink", "makedirs", "mkdir", "rmdir", "listdir",
-    "scandir", "walk", "stat", "open", "fsync")} | {f"os.path.{n}" for n in (
-        "exists", "isfile", "isdir", "getsize", "getmtime", "abspath", "realpath")}
+_FILE_CALLS = (
+    {"open"}
+    | {
+        f"os.{n}"
+        for n in (
+            "replace",
+            "rename",
+            "remove",
+            "unlink",
+            "makedirs",
+            "mkdir",
+            "rmdir",
+            "listdir",
+            "scandir",
+            "walk",
+            "stat",
+            "open",
+            "fsync",
+        )
+    }
+    | {f"os.path.{n}" for n in ("exists", "isfile", "isdir", "getsize", "getmtime", "abspath", "realpath")}
+)
 _ALLOWED = {
     # flock needs a local file descriptor; remote folders take the lease before this.
     "core/locks.py": {"os.makedirs", "os.open", "os.path.realpath"},
     # The raw image folders of isic-preprocess stay local (README: object storage).
     "preprocessing/pairs.py": {"os.path.abspath", "os.path.isdir", "os.scandir", "os.stat"},
     # isic-synth writes such raw folders.
-    "preprocessing/synth.py": {"open", "os.makedirs", "os.listdir", "os.remove",
-                               "os.path.exists", "os.path.isfile"},
+    "preprocessing/synth.py": {
+        "open",
+        "os.makedirs",
+        "os.listdir",
+        "os.remove",
+        "os.path.exists",
+        "os.path.isfile",
+    },
     # The export's local staging folder and its size.
     "launch/export/exporter.py": {"os.makedirs", "os.walk", "os.path.isfile", "os.path.getsize"},
     # A shard is written into the local file atomic_path stages (uploaded whole if remote).
@@ -238,15 +290,18 @@ def test_library_modules_touch_files_only_through_files_py():
             module = path.relative_to(project).as_posix()
             if module == "core/files.py":  # the one place
                 continue
-            calls = {_name(node.func) for node in ast.walk(ast.parse(path.read_text()))
-                     if isinstance(node, ast.Call)} & _FILE_CALLS
+            calls = {
+                _name(node.func)
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Call)
+            } & _FILE_CALLS
             if calls:
                 found[module] = calls
-    unexpected = {m: sorted(c - _ALLOWED.get(m, set())) for m, c in found.items()
-                  if c - _ALLOWED.get(m, set())}
+    unexpected = {
+        m: sorted(c - _ALLOWED.get(m, set())) for m, c in found.items() if c - _ALLOWED.get(m, set())
+    }
     assert not unexpected, f"use core/files.py instead: {unexpected}"
-    stale = {m: sorted(c - found.get(m, set())) for m, c in _ALLOWED.items()
-             if c - found.get(m, set())}
+    stale = {m: sorted(c - found.get(m, set())) for m, c in _ALLOWED.items() if c - found.get(m, set())}
     assert not stale, f"allowed calls no longer made, drop them from _ALLOWED: {stale}"
 
 

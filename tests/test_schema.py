@@ -1,4 +1,5 @@
 """The writer/reader contract: encode_example -> parse_batch round trip."""
+
 import os
 import subprocess
 import sys
@@ -16,8 +17,10 @@ from tests.conftest import PROJECT_ROOT
 def test_round_trip_exact_values():
     rng = np.random.default_rng(0)
     pairs = [factory.make_pair(rng, 8) for _ in range(3)]
-    blobs = [schema.encode_example(f"ID_{i}", im, m, (30 + i, 40), f"ID_{i}.jpg", f"ID_{i}_segmentation.png")
-             for i, (im, m) in enumerate(pairs)]
+    blobs = [
+        schema.encode_example(f"ID_{i}", im, m, (30 + i, 40), f"ID_{i}.jpg", f"ID_{i}_segmentation.png")
+        for i, (im, m) in enumerate(pairs)
+    ]
     out = schema.parse_batch(tf.constant(blobs), 8)
     assert out["image"].shape == (3, 8, 8, 3) and out["image"].dtype == tf.uint8
     assert out["mask"].shape == (3, 8, 8, 1)
@@ -27,7 +30,7 @@ def test_round_trip_exact_values():
     assert out["case_id"].numpy().tolist() == [b"ID_0", b"ID_1", b"ID_2"]
     assert out["original_size"].numpy().tolist() == [[30, 40], [31, 40], [32, 40]]
     assert out["source_mask"][1].numpy() == b"ID_1_segmentation.png"
-    assert out["source"].numpy().tolist() == [b"", b"", b""]   # not given: ""
+    assert out["source"].numpy().tolist() == [b"", b"", b""]  # not given: ""
 
 
 def test_source_round_trip_and_records_written_without_it():
@@ -46,26 +49,38 @@ def test_source_round_trip_and_records_written_without_it():
 
 def _tf_serialized(features: dict) -> bytes:
     """What the builder wrote with TensorFlow before it stopped importing it."""
+
     def feature(value):
         if isinstance(value, bytes):
             return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-    example = tf.train.Example(features=tf.train.Features(
-        feature={key: feature(value) for key, value in features.items()}))
+
+    example = tf.train.Example(
+        features=tf.train.Features(feature={key: feature(value) for key, value in features.items()})
+    )
     return example.SerializeToString(deterministic=True)
 
 
-@pytest.mark.parametrize("size,source,original", [(8, "", (30, 40)), (16, "clinic_a", (3000, 4000)),
-                                                  (1, "x" * 200, (2**40, 1))])
+@pytest.mark.parametrize(
+    "size,source,original", [(8, "", (30, 40)), (16, "clinic_a", (3000, 4000)), (1, "x" * 200, (2**40, 1))]
+)
 def test_encoding_is_byte_identical_to_tensorflows(size, source, original):
     # Records written without TensorFlow are the ones it wrote (and its readers expect).
     im, m = factory.make_pair(np.random.default_rng(size), size)
     ours = schema.encode_example("ISIC_0000001", im, m, original, "a.jpg", "a_segmentation.png", source)
-    assert ours == _tf_serialized({
-        schema.IMAGE: im.tobytes(), schema.MASK: m.tobytes(), schema.SIZE: size,
-        schema.CASE_ID: b"ISIC_0000001", schema.ORIGINAL_HEIGHT: original[0],
-        schema.ORIGINAL_WIDTH: original[1], schema.SOURCE_IMAGE: b"a.jpg",
-        schema.SOURCE_MASK: b"a_segmentation.png", schema.SOURCE: source.encode()})
+    assert ours == _tf_serialized(
+        {
+            schema.IMAGE: im.tobytes(),
+            schema.MASK: m.tobytes(),
+            schema.SIZE: size,
+            schema.CASE_ID: b"ISIC_0000001",
+            schema.ORIGINAL_HEIGHT: original[0],
+            schema.ORIGINAL_WIDTH: original[1],
+            schema.SOURCE_IMAGE: b"a.jpg",
+            schema.SOURCE_MASK: b"a_segmentation.png",
+            schema.SOURCE: source.encode(),
+        }
+    )
     # Every int64 the varint encoding can meet, negative ones included; map keys that are
     # prefixes of others (protobuf's map order, preprocessing/tfrecord.py).
     for value in (0, 1, 127, 128, 300, 2**31, 2**63 - 1, -1, -(2**63)):
@@ -85,10 +100,17 @@ def test_framing_is_byte_identical_to_tfrecordwriter(tmp_path):
 
 def test_importing_the_schema_does_not_import_tensorflow():
     # The builder encodes records (schema, tfrecord) and reads manifests without TensorFlow.
-    code = ("import sys; import preprocessing.schema, preprocessing.manifest, preprocessing.tfrecord; "
-            "print('tensorflow' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=60)
+    code = (
+        "import sys; import preprocessing.schema, preprocessing.manifest, preprocessing.tfrecord; "
+        "print('tensorflow' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
+        timeout=60,
+    )
     assert result.stdout.strip() == "False", result.stderr
 
 

@@ -41,10 +41,10 @@ def test_pairs_look_like_dermoscopy(six_pairs):
         fractions.append(lesion.mean())
         gray = image.mean(axis=2)
         contrasts.append(np.median(gray[~lesion]) - np.median(gray[lesion]))
-    assert len(sizes) == 6                                  # varied image sizes
+    assert len(sizes) == 6  # varied image sizes
     assert all(0.01 < f < 0.8 for f in fractions) and max(fractions) > 3 * min(fractions)
-    assert all(c > 8 for c in contrasts), contrasts        # lesions are darker than skin
-    assert min(contrasts) < 30 < max(contrasts)             # ... some only slightly
+    assert all(c > 8 for c in contrasts), contrasts  # lesions are darker than skin
+    assert min(contrasts) < 30 < max(contrasts)  # ... some only slightly
 
 
 def test_pairs_are_not_solved_by_a_threshold(six_pairs):
@@ -57,7 +57,7 @@ def test_pairs_are_not_solved_by_a_threshold(six_pairs):
         scores.append(max(_dice(gray < t, truth) for t in range(0, 256, 4)))
         all_lesion.append(_dice(np.ones_like(truth), truth))
     assert np.mean(scores) < 0.9, scores
-    assert np.mean(all_lesion) < 0.5                        # the trivial answer scores poorly
+    assert np.mean(all_lesion) < 0.5  # the trivial answer scores poorly
 
 
 def test_generate_writes_the_input_layout_once(tmp_path):
@@ -69,8 +69,7 @@ def test_generate_writes_the_input_layout_once(tmp_path):
     with open(os.path.join(out, "images", "SYNTH_0000001.jpg"), "rb") as f:
         assert f.read() == synth.encode_pair(*synth.make_pair(2, 1))[0]
 
-    assert not [n for sub in ("images", "masks") for n in os.listdir(os.path.join(out, sub))
-                if ".tmp" in n]
+    assert not [n for sub in ("images", "masks") for n in os.listdir(os.path.join(out, sub)) if ".tmp" in n]
     # Same flags: nothing is rewritten, so a build of these inputs stays valid.
     mtimes = [os.stat(p.image_path).st_mtime_ns for p in listing.pairs]
     assert not synth.write_dataset(out, 2, seed=2, num_workers=1, progress=False)
@@ -83,8 +82,9 @@ def test_generate_writes_the_input_layout_once(tmp_path):
 
     # The builder accepts the output as it is.
     config = BuildConfig(image_size=16, num_workers=1, splits="0.5,0.5,0")
-    manifest = build.build_records([pairs_lib.dataset_dirs(out)], str(tmp_path / "records"),
-                                   config, progress=False)
+    manifest = build.build_records(
+        [pairs_lib.dataset_dirs(out)], str(tmp_path / "records"), config, progress=False
+    )
     assert manifest["counts"] == {"train": 1, "val": 1, "test": 0}
 
 

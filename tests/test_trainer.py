@@ -17,17 +17,23 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config
 
+from core import options
+from core.errors import UserError
 from launch.training import checkpoints
 from launch.training import report
 from launch.training import steps as steps_lib
 from launch.training import trainer
 from launch.training.config import TrainConfig
-from core import options
-from core.errors import UserError
 from tests import factory
 
-BASE = TrainConfig(batch_size=4, base_filters=4, strategy="one_device", precision="float32",
-                   summary_images=2, learning_rate=3e-3)
+BASE = TrainConfig(
+    batch_size=4,
+    base_filters=4,
+    strategy="one_device",
+    precision="float32",
+    summary_images=2,
+    learning_rate=3e-3,
+)
 
 
 def _train(records, model_dir, **changes):
@@ -54,8 +60,9 @@ def one_epoch_run(records, tmp_path_factory):
 
 def test_training_lowers_loss_and_writes_every_output(records, tmp_path):
     model_dir = str(tmp_path / "run")
-    config = dataclasses.replace(BASE, epochs=4, checkpoint_every_steps=3, bn_momentum=0.8,
-                                 augment_strength=0.5)
+    config = dataclasses.replace(
+        BASE, epochs=4, checkpoint_every_steps=3, bn_momentum=0.8, augment_strength=0.5
+    )
     row = trainer.train(records, model_dir, config, verbose=False)
     with open(os.path.join(model_dir, "config.json")) as f:
         assert options.from_dict(TrainConfig, json.load(f)) == config
@@ -66,21 +73,32 @@ def test_training_lowers_loss_and_writes_every_output(records, tmp_path):
     for key in ("val_loss", "val_dice", "val_accuracy", "val_jaccard", "dice", "accuracy"):
         assert 0.0 <= float(rows[-1][key]) <= 2.0, key
     assert row["epoch"] == 4 and row["step"] == 16 and row["chief"]
-    for name in ("config.json", "loss.png", "accuracy.png", "dice.png", "ISIC-UNet.keras",
-                 "best/ISIC-UNet.keras", "checkpoints/run.json"):
+    for name in (
+        "config.json",
+        "loss.png",
+        "accuracy.png",
+        "dice.png",
+        "ISIC-UNet.keras",
+        "best/ISIC-UNet.keras",
+        "checkpoints/run.json",
+    ):
         assert os.path.getsize(os.path.join(model_dir, name)) > 0, name
     assert not os.path.exists(os.path.join(model_dir, "flags.txt"))
     # Checkpoints at every 3rd step and at epoch ends (4, 8, ...); the newest 3 are kept.
     state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
     assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
-        "ckpt-12", "ckpt-15", "ckpt-16"]
+        "ckpt-12",
+        "ckpt-15",
+        "ckpt-16",
+    ]
     events = [f for d, _, fs in os.walk(os.path.join(model_dir, "logs")) for f in fs]
     assert len(events) >= 2
     # The exported models load and agree with each other.
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
     final = keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
-    assert {layer.momentum for layer in final.layers
-            if isinstance(layer, keras.layers.BatchNormalization)} == {0.8}
+    assert {
+        layer.momentum for layer in final.layers if isinstance(layer, keras.layers.BatchNormalization)
+    } == {0.8}
     serving = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
     np.testing.assert_allclose(final.predict(x, verbose=0), serving.serve(x).numpy(), atol=1e-5)
     assert row["weights_sha256"] == trainer.weights_digest(final)
@@ -94,8 +112,12 @@ def test_mixed_precision_trains_with_float32_output(records, tmp_path, precision
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     model = keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
     assert model.output.dtype == "float32"
-    variables = [name for name, _ in tf.train.list_variables(
-        tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))]
+    variables = [
+        name
+        for name, _ in tf.train.list_variables(
+            tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        )
+    ]
     # Only float16 needs (and checkpoints) a dynamic loss scale.
     assert any("dynamic_scale" in v for v in variables) == (precision == "mixed_float16")
 
@@ -130,8 +152,9 @@ def test_nan_stops_training_and_keeps_last_checkpoint(records, one_epoch_run, tm
     # Resumed with a learning rate far too high: the weights blow up at step 5, and the
     # loss of step 6 is NaN.
     with pytest.raises(trainer.NonFiniteLossError, match="at step 6.*ckpt-4"):
-        _train(records, model_dir, epochs=3, checkpoint_every_steps=0, lr_schedule="cosine",
-               learning_rate=1e30)
+        _train(
+            records, model_dir, epochs=3, checkpoint_every_steps=0, lr_schedule="cosine", learning_rate=1e30
+        )
     after = {f: os.path.getmtime(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir)}
     assert after == before  # nothing written, the good checkpoint untouched
     assert issubclass(trainer.NonFiniteLossError, UserError)
@@ -157,8 +180,11 @@ def test_warm_start_loads_weights_into_a_new_run(records, one_epoch_run, tmp_pat
     # lr 0 keeps the weights; BN moving statistics still move, so compare conv kernels only.
     _train(records, target, epochs=1, warm_start=source, learning_rate=0.0)
     warmed = keras.models.load_model(os.path.join(target, "ISIC-UNet.keras"))
-    kernels = [(a.kernel.numpy(), b.kernel.numpy()) for a, b in zip(model.layers, warmed.layers)
-               if isinstance(a, keras.layers.Conv2D)]
+    kernels = [
+        (a.kernel.numpy(), b.kernel.numpy())
+        for a, b in zip(model.layers, warmed.layers)
+        if isinstance(a, keras.layers.Conv2D)
+    ]
     assert len(kernels) == 19
     for a, b in kernels:
         np.testing.assert_array_equal(a, b)
@@ -173,6 +199,7 @@ def test_too_few_records_for_one_batch_is_a_user_error(records, tmp_path):
 
 # --- Host-side parts, without training.
 
+
 def _calls(planner, start, end, seconds=0.0):
     """The steps per call from global step `start` to `end`, each call taking `seconds`."""
     calls, step = [], start
@@ -185,16 +212,18 @@ def _calls(planner, start, end, seconds=0.0):
 
 
 def test_steps_per_call_double_while_fast_up_to_the_cap():
-    planner = steps_lib.StepsPerCall(steps_per_epoch=1000, checkpoint_every_steps=0,
-                                     steps_per_execution=0, auto=True)
+    planner = steps_lib.StepsPerCall(
+        steps_per_epoch=1000, checkpoint_every_steps=0, steps_per_execution=0, auto=True
+    )
     assert _calls(planner, 0, 1000)[:10] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 256]
     slow = steps_lib.StepsPerCall(1000, 0, 0, auto=True)
     assert _calls(slow, 0, 5, seconds=1.0) == [1] * 5  # calls of >= 0.2 s do not grow
 
 
 def test_steps_per_call_stop_at_checkpoints_and_epoch_ends():
-    planner = steps_lib.StepsPerCall(steps_per_epoch=10, checkpoint_every_steps=4,
-                                     steps_per_execution=0, auto=True)
+    planner = steps_lib.StepsPerCall(
+        steps_per_epoch=10, checkpoint_every_steps=4, steps_per_execution=0, auto=True
+    )
     # Epoch 1 from step 0: 1, 2, then 1 to reach checkpoint 4, 4 to 8, 2 to the epoch end.
     assert _calls(planner, 0, 10) == [1, 2, 1, 4, 2]
     assert [s for s in range(1, 21) if planner.checkpoint_due(s)] == [4, 8, 12, 16]  # not 20
@@ -234,12 +263,14 @@ def test_time_cadence_checkpoints_by_training_time_at_agreed_steps():
     # and so checkpoint at the same steps; their own clocks would not.
     fast = steps_lib.StepsPerCall(1000, 0, 4, auto=False, checkpoint_every_seconds=10.0)
     slow = steps_lib.StepsPerCall(1000, 0, 4, auto=False, checkpoint_every_seconds=10.0)
-    assert _cadence(fast, 0, 200, 0.075, agree=lambda pace: 0.1) == _cadence(
-        slow, 0, 200, 0.125, agree=lambda pace: 0.1) == [120]
+    assert (
+        _cadence(fast, 0, 200, 0.075, agree=lambda pace: 0.1)
+        == _cadence(slow, 0, 200, 0.125, agree=lambda pace: 0.1)
+        == [120]
+    )
     # A resumed run probes from its step (150 + 40 = 190); the epoch end at 200 (checkpointed
     # anyway) re-plans: 240, 280.
-    epochs = steps_lib.StepsPerCall(100, 0, 4, auto=False, checkpoint_every_seconds=5.0,
-                                    first_step=130)
+    epochs = steps_lib.StepsPerCall(100, 0, 4, auto=False, checkpoint_every_seconds=5.0, first_step=130)
     assert _cadence(epochs, 130, 300, 0.125) == [190, 240, 280]
     # --checkpoint_every_steps replaces the time cadence.
     steps = steps_lib.StepsPerCall(1000, 50, 4, auto=False, checkpoint_every_seconds=10.0)
@@ -275,6 +306,10 @@ def test_profile_steps_must_be_an_increasing_pair():
 def test_profile_steps_write_a_trace_of_those_steps(records, tmp_path):
     model_dir = str(tmp_path / "run")
     _train(records, model_dir, epochs=2, profile_steps="2,4", summary_images=0)
-    traces = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(model_dir, "logs"))
-              for f in names if f.endswith(".xplane.pb")]
+    traces = [
+        os.path.join(root, f)
+        for root, _, names in os.walk(os.path.join(model_dir, "logs"))
+        for f in names
+        if f.endswith(".xplane.pb")
+    ]
     assert len(traces) == 1 and os.path.getsize(traces[0]) > 0

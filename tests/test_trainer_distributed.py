@@ -31,8 +31,18 @@ def records(tmp_path_factory):
 
 
 def _cmd(records, model_dir, *extra):
-    return [sys.executable, "-m", "launch.commands.train", f"--data_dir={records}", f"--model_dir={model_dir}",
-            "--base_filters=4", "--precision=float32", "--summary_images=0", "--seed=3", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "launch.commands.train",
+        f"--data_dir={records}",
+        f"--model_dir={model_dir}",
+        "--base_filters=4",
+        "--precision=float32",
+        "--summary_images=0",
+        "--seed=3",
+        *extra,
+    ]
 
 
 def _env(**extra):
@@ -43,8 +53,9 @@ def _env(**extra):
 
 
 def _run(cmd, env=None, timeout=240):
-    proc = subprocess.run(cmd, env=env or _env(), cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, env=env or _env(), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -102,10 +113,16 @@ def test_two_worker_processes_train_identical_weights(records, tmp_path):
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(
-            _cmd(records, multi, "--strategy=multi_worker", *WHOLE_BATCH),
-            env=_env(TF_CONFIG=tf_config), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                _cmd(records, multi, "--strategy=multi_worker", *WHOLE_BATCH),
+                env=_env(TF_CONFIG=tf_config),
+                cwd=PROJECT_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -113,19 +130,42 @@ def test_two_worker_processes_train_identical_weights(records, tmp_path):
     assert digests[0] and digests[0] == digests[1]
     # Only the chief writes into the model directory.
     assert sorted(os.listdir(multi)) == sorted(
-        ["ISIC-UNet.keras", "best", "checkpoints", "config.json", "history.csv", "logs", "saved_model",
-         "loss.png", "accuracy.png", "dice.png", "preprocessing.json", ".isic-train.lock"])
+        [
+            "ISIC-UNet.keras",
+            "best",
+            "checkpoints",
+            "config.json",
+            "history.csv",
+            "logs",
+            "saved_model",
+            "loss.png",
+            "accuracy.png",
+            "dice.png",
+            "preprocessing.json",
+            ".isic-train.lock",
+        ]
+    )
     _run(_cmd(records, single, "--strategy=one_device", *WHOLE_BATCH))
     _assert_close(single, multi)
 
 
 def test_sigkill_and_resume_is_bit_identical(records, tmp_path):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
-    args = ("--batch_size=4", "--epochs=3", "--checkpoint_every_steps=2", "--deterministic",
-            "--strategy=one_device")
+    args = (
+        "--batch_size=4",
+        "--epochs=3",
+        "--checkpoint_every_steps=2",
+        "--deterministic",
+        "--strategy=one_device",
+    )
     _run(_cmd(records, reference, *args))
-    proc = subprocess.Popen(_cmd(records, killed, *args), env=_env(), cwd=PROJECT_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(records, killed, *args),
+        env=_env(),
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = os.path.join(killed, "checkpoints", "checkpoint")  # names the newest checkpoint
 
     def has_checkpoint():

@@ -1,11 +1,13 @@
 """The U-Net builder: shapes, dtypes under mixed precision, size, save/load, learning, FLOPs."""
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops  # TF's registered per-op FLOP statistics
 
-from model import losses, unet
+from model import losses
+from model import unet
 from tests import factory
 
 MOMENTUM = 0.9  # any value in [0, 1): these tests do not depend on it
@@ -14,8 +16,10 @@ MOMENTUM = 0.9  # any value in [0, 1): these tests do not depend on it
 @pytest.fixture
 def policy():
     """Sets a global dtype policy for one test and always restores float32."""
+
     def set_policy(name):
         keras.mixed_precision.set_global_policy(name)
+
     yield set_policy
     keras.mixed_precision.set_global_policy("float32")
 
@@ -28,8 +32,10 @@ def _images(batch, size, seed=0):
     return images, masks
 
 
-@pytest.mark.parametrize("policy_name, compute", [
-    ("float32", "float32"), ("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+@pytest.mark.parametrize(
+    "policy_name, compute",
+    [("float32", "float32"), ("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")],
+)
 def test_tiny_model_shapes_and_float32_output(policy, policy_name, compute):
     policy(policy_name)
     model = unet.build_unet(image_size=32, base_filters=4, bn_momentum=MOMENTUM)
@@ -46,8 +52,10 @@ def test_tiny_model_shapes_and_float32_output(policy, policy_name, compute):
     assert {w.dtype for w in model.weights} == {"float32"}
 
 
-@pytest.mark.parametrize("base_filters, total, trainable", [
-    (16, 1_945_521, 1_942_577), (32, 7_768_929, 7_763_041), (64, 31_049_409, 31_037_633)])
+@pytest.mark.parametrize(
+    "base_filters, total, trainable",
+    [(16, 1_945_521, 1_942_577), (32, 7_768_929, 7_763_041), (64, 31_049_409, 31_037_633)],
+)
 def test_parameter_counts(base_filters, total, trainable):
     model = unet.build_unet(image_size=128, base_filters=base_filters, bn_momentum=MOMENTUM)
     assert model.count_params() == total
@@ -57,7 +65,9 @@ def test_parameter_counts(base_filters, total, trainable):
 
 @pytest.mark.parametrize("size", [100, 8, 0, 33])
 def test_bad_image_size_raises(size):
-    with pytest.raises(ValueError, match=rf"image_size {size} must be a positive multiple of 2\*\*depth = 16"):
+    with pytest.raises(
+        ValueError, match=rf"image_size {size} must be a positive multiple of 2\*\*depth = 16"
+    ):
         unet.build_unet(image_size=size, base_filters=4, bn_momentum=MOMENTUM)
 
 
@@ -85,9 +95,10 @@ def test_save_and_load_without_custom_objects(tmp_path):
     path = str(tmp_path / "unet.keras")
     model.save(path)
     loaded = keras.models.load_model(path)  # safe_mode, no custom_objects
-    np.testing.assert_array_equal(loaded(images, training=False).numpy(),
-                                  model(images, training=False).numpy())
-    assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
+    np.testing.assert_array_equal(
+        loaded(images, training=False).numpy(), model(images, training=False).numpy()
+    )
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
 
 
 def test_gradient_steps_reduce_the_loss():
@@ -101,8 +112,9 @@ def test_gradient_steps_reduce_the_loss():
     def step():
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(losses.bce_dice_loss(masks, model(images, training=True)))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                      model.trainable_variables))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        )
         return loss
 
     history = [float(step()) for _ in range(6)]
@@ -138,8 +150,11 @@ def test_conv_flops_match_tensorflows_own_statistics():
     # and the transposed part with a direct formula from the graph's op shapes.
     size, filters, depth = 32, 4, 4
     model = unet.build_unet(image_size=size, base_filters=filters, depth=depth, bn_momentum=MOMENTUM)
-    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
-        tf.TensorSpec([1, size, size, 3], tf.float32)).graph
+    graph = (
+        tf.function(lambda x: model(x, training=False))
+        .get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
+        .graph
+    )
     conv, transposed = 0, 0
     for op in graph.get_operations():
         if op.type == "Conv2D":

@@ -38,8 +38,13 @@ def node_gpus(env: dict) -> list[str]:
         # CUDA stops at the first invalid entry; "-1" is the usual way to say "none".
         return [] if not entries or entries[0] == "-1" else entries
     try:
-        listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=30, check=True).stdout
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in listed.splitlines() if line.strip()]
@@ -55,8 +60,10 @@ def assign(num_workers: int, gpus: list[str], gpus_per_worker: int = 0) -> list[
     """
     if not gpus:
         if gpus_per_worker:
-            raise UserError(f"--gpus_per_worker {gpus_per_worker}: this machine has no "
-                            f"visible GPU (nvidia-smi lists none, or {VISIBLE} hides them)")
+            raise UserError(
+                f"--gpus_per_worker {gpus_per_worker}: this machine has no "
+                f"visible GPU (nvidia-smi lists none, or {VISIBLE} hides them)"
+            )
         return None
     share = gpus_per_worker or len(gpus) // num_workers
     if share == 0 or share * num_workers > len(gpus):
@@ -64,8 +71,9 @@ def assign(num_workers: int, gpus: list[str], gpus_per_worker: int = 0) -> list[
             f"{num_workers} workers with {share or 1} GPU(s) each need "
             f"{(share or 1) * num_workers} GPUs; this machine's visible GPUs are "
             f"{','.join(gpus)}. Use --num_workers {len(gpus) // (share or 1) or 1} or fewer "
-            f"(one machine needs no launcher: isic-train mirrors over all its GPUs)")
-    return [",".join(gpus[i * share:(i + 1) * share]) for i in range(num_workers)]
+            f"(one machine needs no launcher: isic-train mirrors over all its GPUs)"
+        )
+    return [",".join(gpus[i * share : (i + 1) * share]) for i in range(num_workers)]
 
 
 def expand_tasks_per_node(text: str) -> list[int]:

@@ -88,15 +88,16 @@ def find_free_ports(n: int, start: int | None = None, exclude=()) -> list[int]:
         for sock in held:
             sock.close()
     if len(ports) < n:
-        raise LaunchError(f"only {len(ports)} free ports from {start} upwards, "
-                          f"{n} needed; pass a lower --port or omit it to let the kernel pick")
+        raise LaunchError(
+            f"only {len(ports)} free ports from {start} upwards, "
+            f"{n} needed; pass a lower --port or omit it to let the kernel pick"
+        )
     return ports
 
 
 def tf_config(addresses: list[str], index: int) -> str:
     """The TF_CONFIG of worker `index` of a cluster of `addresses` (host:port)."""
-    return json.dumps({"cluster": {"worker": list(addresses)},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps({"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}})
 
 
 def worker_env(base: dict, addresses: list[str], index: int, gpus: str | None = None) -> dict:
@@ -129,6 +130,7 @@ class GroupResult:
       on by itself, exiting 128 + it after checkpointing), or None.
     stop_seconds: seconds from noticing the failure or signal to the last worker's exit.
     """
+
     returncodes: list[int]
     failed: int | None = None
     interrupted: int | None = None
@@ -174,6 +176,7 @@ class _Output:
             with pipe:
                 for raw in iter(pipe.readline, b""):
                     self.write_line(prefix + raw.decode("utf-8", errors="replace"))
+
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         return thread
@@ -206,12 +209,22 @@ class WorkerGroup:
       log: called with the launcher's own messages (default: written to `err`).
     """
 
-    def __init__(self, commands: list[list[str]], envs: list[dict], *, out, err,
-                 grace_seconds: float = 30.0, interrupts: Interrupts | None = None,
-                 cwd: str | None = None, log=None):
+    def __init__(
+        self,
+        commands: list[list[str]],
+        envs: list[dict],
+        *,
+        out,
+        err,
+        grace_seconds: float = 30.0,
+        interrupts: Interrupts | None = None,
+        cwd: str | None = None,
+        log=None,
+    ):
         if len(commands) != len(envs) or not commands:
-            raise ValueError(f"need one environment per command, got {len(commands)} commands "
-                             f"and {len(envs)} environments")
+            raise ValueError(
+                f"need one environment per command, got {len(commands)} commands and {len(envs)} environments"
+            )
         self.commands, self.envs, self.cwd, self.grace_seconds = commands, envs, cwd, grace_seconds
         self.interrupts = interrupts or Interrupts()
         lock = threading.Lock()  # one lock for both streams keeps [w0]/[w1] lines whole
@@ -226,9 +239,15 @@ class WorkerGroup:
         """Starts every worker; if one cannot be started, stops those already running."""
         for index, (command, env) in enumerate(zip(self.commands, self.envs)):
             try:
-                proc = subprocess.Popen(command, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    command,
+                    env=env,
+                    cwd=self.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
             except OSError as e:
                 self._stop(signal.SIGKILL, 0.0)
                 raise LaunchError(f"cannot start worker {index}: {command[0]}: {e}") from e
@@ -254,8 +273,10 @@ class WorkerGroup:
                 # Its peers checkpointed the same step and are exiting too: a signal now
                 # could only cut their exit short.
                 signum = codes[failed] - 128
-                self.log(f"worker {failed} stopped on {signal.Signals(signum).name} after "
-                         f"checkpointing: waiting up to {self.grace_seconds:g} s for the others")
+                self.log(
+                    f"worker {failed} stopped on {signal.Signals(signum).name} after "
+                    f"checkpointing: waiting up to {self.grace_seconds:g} s for the others"
+                )
                 seconds = self._stop(None, self.grace_seconds)
                 self._log_stopped()
                 return self._result(interrupted=signum, stop_seconds=seconds)
@@ -275,9 +296,11 @@ class WorkerGroup:
         if all(c in STOPPED_CODES for c in codes):
             self.log("every worker checkpointed and stopped; run the same command to resume")
         else:
-            self.log("exit codes " + ", ".join(f"worker {i}: {describe_exit(c)}"
-                                               for i, c in enumerate(codes))
-                     + "; the job resumes from its last complete checkpoint")
+            self.log(
+                "exit codes "
+                + ", ".join(f"worker {i}: {describe_exit(c)}" for i, c in enumerate(codes))
+                + "; the job resumes from its last complete checkpoint"
+            )
 
     def _result(self, **kwargs) -> GroupResult:
         return GroupResult([p.returncode for p in self.procs], **kwargs)
@@ -311,8 +334,10 @@ class WorkerGroup:
             try:
                 proc.wait(KILL_WAIT_S)
             except subprocess.TimeoutExpired:
-                self.log(f"worker {index} (pid {proc.pid}) survives SIGKILL (stuck in the kernel?); "
-                         "giving up on it")
+                self.log(
+                    f"worker {index} (pid {proc.pid}) survives SIGKILL (stuck in the kernel?); "
+                    "giving up on it"
+                )
         self._join_output()
         return time.monotonic() - t0
 
@@ -322,9 +347,17 @@ class WorkerGroup:
             thread.join(timeout=1.0)
 
 
-def launch(command: list[str], config: LaunchConfig, *, env: dict | None = None,
-           cwd: str | None = None, out=None, err=None, interrupts: Interrupts | None = None,
-           handle_signals: bool = False) -> int:
+def launch(
+    command: list[str],
+    config: LaunchConfig,
+    *,
+    env: dict | None = None,
+    cwd: str | None = None,
+    out=None,
+    err=None,
+    interrupts: Interrupts | None = None,
+    handle_signals: bool = False,
+) -> int:
     """Runs `command` as `config.num_workers` local workers, relaunching up to
     `config.restarts` times.
 
@@ -345,8 +378,15 @@ def launch(command: list[str], config: LaunchConfig, *, env: dict | None = None,
     if handle_signals:
         previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _launch_attempts(command, config, dict(os.environ if env is None else env), cwd,
-                                out or sys.stdout, err or sys.stderr, interrupts)
+        return _launch_attempts(
+            command,
+            config,
+            dict(os.environ if env is None else env),
+            cwd,
+            out or sys.stdout,
+            err or sys.stderr,
+            interrupts,
+        )
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -366,8 +406,15 @@ def _launch_attempts(command, config: LaunchConfig, env, cwd, out, err, interrup
         used_ports.update(ports)
         addresses = [f"{LOCALHOST}:{p}" for p in ports]
         envs = [worker_env(env, addresses, i, None if gpus is None else gpus[i]) for i in range(n)]
-        group = WorkerGroup([list(command)] * n, envs, out=out, err=err,
-                            grace_seconds=config.grace_seconds, interrupts=interrupts, cwd=cwd)
+        group = WorkerGroup(
+            [list(command)] * n,
+            envs,
+            out=out,
+            err=err,
+            grace_seconds=config.grace_seconds,
+            interrupts=interrupts,
+            cwd=cwd,
+        )
         if attempt:
             group.log(f"restart {attempt} of {restarts} on {', '.join(addresses)}")
         else:
@@ -382,6 +429,9 @@ def _launch_attempts(command, config: LaunchConfig, env, cwd, out, err, interrup
         if result.interrupted is not None:
             return result.exit_code()
         if attempt == restarts:
-            group.log(f"giving up after {restarts} restart(s): exit code {result.exit_code()}"
-                      if restarts else f"exit code {result.exit_code()} (no --restarts left)")
+            group.log(
+                f"giving up after {restarts} restart(s): exit code {result.exit_code()}"
+                if restarts
+                else f"exit code {result.exit_code()} (no --restarts left)"
+            )
     return result.exit_code()

@@ -28,32 +28,35 @@ from launch import cli
 PATHS = {
     "output_dir": "Where results.json goes (created if needed).",
     "data_dir": f"Original ISIC images/ and masks/ for stages 1 and 2 (default: {paths.SAMPLE_DIR}; "
-                "synthetic pairs are used when it does not exist).",
+    "synthetic pairs are used when it does not exist).",
 }
 
 
 def main(args, config: BenchConfig) -> int:
     if config.gpu_check:
         from benchmarks import gpu
+
         return gpu.main(args.output_dir, config.gpu_scaling_floor)
     from benchmarks import machine  # here, not at the top: --help stays fast
     from benchmarks import results
     from benchmarks import suite
+
     data_dir = args.data_dir or paths.SAMPLE_DIR
     if not os.path.isdir(data_dir):
         print(f"--data_dir {data_dir} does not exist: stages 1 and 2 use synthetic pairs")
         data_dir = None
     print(machine.describe().summary(), flush=True)
     start = time.perf_counter()
-    report = suite.run_stages(config, args.output_dir, data_dir,
-                              argv=["isic-bench"] + sys.argv[1:])
+    report = suite.run_stages(config, args.output_dir, data_dir, argv=["isic-bench"] + sys.argv[1:])
     report.total_seconds = round(time.perf_counter() - start, 1)
     path = os.path.join(args.output_dir, results.RESULTS_FILE)
     results.write_results(path, report)
     print()
     print(results.format_table(report.rows))
-    print(f"\n{report.machine.summary()}; load average at start "
-          f"{report.machine.load_average_at_start[0]}; {report.total_seconds:.0f} s; {path}")
+    print(
+        f"\n{report.machine.summary()}; load average at start "
+        f"{report.machine.load_average_at_start[0]}; {report.total_seconds:.0f} s; {path}"
+    )
     return 0
 
 

@@ -24,12 +24,12 @@ PATHS = {
     "model": layout.MODEL_HELP,
     "data_dir": "TFRecord dataset directory (with manifest.json) from isic-preprocess.",
     "data_source": "A folder with images/ and masks/: with --data_dir and --full_resolution, "
-                   "where the original files are now (default: the folders recorded in the "
-                   "manifest); without --data_dir, the folder to score.",
+    "where the original files are now (default: the folders recorded in the "
+    "manifest); without --data_dir, the folder to score.",
     "images_dir": "The original images folder (instead of --data_source).",
     "masks_dir": "The original masks folder, <ID>_segmentation.png (instead of --data_source).",
     "output_dir": "Where the outputs go (default <model dir>/eval-<split>[-full], or "
-                  "eval-folder-<name> for a folder).",
+    "eval-folder-<name> for a folder).",
 }
 
 
@@ -44,34 +44,49 @@ def source_overrides(args) -> tuple[str | None, str | None]:
     if args.data_source:
         return os.path.join(args.data_source, "images"), os.path.join(args.data_source, "masks")
     if not args.data_dir and bool(args.images_dir) != bool(args.masks_dir):
-        raise UserError("to score a folder, pass both --images_dir and --masks_dir "
-                            "(or --data_source D with D/images and D/masks)")
+        raise UserError(
+            "to score a folder, pass both --images_dir and --masks_dir "
+            "(or --data_source D with D/images and D/masks)"
+        )
     return args.images_dir, args.masks_dir
 
 
 def main(args, config: EvaluateConfig) -> int:
     images_dir, masks_dir = source_overrides(args)
     if args.data_dir is None and images_dir is None:
-        raise UserError("pass --data_dir (records from isic-preprocess), or a folder to "
-                            "score: --images_dir and --masks_dir, or --data_source")
+        raise UserError(
+            "pass --data_dir (records from isic-preprocess), or a folder to "
+            "score: --images_dir and --masks_dir, or --data_source"
+        )
     if args.data_dir and images_dir and not config.full_resolution:
-        raise UserError("--data_source, --images_dir and --masks_dir are used with "
-                            "--data_dir only with --full_resolution (or drop --data_dir to "
-                            "score the folder itself)")
+        raise UserError(
+            "--data_source, --images_dir and --masks_dir are used with "
+            "--data_dir only with --full_resolution (or drop --data_dir to "
+            "score the folder itself)"
+        )
     import tensorflow as tf  # after cli set the environment TensorFlow reads
 
     from launch.inference import evaluation
 
     try:
         if args.data_dir:
-            summary = evaluation.evaluate(args.model, args.data_dir, config, images_dir=images_dir,
-                                          masks_dir=masks_dir, output_dir=args.output_dir)
+            summary = evaluation.evaluate(
+                args.model,
+                args.data_dir,
+                config,
+                images_dir=images_dir,
+                masks_dir=masks_dir,
+                output_dir=args.output_dir,
+            )
         else:
-            summary = evaluation.evaluate_folder(args.model, images_dir, masks_dir, config,
-                                                 output_dir=args.output_dir)
+            summary = evaluation.evaluate_folder(
+                args.model, images_dir, masks_dir, config, output_dir=args.output_dir
+            )
     except tf.errors.OpError as e:  # damaged or truncated shards
-        raise UserError(f"cannot read the records of {args.data_dir} ({e.message}); "
-                            "rebuild them with isic-preprocess --overwrite") from None
+        raise UserError(
+            f"cannot read the records of {args.data_dir} ({e.message}); "
+            "rebuild them with isic-preprocess --overwrite"
+        ) from None
     print(evaluation.format_table(summary))
     for entry in summary.get("skipped", []):
         print(f"isic-evaluate: skipped {entry['file']}: {entry['reason']}", file=sys.stderr)

@@ -29,8 +29,10 @@ def main(args, config: ExportConfig) -> int:
     with cli.filtered_stderr():  # the conversions print oneDNN's uint8 notice
         report = exporter.export_model(args.model, args.output_dir, config)
     written = [f"{f.path} ({f.megabytes:.1f} MB)" for f in report.formats if f.path]
-    print(f"Export of {report.model} written to {report.output_dir} in {report.seconds:.0f} s: "
-          f"{', '.join(written)}; see {report.output_dir}/{exporter.README_FILE}")
+    print(
+        f"Export of {report.model} written to {report.output_dir} in {report.seconds:.0f} s: "
+        f"{', '.join(written)}; see {report.output_dir}/{exporter.README_FILE}"
+    )
     return 0
 
 

@@ -40,8 +40,10 @@ def worker_command(args: list[str]) -> list[str]:
     """The argv each worker runs: isic-train with `args` and --strategy=multi_worker,
     or `args` itself when it is a command rather than flags."""
     if not args:
-        raise app.UsageError("give the isic-train flags after `--`, e.g. "
-                             "isic-launch --num_workers 2 -- --data_dir records --model_dir runs/x")
+        raise app.UsageError(
+            "give the isic-train flags after `--`, e.g. "
+            "isic-launch --num_workers 2 -- --data_dir records --model_dir runs/x"
+        )
     if not args[0].startswith("-"):
         return list(args)
     for i, arg in enumerate(args):
@@ -49,9 +51,11 @@ def worker_command(args: list[str]) -> list[str]:
         if name == "strategy" and not equals:  # "--strategy X"
             value = args[i + 1] if i + 1 < len(args) else ""
         if name == "strategy" and value != "multi_worker":
-            raise app.UsageError(f"--strategy {value}: isic-launch runs workers with "
-                                 "--strategy=multi_worker; drop that flag (or use isic-train "
-                                 "directly for one process)")
+            raise app.UsageError(
+                f"--strategy {value}: isic-launch runs workers with "
+                "--strategy=multi_worker; drop that flag (or use isic-train "
+                "directly for one process)"
+            )
     return [sys.executable, "-m", "launch.commands.train", *args, "--strategy=multi_worker"]
 
 

@@ -28,9 +28,11 @@ def main(args, config: PredictConfig) -> int:
     report = prediction.predict_folder(args.model, args.input_dir, args.output_dir, config)
     for name, reason in report["failed"]:
         print(f"isic-predict: skipped {name}: {reason}", file=sys.stderr)
-    print(f"{len(report['written'])} masks written to {report['output_dir']}"
-          + (f" (overlays in {report['output_dir']}/overlays)" if config.overlays else "")
-          + f"; {len(report['failed'])} images failed; {len(report['ignored'])} other files ignored")
+    print(
+        f"{len(report['written'])} masks written to {report['output_dir']}"
+        + (f" (overlays in {report['output_dir']}/overlays)" if config.overlays else "")
+        + f"; {len(report['failed'])} images failed; {len(report['ignored'])} other files ignored"
+    )
     return 1 if report["failed"] else 0
 
 

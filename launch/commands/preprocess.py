@@ -28,9 +28,9 @@ from preprocessing.config import BuildConfig
 
 PATHS = {
     "data_dir": "Dataset folder with images/ and masks/ sub-folders; repeat it to build "
-                "one dataset from several folders. Alternative to --images_dir plus --masks_dir.",
+    "one dataset from several folders. Alternative to --images_dir plus --masks_dir.",
     "images_dir": "Folder of <ID>.jpg|.jpeg|.png images (with --masks_dir, instead of "
-                  "--data_dir); repeat both, in the same order, for several folders.",
+    "--data_dir); repeat both, in the same order, for several folders.",
     "masks_dir": "Folder of <ID>_segmentation.png masks (with --images_dir).",
     "output_dir": "Where the shards and manifest.json are written (created if needed).",
 }
@@ -47,8 +47,15 @@ def main(args, config: BuildConfig) -> int:
 
 def run() -> None:
     """Console-script entry point (isic-preprocess)."""
-    cli.run(__name__, BuildConfig, main, paths=PATHS, required=("output_dir",),
-            multi_paths=("data_dir", "images_dir", "masks_dir"), uses_tensorflow=False)
+    cli.run(
+        __name__,
+        BuildConfig,
+        main,
+        paths=PATHS,
+        required=("output_dir",),
+        multi_paths=("data_dir", "images_dir", "masks_dir"),
+        uses_tensorflow=False,
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ PATHS = {"output_dir": "Dataset folder to create (images/, masks/)."}
 
 def main(args, config: SynthConfig) -> int:
     from preprocessing import synth  # after cli set the environment TensorFlow reads
+
     synth.write_dataset(args.output_dir, config.num_images, config.seed, config.num_workers)
     return 0
 

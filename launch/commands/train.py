@@ -20,21 +20,21 @@ from launch.training.config import TrainConfig
 PATHS = {
     "data_dir": "TFRecord dataset directory (with manifest.json) from isic-preprocess.",
     "model_dir": "Where checkpoints, logs, plots and models go. An existing model directory "
-                 "is resumed from its last checkpoint.",
+    "is resumed from its last checkpoint.",
 }
 
 
 def main(args, config: TrainConfig) -> int:
     from launch.training import preemption  # after cli set the environment TensorFlow reads
     from launch.training import trainer
+
     try:
         result = trainer.train(args.data_dir, args.model_dir, config)
     except preemption.Stopped as stopped:
         print(f"isic-train: {stopped}", file=sys.stderr)
         return stopped.exit_status
     if result.get("chief") and "epoch" in result:
-        dice = (f"Validation Dice {result['val_dice']:.4f}" if "val_dice" in result
-                else "No validation split")
+        dice = f"Validation Dice {result['val_dice']:.4f}" if "val_dice" in result else "No validation split"
         print(f"{dice} after epoch {result['epoch']}; model, plots and logs in {args.model_dir}")
     print(f"weights sha256 {result['weights_sha256']}")
     return 0

@@ -14,10 +14,17 @@ class ExportConfig(InferenceConfig):
     The inference options of InferenceConfig (threshold, TTA, post-processing) are fixed into the
     serving graph when it is built, with isic-predict's defaults unless given.
     """
-    onnx: bool = option(True, "Also write model.onnx (the network alone, for ONNX Runtime) "
-                        "when tf2onnx, onnx and onnxruntime are installed (pip install "
-                        "'isic-unet[export]'); otherwise it is skipped with a message.")
-    tflite: bool = option(True, "Also write model.tflite (the network alone, for LiteRT) when "
-                          "a LiteRT interpreter is there to check it (ai-edge-litert from the "
-                          "[export] extra, or TensorFlow's tf.lite); otherwise it is skipped "
-                          "with a message.")
+
+    onnx: bool = option(
+        True,
+        "Also write model.onnx (the network alone, for ONNX Runtime) "
+        "when tf2onnx, onnx and onnxruntime are installed (pip install "
+        "'isic-unet[export]'); otherwise it is skipped with a message.",
+    )
+    tflite: bool = option(
+        True,
+        "Also write model.tflite (the network alone, for LiteRT) when "
+        "a LiteRT interpreter is there to check it (ai-edge-litert from the "
+        "[export] extra, or TensorFlow's tf.lite); otherwise it is skipped "
+        "with a message.",
+    )

@@ -30,54 +30,68 @@ import time
 import warnings
 from typing import Callable
 
-from launch.export import readme
-from launch.inference import models
-from launch.export import parity
-from launch.export import runtimes
-from launch.export.config import ExportConfig
 from core import files
 from core.errors import UserError
+from launch.export import parity
+from launch.export import readme
+from launch.export import runtimes
+from launch.export.config import ExportConfig
+from launch.inference import models
 
 SERVING_DIR = "serving"
 README_FILE = "README.md"
 EXPORT_FILE = "export.json"
 # Reported in export.json and the README; the ones absent are left out.
-_PACKAGES = ("tensorflow", "keras", "numpy", "pillow", "onnx", "onnxruntime", "tf2onnx",
-             "ai-edge-litert")
+_PACKAGES = ("tensorflow", "keras", "numpy", "pillow", "onnx", "onnxruntime", "tf2onnx", "ai-edge-litert")
 
 
 @dataclasses.dataclass(frozen=True)
 class PortableFormat:
     """How one network-only format is made and run."""
-    name: str       # "onnx" or "tflite": also the ExportConfig field that turns it on
+
+    name: str  # "onnx" or "tflite": also the ExportConfig field that turns it on
     file: str
-    runtime: str    # what runs it in the check
+    runtime: str  # what runs it in the check
     missing: Callable[[], str | None]
     write: Callable  # (keras model, path) -> None
     predictor: Callable  # path -> (float32 [N, S, S, 3] -> [N, S, S])
 
 
 FORMATS = (
-    PortableFormat("onnx", "model.onnx", "ONNX Runtime", runtimes.onnx_missing,
-                   runtimes.write_onnx, runtimes.onnx_predictor),
-    PortableFormat("tflite", "model.tflite", "LiteRT", runtimes.litert_missing,
-                   runtimes.write_tflite, runtimes.litert_predictor),
+    PortableFormat(
+        "onnx",
+        "model.onnx",
+        "ONNX Runtime",
+        runtimes.onnx_missing,
+        runtimes.write_onnx,
+        runtimes.onnx_predictor,
+    ),
+    PortableFormat(
+        "tflite",
+        "model.tflite",
+        "LiteRT",
+        runtimes.litert_missing,
+        runtimes.write_tflite,
+        runtimes.litert_predictor,
+    ),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class FormatResult:
     """One format of the export: where it is, its size, its cost, or why it is absent."""
+
     name: str
-    path: str | None              # relative to the export folder; None when not written
+    path: str | None  # relative to the export folder; None when not written
     megabytes: float | None
-    seconds: float | None         # conversion and check
-    skipped: str | None = None    # why it was not written
+    seconds: float | None  # conversion and check
+    skipped: str | None = None  # why it was not written
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportReport:
     """What export.json records."""
+
     model: str
     output_dir: str
     image_size: int
@@ -109,8 +123,9 @@ def _megabytes(path: str) -> float:
         return files.getsize(path) / 1e6
     if os.path.isfile(path):
         return os.path.getsize(path) / 1e6
-    return sum(os.path.getsize(os.path.join(root, f))
-               for root, _, names in os.walk(path) for f in names) / 1e6
+    return (
+        sum(os.path.getsize(os.path.join(root, f)) for root, _, names in os.walk(path) for f in names) / 1e6
+    )
 
 
 @contextlib.contextmanager
@@ -119,7 +134,9 @@ def _quiet():
     (absl's app turns INFO on), and tf2onnx's numpy deprecation warning: the export prints
     one line per format instead."""
     import logging  # pylint: disable=import-outside-toplevel
+
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+
     previous, converter = absl_logging.get_verbosity(), logging.getLogger("tf2onnx")
     previous_converter = converter.level
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -137,22 +154,28 @@ def _check_output_dir(output_dir: str) -> None:
     """Refuses to replace a folder that holds anything but an earlier export."""
     if files.exists(output_dir) and not files.isdir(output_dir):
         raise UserError(f"--output_dir {output_dir} is a file; pass a folder for the export")
-    if (files.isdir(output_dir) and files.listdir(output_dir)
-            and not files.isfile(os.path.join(output_dir, EXPORT_FILE))):
-        raise UserError(f"--output_dir {output_dir} is not empty and holds no {EXPORT_FILE}, so "
-                        "it is not an earlier export to replace; pass a new or empty folder")
+    if (
+        files.isdir(output_dir)
+        and files.listdir(output_dir)
+        and not files.isfile(os.path.join(output_dir, EXPORT_FILE))
+    ):
+        raise UserError(
+            f"--output_dir {output_dir} is not empty and holds no {EXPORT_FILE}, so "
+            "it is not an earlier export to replace; pass a new or empty folder"
+        )
     files.ensure_writable(os.path.dirname(files.absolute(output_dir).rstrip("/")))
 
 
 def _serving(model, model_path, staging, config, colour_constancy, images, work):
     """Writes and checks serving/; returns (FormatResult, [ImageParity])."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     from launch.export import serving  # pylint: disable=import-outside-toplevel
+
     start = time.perf_counter()
     path = os.path.join(staging, SERVING_DIR)
     serving.write_saved_model(model, path, config, colour_constancy)
-    checks = parity.check_serving(tf.saved_model.load(path), model_path, images[0], images[1],
-                                  config, work)
+    checks = parity.check_serving(tf.saved_model.load(path), model_path, images[0], images[1], config, work)
     result = FormatResult("serving", SERVING_DIR, _megabytes(path), time.perf_counter() - start)
     return result, checks
 
@@ -172,8 +195,9 @@ def _portable(fmt: PortableFormat, config, model, staging, inputs, reference, lo
     return FormatResult(fmt.name, fmt.file, _megabytes(path), time.perf_counter() - start), check
 
 
-def export_model(model_path: str, output_dir: str, config: ExportConfig,
-                 log: Callable[[str], None] = print) -> ExportReport:
+def export_model(
+    model_path: str, output_dir: str, config: ExportConfig, log: Callable[[str], None] = print
+) -> ExportReport:
     """Writes and checks the export of the module docstring; returns its report.
 
     Raises:
@@ -185,15 +209,21 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
     model, resolved = models.load_model(model_path)
     colour_constancy = models.read_preprocessing(resolved)
     _check_output_dir(output_dir)
-    with _quiet(), files.atomic_dir(output_dir, marker=EXPORT_FILE) as staging, \
-            tempfile.TemporaryDirectory(prefix="isic-export-") as work:
+    with (
+        _quiet(),
+        files.atomic_dir(output_dir, marker=EXPORT_FILE) as staging,
+        tempfile.TemporaryDirectory(prefix="isic-export-") as work,
+    ):
         os.makedirs(staging)
         folder = os.path.join(work, "images")
         names = parity.write_images(folder)
-        served, serving_checks = _serving(model, resolved, staging, config, colour_constancy,
-                                          (folder, names), work)
-        log(f"isic-export: {SERVING_DIR}/ written and checked on {len(names)} images "
-            f"({served.megabytes:.1f} MB, {served.seconds:.1f} s)")
+        served, serving_checks = _serving(
+            model, resolved, staging, config, colour_constancy, (folder, names), work
+        )
+        log(
+            f"isic-export: {SERVING_DIR}/ written and checked on {len(names)} images "
+            f"({served.megabytes:.1f} MB, {served.seconds:.1f} s)"
+        )
         inputs = parity.network_inputs(resolved, folder, names)
         reference = runtimes.keras_predictor(model)(inputs)
         results, network_checks = [served], []
@@ -202,14 +232,25 @@ def export_model(model_path: str, output_dir: str, config: ExportConfig,
             results.append(result)
             if check is not None:
                 network_checks.append(check)
-                log(f"isic-export: {fmt.file} written and checked with {fmt.runtime} "
-                    f"({result.megabytes:.1f} MB, {result.seconds:.1f} s)")
+                log(
+                    f"isic-export: {fmt.file} written and checked with {fmt.runtime} "
+                    f"({result.megabytes:.1f} MB, {result.seconds:.1f} s)"
+                )
         report = ExportReport(
-            model=resolved, output_dir=output_dir, image_size=models.model_image_size(model),
-            config=config, colour_constancy=colour_constancy.to_dict(),
-            keras_megabytes=_megabytes(resolved), formats=results, serving_parity=serving_checks,
-            network_parity=network_checks, seconds=time.perf_counter() - start, versions=versions())
+            model=resolved,
+            output_dir=output_dir,
+            image_size=models.model_image_size(model),
+            config=config,
+            colour_constancy=colour_constancy.to_dict(),
+            keras_megabytes=_megabytes(resolved),
+            formats=results,
+            serving_parity=serving_checks,
+            network_parity=network_checks,
+            seconds=time.perf_counter() - start,
+            versions=versions(),
+        )
         files.write_atomic(os.path.join(staging, README_FILE), readme.render(report))
-        files.write_atomic(os.path.join(staging, EXPORT_FILE),
-                           json.dumps(dataclasses.asdict(report), indent=1) + "\n")
+        files.write_atomic(
+            os.path.join(staging, EXPORT_FILE), json.dumps(dataclasses.asdict(report), indent=1) + "\n"
+        )
     return report

@@ -62,7 +62,7 @@ def _bytes(contents, pos, length: int | tf.Tensor) -> tf.Tensor:
 def _uint(b: tf.Tensor, big_endian) -> tf.Tensor:
     """int64 [...]: unsigned integers from their bytes b [..., k] (k static)."""
     k = b.shape[-1]
-    little = tf.constant([256 ** i for i in range(k)], tf.int64)
+    little = tf.constant([256**i for i in range(k)], tf.int64)
     weights = tf.where(big_endian, tf.reverse(little, [0]), little)
     return tf.reduce_sum(b * weights, axis=-1)
 
@@ -72,7 +72,7 @@ def _ifd0_orientation(contents, tiff, tiff_end):
     `tiff` of `contents` (an EXIF payload), as Pillow's Exif.load reads it."""
     header = _bytes(contents, tiff, 8)
     little = tf.reduce_all(tf.equal(header[:4], [73, 73, 42, 0]))  # b"II*\0"
-    big = tf.reduce_all(tf.equal(header[:4], [77, 77, 0, 42]))     # b"MM\0*"
+    big = tf.reduce_all(tf.equal(header[:4], [77, 77, 0, 42]))  # b"MM\0*"
     ifd = tiff + _uint(header[4:8], big)
     count = tf.minimum(_uint(_bytes(contents, ifd, 2), big), _MAX_IFD_ENTRIES)
     count = tf.where((little | big) & (ifd + 2 <= tiff_end), count, 0)
@@ -82,8 +82,7 @@ def _ifd0_orientation(contents, tiff, tiff_end):
     short, long = _uint(entries[:, 8:10], big), _uint(entries[:, 8:12], big)
     # SHORT (3) / SSHORT (8) and LONG (4) / SLONG (9) with one value: an int for Pillow;
     # other types or counts give a value that decode.exif_orientation treats as 1.
-    value = tf.where((kinds == 3) | (kinds == 8), short,
-                     tf.where((kinds == 4) | (kinds == 9), long, 0))
+    value = tf.where((kinds == 3) | (kinds == 8), short, tf.where((kinds == 4) | (kinds == 9), long, 0))
     value = tf.where(counts == 1, value, 0)
     match = tf.equal(tags, EXIF_ORIENTATION_TAG)
     present = tf.reduce_any(match)
@@ -104,7 +103,7 @@ def _jpeg_segments(contents):
         head = _bytes(contents, pos, 4 + len(_XMP_HEADER))
         prefix, marker = head[0] == 0xFF, head[1]
         standalone = prefix & ((marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8)))
-        stop = prefix & ((marker == 0xDA) | (marker == 0xD9))      # start of scan, end of image
+        stop = prefix & ((marker == 0xDA) | (marker == 0xD9))  # start of scan, end of image
         segment = prefix & (marker != 0xFF) & ~standalone & ~stop  # 2-byte length follows
         length = head[2] * 256 + head[3]
         ident = tf.strings.substr(contents, tf.cast(tf.minimum(pos + 4, size), tf.int32), len(_XMP_HEADER))
@@ -120,16 +119,17 @@ def _jpeg_segments(contents):
         return pos + step, exif_s, exif_e, xmp_s, xmp_e, stop | (pos + step + 4 > size)
 
     _, exif_s, exif_e, xmp_s, xmp_e, _ = tf.while_loop(
-        lambda *state: ~state[-1], body,
-        (tf.constant(2, tf.int64), minus, minus, minus, minus, size < 6))
+        lambda *state: ~state[-1], body, (tf.constant(2, tf.int64), minus, minus, minus, minus, size < 6)
+    )
     return exif_s, exif_e, xmp_s, xmp_e
 
 
 def _xmp_orientation(contents, start, end):
     """int64 []: the digit after the first `tiff:Orientation="` or `tiff:Orientation>` in
     bytes start..end (Pillow's regular expression), 0 when there is none."""
-    xmp = tf.strings.substr(contents, tf.cast(tf.maximum(start, 0), tf.int32),
-                            tf.cast(tf.maximum(end - start, 0), tf.int32))
+    xmp = tf.strings.substr(
+        contents, tf.cast(tf.maximum(start, 0), tf.int32), tf.cast(tf.maximum(end - start, 0), tf.int32)
+    )
     pattern = r'(?s).*?tiff:Orientation(?:="|>)([0-9]).*'
     found = (start >= 0) & tf.strings.regex_full_match(xmp, pattern)
     digit = tf.strings.regex_replace(xmp, pattern, r"\1", replace_global=False)
@@ -152,8 +152,9 @@ def _png_exif(contents):
         pos = pos + 12 + length
         return pos, start, end, tf.equal(kind, b"IEND") | (pos + 8 > size)
 
-    _, start, end, _ = tf.while_loop(lambda *state: ~state[-1], body,
-                                     (tf.constant(8, tf.int64), minus, minus, size < 16))
+    _, start, end, _ = tf.while_loop(
+        lambda *state: ~state[-1], body, (tf.constant(8, tf.int64), minus, minus, size < 16)
+    )
     return start, end
 
 
@@ -161,19 +162,26 @@ def orientation(contents: tf.Tensor) -> tf.Tensor:
     """int32 [] in 1..8: the EXIF orientation `decode.exif_orientation` finds in the file
     (1 when absent or not one of 2..8); for a JPEG, the XMP tiff:Orientation is used when
     the EXIF has no orientation tag, as Pillow does."""
+
     def from_jpeg():
         exif_s, exif_e, xmp_s, xmp_e = _jpeg_segments(contents)
-        present, value = tf.cond(exif_s >= 0, lambda: _ifd0_orientation(contents, exif_s, exif_e),
-                                 lambda: (tf.constant(False), tf.constant(0, tf.int64)))
+        present, value = tf.cond(
+            exif_s >= 0,
+            lambda: _ifd0_orientation(contents, exif_s, exif_e),
+            lambda: (tf.constant(False), tf.constant(0, tf.int64)),
+        )
         return tf.where(present, value, _xmp_orientation(contents, xmp_s, xmp_e))
 
     def from_png():
         start, end = _png_exif(contents)
-        return tf.cond(start >= 0, lambda: _ifd0_orientation(contents, start, end)[1],
-                       lambda: tf.constant(0, tf.int64))
+        return tf.cond(
+            start >= 0, lambda: _ifd0_orientation(contents, start, end)[1], lambda: tf.constant(0, tf.int64)
+        )
 
-    value = tf.case([(is_jpeg(contents), from_jpeg), (is_png(contents), from_png)],
-                    default=lambda: tf.constant(0, tf.int64))
+    value = tf.case(
+        [(is_jpeg(contents), from_jpeg), (is_png(contents), from_png)],
+        default=lambda: tf.constant(0, tf.int64),
+    )
     return tf.cast(tf.where((value >= 2) & (value <= 8), value, 1), tf.int32)
 
 
@@ -187,15 +195,17 @@ def decode_small(contents: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Te
        (height, width)).
     Raises (at run time): InvalidArgumentError for other formats or broken files.
     """
+
     def jpeg():
         shape = tf.image.extract_jpeg_shape(contents)  # [h, w, c] without decoding
         height, width = shape[0], shape[1]
         # Pillow's draft: the largest of 8, 4, 2, 1 not above min(w // S, h // S).
         reduction = tf.minimum(width // image_size, height // image_size)
         branch = tf.where(reduction >= 8, 0, tf.where(reduction >= 4, 1, tf.where(reduction >= 2, 2, 3)))
-        decoders = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r,
-                                                  dct_method="INTEGER_ACCURATE")
-                    for r in (8, 4, 2, 1)]
+        decoders = [
+            lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r, dct_method="INTEGER_ACCURATE")
+            for r in (8, 4, 2, 1)
+        ]
         pixels = tf.switch_case(branch, decoders)
         scale = tf.gather([8.0, 4.0, 2.0, 1.0], branch)
         box = tf.cast(tf.stack([height, width]), tf.float32) / scale
@@ -203,14 +213,17 @@ def decode_small(contents: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Te
 
     def png():
         header = _bytes(contents, 24, 2)  # IHDR: bit depth, colour type
+
         def sixteen_bit():
             wide = tf.io.decode_png(contents, channels=3, dtype=tf.uint16)
             wide = tf.cast(wide, tf.int32)
             # Pillow: 16-bit grayscale -> value // 257 (decode.py), 16-bit colour and
             # grey+alpha -> the high byte (its "RGB;16B" unpackers).
             return tf.cast(tf.where(header[1] == 0, wide // 257, wide // 256), tf.uint8)
-        pixels = tf.cond(header[0] == 16, sixteen_bit,
-                         lambda: tf.io.decode_png(contents, channels=3, dtype=tf.uint8))
+
+        pixels = tf.cond(
+            header[0] == 16, sixteen_bit, lambda: tf.io.decode_png(contents, channels=3, dtype=tf.uint8)
+        )
         shape = tf.shape(pixels)[:2]
         return pixels, tf.cast(shape, tf.float32), shape
 
@@ -234,12 +247,12 @@ def _weights(in_size, extent, out_size, kind: str):
     scale = tf.cast(tf.cast(extent, tf.float32), tf.float64) / tf.cast(out_size, tf.float64)
     filterscale = tf.maximum(scale, 1.0)
     support = support_unit * filterscale
-    centre = (tf.cast(tf.range(out_size), tf.float64) + 0.5) * scale           # [out]
+    centre = (tf.cast(tf.range(out_size), tf.float64) + 0.5) * scale  # [out]
     # C's (int) cast truncates; both values are >= 0 here, so it is a floor.
     xmin = tf.maximum(tf.floor(centre - support + 0.5), 0.0)
     xmax = tf.minimum(tf.floor(centre + support + 0.5), tf.cast(in_size, tf.float64))
-    j = tf.cast(tf.range(in_size), tf.float64)[None, :]                       # [1, in]
-    x = (j - centre[:, None] + 0.5) * (1.0 / filterscale)                     # [out, in]
+    j = tf.cast(tf.range(in_size), tf.float64)[None, :]  # [1, in]
+    x = (j - centre[:, None] + 0.5) * (1.0 / filterscale)  # [out, in]
     if kind == "box":
         w = tf.cast((x > -0.5) & (x <= 0.5), tf.float64)
     else:
@@ -257,19 +270,20 @@ def _box_axis(image: tf.Tensor, extent, out_size: int, axis: int) -> tf.Tensor:
     exact in integers, and linear in the pixels instead of a matmul with S columns.
     """
     in_size = tf.shape(image)[axis]
-    w = _weights(in_size, extent, out_size, "box")                            # [S, in]
+    w = _weights(in_size, extent, out_size, "box")  # [S, in]
     ones = w > 0.0
-    count = tf.reduce_sum(tf.cast(ones, tf.int64), axis=1)                    # [S]
+    count = tf.reduce_sum(tf.cast(ones, tf.int64), axis=1)  # [S]
     first = tf.argmax(tf.cast(ones, tf.int32), axis=1, output_type=tf.int64)  # [S]
-    k = tf.floor(0.5 + tf.reduce_max(w, axis=1) * 2.0 ** _PRECISION_BITS)    # fixed point
+    k = tf.floor(0.5 + tf.reduce_max(w, axis=1) * 2.0**_PRECISION_BITS)  # fixed point
     k = tf.cast(tf.where(count > 0, k, 0.0), tf.int64)
     values = tf.cast(image, tf.int64)
-    cumulative = tf.pad(tf.cumsum(values, axis=axis), [[1, 0], [0, 0], [0, 0]] if axis == 0
-                        else [[0, 0], [1, 0], [0, 0]])
+    cumulative = tf.pad(
+        tf.cumsum(values, axis=axis), [[1, 0], [0, 0], [0, 0]] if axis == 0 else [[0, 0], [1, 0], [0, 0]]
+    )
     sums = tf.gather(cumulative, first + count, axis=axis) - tf.gather(cumulative, first, axis=axis)
     shape = [-1, 1, 1] if axis == 0 else [1, -1, 1]
     total = 2 ** (_PRECISION_BITS - 1) + sums * tf.reshape(k, shape)
-    return tf.cast(tf.clip_by_value(total // 2 ** _PRECISION_BITS, 0, 255), tf.uint8)
+    return tf.cast(tf.clip_by_value(total // 2**_PRECISION_BITS, 0, 255), tf.uint8)
 
 
 def _vertical_first(in_height, in_width, out_height, out_width) -> tf.Tensor:
@@ -288,12 +302,14 @@ def box_resize(image: tf.Tensor, box: tf.Tensor, image_size: int) -> tf.Tensor:
     small = tf.cond(
         _vertical_first(shape[0], shape[1], image_size, image_size),
         lambda: _box_axis(_box_axis(image, box[0], image_size, 0), box[1], image_size, 1),
-        lambda: _box_axis(_box_axis(image, box[1], image_size, 1), box[0], image_size, 0))
+        lambda: _box_axis(_box_axis(image, box[1], image_size, 1), box[0], image_size, 0),
+    )
     return tf.ensure_shape(small, [image_size, image_size, 3])
 
 
 def upright(image: tf.Tensor, orientation_value: tf.Tensor) -> tf.Tensor:
     """[S, S, C] turned as `decode.upright` turns it for EXIF orientation 1..8."""
+
     def flip_lr():
         return tf.reverse(image, [1])
 
@@ -304,14 +320,14 @@ def upright(image: tf.Tensor, orientation_value: tf.Tensor) -> tf.Tensor:
         return tf.transpose(image, [1, 0, 2])
 
     branches = [
-        lambda: image,                                     # 1: upright
-        flip_lr,                                           # 2: FLIP_LEFT_RIGHT
-        lambda: tf.reverse(image, [0, 1]),                 # 3: ROTATE_180
-        flip_ud,                                           # 4: FLIP_TOP_BOTTOM
-        transpose,                                         # 5: TRANSPOSE
-        lambda: tf.reverse(transpose(), [1]),              # 6: ROTATE_270 (clockwise)
-        lambda: tf.reverse(transpose(), [0, 1]),           # 7: TRANSVERSE
-        lambda: tf.reverse(transpose(), [0]),              # 8: ROTATE_90 (counter-clockwise)
+        lambda: image,  # 1: upright
+        flip_lr,  # 2: FLIP_LEFT_RIGHT
+        lambda: tf.reverse(image, [0, 1]),  # 3: ROTATE_180
+        flip_ud,  # 4: FLIP_TOP_BOTTOM
+        transpose,  # 5: TRANSPOSE
+        lambda: tf.reverse(transpose(), [1]),  # 6: ROTATE_270 (clockwise)
+        lambda: tf.reverse(transpose(), [0, 1]),  # 7: TRANSVERSE
+        lambda: tf.reverse(transpose(), [0]),  # 8: ROTATE_90 (counter-clockwise)
     ]
     return tf.switch_case(orientation_value - 1, branches)
 
@@ -324,8 +340,8 @@ def upright_size(size: tf.Tensor, orientation_value: tf.Tensor) -> tf.Tensor:
 def shades_of_gray(image: tf.Tensor, p: int) -> tf.Tensor:
     """`decode.shades_of_gray` of uint8 [H, W, 3] (float64, rint, clip)."""
     x = tf.cast(image, tf.float64)
-    illuminant = tf.reduce_mean(tf.reshape(x, [-1, 3]) ** p, axis=0) ** (1.0 / p)   # [3]
-    grey = tf.sqrt(tf.reduce_mean(illuminant ** 2))
+    illuminant = tf.reduce_mean(tf.reshape(x, [-1, 3]) ** p, axis=0) ** (1.0 / p)  # [3]
+    grey = tf.sqrt(tf.reduce_mean(illuminant**2))
     positive = illuminant > 0
     gain = tf.where(positive, grey / tf.where(positive, illuminant, 1.0), 1.0)
     corrected = tf.cast(tf.clip_by_value(tf.math.rint(x * gain), 0, 255), tf.uint8)
@@ -338,8 +354,8 @@ def bilinear_resize(probabilities: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     in Pillow's pass order."""
     source = tf.shape(probabilities)
     height, width = size[0], size[1]
-    across = _weights(source[1], tf.cast(source[1], tf.float32), width, "bilinear")   # [W, S]
-    down = _weights(source[0], tf.cast(source[0], tf.float32), height, "bilinear")    # [H, S]
+    across = _weights(source[1], tf.cast(source[1], tf.float32), width, "bilinear")  # [W, S]
+    down = _weights(source[0], tf.cast(source[0], tf.float32), height, "bilinear")  # [H, S]
 
     def horizontal(x):  # [r, S] -> [r, W]
         return tf.cast(tf.matmul(tf.cast(x, tf.float64), across, transpose_b=True), tf.float32)
@@ -347,6 +363,8 @@ def bilinear_resize(probabilities: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     def vertical(x):  # [S, c] -> [H, c]
         return tf.cast(tf.matmul(down, tf.cast(x, tf.float64)), tf.float32)
 
-    return tf.cond(_vertical_first(source[0], source[1], height, width),
-                   lambda: horizontal(vertical(probabilities)),
-                   lambda: vertical(horizontal(probabilities)))
+    return tf.cond(
+        _vertical_first(source[0], source[1], height, width),
+        lambda: horizontal(vertical(probabilities)),
+        lambda: vertical(horizontal(probabilities)),
+    )

@@ -18,17 +18,18 @@ import os
 import numpy as np
 from PIL import Image
 
-from preprocessing import decode
-from pipeline import pixels
+from core.errors import UserError
 from launch.inference import images
 from launch.inference import models
 from launch.inference import prediction
 from launch.inference import segment
-from launch.inference.config import InferenceConfig, PredictConfig
+from launch.inference.config import InferenceConfig
+from launch.inference.config import PredictConfig
+from pipeline import pixels
+from preprocessing import decode
 from preprocessing import synth
-from core.errors import UserError
 
-MASK_AGREEMENT = 0.999   # the share of pixels where the masks must agree (issue 15)
+MASK_AGREEMENT = 0.999  # the share of pixels where the masks must agree (issue 15)
 PROBABILITY_TOLERANCE = 1e-4  # the largest allowed |p - p_keras| (float32)
 _SEED = 15
 
@@ -40,15 +41,17 @@ class ParityError(UserError):
 @dataclasses.dataclass(frozen=True)
 class ImageParity:
     """One test image through isic-predict and through the serving signatures."""
+
     name: str
-    size: tuple[int, int]          # (height, width) of the mask
-    mask_agreement: float          # share of pixels where the two masks agree
+    size: tuple[int, int]  # (height, width) of the mask
+    mask_agreement: float  # share of pixels where the two masks agree
     max_probability_difference: float
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkParity:
     """A runtime's probabilities on a batch against Keras'."""
+
     runtime: str
     images: int
     max_difference: float
@@ -56,6 +59,7 @@ class NetworkParity:
 
 def _variants(rng: np.random.Generator):
     """(file name, save function) pairs: each saves a given uint8 RGB picture."""
+
     def save(fmt, mode=None, size=None, **kwargs):
         def write(picture: np.ndarray, path: str) -> None:
             im = Image.fromarray(picture)
@@ -63,10 +67,13 @@ def _variants(rng: np.random.Generator):
                 im = im.resize(size, Image.BILINEAR)
             if mode == "I;16":  # 16-bit grey: the 8-bit value * 257 plus sub-8-bit noise
                 grey = np.asarray(im.convert("L")).astype(np.int64) * 257
-                im = Image.fromarray((grey + rng.integers(0, 257, grey.shape)).clip(0, 65535).astype(np.uint16))
+                im = Image.fromarray(
+                    (grey + rng.integers(0, 257, grey.shape)).clip(0, 65535).astype(np.uint16)
+                )
             elif mode is not None:
                 im = im.convert(mode)
             im.save(path, format=fmt, **kwargs)
+
         return write
 
     exif = Image.Exif()
@@ -110,8 +117,9 @@ def _reference_probabilities(model, image_path, config, colour_constancy) -> np.
     return models.to_original_size(p, size)
 
 
-def check_serving(serving, model_path: str, folder: str, names: list[str],
-                  config: InferenceConfig, work_dir: str) -> list[ImageParity]:
+def check_serving(
+    serving, model_path: str, folder: str, names: list[str], config: InferenceConfig, work_dir: str
+) -> list[ImageParity]:
     """Compares the loaded SavedModel `serving` with isic-predict on folder/names.
 
     Raises:
@@ -119,9 +127,11 @@ def check_serving(serving, model_path: str, folder: str, names: list[str],
         size, or a probability differs by more than PROBABILITY_TOLERANCE.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     reference_dir = os.path.join(work_dir, "isic-predict")
-    report = prediction.predict_folder(model_path, folder, reference_dir, predict_config(config),
-                                       progress=False)
+    report = prediction.predict_folder(
+        model_path, folder, reference_dir, predict_config(config), progress=False
+    )
     if report["failed"]:
         raise ParityError(f"isic-predict could not read its test images: {report['failed']}")
     model, resolved = models.load_model(model_path)
@@ -132,24 +142,28 @@ def check_serving(serving, model_path: str, folder: str, names: list[str],
             contents = tf.constant(f.read())
         mask = serving.signatures["segment"](image_bytes=contents)["mask"].numpy()
         p = serving.signatures["probabilities"](image_bytes=contents)["probabilities"].numpy()
-        expected = images.read_mask(os.path.join(reference_dir, os.path.splitext(name)[0]
-                                                 + "_segmentation.png"))
+        expected = images.read_mask(
+            os.path.join(reference_dir, os.path.splitext(name)[0] + "_segmentation.png")
+        )
         expected_p = _reference_probabilities(model, os.path.join(folder, name), config, colour_constancy)
         if mask.shape != expected.shape or p.shape != expected_p.shape:
             problems.append(f"{name}: the serving mask is {mask.shape}, isic-predict's {expected.shape}")
             continue
-        result = ImageParity(name, tuple(mask.shape), float(np.mean(mask == expected)),
-                             float(np.max(np.abs(p - expected_p))))
+        result = ImageParity(
+            name, tuple(mask.shape), float(np.mean(mask == expected)), float(np.max(np.abs(p - expected_p)))
+        )
         results.append(result)
         if result.mask_agreement < MASK_AGREEMENT:
-            problems.append(f"{name}: masks agree on {result.mask_agreement:.4%} of the pixels "
-                            f"(< {MASK_AGREEMENT:.1%})")
+            problems.append(
+                f"{name}: masks agree on {result.mask_agreement:.4%} of the pixels (< {MASK_AGREEMENT:.1%})"
+            )
         if result.max_probability_difference > PROBABILITY_TOLERANCE:
-            problems.append(f"{name}: probabilities differ by up to "
-                            f"{result.max_probability_difference:.2e} (> {PROBABILITY_TOLERANCE:g})")
+            problems.append(
+                f"{name}: probabilities differ by up to "
+                f"{result.max_probability_difference:.2e} (> {PROBABILITY_TOLERANCE:g})"
+            )
     if problems:
-        raise ParityError("the serving SavedModel does not reproduce isic-predict: "
-                          + "; ".join(problems))
+        raise ParityError("the serving SavedModel does not reproduce isic-predict: " + "; ".join(problems))
     return results
 
 
@@ -158,12 +172,14 @@ def network_inputs(model_path: str, folder: str, names: list[str]) -> np.ndarray
     model, resolved = models.load_model(model_path)
     colour_constancy = models.read_preprocessing(resolved)
     size = models.model_image_size(model)
-    return pixels.to_unit_range(np.stack([decode.load_image(os.path.join(folder, n), size, colour_constancy)[0]
-                                  for n in names]))
+    return pixels.to_unit_range(
+        np.stack([decode.load_image(os.path.join(folder, n), size, colour_constancy)[0] for n in names])
+    )
 
 
-def check_network(runtime: str, predict_fn, keras_probabilities: np.ndarray,
-                  images: np.ndarray) -> NetworkParity:
+def check_network(
+    runtime: str, predict_fn, keras_probabilities: np.ndarray, images: np.ndarray
+) -> NetworkParity:
     """Compares `predict_fn` (float32 [N, S, S, 3] -> probabilities [N, S, S] or
     [N, S, S, 1]) with Keras' probabilities [N, S, S] on `images`.
 
@@ -173,6 +189,8 @@ def check_network(runtime: str, predict_fn, keras_probabilities: np.ndarray,
     got = np.asarray(predict_fn(images), np.float32).reshape(keras_probabilities.shape)
     difference = float(np.max(np.abs(got - keras_probabilities)))
     if not difference <= PROBABILITY_TOLERANCE:  # also catches NaN
-        raise ParityError(f"{runtime} probabilities differ from Keras' by up to {difference:.2e} "
-                          f"(> {PROBABILITY_TOLERANCE:g}) on {len(images)} test images")
+        raise ParityError(
+            f"{runtime} probabilities differ from Keras' by up to {difference:.2e} "
+            f"(> {PROBABILITY_TOLERANCE:g}) on {len(images)} test images"
+        )
     return NetworkParity(runtime, len(images), difference)

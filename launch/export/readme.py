@@ -13,8 +13,11 @@ def _on(flag: bool) -> str:
 
 def _files_table(report) -> str:
     rows = ["| file | what | size | export time |", "|---|---|---|---|"]
-    what = {"serving": "SavedModel, end to end (signatures `segment`, `probabilities`, `network`)",
-            "onnx": "the network alone, ONNX", "tflite": "the network alone, TFLite (LiteRT)"}
+    what = {
+        "serving": "SavedModel, end to end (signatures `segment`, `probabilities`, `network`)",
+        "onnx": "the network alone, ONNX",
+        "tflite": "the network alone, TFLite (LiteRT)",
+    }
     for f in report.formats:
         if f.path is None:
             rows.append(f"| - | {what[f.name]} | not written: {f.skipped} | - |")
@@ -27,8 +30,11 @@ def _files_table(report) -> str:
 def _graph(report) -> str:
     c, s = report.config, report.image_size
     colour = report.colour_constancy
-    constancy = ("shades of gray, p = {colour_constancy_p}".format(**colour)
-                 if colour.get("colour_constancy") == "shades_of_gray" else "none")
+    constancy = (
+        "shades of gray, p = {colour_constancy_p}".format(**colour)
+        if colour.get("colour_constancy") == "shades_of_gray"
+        else "none"
+    )
     return f"""1. Decode the JPEG or PNG. A JPEG is decoded with DCT-domain downscaling at 1/2, 1/4 or
    1/8 scale (the largest that keeps both sides >= {s}), as the training records were
    built (Pillow's `draft`). PNGs of any mode (RGB, RGBA, grey, grey + alpha, palette,
@@ -39,7 +45,7 @@ def _graph(report) -> str:
    weights, rounding, pass order); the aspect ratio is not kept.
 4. Turn the {s} x {s} image upright by the orientation.
 5. Colour constancy: {constancy}.
-6. Scale to [0, 1] and run the U-Net{' on the 8 flips and rotations, averaged (TTA)' if c.tta else ''}.
+6. Scale to [0, 1] and run the U-Net{" on the 8 flips and rotations, averaged (TTA)" if c.tta else ""}.
 7. Resize the {s} x {s} probability map to the upright input's H x W (Pillow's BILINEAR on
    float32, reproduced; antialiased when shrinking).
 8. Threshold: foreground where p > {c.threshold:g}.
@@ -52,15 +58,21 @@ These options were fixed at export time (`isic-export --threshold ... --tta
 
 
 def _checks(report) -> str:
-    lines = ["| image | mask size (H x W) | mask pixels unlike isic-predict's | max abs probability difference |",
-             "|---|---|---|---|"]
+    lines = [
+        "| image | mask size (H x W) | mask pixels unlike isic-predict's | max abs probability difference |",
+        "|---|---|---|---|",
+    ]
     for r in report.serving_parity:
         differ = round((1.0 - r.mask_agreement) * r.size[0] * r.size[1])
-        lines.append(f"| {r.name} | {r.size[0]} x {r.size[1]} | {differ} ({1.0 - r.mask_agreement:.5%}) | "
-                     f"{r.max_probability_difference:.1e} |")
+        lines.append(
+            f"| {r.name} | {r.size[0]} x {r.size[1]} | {differ} ({1.0 - r.mask_agreement:.5%}) | "
+            f"{r.max_probability_difference:.1e} |"
+        )
     for n in report.network_parity:
-        lines.append(f"| {n.runtime} vs Keras, {n.images} images at {report.image_size} x "
-                     f"{report.image_size} | - | - | {n.max_difference:.1e} |")
+        lines.append(
+            f"| {n.runtime} vs Keras, {n.images} images at {report.image_size} x "
+            f"{report.image_size} | - | - | {n.max_difference:.1e} |"
+        )
     return "\n".join(lines)
 
 

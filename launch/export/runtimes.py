@@ -31,6 +31,7 @@ def _missing(modules: tuple[str, ...]) -> list[str]:
 def _signature(model) -> list:
     """[TensorSpec float32 [None, S, S, 3] named ONNX_INPUT]: any batch size."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     size = int(model.input_shape[1])
     return [tf.TensorSpec([None, size, size, 3], tf.float32, name=ONNX_INPUT)]
 
@@ -46,6 +47,7 @@ def onnx_missing() -> str | None:
 def litert_missing() -> str | None:
     """Why model.tflite cannot be written and checked here, or None."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     if not hasattr(tf, "lite") or not hasattr(tf.lite, "TFLiteConverter"):
         return f"this TensorFlow {tf.__version__} has no TFLite converter"
     if _missing(("ai_edge_litert",)) and not hasattr(tf.lite, "Interpreter"):
@@ -56,6 +58,7 @@ def litert_missing() -> str | None:
 def write_onnx(model, path: str) -> None:
     """Converts the Keras model to ONNX at `path` (input "image", output "probabilities")."""
     import onnx  # pylint: disable=import-outside-toplevel
+
     # An explicit signature: Keras refuses a loaded model that has not been called yet.
     model.export(path, format="onnx", verbose=False, input_signature=_signature(model))
     graph = onnx.load(path)
@@ -73,6 +76,7 @@ def onnx_predictor(path: str, threads: int | None = None):
     """A predictor running `path` with ONNX Runtime on the CPU (`threads`: intra-op
     threads, None: ONNX Runtime's default, one per core)."""
     import onnxruntime  # pylint: disable=import-outside-toplevel
+
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -81,6 +85,7 @@ def onnx_predictor(path: str, threads: int | None = None):
 
     def predict(images: np.ndarray) -> np.ndarray:
         return session.run(None, {name: np.ascontiguousarray(images, np.float32)})[0][..., 0]
+
     return predict
 
 
@@ -95,6 +100,7 @@ def _interpreter(path: str, threads: int | None):
         from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
     else:  # TensorFlow's own copy (deprecated in favour of ai-edge-litert)
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
         Interpreter = tf.lite.Interpreter  # noqa: N806
     return Interpreter(model_path=path, num_threads=threads or os.cpu_count())
 
@@ -116,11 +122,14 @@ def litert_predictor(path: str, threads: int | None = None):
         interpreter.set_tensor(source["index"], images)
         interpreter.invoke()
         return interpreter.get_tensor(target["index"])[..., 0].copy()
+
     return predict
 
 
 def keras_predictor(model):
     """The reference predictor: the Keras model, one `predict_on_batch` per call."""
+
     def predict(images: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(np.ascontiguousarray(images, np.float32)))[..., 0]
+
     return predict

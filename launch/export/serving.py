@@ -37,8 +37,12 @@ from preprocessing import decode
 class ServingGraph:
     """The functions behind the signatures, for one model and one set of options."""
 
-    def __init__(self, model: keras.Model, config: InferenceConfig,
-                 colour_constancy: decode.ColourConstancy = decode.NO_COLOUR_CONSTANCY):
+    def __init__(
+        self,
+        model: keras.Model,
+        config: InferenceConfig,
+        colour_constancy: decode.ColourConstancy = decode.NO_COLOUR_CONSTANCY,
+    ):
         self.model = model
         self.config = config
         self.colour_constancy = colour_constancy
@@ -64,7 +68,7 @@ class ServingGraph:
         # calls of N; the results agree to float32 rounding), then each copy turned back.
         copies = []
         for quarter_turns, flip in tta.TRANSFORMS:
-            x = tf.image.rot90(images, quarter_turns)          # counter-clockwise, as np.rot90
+            x = tf.image.rot90(images, quarter_turns)  # counter-clockwise, as np.rot90
             copies.append(tf.reverse(x, [2]) if flip else x)
         p = tf.split(self.model(tf.concat(copies, 0), training=False), len(copies))  # [N, S, S, 1]
         total = None
@@ -77,7 +81,7 @@ class ServingGraph:
     def probabilities(self, image_bytes: tf.Tensor) -> dict:
         """tf.string [] -> {"probabilities": float32 [H, W]} at the upright input's size."""
         x, size = self.prepare(image_bytes)
-        small = self.network(x[None])["probabilities"][0]       # [S, S]
+        small = self.network(x[None])["probabilities"][0]  # [S, S]
         return {"probabilities": image_ops.bilinear_resize(small, size)}
 
     def segment(self, image_bytes: tf.Tensor) -> dict:
@@ -88,8 +92,12 @@ class ServingGraph:
         return {"mask": tf.cast(mask, tf.uint8) * 255}
 
 
-def write_saved_model(model: keras.Model, path: str, config: InferenceConfig,
-                      colour_constancy: decode.ColourConstancy = decode.NO_COLOUR_CONSTANCY) -> None:
+def write_saved_model(
+    model: keras.Model,
+    path: str,
+    config: InferenceConfig,
+    colour_constancy: decode.ColourConstancy = decode.NO_COLOUR_CONSTANCY,
+) -> None:
     """Writes the SavedModel of the module docstring to `path` (a new folder).
 
     A plain tf.Module rather than keras.export.ExportArchive: Keras 3.15's archive stores
@@ -104,11 +112,20 @@ def write_saved_model(model: keras.Model, path: str, config: InferenceConfig,
     encoded = [tf.TensorSpec([], tf.string, name="image_bytes")]
     root.segment = tf.function(graph.segment, input_signature=encoded, autograph=False)
     root.probabilities = tf.function(graph.probabilities, input_signature=encoded, autograph=False)
-    root.network = tf.function(graph.network, autograph=False, input_signature=[
-        tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    root.network = tf.function(
+        graph.network,
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")],
+    )
     segment = root.segment.get_concrete_function()
     # "serving_default" is what TensorFlow Serving calls when a request names no signature.
-    tf.saved_model.save(root, path, signatures={
-        "serving_default": segment, "segment": segment,
-        "probabilities": root.probabilities.get_concrete_function(),
-        "network": root.network.get_concrete_function()})
+    tf.saved_model.save(
+        root,
+        path,
+        signatures={
+            "serving_default": segment,
+            "segment": segment,
+            "probabilities": root.probabilities.get_concrete_function(),
+            "network": root.network.get_concrete_function(),
+        },
+    )

@@ -13,14 +13,14 @@ import os
 import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
 
-from preprocessing import decode
-from pipeline import pixels
+from core import files
 from launch.inference import images
 from launch.inference import models
 from launch.inference import segment
 from model import metrics
 from pipeline import dataset as dataset_lib
-from core import files
+from pipeline import pixels
+from preprocessing import decode
 
 _DISPLAY_PIXELS = 400  # longest side drawn per panel
 
@@ -73,13 +73,21 @@ def pair_panels(model, pairs_by_id: dict, cases, config, colour_constancy) -> li
     size = models.model_image_size(model)
     pairs = [pairs_by_id[row["id"]] for _, row in cases]
     images = np.stack([decode.load_image(pair.image_path, size, colour_constancy)[0] for pair in pairs])
-    probabilities = segment.probabilities(model, pixels.to_unit_range(images), config,
-                                          max(config.batch_size, len(cases)))
+    probabilities = segment.probabilities(
+        model, pixels.to_unit_range(images), config, max(config.batch_size, len(cases))
+    )
     panels = []
     for (label, row), pair, p in zip(cases, pairs, probabilities):
         original = (row["height"], row["width"])
-        panels.append((label, row, decode.load_full_image(pair.image_path),
-                       _truth(pair.mask_path, original), segment.to_mask(p, config, original)))
+        panels.append(
+            (
+                label,
+                row,
+                decode.load_full_image(pair.image_path),
+                _truth(pair.mask_path, original),
+                segment.to_mask(p, config, original),
+            )
+        )
     return panels
 
 
@@ -118,8 +126,10 @@ def draw(path: str, panels: list[tuple]) -> str:
         ax_outline.imshow(image)
         _outline(ax_outline, truth, "lime")
         _outline(ax_outline, pred, "magenta")
-        ax_outline.set_title(f"truth (green) / prediction (magenta)\nJaccard {row['jaccard']:.3f}, "
-                             f"Dice {row['dice']:.3f}", fontsize=9)
+        ax_outline.set_title(
+            f"truth (green) / prediction (magenta)\nJaccard {row['jaccard']:.3f}, Dice {row['dice']:.3f}",
+            fontsize=9,
+        )
         for ax in (ax_image, ax_outline):
             ax.set_xticks([])
             ax.set_yticks([])

@@ -12,7 +12,8 @@ config)`), since the same settings apply to any folder.
 import dataclasses
 
 from core.errors import UserError
-from core.options import check_fields, option
+from core.options import check_fields
+from core.options import option
 from preprocessing.splits import SPLITS
 
 _BATCH_HELP = "Images per prediction batch."
@@ -31,17 +32,28 @@ class InferenceConfig:
     (thresholded Jaccard 0.748 -> 0.759); `--notta --nofill_holes --nolargest_component`
     gives the network's raw mask.
     """
-    threshold: float = option(0.5, "A pixel is foreground where its probability is > threshold "
-                              "(0.5 in the ISIC challenge).")
-    tta: bool = option(True, "Test-time augmentation: average each image's probabilities over "
-                       "its 8 flips and 90-degree rotations (each turned back) before "
-                       "thresholding; 8 times the prediction work.")
-    fill_holes: bool = option(True, "Fill holes: background regions of the thresholded mask "
-                              "that do not reach the image border become lesion (ISIC ground "
-                              "truth has no holes).")
-    largest_component: bool = option(True, "Keep only the largest connected region "
-                                     "(8-connected) of the thresholded mask, after any hole "
-                                     "filling (ISIC ground truth is one region).")
+
+    threshold: float = option(
+        0.5, "A pixel is foreground where its probability is > threshold (0.5 in the ISIC challenge)."
+    )
+    tta: bool = option(
+        True,
+        "Test-time augmentation: average each image's probabilities over "
+        "its 8 flips and 90-degree rotations (each turned back) before "
+        "thresholding; 8 times the prediction work.",
+    )
+    fill_holes: bool = option(
+        True,
+        "Fill holes: background regions of the thresholded mask "
+        "that do not reach the image border become lesion (ISIC ground "
+        "truth has no holes).",
+    )
+    largest_component: bool = option(
+        True,
+        "Keep only the largest connected region "
+        "(8-connected) of the thresholded mask, after any hole "
+        "filling (ISIC ground truth is one region).",
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -52,18 +64,24 @@ class InferenceConfig:
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig(InferenceConfig):
     """`isic-evaluate`: scores against ground truth (launch/inference/evaluation.py)."""
+
     split: str = option("test", "With --data_dir: the split to score.", choices=SPLITS)
     full_resolution: bool = option(
-        False, "With --data_dir: resize each probability map to its image's original size "
+        False,
+        "With --data_dir: resize each probability map to its image's original size "
         "before thresholding and compare with the original mask from the source folder (the "
         "challenge's numbers). Default: score at the records' size (fast). A folder given "
-        "without --data_dir is always scored at full resolution.")
+        "without --data_dir is always scored at full resolution.",
+    )
     batch_size: int = option(32, _BATCH_HELP, lower_bound=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig(InferenceConfig):
     """`isic-predict`: masks for a folder of images (launch/inference/prediction.py)."""
-    overlays: bool = option(False, "Also write overlays/<ID>_overlay.jpg: the image with the "
-                            "predicted lesion tinted and outlined.")
+
+    overlays: bool = option(
+        False,
+        "Also write overlays/<ID>_overlay.jpg: the image with the predicted lesion tinted and outlined.",
+    )
     batch_size: int = option(16, _BATCH_HELP, lower_bound=1)

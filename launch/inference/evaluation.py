@@ -20,7 +20,9 @@ import csv
 import json
 import os
 
-from core.errors import InputError, MissingInputError
+from core import files
+from core.errors import InputError
+from core.errors import MissingInputError
 from launch.inference import case_figure
 from launch.inference import models
 from launch.inference import scoring
@@ -28,7 +30,6 @@ from launch.inference.config import EvaluateConfig
 from model import metrics
 from pipeline import dataset as dataset_lib
 from preprocessing import decode
-from core import files
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 
@@ -57,8 +58,9 @@ def _model_dir(model_path: str) -> str:
     return model_path if files.isdir(model_path) else os.path.dirname(files.absolute(model_path))
 
 
-def source_folders(manifest: dict, data_dir: str, images_dir: str | None = None,
-                   masks_dir: str | None = None):
+def source_folders(
+    manifest: dict, data_dir: str, images_dir: str | None = None, masks_dir: str | None = None
+):
     """The folders of the original images and masks of each record's source.
 
     Returns a function: a record's source name -> (images_dir, masks_dir), from the
@@ -77,9 +79,11 @@ def source_folders(manifest: dict, data_dir: str, images_dir: str | None = None,
         if len(recorded) == 1:
             return next(iter(recorded.values()))
         if name not in recorded:
-            raise InputError(f"a record of {data_dir} names the source {name!r}, which its "
-                             f"manifest does not list ({', '.join(sorted(recorded))}); rebuild "
-                             "the records with isic-preprocess --overwrite")
+            raise InputError(
+                f"a record of {data_dir} names the source {name!r}, which its "
+                f"manifest does not list ({', '.join(sorted(recorded))}); rebuild "
+                "the records with isic-preprocess --overwrite"
+            )
         return recorded[name]
 
     return folders
@@ -87,30 +91,34 @@ def source_folders(manifest: dict, data_dir: str, images_dir: str | None = None,
 
 def _recorded_folders(manifest, data_dir, images_dir, masks_dir) -> dict:
     """{source name: (images_dir, masks_dir)}, the overrides replacing the one source's."""
-    recorded = {name: (s.get("images_dir", ""), s.get("masks_dir", ""))
-                for name, s in manifest.get("sources", {}).items()}
+    recorded = {
+        name: (s.get("images_dir", ""), s.get("masks_dir", ""))
+        for name, s in manifest.get("sources", {}).items()
+    }
     if not recorded:
         source = manifest.get("source", {})
         recorded = {"": (source.get("images_dir", ""), source.get("masks_dir", ""))}
     if not (images_dir or masks_dir):
         return recorded
     if len(recorded) > 1:
-        raise InputError(f"the records of {data_dir} come from {len(recorded)} input folders "
-                         f"({', '.join(sorted(recorded))}); --data_source, --images_dir and "
-                         "--masks_dir can only replace the folder of one-folder records")
-    (name, (images, masks)), = recorded.items()
+        raise InputError(
+            f"the records of {data_dir} come from {len(recorded)} input folders "
+            f"({', '.join(sorted(recorded))}); --data_source, --images_dir and "
+            "--masks_dir can only replace the folder of one-folder records"
+        )
+    ((name, (images, masks)),) = recorded.items()
     return {name: (images_dir or images, masks_dir or masks)}
 
 
 def _check_folder(what: str, folder: str, override: str | None, data_dir: str) -> None:
     if folder and files.isdir(folder):
         return
-    origin = ("as passed" if override else
-              f"recorded in {os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}")
+    origin = "as passed" if override else f"recorded in {os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}"
     raise MissingInputError(
         f"full-resolution evaluation needs the original {what}, but the {what} folder "
         f"{folder or '(none)'} ({origin}) does not exist. Pass --data_source DIR "
-        f"(with DIR/images and DIR/masks), or --images_dir and --masks_dir")
+        f"(with DIR/images and DIR/masks), or --images_dir and --masks_dir"
+    )
 
 
 def _check_inputs(manifest: dict, data_dir: str, split: str, model_size: int, model_path: str) -> int:
@@ -122,11 +130,14 @@ def _check_inputs(manifest: dict, data_dir: str, split: str, model_size: int, mo
     if count == 0:
         raise EmptySplitError(
             f"the {split!r} split of {data_dir} has no records (counts: {manifest['counts']}). "
-            "Choose a --split that has records, or rebuild with isic-preprocess --splits giving it a share")
+            "Choose a --split that has records, or rebuild with isic-preprocess --splits giving it a share"
+        )
     if manifest["image_size"] != model_size:
-        raise InputError(f"{model_path} takes {model_size}x{model_size} images but {data_dir} "
-                         f"holds {manifest['image_size']}x{manifest['image_size']} records; "
-                         "evaluate on records built with the model's --image_size")
+        raise InputError(
+            f"{model_path} takes {model_size}x{model_size} images but {data_dir} "
+            f"holds {manifest['image_size']}x{manifest['image_size']} records; "
+            "evaluate on records built with the model's --image_size"
+        )
     return count
 
 
@@ -139,12 +150,20 @@ def _check_colour_constancy(manifest: dict, data_dir: str, model_path: str) -> N
             f"{model_path} was trained on images with colour constancy {trained.to_dict()} but "
             f"the records of {data_dir} were built with {built.to_dict()}; evaluate on records "
             "built like the training records, or score the folder with --images_dir and "
-            "--masks_dir (images are then prepared as the model expects)")
+            "--masks_dir (images are then prepared as the model expects)"
+        )
 
 
-def evaluate(model_path: str, data_dir: str, config: EvaluateConfig, *,
-             images_dir: str | None = None, masks_dir: str | None = None,
-             output_dir: str | None = None, progress: bool = True) -> dict:
+def evaluate(
+    model_path: str,
+    data_dir: str,
+    config: EvaluateConfig,
+    *,
+    images_dir: str | None = None,
+    masks_dir: str | None = None,
+    output_dir: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Evaluates a model on config.split of a dataset; writes metrics.json, per_image.csv
     and cases.png.
 
@@ -170,8 +189,7 @@ def evaluate(model_path: str, data_dir: str, config: EvaluateConfig, *,
     manifest = manifest_lib.read_manifest(data_dir)
     count = _check_inputs(manifest, data_dir, config.split, models.model_image_size(model), resolved)
     _check_colour_constancy(manifest, data_dir, resolved)
-    folders = (source_folders(manifest, data_dir, images_dir, masks_dir)
-               if config.full_resolution else None)
+    folders = source_folders(manifest, data_dir, images_dir, masks_dir) if config.full_resolution else None
     output_dir = output_dir or default_output_dir(model_path, config.split, config.full_resolution)
     files.ensure_writable(output_dir)
     records = dataset_lib.Records.open(data_dir)
@@ -180,14 +198,29 @@ def evaluate(model_path: str, data_dir: str, config: EvaluateConfig, *,
     cases = case_figure.pick_cases(rows)
     panels = case_figure.record_panels(model, records, cases, config, folders)
     size = manifest["image_size"]
-    summary = _summary(rows, config, resolved, output_dir, {
-        "split": config.split, "resolution": "full" if config.full_resolution else f"{size}x{size}",
-        "data_dir": files.absolute(data_dir)})
+    summary = _summary(
+        rows,
+        config,
+        resolved,
+        output_dir,
+        {
+            "split": config.split,
+            "resolution": "full" if config.full_resolution else f"{size}x{size}",
+            "data_dir": files.absolute(data_dir),
+        },
+    )
     return _write_outputs(output_dir, summary, rows, panels)
 
 
-def evaluate_folder(model_path: str, images_dir: str, masks_dir: str, config: EvaluateConfig, *,
-                    output_dir: str | None = None, progress: bool = True) -> dict:
+def evaluate_folder(
+    model_path: str,
+    images_dir: str,
+    masks_dir: str,
+    config: EvaluateConfig,
+    *,
+    output_dir: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Evaluates a model on the image/mask pairs of two folders at full resolution,
     without records (config.split and config.full_resolution do not apply).
 
@@ -205,32 +238,51 @@ def evaluate_folder(model_path: str, images_dir: str, masks_dir: str, config: Ev
     colour_constancy = models.read_preprocessing(resolved)
     listing = pairs_lib.discover_pairs(images_dir, masks_dir)
     if not listing.pairs:
-        raise InputError(f"{images_dir} and {masks_dir} hold no image/mask pairs "
-                         f"({len(listing.problems)} problems, {len(listing.ignored)} files "
-                         "ignored); masks must be named <ID>_segmentation.png")
+        raise InputError(
+            f"{images_dir} and {masks_dir} hold no image/mask pairs "
+            f"({len(listing.problems)} problems, {len(listing.ignored)} files "
+            "ignored); masks must be named <ID>_segmentation.png"
+        )
     output_dir = output_dir or folder_output_dir(model_path, images_dir, masks_dir)
     files.ensure_writable(output_dir)
-    rows, problems = scoring.score_pairs(model, listing.pairs, config, colour_constancy,
-                                         progress=progress)
+    rows, problems = scoring.score_pairs(model, listing.pairs, config, colour_constancy, progress=progress)
     problems = sorted(listing.problems + problems, key=lambda p: (p.case_id, p.file))
     if not rows:
         raise InputError("no pair could be scored:\n" + "\n".join("  " + p.line() for p in problems))
     cases = case_figure.pick_cases(rows)
-    panels = case_figure.pair_panels(model, {p.case_id: p for p in listing.pairs}, cases, config,
-                                     colour_constancy)
-    summary = _summary(rows, config, resolved, output_dir, {
-        "split": None, "resolution": "full", "images_dir": files.absolute(images_dir),
-        "masks_dir": files.absolute(masks_dir), "skipped": [p.as_dict() for p in problems]})
+    panels = case_figure.pair_panels(
+        model, {p.case_id: p for p in listing.pairs}, cases, config, colour_constancy
+    )
+    summary = _summary(
+        rows,
+        config,
+        resolved,
+        output_dir,
+        {
+            "split": None,
+            "resolution": "full",
+            "images_dir": files.absolute(images_dir),
+            "masks_dir": files.absolute(masks_dir),
+            "skipped": [p.as_dict() for p in problems],
+        },
+    )
     return _write_outputs(output_dir, summary, rows, panels)
 
 
 def _summary(rows, config: EvaluateConfig, model_path: str, output_dir: str, extra: dict) -> dict:
     summary = scoring.summarize(rows)
     summary.update(extra)
-    summary.update({
-        "model": files.absolute(model_path), "threshold": config.threshold, "tta": config.tta,
-        "fill_holes": config.fill_holes, "largest_component": config.largest_component,
-        "count": len(rows), "output_dir": files.absolute(output_dir)})
+    summary.update(
+        {
+            "model": files.absolute(model_path),
+            "threshold": config.threshold,
+            "tta": config.tta,
+            "fill_holes": config.fill_holes,
+            "largest_component": config.largest_component,
+            "count": len(rows),
+            "output_dir": files.absolute(output_dir),
+        }
+    )
     return summary
 
 
@@ -251,27 +303,36 @@ def write_per_image(path: str, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row.get(k, ""))
-                             for k in columns})
+            writer.writerow(
+                {k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row.get(k, "")) for k in columns}
+            )
 
 
 def format_table(summary: dict) -> str:
     """A short text table: mean and median of each metric, the headline, and one line
     per source when there are several."""
     where = f"{summary['split']} split" if summary.get("split") else f"folder {summary.get('images_dir')}"
-    lines = [f"{where}, {summary['count']} images, resolution {summary['resolution']}",
-             f"{'metric':<20} {'mean':>8} {'median':>8}"]
+    lines = [
+        f"{where}, {summary['count']} images, resolution {summary['resolution']}",
+        f"{'metric':<20} {'mean':>8} {'median':>8}",
+    ]
     for name in metrics.METRIC_NAMES:
         lines.append(f"{name:<20} {summary['mean'][name]:>8.4f} {summary['median'][name]:>8.4f}")
     below_key = f"fraction_jaccard_below_{metrics.JACCARD_THRESHOLD}"
     lines.append(f"images with Jaccard < {metrics.JACCARD_THRESHOLD}: {summary[below_key]:.1%}")
-    lines.append(f"headline: thresholded Jaccard {summary['headline']['thresholded_jaccard']:.4f}, "
-                 f"Dice {summary['headline']['dice']:.4f}")
+    lines.append(
+        f"headline: thresholded Jaccard {summary['headline']['thresholded_jaccard']:.4f}, "
+        f"Dice {summary['headline']['dice']:.4f}"
+    )
     if summary.get("per_source"):
         width = max(len("source"), *(len(name) for name in summary["per_source"]))
-        lines.append(f"{'source':<{width}} {'images':>6} {'Dice':>7} {'thr. Jaccard':>12} "
-                     f"{'J < ' + str(metrics.JACCARD_THRESHOLD):>9}")
+        lines.append(
+            f"{'source':<{width}} {'images':>6} {'Dice':>7} {'thr. Jaccard':>12} "
+            f"{'J < ' + str(metrics.JACCARD_THRESHOLD):>9}"
+        )
         for name, s in summary["per_source"].items():
-            lines.append(f"{name:<{width}} {s['num_images']:>6} {s['mean']['dice']:>7.4f} "
-                         f"{s['headline']['thresholded_jaccard']:>12.4f} {s[below_key]:>9.1%}")
+            lines.append(
+                f"{name:<{width}} {s['num_images']:>6} {s['mean']['dice']:>7.4f} "
+                f"{s['headline']['thresholded_jaccard']:>12.4f} {s[below_key]:>9.1%}"
+            )
     return "\n".join(lines)

@@ -5,11 +5,11 @@ builder); this adds what scoring needs on top: a message naming the folder to pa
 the file is missing, and a size check against the original the records describe.
 """
 
-
 import numpy as np
 
 from core import files
-from core.errors import InputError, MissingInputError
+from core.errors import InputError
+from core.errors import MissingInputError
 from preprocessing import decode
 
 
@@ -28,12 +28,15 @@ def read_mask(path: str, expected_size: tuple[int, int] | None = None) -> np.nda
       FileNotFoundError: no such file. ValueError: unusable, or not `expected_size`.
     """
     if not files.isfile(path):
-        raise MissingInputError(f"mask {path} does not exist; pass the folder that holds the "
-                                "original masks (--data_source or --masks_dir)")
+        raise MissingInputError(
+            f"mask {path} does not exist; pass the folder that holds the "
+            "original masks (--data_source or --masks_dir)"
+        )
     mask = decode.read_mask(path)
     if expected_size is not None and mask.shape != tuple(expected_size):
         raise InputError(
             f"mask {path} is {mask.shape[1]}x{mask.shape[0]} (width x height) but the records say "
             f"the original is {expected_size[1]}x{expected_size[0]}; is --data_source the folder "
-            "the records were built from?")
+            "the records were built from?"
+        )
     return mask

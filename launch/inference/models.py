@@ -43,17 +43,27 @@ def load_model(path: str) -> tuple[keras.Model, str]:
             f"{resolved} is not a complete .keras file ({files.getsize(resolved)} bytes, not "
             "a zip archive: cut short or damaged). Write it again: run the same isic-train "
             "command on its model directory (a finished run re-exports from its last "
-            "checkpoint), or pass another model such as <model_dir>/best") from None
+            "checkpoint), or pass another model such as <model_dir>/best"
+        ) from None
     try:
         model = keras.models.load_model(resolved, compile=False)
     except Exception as e:  # Keras reports broken archives with many exception types.
-        raise InputError(f"cannot load the model {resolved} ({type(e).__name__}: {e}); "
-                         "it may be truncated: re-export it, or use another checkpointed model") from None
+        raise InputError(
+            f"cannot load the model {resolved} ({type(e).__name__}: {e}); "
+            "it may be truncated: re-export it, or use another checkpointed model"
+        ) from None
     in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
-    if (len(in_shape) != 4 or in_shape[3] != 3 or in_shape[1] is None or in_shape[1] != in_shape[2]
-            or out_shape[1:] != (in_shape[1], in_shape[2], 1)):
-        raise InputError(f"{resolved} maps {in_shape} to {out_shape}; expected a segmentation "
-                         "model mapping [B, S, S, 3] images to [B, S, S, 1] probabilities")
+    if (
+        len(in_shape) != 4
+        or in_shape[3] != 3
+        or in_shape[1] is None
+        or in_shape[1] != in_shape[2]
+        or out_shape[1:] != (in_shape[1], in_shape[2], 1)
+    ):
+        raise InputError(
+            f"{resolved} maps {in_shape} to {out_shape}; expected a segmentation "
+            "model mapping [B, S, S, 3] images to [B, S, S, 1] probabilities"
+        )
     return model, resolved
 
 
@@ -78,8 +88,10 @@ def read_preprocessing(model_path: str) -> decode.ColourConstancy:
                 with files.open(candidate) as f:
                     return decode.ColourConstancy.from_dict(json.load(f))
             except (OSError, ValueError, TypeError, AttributeError) as e:
-                raise InputError(f"{candidate} is not a usable preprocessing record ({e}); "
-                                 "it is written by isic-train: restore it from the run") from None
+                raise InputError(
+                    f"{candidate} is not a usable preprocessing record ({e}); "
+                    "it is written by isic-train: restore it from the run"
+                ) from None
     return decode.NO_COLOUR_CONSTANCY
 
 
@@ -109,5 +121,3 @@ def to_original_size(probabilities: np.ndarray, size: tuple[int, int]) -> np.nda
     height, width = int(size[0]), int(size[1])
     p = Image.fromarray(np.ascontiguousarray(probabilities, np.float32), "F")
     return np.asarray(p.resize((width, height), Image.BILINEAR))
-
-

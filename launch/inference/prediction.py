@@ -20,15 +20,16 @@ import os
 import numpy as np
 from PIL import Image
 
-from pipeline import pixels
+from core import files
+from core import names
 from core import progress as progress_lib
-from core.errors import InputError, MissingInputError
+from core.errors import InputError
+from core.errors import MissingInputError
 from launch.inference import models
 from launch.inference import segment
 from launch.inference.config import PredictConfig
+from pipeline import pixels
 from preprocessing import decode
-from core import files
-from core import names
 
 _IGNORED_SUFFIXES = ("_superpixels.png",)
 OVERLAY_DIR = "overlays"
@@ -46,13 +47,19 @@ def list_images(input_dir: str) -> tuple[list[str], list[str], list[tuple[str, s
       FileNotFoundError: `input_dir` is not a folder.
     """
     if not files.isdir(input_dir):
-        raise MissingInputError(f"--input_dir {input_dir} is not a folder; pass the folder "
-                                "that holds the JPEG or PNG images to segment")
+        raise MissingInputError(
+            f"--input_dir {input_dir} is not a folder; pass the folder "
+            "that holds the JPEG or PNG images to segment"
+        )
     images, ignored = [], []
     for name in sorted(files.listdir(input_dir)):
         lower = name.lower()
-        if (name.startswith(".") or not lower.endswith(names.IMAGE_EXTENSIONS)
-                or lower.endswith(_IGNORED_SUFFIXES) or not files.isfile(os.path.join(input_dir, name))):
+        if (
+            name.startswith(".")
+            or not lower.endswith(names.IMAGE_EXTENSIONS)
+            or lower.endswith(_IGNORED_SUFFIXES)
+            or not files.isfile(os.path.join(input_dir, name))
+        ):
             ignored.append(name)
         else:
             images.append(name)
@@ -60,9 +67,14 @@ def list_images(input_dir: str) -> tuple[list[str], list[str], list[tuple[str, s
     for name in images:
         by_id.setdefault(os.path.splitext(name)[0], []).append(name)
     clashes = {n for names in by_id.values() if len(names) > 1 for n in names}
-    problems = [(n, f"another image has the ID {os.path.splitext(n)[0]!r} "
-                    f"({', '.join(by_id[os.path.splitext(n)[0]])}); rename one")
-                for n in sorted(clashes)]
+    problems = [
+        (
+            n,
+            f"another image has the ID {os.path.splitext(n)[0]!r} "
+            f"({', '.join(by_id[os.path.splitext(n)[0]])}); rename one",
+        )
+        for n in sorted(clashes)
+    ]
     return [n for n in images if n not in clashes], ignored, problems
 
 
@@ -77,8 +89,9 @@ def _border(mask: np.ndarray, width: int) -> np.ndarray:
     inner = mask.copy()
     for _ in range(width):
         padded = np.pad(inner, 1, constant_values=False)
-        inner = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
-                 & padded[1:-1, :-2] & padded[1:-1, 2:])
+        inner = (
+            padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        )
     return mask & ~inner
 
 
@@ -120,8 +133,9 @@ def _write(input_dir, output_dir, name, mask, overlays):
     return path
 
 
-def predict_folder(model_path: str, input_dir: str, output_dir: str, config: PredictConfig, *,
-                   progress: bool = True) -> dict:
+def predict_folder(
+    model_path: str, input_dir: str, output_dir: str, config: PredictConfig, *, progress: bool = True
+) -> dict:
     """Segments every image of `input_dir` into `output_dir` (see the module docstring).
 
     Returns:
@@ -134,8 +148,10 @@ def predict_folder(model_path: str, input_dir: str, output_dir: str, config: Pre
     """
     names, ignored, failed = list_images(input_dir)
     if not names and not failed:
-        raise InputError(f"--input_dir {input_dir} holds no .jpg, .jpeg or .png images "
-                         f"({len(ignored)} other entries ignored); pass the folder of the images")
+        raise InputError(
+            f"--input_dir {input_dir} holds no .jpg, .jpeg or .png images "
+            f"({len(ignored)} other entries ignored); pass the folder of the images"
+        )
     model, resolved = models.load_model(model_path)
     size = models.model_image_size(model)
     colour_constancy = models.read_preprocessing(resolved)
@@ -143,14 +159,20 @@ def predict_folder(model_path: str, input_dir: str, output_dir: str, config: Pre
     written = []
     bar = progress_lib.Progress(len(names), unit="image", show=progress)
     for first in range(0, len(names), config.batch_size):
-        batch_names = names[first:first + config.batch_size]
+        batch_names = names[first : first + config.batch_size]
         ok, images, sizes = _load_batch(input_dir, batch_names, size, colour_constancy, failed)
         if ok:
-            probabilities = segment.probabilities(model, pixels.to_unit_range(np.stack(images)), config,
-                                                  config.batch_size)
+            probabilities = segment.probabilities(
+                model, pixels.to_unit_range(np.stack(images)), config, config.batch_size
+            )
             for name, p, original in zip(ok, probabilities, sizes):
                 mask = segment.to_mask(p, config, original)
                 written.append(_write(input_dir, output_dir, name, mask, config.overlays))
         bar.advance(first + len(batch_names))
-    return {"written": written, "failed": sorted(failed), "ignored": ignored,
-            "model": resolved, "output_dir": output_dir}
+    return {
+        "written": written,
+        "failed": sorted(failed),
+        "ignored": ignored,
+        "model": resolved,
+        "output_dir": output_dir,
+    }

@@ -17,23 +17,30 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline import pixels
-from launch.inference import images
 from core import progress as progress_lib
 from core.errors import InputError
+from launch.inference import images
 from launch.inference import models
 from launch.inference import segment
 from launch.inference.config import EvaluateConfig
 from model import metrics
 from pipeline import dataset as dataset_lib
+from pipeline import pixels
 from preprocessing import decode
 from preprocessing import load
 
 COUNT_NAMES = ("tp", "fp", "fn", "tn")
 
 
-def score_records(model, records: dataset_lib.Records, config: EvaluateConfig, count: int, *,
-                  folders=None, progress: bool = True) -> list[dict]:
+def score_records(
+    model,
+    records: dataset_lib.Records,
+    config: EvaluateConfig,
+    count: int,
+    *,
+    folders=None,
+    progress: bool = True,
+) -> list[dict]:
     """Scores the `count` records of `config.split`, one row per image.
 
     Args:
@@ -51,25 +58,34 @@ def score_records(model, records: dataset_lib.Records, config: EvaluateConfig, c
         sizes = [tuple(int(v) for v in s) for s in batch["original_size"]]
         sources = [s.decode() for s in batch.get("source", [b""] * len(sizes))]
         if folders is None:
-            truth = batch["mask"][..., 0] > 0.5                                     # [B, S, S]
+            truth = batch["mask"][..., 0] > 0.5  # [B, S, S]
             pred = np.stack([segment.to_mask(q, config) for q in p])
             counts = [c.numpy() for c in metrics.confusion_per_image(truth, pred, tf.float64)]
         else:
-            masks = [os.path.join(folders(source)[1], name.decode())
-                     for source, name in zip(sources, batch["source_mask"])]
+            masks = [
+                os.path.join(folders(source)[1], name.decode())
+                for source, name in zip(sources, batch["source_mask"])
+            ]
             counts = _full_size_counts(p, masks, sizes, config)
         rows += _rows([c.decode() for c in batch["case_id"]], sizes, sources, counts)
         bar.advance(len(rows))
     if len(rows) != count:
-        raise InputError(f"read {len(rows)} records of split {config.split!r} but "
-                         f"{records.data_dir}'s manifest counts {count}; the dataset is damaged: "
-                         "rebuild it with isic-preprocess --overwrite")
+        raise InputError(
+            f"read {len(rows)} records of split {config.split!r} but "
+            f"{records.data_dir}'s manifest counts {count}; the dataset is damaged: "
+            "rebuild it with isic-preprocess --overwrite"
+        )
     return rows
 
 
-def score_pairs(model, pairs: list, config: EvaluateConfig,
-                colour_constancy: decode.ColourConstancy, *, progress: bool = True
-                ) -> tuple[list[dict], list]:
+def score_pairs(
+    model,
+    pairs: list,
+    config: EvaluateConfig,
+    colour_constancy: decode.ColourConstancy,
+    *,
+    progress: bool = True,
+) -> tuple[list[dict], list]:
     """Scores image/mask pairs (preprocessing.pairs.Pair) at full resolution.
 
     Each pair is read as the builder would (`load.load_pair`: the same checks, the same
@@ -83,7 +99,7 @@ def score_pairs(model, pairs: list, config: EvaluateConfig,
     bar = progress_lib.Progress(len(pairs), unit="image", show=progress)
     for first in range(0, len(pairs), config.batch_size):
         ok, images, sizes = [], [], []
-        for pair in pairs[first:first + config.batch_size]:
+        for pair in pairs[first : first + config.batch_size]:
             try:
                 image, _, original = load.load_pair(pair, size, colour_constancy)
             except load.BadPairError as e:
@@ -93,7 +109,9 @@ def score_pairs(model, pairs: list, config: EvaluateConfig,
             images.append(image)
             sizes.append(original)
         if ok:
-            p = segment.probabilities(model, pixels.to_unit_range(np.stack(images)), config, config.batch_size)
+            p = segment.probabilities(
+                model, pixels.to_unit_range(np.stack(images)), config, config.batch_size
+            )
             counts = _full_size_counts(p, [pair.mask_path for pair in ok], sizes, config)
             rows += _rows([pair.case_id for pair in ok], sizes, [""] * len(ok), counts)
         bar.advance(min(first + config.batch_size, len(pairs)))
@@ -104,8 +122,8 @@ def _full_size_counts(probabilities, mask_paths, sizes, config) -> list[np.ndarr
     """Confusion counts at the original sizes: 4 float64 arrays [B]."""
     counts = []
     for p, path, size in zip(probabilities, mask_paths, sizes):
-        truth = metrics.binarize_uint8_mask(images.read_mask(path, size))        # [H, W]
-        pred = segment.to_mask(p, config, size)                                 # [H, W]
+        truth = metrics.binarize_uint8_mask(images.read_mask(path, size))  # [H, W]
+        pred = segment.to_mask(p, config, size)  # [H, W]
         counts.append([c.numpy() for c in metrics.confusion_per_image(truth[None], pred[None], tf.float64)])
     return [np.concatenate(c) for c in zip(*counts)]
 
@@ -129,8 +147,9 @@ def summarize(rows: list[dict]) -> dict:
     summary = _summary(rows)
     sources = sorted({row["source"] for row in rows if row.get("source")})
     if len(sources) > 1:
-        summary["per_source"] = {name: _summary([r for r in rows if r.get("source") == name])
-                                 for name in sources}
+        summary["per_source"] = {
+            name: _summary([r for r in rows if r.get("source") == name]) for name in sources
+        }
     return summary
 
 

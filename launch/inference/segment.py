@@ -23,21 +23,24 @@ from launch.inference.config import InferenceConfig
 from model import metrics
 
 
-def probabilities(model, images: np.ndarray, config: InferenceConfig,
-                  batch_size: int | None = None) -> np.ndarray:
+def probabilities(
+    model, images: np.ndarray, config: InferenceConfig, batch_size: int | None = None
+) -> np.ndarray:
     """Probabilities of a batch: float32 [B, S, S, 3] in [0, 1] -> float32 [B, S, S].
 
     With `config.tta`, the mean over tta.TRANSFORMS, each prediction turned back.
     `batch_size`: pad batches to it (`models.predict`), so one shape is traced.
     """
+
     def predict(x):
         return models.predict(model, x, batch_size)
 
     return tta.average(predict, images) if config.tta else predict(images)
 
 
-def to_mask(probability: np.ndarray, config: InferenceConfig,
-            size: tuple[int, int] | None = None) -> np.ndarray:
+def to_mask(
+    probability: np.ndarray, config: InferenceConfig, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """One probability map float32 [S, S] -> bool [H, W] mask.
 
     Resized (bilinear, `models.to_original_size`) to `size` (height, width) when given,

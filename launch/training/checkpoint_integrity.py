@@ -31,7 +31,7 @@ STATE_FILE = "checkpoint"
 # Damaged and unfinished checkpoints are moved into this folder of checkpoints/, never deleted.
 DAMAGED_DIR = "damaged"
 _NUMBERED = re.compile(r"^ckpt-(\d+)(\.index|\.data-\d{5}-of-\d{5}|_temp.*)$")
-_TABLE_MAGIC = 0xdb4775248b80fb57  # the last 8 bytes of a LevelDB table
+_TABLE_MAGIC = 0xDB4775248B80FB57  # the last 8 bytes of a LevelDB table
 _FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
 _BLOCK_TRAILER_BYTES = 5  # compression type (1 byte) and crc32c (4 bytes)
 
@@ -67,8 +67,7 @@ def check(prefix: str) -> None:
     needed = [0] * header.num_shards
     for name, entry in entries:
         if not 0 <= entry.shard_id < header.num_shards:
-            raise DamagedError(f"{index} names shard {entry.shard_id} of {header.num_shards} "
-                               f"for {name!r}")
+            raise DamagedError(f"{index} names shard {entry.shard_id} of {header.num_shards} for {name!r}")
         needed[entry.shard_id] = max(needed[entry.shard_id], entry.offset + entry.size)
     for shard, size in enumerate(needed):
         path = f"{prefix}.data-{shard:05d}-of-{header.num_shards:05d}"
@@ -86,8 +85,9 @@ def tensor_names(prefix: str) -> list[str]:
         return [name for name, _ in _read_index(f.read())[1]]
 
 
-def _read_index(data: bytes) -> tuple[tensor_bundle_pb2.BundleHeaderProto,
-                                     list[tuple[str, tensor_bundle_pb2.BundleEntryProto]]]:
+def _read_index(
+    data: bytes,
+) -> tuple[tensor_bundle_pb2.BundleHeaderProto, list[tuple[str, tensor_bundle_pb2.BundleEntryProto]]]:
     """Parses a bundle index (a LevelDB table): (header, [(tensor name, entry)])."""
     if len(data) < _FOOTER_BYTES or struct.unpack("<Q", data[-8:])[0] != _TABLE_MAGIC:
         raise ValueError("not a checkpoint index (no table footer): cut short?")
@@ -100,8 +100,9 @@ def _read_index(data: bytes) -> tuple[tensor_bundle_pb2.BundleHeaderProto,
             if key == b"":  # the header sorts first
                 header = tensor_bundle_pb2.BundleHeaderProto.FromString(entry)
             else:
-                entries.append((key.decode("utf-8", "replace"),
-                                tensor_bundle_pb2.BundleEntryProto.FromString(entry)))
+                entries.append(
+                    (key.decode("utf-8", "replace"), tensor_bundle_pb2.BundleEntryProto.FromString(entry))
+                )
     if header is None:
         raise ValueError("no header entry")
     return header, entries
@@ -132,16 +133,16 @@ def _block_entries(data: bytes, handle: tuple[int, int]):
         raise ValueError(f"block at {offset} (+{size} bytes) lies outside the file")
     if data[offset + size] != 0:
         raise ValueError("compressed block (the bundle writer never compresses)")
-    block = data[offset:offset + size]
+    block = data[offset : offset + size]
     num_restarts = struct.unpack("<I", block[-4:])[0]
     end, pos, key = len(block) - 4 - 4 * num_restarts, 0, b""
     while pos < end:
         shared, pos = _varint(block, pos)
         unshared, pos = _varint(block, pos)
         length, pos = _varint(block, pos)
-        key = key[:shared] + block[pos:pos + unshared]
+        key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
-        yield key, block[pos:pos + length]
+        yield key, block[pos : pos + length]
         pos += length
 
 
@@ -154,15 +155,13 @@ def read_state(directory: str) -> list[str]:
         text = f.read()
     latest = re.findall(r'^model_checkpoint_path: "([^"]+)"', text, re.M)
     kept = re.findall(r'^all_model_checkpoint_paths: "([^"]+)"', text, re.M)
-    names = [os.path.basename(p) for p in kept if p not in latest] + [
-        os.path.basename(p) for p in latest]
+    names = [os.path.basename(p) for p in kept if p not in latest] + [os.path.basename(p) for p in latest]
     return names
 
 
 def write_state(directory: str, names: list[str]) -> None:
     """Replaces the state file atomically: `names` (oldest first) kept, the last the newest."""
-    lines = [f'model_checkpoint_path: "{names[-1]}"'] + [
-        f'all_model_checkpoint_paths: "{n}"' for n in names]
+    lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
     files.write_atomic(os.path.join(directory, STATE_FILE), "\n".join(lines) + "\n")
 
 

@@ -27,13 +27,14 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from core import files
+from core.errors import UserError
+from launch.layout import CHECKPOINT_DIR
+from launch.layout import RUN_FILE
 from launch.training import checkpoint_integrity as integrity
 from launch.training import faults
 from launch.training import history
 from launch.training.config import TrainConfig
-from core import files
-from core.errors import UserError
-from launch.layout import CHECKPOINT_DIR, RUN_FILE
 
 # Settings that define the model's variables: a mismatch cannot be restored.
 SHAPE_KEYS = ("image_size", "encoder", "base_filters", "depth")
@@ -57,15 +58,28 @@ class MissingCheckpointError(UserError, FileNotFoundError):
     """--warm_start names no file or model directory with a checkpoint."""
 
 
-def run_identity(config: TrainConfig, image_size: int, depth: int, steps_per_epoch: int,
-                 preprocessing: dict, precision: str) -> dict:
+def run_identity(
+    config: TrainConfig,
+    image_size: int,
+    depth: int,
+    steps_per_epoch: int,
+    preprocessing: dict,
+    precision: str,
+) -> dict:
     """What run.json records: the SHAPE_KEYS, ORDER_KEYS, INPUT_KEYS and the resolved
     precision (PRECISION_KEY)."""
-    return {"image_size": image_size, "encoder": config.encoder,
-            "base_filters": config.base_filters, "depth": depth,
-            "batch_size": config.batch_size, "steps_per_epoch": steps_per_epoch,
-            "seed": config.seed, "lr_schedule": config.lr_schedule,
-            "preprocessing": preprocessing, PRECISION_KEY: precision}
+    return {
+        "image_size": image_size,
+        "encoder": config.encoder,
+        "base_filters": config.base_filters,
+        "depth": depth,
+        "batch_size": config.batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "seed": config.seed,
+        "lr_schedule": config.lr_schedule,
+        "preprocessing": preprocessing,
+        PRECISION_KEY: precision,
+    }
 
 
 def check_run(model_dir: str, run: dict) -> None:
@@ -81,13 +95,15 @@ def check_run(model_dir: str, run: dict) -> None:
         raise CheckpointMismatchError(
             f"{model_dir} holds a model trained on {size}x{size} records, but these records "
             f"are {asked}x{asked}. To resume, pass records built with isic-preprocess "
-            f"--image_size {size}; to train at {asked}x{asked}, use a new --model_dir.")
+            f"--image_size {size}; to train at {asked}x{asked}, use a new --model_dir."
+        )
     for key in SHAPE_KEYS:
         if previous.get(key) != run.get(key):
             raise CheckpointMismatchError(
                 f"{model_dir} holds a model with {key}={previous.get(key)}, but this run asks for "
                 f"{key}={run.get(key)}. Use a new --model_dir, or start a new run from those weights "
-                "with --warm_start only if the shapes match.")
+                "with --warm_start only if the shapes match."
+            )
     for key in ORDER_KEYS + INPUT_KEYS:
         if key in INPUT_KEYS and key not in previous:
             continue  # run.json from before the key was recorded
@@ -95,12 +111,18 @@ def check_run(model_dir: str, run: dict) -> None:
             raise CheckpointMismatchError(
                 f"{model_dir} was trained with {key}={previous.get(key)}; resuming with "
                 f"{key}={run.get(key)} would not continue the same run. Use the original value, "
-                "or a new --model_dir (optionally with --warm_start).")
+                "or a new --model_dir (optionally with --warm_start)."
+            )
     started = previous.get(PRECISION_KEY, run.get(PRECISION_KEY))
     if started != run.get(PRECISION_KEY):
-        logging.warning("%s was started under --precision %s; resuming under %s (weights and "
-                        "optimizer state carry over; a float16 loss scale starts afresh or is "
-                        "dropped)", model_dir, started, run.get(PRECISION_KEY))
+        logging.warning(
+            "%s was started under --precision %s; resuming under %s (weights and "
+            "optimizer state carry over; a float16 loss scale starts afresh or is "
+            "dropped)",
+            model_dir,
+            started,
+            run.get(PRECISION_KEY),
+        )
 
 
 def write_run(model_dir: str, run: dict) -> None:
@@ -135,25 +157,39 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool 
     latest, damaged = newest_intact(directory)
     if latest is None and _holds_run(model_dir, damaged):
         found = [f"{os.path.join(directory, names[0])} ({why})" for _, why, names in damaged]
-        found += [p for p in (os.path.join(directory, integrity.STATE_FILE),
-                              os.path.join(directory, RUN_FILE),
-                              os.path.join(model_dir, history.HISTORY_FILE)) if files.exists(p)]
+        found += [
+            p
+            for p in (
+                os.path.join(directory, integrity.STATE_FILE),
+                os.path.join(directory, RUN_FILE),
+                os.path.join(model_dir, history.HISTORY_FILE),
+            )
+            if files.exists(p)
+        ]
         raise NoUsableCheckpointError(
             f"{model_dir} holds a training run but no usable checkpoint: "
-            + "; ".join(found) + ". Nothing was changed. To begin a new run there on purpose, "
+            + "; ".join(found)
+            + ". Nothing was changed. To begin a new run there on purpose, "
             "pass --restart (the old files are moved into replaced-<time>/, not deleted); or "
-            "use another --model_dir; or put back an intact checkpoints/ (e.g. from a backup).")
+            "use another --model_dir; or put back an intact checkpoints/ (e.g. from a backup)."
+        )
     for number, why, names in damaged:
         moved = integrity.move_aside(directory, names) if chief else None
-        logging.warning("checkpoint %s is damaged or unfinished (%s)%s; %s",
-                        os.path.join(directory, f"ckpt-{number}"), why,
-                        f": moved to {moved}" if moved else "",
-                        f"resuming from {latest}" if latest else "starting a new run")
+        logging.warning(
+            "checkpoint %s is damaged or unfinished (%s)%s; %s",
+            os.path.join(directory, f"ckpt-{number}"),
+            why,
+            f": moved to {moved}" if moved else "",
+            f"resuming from {latest}" if latest else "starting a new run",
+        )
     if latest is None:
         return None
     if chief and damaged:
-        kept = [n for n in integrity.read_state(directory)
-                if _number(n) < _number(latest) and integrity.files_of(directory, _number(n))]
+        kept = [
+            n
+            for n in integrity.read_state(directory)
+            if _number(n) < _number(latest) and integrity.files_of(directory, _number(n))
+        ]
         integrity.write_state(directory, kept + [os.path.basename(latest)])
     try:
         view = _matching_view(checkpoint, latest)
@@ -166,7 +202,8 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool 
         raise NoUsableCheckpointError(
             f"cannot restore {latest} ({type(e).__name__}: {str(e)[:300]}). Nothing was "
             "changed. Move that checkpoint's files out of the way to resume from an older one, "
-            "or pass --restart, or use another --model_dir.") from None
+            "or pass --restart, or use another --model_dir."
+        ) from None
     logging.info("restored %s", latest)
     return latest
 
@@ -186,8 +223,7 @@ def _matching_view(checkpoint: tf.train.Checkpoint, path: str) -> tf.train.Check
     optimizer = getattr(checkpoint, "optimizer", None)
     if optimizer is None:  # a checkpoint of other objects (tests): nothing to match
         return checkpoint
-    saved_scaled = any(name.startswith("optimizer/inner_optimizer/")
-                       for name in integrity.tensor_names(path))
+    saved_scaled = any(name.startswith("optimizer/inner_optimizer/") for name in integrity.tensor_names(path))
     if saved_scaled == isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return checkpoint
     if saved_scaled:
@@ -195,8 +231,12 @@ def _matching_view(checkpoint: tf.train.Checkpoint, path: str) -> tf.train.Check
         saved.inner_optimizer = optimizer
     else:
         saved = optimizer.inner_optimizer
-    logging.info("%s was saved %s loss scaling: restoring the optimizer state %s it", path,
-                 "with" if saved_scaled else "without", "out of" if saved_scaled else "into")
+    logging.info(
+        "%s was saved %s loss scaling: restoring the optimizer state %s it",
+        path,
+        "with" if saved_scaled else "without",
+        "out of" if saved_scaled else "into",
+    )
     return tf.train.Checkpoint(model=checkpoint.model, optimizer=saved, step=checkpoint.step)
 
 
@@ -221,10 +261,12 @@ def _holds_run(model_dir: str, damaged: list) -> bool:
     a checkpoint index. Data shards or a `_temp` folder alone are a first save cut short
     (TensorFlow writes the index last)."""
     directory = os.path.join(model_dir, CHECKPOINT_DIR)
-    return (any(n.endswith(".index") for _, _, names in damaged for n in names)
-            or files.exists(os.path.join(directory, integrity.STATE_FILE))
-            or files.exists(os.path.join(directory, RUN_FILE))
-            or files.exists(os.path.join(model_dir, history.HISTORY_FILE)))
+    return (
+        any(n.endswith(".index") for _, _, names in damaged for n in names)
+        or files.exists(os.path.join(directory, integrity.STATE_FILE))
+        or files.exists(os.path.join(directory, RUN_FILE))
+        or files.exists(os.path.join(model_dir, history.HISTORY_FILE))
+    )
 
 
 def _number(name: str) -> int:
@@ -234,8 +276,11 @@ def _number(name: str) -> int:
 def set_aside_previous_run(model_dir: str) -> str | None:
     """--restart (chief): moves the run's checkpoints/ and history.csv into
     `model_dir/replaced-<UTC time>/`; returns that folder (None: nothing to move)."""
-    moving = [p for p in (os.path.join(model_dir, CHECKPOINT_DIR),
-                          os.path.join(model_dir, history.HISTORY_FILE)) if files.exists(p)]
+    moving = [
+        p
+        for p in (os.path.join(model_dir, CHECKPOINT_DIR), os.path.join(model_dir, history.HISTORY_FILE))
+        if files.exists(p)
+    ]
     if not moving:
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -243,9 +288,11 @@ def set_aside_previous_run(model_dir: str) -> str | None:
     files.makedirs(target)
     for path in moving:
         files.rename(path, os.path.join(target, os.path.basename(path)))
-    logging.warning("--restart: moved the previous run's %s into %s (kept, not deleted); "
-                    "starting a new run at step 0", " and ".join(os.path.basename(p) for p in moving),
-                    target)
+    logging.warning(
+        "--restart: moved the previous run's %s into %s (kept, not deleted); starting a new run at step 0",
+        " and ".join(os.path.basename(p) for p in moving),
+        target,
+    )
     return target
 
 
@@ -267,8 +314,15 @@ class Saver:
     faults.OutputError; the previous checkpoints stay intact.
     """
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool,
-                 last: str | None = None, max_to_keep: int = 3, run: dict | None = None):
+    def __init__(
+        self,
+        checkpoint: tf.train.Checkpoint,
+        model_dir: str,
+        chief: bool,
+        last: str | None = None,
+        max_to_keep: int = 3,
+        run: dict | None = None,
+    ):
         self._checkpoint, self._model_dir, self._chief = checkpoint, model_dir, chief
         self._directory = os.path.join(model_dir, CHECKPOINT_DIR)  # the chief's
         self._max_to_keep, self._run = max_to_keep, run
@@ -293,28 +347,32 @@ class Saver:
             return
         name = f"ckpt-{step}"
         target = os.path.join(self._directory, name)
-        kept = (f"The previous checkpoint {self.last} is intact" if self.last
-                else "No earlier checkpoint exists")
+        kept = (
+            f"The previous checkpoint {self.last} is intact" if self.last else "No earlier checkpoint exists"
+        )
         try:
             with faults.writing("checkpoint", target, kept=kept):
                 files.makedirs(self._directory)
                 stale = integrity.files_of(self._directory, step)
                 if stale:
-                    logging.warning("moved the files %s, left by an unfinished save, to %s before "
-                                    "writing %s", stale, integrity.move_aside(self._directory, stale),
-                                    target)
+                    logging.warning(
+                        "moved the files %s, left by an unfinished save, to %s before writing %s",
+                        stale,
+                        integrity.move_aside(self._directory, stale),
+                        target,
+                    )
                 self._checkpoint.write(target)
                 _check_written(target, self._directory, kept)
                 if self._run is not None:
                     write_run(self._model_dir, self._run)
                 names = [n for n in integrity.read_state(self._directory) if n != name] + [name]
-                integrity.write_state(self._directory, names[-self._max_to_keep:])
+                integrity.write_state(self._directory, names[-self._max_to_keep :])
         except faults.OutputError:
             # TensorFlow leaves its half-written ckpt-<step>_temp folder: free its space.
             for leftover in files.glob(glob.escape(target) + "_temp*"):
                 files.rmtree(leftover)
             raise
-        for old in names[:-self._max_to_keep]:  # no longer named by the state file
+        for old in names[: -self._max_to_keep]:  # no longer named by the state file
             for leftover in integrity.files_of(self._directory, _number(old)):
                 with contextlib.suppress(OSError):
                     files.remove(os.path.join(self._directory, leftover))
@@ -332,7 +390,10 @@ def _check_written(target: str, directory: str, kept: str) -> None:
         raise faults.OutputError(
             f"the checkpoint {target} just written is incomplete ({e}); its files were moved "
             f"to {moved}. {kept}. Check the disk (a full or failing filesystem), then run the "
-            "same command again: it resumes from the last checkpoint.", target, str(e)) from None
+            "same command again: it resumes from the last checkpoint.",
+            target,
+            str(e),
+        ) from None
 
 
 def warm_start(model: keras.Model, source: str) -> None:
@@ -340,14 +401,19 @@ def warm_start(model: keras.Model, source: str) -> None:
     if files.isdir(source):
         latest, damaged = newest_intact(os.path.join(source, CHECKPOINT_DIR))
         for number, why, _ in damaged:  # another run's folder: read only, nothing is moved
-            logging.warning("--warm_start %s: skipping its damaged checkpoint ckpt-%d (%s)",
-                            source, number, why)
+            logging.warning(
+                "--warm_start %s: skipping its damaged checkpoint ckpt-%d (%s)", source, number, why
+            )
         if latest is None:
-            hint = (" (it is a TensorFlow SavedModel, which holds no training state: pass the "
-                    "model directory above it, or its ISIC-UNet.keras)"
-                    if files.isfile(os.path.join(source, "saved_model.pb")) else "")
+            hint = (
+                " (it is a TensorFlow SavedModel, which holds no training state: pass the "
+                "model directory above it, or its ISIC-UNet.keras)"
+                if files.isfile(os.path.join(source, "saved_model.pb"))
+                else ""
+            )
             raise MissingCheckpointError(
-                f"--warm_start {source}: no checkpoints/ckpt-* in that directory{hint}")
+                f"--warm_start {source}: no checkpoints/ckpt-* in that directory{hint}"
+            )
         tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
         logging.info("warm-started from %s", latest)
         return
@@ -359,5 +425,6 @@ def warm_start(model: keras.Model, source: str) -> None:
     except ValueError as e:
         raise CheckpointMismatchError(
             f"--warm_start {source}: its weights do not fit this model ({e}); "
-            "check --base_filters and the records' image size") from e
+            "check --base_filters and the records' image size"
+        ) from e
     logging.info("warm-started from %s", source)

@@ -11,10 +11,12 @@ import os
 import keras
 import tensorflow as tf
 from absl import logging
+
 # TensorFlow exports enable_op_determinism only; its inverse lives next to it.
 from tensorflow.python.framework import config as tf_framework_config
 
-from launch.training.config import STRATEGIES, TrainConfig
+from launch.training.config import STRATEGIES
+from launch.training.config import TrainConfig
 
 
 def split_cpu(num_devices: int) -> None:
@@ -29,11 +31,13 @@ def split_cpu(num_devices: int) -> None:
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]
+        )
     except RuntimeError as e:
         raise RuntimeError(
             f"cannot split the CPU into {num_devices} devices: TensorFlow already initialised "
-            "its devices in this process; call split_cpu before any other TF work") from e
+            "its devices in this process; call split_cpu before any other TF work"
+        ) from e
 
 
 # CPU flags (/proc/cpuinfo) of native bfloat16 arithmetic that oneDNN uses.
@@ -54,8 +58,11 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
-def choose_precision(gpu_capabilities: list[tuple[int, int]], cpu_flag_set: set[str],
-                     cpu_bf16_validated: bool = CPU_BF16_VALIDATED) -> tuple[str, str]:
+def choose_precision(
+    gpu_capabilities: list[tuple[int, int]],
+    cpu_flag_set: set[str],
+    cpu_bf16_validated: bool = CPU_BF16_VALIDATED,
+) -> tuple[str, str]:
     """(precision, why) that `--precision auto` picks; pure, so tests give any machine.
 
     GPUs (the lowest compute capability decides): >= 8.0 (Ampere and later) mixed_bfloat16,
@@ -78,9 +85,11 @@ def choose_precision(gpu_capabilities: list[tuple[int, int]], cpu_flag_set: set[
         return "float32", "CPU without native bfloat16 (no avx512_bf16 or amx_bf16 flag)"
     if cpu_bf16_validated:
         return "mixed_bfloat16", f"CPU with native bfloat16 ({', '.join(native)})"
-    return "float32", (f"CPU with native bfloat16 ({', '.join(native)}), but its validation "
-                       "quality over several seeds is not yet measured (docs/performance.md); "
-                       "--precision mixed_bfloat16 opts in")
+    return "float32", (
+        f"CPU with native bfloat16 ({', '.join(native)}), but its validation "
+        "quality over several seeds is not yet measured (docs/performance.md); "
+        "--precision mixed_bfloat16 opts in"
+    )
 
 
 def resolve_precision(precision: str) -> str:
@@ -88,8 +97,10 @@ def resolve_precision(precision: str) -> str:
     what it picked and why; other values are returned as they are."""
     if precision != "auto":
         return precision
-    capabilities = [tuple(tf.config.experimental.get_device_details(gpu).get(
-        "compute_capability", (0, 0))) for gpu in tf.config.list_physical_devices("GPU")]
+    capabilities = [
+        tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
     flags = set()
     if not capabilities and os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
@@ -114,8 +125,7 @@ class _SlurmResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
 
     def __init__(self, local_gpus: int, port_base: int):
         tasks = int(os.environ["SLURM_NTASKS"])  # >= the tasks of any node
-        super().__init__(port_base=port_base, gpus_per_node=tasks, gpus_per_task=1,
-                         auto_set_gpu=False)
+        super().__init__(port_base=port_base, gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False)
         self._local_gpus = local_gpus
 
     def num_accelerators(self, task_type=None, task_id=None, config_proto=None):
@@ -127,8 +137,10 @@ def slurm_resolver():
     """Returns a SLURM cluster resolver when running inside a multi-task SLURM step."""
     if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
         return None
-    return _SlurmResolver(len(tf.config.list_physical_devices("GPU")),
-                          port_base=int(os.environ.get("ISIC_SLURM_PORT_BASE", "8888")))
+    return _SlurmResolver(
+        len(tf.config.list_physical_devices("GPU")),
+        port_base=int(os.environ.get("ISIC_SLURM_PORT_BASE", "8888")),
+    )
 
 
 def communication_options(collective_timeout: float, has_gpus: bool):
@@ -143,7 +155,8 @@ def communication_options(collective_timeout: float, has_gpus: bool):
     implementation = tf.distribute.experimental.CommunicationImplementation
     return tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout or None,
-        implementation=implementation.NCCL if has_gpus else implementation.AUTO)
+        implementation=implementation.NCCL if has_gpus else implementation.AUTO,
+    )
 
 
 def make_strategy(name: str, collective_timeout: float = 0.0) -> tf.distribute.Strategy:
@@ -165,16 +178,21 @@ def make_strategy(name: str, collective_timeout: float = 0.0) -> tf.distribute.S
             name = "one_device"
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG") and slurm is None:
-            raise ValueError("--strategy multi_worker needs TF_CONFIG (set by isic-launch or your "
-                             "cluster operator) or a SLURM job step with several tasks")
-        options = communication_options(collective_timeout,
-                                        has_gpus=bool(tf.config.list_physical_devices("GPU")))
+            raise ValueError(
+                "--strategy multi_worker needs TF_CONFIG (set by isic-launch or your "
+                "cluster operator) or a SLURM job step with several tasks"
+            )
+        options = communication_options(
+            collective_timeout, has_gpus=bool(tf.config.list_physical_devices("GPU"))
+        )
         # An explicit TF_CONFIG wins: SLURM variables also leak into local processes
         # started from inside an allocation (e.g. isic-launch in an sbatch shell).
-        resolver = (tf.distribute.cluster_resolver.TFConfigClusterResolver()
-                    if os.environ.get("TF_CONFIG") else slurm)
+        resolver = (
+            tf.distribute.cluster_resolver.TFConfigClusterResolver() if os.environ.get("TF_CONFIG") else slurm
+        )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(
-            cluster_resolver=resolver, communication_options=options)
+            cluster_resolver=resolver, communication_options=options
+        )
     elif name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -232,8 +250,10 @@ def distribute_datasets(strategy: tf.distribute.Strategy, dataset_fn):
     and the distributed iterator's per-step machinery would be pure overhead
     (docs/performance.md).
     """
-    if (isinstance(strategy, tf.distribute.OneDeviceStrategy)
-            and "CPU" in strategy.extended.worker_devices[0].upper()):
+    if (
+        isinstance(strategy, tf.distribute.OneDeviceStrategy)
+        and "CPU" in strategy.extended.worker_devices[0].upper()
+    ):
         return dataset_fn(tf.distribute.InputContext())
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
     return strategy.distribute_datasets_from_function(dataset_fn, options)

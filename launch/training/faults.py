@@ -20,15 +20,19 @@ import re
 
 import tensorflow as tf
 
-from core.errors import UserError
 from core import files
+from core.errors import UserError
 
 # Always a write failure when raised by a file write.
 _TF_WRITE_ERRORS = (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)
 # A write failure only when the message names the target's folder: the same types also
 # come from collectives (a checkpoint under MultiWorkerMirroredStrategy runs some).
-_TF_PATH_ERRORS = (tf.errors.FailedPreconditionError, tf.errors.NotFoundError,
-                   tf.errors.AlreadyExistsError, tf.errors.UnknownError)
+_TF_PATH_ERRORS = (
+    tf.errors.FailedPreconditionError,
+    tf.errors.NotFoundError,
+    tf.errors.AlreadyExistsError,
+    tf.errors.UnknownError,
+)
 _OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\].*$", re.S)
 
 
@@ -55,8 +59,10 @@ def writing(what: str, path: str, kept: str = ""):
         raise _error(what, e.filename or path, e.strerror or str(e), kept) from None
     except tf.errors.OpError as e:
         folder = os.path.dirname(files.absolute(path))
-        if not (isinstance(e, _TF_WRITE_ERRORS)
-                or (isinstance(e, _TF_PATH_ERRORS) and folder in (e.message or ""))):
+        if not (
+            isinstance(e, _TF_WRITE_ERRORS)
+            or (isinstance(e, _TF_PATH_ERRORS) and folder in (e.message or ""))
+        ):
             raise
         raise _error(what, path, tf_cause(e.message), kept) from None
 
@@ -69,9 +75,13 @@ def tf_cause(message: str) -> str:
 
 
 def _error(what: str, path: str, cause: str, kept: str) -> OutputError:
-    kept = kept or ("Everything written before is intact (outputs are written to a "
-                    "temporary name and renamed when complete)")
+    kept = kept or (
+        "Everything written before is intact (outputs are written to a "
+        "temporary name and renamed when complete)"
+    )
     return OutputError(
         f"cannot write the {what} {path}: {cause}. {kept}. Free some space or make the folder "
         "writable, then run the same command again: it resumes from the last checkpoint.",
-        path, cause)
+        path,
+        cause,
+    )

@@ -11,13 +11,27 @@ import os
 from core import files
 from launch.layout import HISTORY_FILE
 
-COLUMNS = ("epoch", "step", "loss", "accuracy", "dice", "jaccard",
-           "val_loss", "val_accuracy", "val_dice", "val_jaccard",
-           "learning_rate", "images_per_s", "seconds")
+COLUMNS = (
+    "epoch",
+    "step",
+    "loss",
+    "accuracy",
+    "dice",
+    "jaccard",
+    "val_loss",
+    "val_accuracy",
+    "val_dice",
+    "val_jaccard",
+    "learning_rate",
+    "images_per_s",
+    "seconds",
+)
 # (file name, metric, y label): the three plots of the original script.
-PLOTS = (("loss.png", "loss", "BCE + Dice loss"),
-         ("accuracy.png", "accuracy", "pixel accuracy"),
-         ("dice.png", "dice", "Dice coefficient"))
+PLOTS = (
+    ("loss.png", "loss", "BCE + Dice loss"),
+    ("accuracy.png", "accuracy", "pixel accuracy"),
+    ("dice.png", "dice", "Dice coefficient"),
+)
 
 
 def read_history(model_dir: str, up_to_epoch: int | None = None) -> list[dict]:
@@ -46,8 +60,9 @@ def write_history(model_dir: str, rows: list[dict]) -> str:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, ""))
-                             for k in COLUMNS})
+            writer.writerow(
+                {k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in COLUMNS}
+            )
     return path
 
 

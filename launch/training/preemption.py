@@ -61,11 +61,16 @@ class Stopped(Exception):
         self.exit_status, self.seconds = 128 + signum, seconds
         name = signal.Signals(signum).name
         if step is None:  # during the set-up: nothing trained, nothing written to keep
-            message = (f"stopped by {name} before training began; the model directory is as it "
-                       "was. Run the same command to start (or resume) again")
+            message = (
+                f"stopped by {name} before training began; the model directory is as it "
+                "was. Run the same command to start (or resume) again"
+            )
         else:
-            where = (f"its checkpoint is {checkpoint}. Run the same command to resume from it"
-                     if checkpoint else "nothing was trained yet, so there is nothing to keep")
+            where = (
+                f"its checkpoint is {checkpoint}. Run the same command to resume from it"
+                if checkpoint
+                else "nothing was trained yet, so there is nothing to keep"
+            )
             message = f"stopped by {name} at step {step}; {where}"
         super().__init__(f"{message}. Exit status {self.exit_status}.")
 
@@ -86,16 +91,17 @@ class _Catcher:
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
-            logging.warning("training runs outside the main thread: SIGTERM and SIGINT are not "
-                            "caught, a signal stops the run without a checkpoint")
+            logging.warning(
+                "training runs outside the main thread: SIGTERM and SIGINT are not "
+                "caught, a signal stops the run without a checkpoint"
+            )
             return self
         self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         read, write = os.pipe()
         os.set_blocking(write, False)  # set_wakeup_fd requires it
         self._pipe = (read, write)
         self._wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, args=(read,), daemon=True,
-                         name="isic-signal-watcher").start()
+        threading.Thread(target=self._watch, args=(read,), daemon=True, name="isic-signal-watcher").start()
         return self
 
     def __exit__(self, *exc):
@@ -125,9 +131,11 @@ class _Catcher:
         self.event.set()
         if not self.armed:
             raise Stopped(signum, None, None, 0.0)
-        logging.warning("got %s: finishing the step in flight, then checkpointing and "
-                        "stopping (Ctrl-C again stops at once, without it)",
-                        signal.Signals(signum).name)
+        logging.warning(
+            "got %s: finishing the step in flight, then checkpointing and "
+            "stopping (Ctrl-C again stops at once, without it)",
+            signal.Signals(signum).name,
+        )
 
     def _watch(self, read: int) -> None:
         try:
@@ -163,8 +171,9 @@ class LocalStop:
     def __exit__(self, *exc):
         self._catcher.__exit__(*exc)
 
-    def attach(self, checkpoint: tf.train.Checkpoint, save: Callable[[], str | None],
-               step: Callable[[], int]) -> None:
+    def attach(
+        self, checkpoint: tf.train.Checkpoint, save: Callable[[], str | None], step: Callable[[], int]
+    ) -> None:
         """`save()` checkpoints the current step and returns its path; `step()` is it."""
         del checkpoint
         self._save, self._step = save, step
@@ -192,6 +201,7 @@ class LocalStop:
 
 class ClusterStop:
     """Stopping a multi-worker run with TensorFlow's PreemptionCheckpointHandler."""
+
     flag = None  # every worker must run the same steps: no early end inside a chunk
 
     def __init__(self, strategy: tf.distribute.Strategy):
@@ -210,16 +220,20 @@ class ClusterStop:
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
-    def attach(self, checkpoint: tf.train.Checkpoint, save: Callable[[], str | None],
-               step: Callable[[], int]) -> None:
+    def attach(
+        self, checkpoint: tf.train.Checkpoint, save: Callable[[], str | None], step: Callable[[], int]
+    ) -> None:
         """Creates the handler once `checkpoint` is restored (see `LocalStop.attach`)."""
         self._save, self._step = save, step
         # The handler restores from (empty: the trainer has restored) and, on other
         # workers, writes under this folder; our save function writes the real checkpoint.
         self._scratch = tempfile.mkdtemp(prefix="isic-preemption-")
         config = tf.distribute.experimental.TerminationConfig(
-            termination_watcher_fn=self._catcher.event.is_set, exit_fn=self._exit,
-            grace_period=0, save_fn=self._save_now)
+            termination_watcher_fn=self._catcher.event.is_set,
+            exit_fn=self._exit,
+            grace_period=0,
+            save_fn=self._save_now,
+        )
         # The handler first asks the GCE metadata server (metadata.google.internal, up to
         # 5 s) which platform it runs on, and on GCE CPU VMs then does nothing at all. The
         # notice is the signal on every platform here, so the question goes to a closed
@@ -228,7 +242,8 @@ class ClusterStop:
         os.environ[_METADATA_VARIABLE] = _NO_METADATA_SERVER
         try:
             self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-                self._resolver, checkpoint, os.path.join(self._scratch, "ckpt"), config)
+                self._resolver, checkpoint, os.path.join(self._scratch, "ckpt"), config
+            )
         finally:
             if saved is None:
                 os.environ.pop(_METADATA_VARIABLE, None)
@@ -251,8 +266,9 @@ class ClusterStop:
         validation calls, where the handler's call counting does not apply (it counts
         training calls: see after_chunk)."""
         mine = 1.0 if self._catcher.event.is_set() else 0.0
-        total = self._strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                      self._strategy.run(lambda: tf.constant(mine)), axis=None)
+        total = self._strategy.reduce(
+            tf.distribute.ReduceOp.SUM, self._strategy.run(lambda: tf.constant(mine)), axis=None
+        )
         return float(total) > 0
 
     def stop_now(self) -> None:
@@ -270,8 +286,7 @@ class ClusterStop:
         self._seconds = time.perf_counter() - start
 
     def _exit(self) -> None:
-        raise Stopped(self._catcher.signum or signal.SIGTERM, self._step(), self._path,
-                      self._seconds)
+        raise Stopped(self._catcher.signum or signal.SIGTERM, self._step(), self._path, self._seconds)
 
 
 def _barrier(strategy: tf.distribute.Strategy) -> None:

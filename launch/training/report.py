@@ -20,15 +20,17 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from core import files
+from core import options
+from launch.layout import BEST_DIR
+from launch.layout import CONFIG_FILE
+from launch.layout import MODEL_FILE as FINAL_MODEL
+from launch.layout import PREPROCESSING_FILE
+from launch.layout import SAVED_MODEL_DIR
 from launch.training import faults
 from launch.training import history
 from launch.training import summaries
 from launch.training.config import TrainConfig
-from core import files
-from core import options
-from launch.layout import BEST_DIR, CONFIG_FILE, PREPROCESSING_FILE, SAVED_MODEL_DIR
-from launch.layout import MODEL_FILE as FINAL_MODEL
-
 
 
 def create(model_dir: str, *, chief: bool, verbose: bool) -> "SilentReporter":
@@ -38,6 +40,7 @@ def create(model_dir: str, *, chief: bool, verbose: bool) -> "SilentReporter":
 
 class SilentReporter:
     """A reporter that writes and prints nothing: what non-chief workers get."""
+
     chief = False
 
     def start(self, config: TrainConfig, run: dict, model: keras.Model, start_epoch: int) -> None:
@@ -65,6 +68,7 @@ class SilentReporter:
 
 class Reporter(SilentReporter):
     """The chief's reporter (see the module docstring)."""
+
     chief = True
 
     def __init__(self, model_dir: str, verbose: bool):
@@ -100,8 +104,11 @@ class Reporter(SilentReporter):
         return dict(self._rows[-1]) if self._rows else {}
 
     def epoch_start(self, epoch, done_steps):
-        self._bar = keras.utils.Progbar(self._steps_per_epoch, verbose=1 if self._verbose else 0,
-                                        stateful_metrics=("loss", "dice", "img/s"))
+        self._bar = keras.utils.Progbar(
+            self._steps_per_epoch,
+            verbose=1 if self._verbose else 0,
+            stateful_metrics=("loss", "dice", "img/s"),
+        )
         self._bar.update(done_steps)
         if self._verbose:
             print(f"Epoch {epoch + 1}/{self._epochs}")
@@ -115,14 +122,20 @@ class Reporter(SilentReporter):
         if self._profiling and (step is None or step >= self._profile[1]):
             tf.profiler.experimental.stop()
             self._profiling = False
-            logging.info("profiler trace of steps %d-%d written under %s", self._profile[0] + 1,
-                         self._profile[1], os.path.join(self._model_dir, summaries.LOG_DIR))
+            logging.info(
+                "profiler trace of steps %d-%d written under %s",
+                self._profile[0] + 1,
+                self._profile[1],
+                os.path.join(self._model_dir, summaries.LOG_DIR),
+            )
 
     def chunk(self, step, epoch_step, totals, images_per_s):
         self._stop_profile(step)
         loss = totals["loss"] / totals["count"]
-        self._bar.update(epoch_step, values=[
-            ("loss", loss), ("dice", totals["dice"] / totals["count"]), ("img/s", images_per_s)])
+        self._bar.update(
+            epoch_step,
+            values=[("loss", loss), ("dice", totals["dice"] / totals["count"]), ("img/s", images_per_s)],
+        )
         with self._logging():
             self._writer.scalars(step, {"train/loss_step": loss})
 
@@ -141,8 +154,9 @@ class Reporter(SilentReporter):
             save_model(model, os.path.join(self._model_dir, BEST_DIR, FINAL_MODEL), "best model")
             self._best_dice = row["val_dice"]
         if self._verbose:
-            print(" - ".join(f"{k} {row[k]:.4f}" for k in ("loss", "dice", "val_loss", "val_dice")
-                             if k in row))
+            print(
+                " - ".join(f"{k} {row[k]:.4f}" for k in ("loss", "dice", "val_loss", "val_dice") if k in row)
+            )
 
     def finish(self, model):
         self._stop_profile()  # END past the last step
@@ -155,11 +169,12 @@ class Reporter(SilentReporter):
             return
         print(f"Final model: {final}")
         if self._best_dice >= 0:
-            print(f"Best by validation Dice ({self._best_dice:.4f}): "
-                  f"{os.path.join(self._model_dir, BEST_DIR, FINAL_MODEL)}")
+            print(
+                f"Best by validation Dice ({self._best_dice:.4f}): "
+                f"{os.path.join(self._model_dir, BEST_DIR, FINAL_MODEL)}"
+            )
         else:
             print("No validation split: no best model was kept")
-
 
     def _logging(self):
         return faults.writing("TensorBoard log", os.path.join(self._model_dir, summaries.LOG_DIR))
@@ -182,5 +197,4 @@ def export_saved_model(model: keras.Model, path: str) -> None:
 
 
 def _kept(path: str) -> str:
-    return (f"The previous {os.path.basename(path)} is intact" if files.exists(path)
-            else "")
+    return f"The previous {os.path.basename(path)} is intact" if files.exists(path) else ""

@@ -23,7 +23,8 @@ replicas), so averages over an epoch are exact whatever the chunking.
 import keras
 import tensorflow as tf
 
-from launch.training.config import AUTO_CHUNK_SECONDS, MAX_AUTO_CHUNK
+from launch.training.config import AUTO_CHUNK_SECONDS
+from launch.training.config import MAX_AUTO_CHUNK
 from model import losses
 from model import metrics
 
@@ -71,6 +72,7 @@ def _run_steps(strategy: tf.distribute.Strategy, global_step, stop: tf.Variable 
 
         def body(i, totals):  # totals: float32 [5]
             return i + 1, totals + global_step(tuple(next(iterator)))
+
         zeros = tf.zeros([len(METRIC_KEYS)], tf.float32)
         return tf.while_loop(more, body, (tf.constant(0), zeros))[1]
 
@@ -84,15 +86,22 @@ def _run_steps(strategy: tf.distribute.Strategy, global_step, stop: tf.Variable 
 
 def _summed(strategy: tf.distribute.Strategy, replica_step):
     """The global step that runs `replica_step` on every replica and sums its [5] sums."""
+
     def global_step(batch):
         out = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
+
     return global_step
 
 
-def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
-                     optimizer: keras.optimizers.Optimizer, global_batch_size: int,
-                     dice_weight: float, stop: tf.Variable | None = None):
+def make_train_steps(
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    global_batch_size: int,
+    dice_weight: float,
+    stop: tf.Variable | None = None,
+):
     """Returns `train_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
     The iterator is a distributed iterator of (images [b,S,S,3], masks [b,S,S,1]). With
@@ -113,8 +122,7 @@ def make_train_steps(strategy: tf.distribute.Strategy, model: keras.Model,
         return grads, _per_image_sums(masks, tf.stop_gradient(probs), per_image)
 
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return _run_steps(strategy, _loss_scaled_step(strategy, optimizer, variables, gradients),
-                          stop)
+        return _run_steps(strategy, _loss_scaled_step(strategy, optimizer, variables, gradients), stop)
 
     def replica_step(images, masks):
         grads, sums = gradients(images, masks)
@@ -152,8 +160,7 @@ def _loss_scaled_step(strategy, optimizer, variables, gradients):
     def replica_grads(images, masks):
         scale = tf.convert_to_tensor(scale_var)  # float32 [], this replica's copy
         grads, sums = gradients(images, masks, scale)
-        nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
-                              for g in grads])
+        nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads])
         return grads, scale, tf.concat([sums, nonfinite[None]], axis=0)  # [5 + 1]
 
     def replica_apply(grads, scale):
@@ -181,8 +188,9 @@ def _loss_scaled_step(strategy, optimizer, variables, gradients):
     return global_step
 
 
-def make_eval_steps(strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float,
-                    stop: tf.Variable | None = None):
+def make_eval_steps(
+    strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float, stop: tf.Variable | None = None
+):
     """Returns `eval_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
     The iterator yields (images, masks, weights [b]); padding examples have weight 0, so
@@ -227,9 +235,16 @@ class StepsPerCall:
     training: a resumed run is bit-identical from any step (trainer.py).
     """
 
-    def __init__(self, steps_per_epoch: int, checkpoint_every_steps: int,
-                 steps_per_execution: int, auto: bool, stops: tuple[int, ...] = (),
-                 checkpoint_every_seconds: float = 0.0, first_step: int = 0):
+    def __init__(
+        self,
+        steps_per_epoch: int,
+        checkpoint_every_steps: int,
+        steps_per_execution: int,
+        auto: bool,
+        stops: tuple[int, ...] = (),
+        checkpoint_every_seconds: float = 0.0,
+        first_step: int = 0,
+    ):
         self._steps_per_epoch = steps_per_epoch
         self._every = checkpoint_every_steps
         self.chunk = steps_per_execution or 1
@@ -246,7 +261,7 @@ class StepsPerCall:
         boundary = (step // self._steps_per_epoch + 1) * self._steps_per_epoch
         if self._every:
             boundary = min(boundary, (step // self._every + 1) * self._every)
-        planned = (self._stops + (self._plan_at, self._save_at))
+        planned = self._stops + (self._plan_at, self._save_at)
         boundary = min([boundary] + [s for s in planned if s is not None and s > step])
         return min(self.chunk, boundary - step)
 
@@ -268,7 +283,8 @@ class StepsPerCall:
     def plan_due(self, step: int) -> bool:
         """Whether the trainer must agree on the pace and call `plan` after `step`."""
         return bool(self._every_seconds) and (
-            step in (self._plan_at, self._save_at) or step % self._steps_per_epoch == 0)
+            step in (self._plan_at, self._save_at) or step % self._steps_per_epoch == 0
+        )
 
     def pace(self) -> float:
         """This process's seconds per step since the last plan (0: nothing timed yet)."""

@@ -6,8 +6,8 @@ import time
 import keras
 import tensorflow as tf
 
-from pipeline import dataset as dataset_lib
 from launch.layout import LOG_DIR
+from pipeline import dataset as dataset_lib
 
 # Per-chunk training scalars are written at most this often: one write costs ~0.4 ms of
 # host time, a tenth of a 64-step call of a tiny model (docs/performance.md, loop overhead).
@@ -46,14 +46,16 @@ class Writer:
         self._train.flush()
         self._val.flush()
 
-    def validation_images(self, step: int, model: keras.Model, records: dataset_lib.Records,
-                          count: int) -> None:
+    def validation_images(
+        self, step: int, model: keras.Model, records: dataset_lib.Records, count: int
+    ) -> None:
         """The first `count` validation images as [image | true mask | predicted mask] strips."""
         batch = next(iter(dataset_lib.read_examples(records, "val", count)))
         probs = model(batch["image"], training=False)  # float32 [n,S,S,1]
         pred = tf.cast(probs > 0.5, tf.float32)
-        strip = tf.concat([batch["image"], tf.tile(batch["mask"], [1, 1, 1, 3]),
-                           tf.tile(pred, [1, 1, 1, 3])], axis=2)  # [n,S,3S,3]
+        strip = tf.concat(
+            [batch["image"], tf.tile(batch["mask"], [1, 1, 1, 3]), tf.tile(pred, [1, 1, 1, 3])], axis=2
+        )  # [n,S,3S,3]
         with self._val.as_default(step=step):
             tf.summary.image("image | truth | prediction", strip, max_outputs=count)
         self._val.flush()

@@ -31,6 +31,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from core import locks
+from core.errors import UserError
+from launch.layout import LOCK_FILE  # names the holder while a run trains (core/locks.py)
 from launch.training import checkpoints
 from launch.training import distribute
 from launch.training import history
@@ -41,10 +44,6 @@ from launch.training.config import TrainConfig
 from model import encoder_unet
 from model import unet
 from pipeline import dataset as dataset_lib
-from core import locks
-from core.errors import UserError
-from launch.layout import LOCK_FILE  # names the holder while a run trains (core/locks.py)
-
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -70,8 +69,10 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, *, verbose: bool =
     with distribute.process_settings(config) as precision:
         strategy = distribute.make_strategy(config.strategy, config.collective_timeout)
         chief = distribute.is_chief(strategy)
-        with (_exclusive(model_dir, chief),
-              preemption.stopper(strategy, distribute.num_workers(strategy)) as stop):
+        with (
+            _exclusive(model_dir, chief),
+            preemption.stopper(strategy, distribute.num_workers(strategy)) as stop,
+        ):
             reporter = report.create(model_dir, chief=chief, verbose=verbose)
             run = _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop)
             with _reading(run):
@@ -87,13 +88,18 @@ def _exclusive(model_dir: str, chief: bool):
     """The chief's exclusive lock on `model_dir` (other workers write nothing there)."""
     if not chief:
         return contextlib.nullcontext()
-    return locks.exclusive(model_dir, LOCK_FILE, "isic-train",
-                           advice="wait for it to finish (or stop it), or use another --model_dir")
+    return locks.exclusive(
+        model_dir,
+        LOCK_FILE,
+        "isic-train",
+        advice="wait for it to finish (or stop it), or use another --model_dir",
+    )
 
 
 @dataclasses.dataclass
 class _Run:
     """What the phases of one run share; `step` and `row` advance as it trains."""
+
     config: TrainConfig
     strategy: tf.distribute.Strategy
     records: dataset_lib.Records
@@ -115,12 +121,15 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
     """Records, the run's identity, model and optimizer, restore, and the config dump."""
     records = _verified_records(data_dir, config.verify_records)
     if config.batch_size % strategy.num_replicas_in_sync:
-        raise UserError(f"--batch_size {config.batch_size} does not divide over "
-                        f"{strategy.num_replicas_in_sync} replicas; use a multiple of it")
+        raise UserError(
+            f"--batch_size {config.batch_size} does not divide over "
+            f"{strategy.num_replicas_in_sync} replicas; use a multiple of it"
+        )
     # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
     steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
-    identity = checkpoints.run_identity(config, records.image_size, unet.DEPTH, steps_per_epoch,
-                                        records.preprocessing, precision)
+    identity = checkpoints.run_identity(
+        config, records.image_size, unet.DEPTH, steps_per_epoch, records.preprocessing, precision
+    )
     if config.restart and reporter.chief:  # other workers then find nothing to restore
         checkpoints.set_aside_previous_run(model_dir)
     if not config.restart:
@@ -132,27 +141,45 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
     restored = _restore(checkpoint, model, model_dir, config, reporter.chief)
     step = int(step_var.numpy())
     reporter.start(config, identity, model, start_epoch=step // steps_per_epoch)
-    logging.info("%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
-                 "resuming" if restored else "starting", step, step // steps_per_epoch + 1,
-                 config.epochs, steps_per_epoch, config.batch_size, precision)
+    logging.info(
+        "%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
+        "resuming" if restored else "starting",
+        step,
+        step // steps_per_epoch + 1,
+        config.epochs,
+        steps_per_epoch,
+        config.batch_size,
+        precision,
+    )
     if step // steps_per_epoch >= config.epochs:
-        logging.info("%s has already trained %d epochs: nothing left to train", model_dir,
-                     config.epochs)
+        logging.info("%s has already trained %d epochs: nothing left to train", model_dir, config.epochs)
     run = _Run(
-        config, strategy, records, steps_per_epoch, model, optimizer, step_var,
-        saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored,
-                                run=identity),
-        reporter=reporter, stop=stop,
-        planner=steps_lib.StepsPerCall(steps_per_epoch, config.checkpoint_every_steps,
-                                       config.steps_per_execution,
-                                       auto=distribute.num_workers(strategy) == 1,
-                                       stops=config.profile_range or (),
-                                       checkpoint_every_seconds=60 * config.checkpoint_every_minutes,
-                                       first_step=step),
-        train_steps=steps_lib.make_train_steps(strategy, model, optimizer, config.batch_size,
-                                               config.dice_weight, stop=stop.flag),
+        config,
+        strategy,
+        records,
+        steps_per_epoch,
+        model,
+        optimizer,
+        step_var,
+        saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored, run=identity),
+        reporter=reporter,
+        stop=stop,
+        planner=steps_lib.StepsPerCall(
+            steps_per_epoch,
+            config.checkpoint_every_steps,
+            config.steps_per_execution,
+            auto=distribute.num_workers(strategy) == 1,
+            stops=config.profile_range or (),
+            checkpoint_every_seconds=60 * config.checkpoint_every_minutes,
+            first_step=step,
+        ),
+        train_steps=steps_lib.make_train_steps(
+            strategy, model, optimizer, config.batch_size, config.dice_weight, stop=stop.flag
+        ),
         eval_steps=steps_lib.make_eval_steps(strategy, model, config.dice_weight, stop=stop.flag),
-        step=step, row=reporter.last_row())
+        step=step,
+        row=reporter.last_row(),
+    )
     stop.attach(checkpoint, save=functools.partial(_save, run), step=lambda: run.step)
     return run
 
@@ -162,8 +189,13 @@ def _verified_records(data_dir: str, level: str) -> dataset_lib.Records:
     records = dataset_lib.Records.open(data_dir)
     if level != "none":
         done = records.verify(("train", "val"), level)
-        logging.info("verified %d shards (%.1f MB, %s) in %.2f s", done["shards"],
-                     done["bytes"] / 1e6, level, done["seconds"])
+        logging.info(
+            "verified %d shards (%.1f MB, %s) in %.2f s",
+            done["shards"],
+            done["bytes"] / 1e6,
+            level,
+            done["seconds"],
+        )
     return records
 
 
@@ -171,21 +203,35 @@ def _build(strategy, config: TrainConfig, image_size: int, steps_per_epoch: int,
     """(model, optimizer), created inside the strategy scope so variables are mirrored."""
     with strategy.scope():
         if config.encoder == "unet":
-            model = unet.build_unet(image_size, config.base_filters, bn_momentum=config.bn_momentum,
-                                    sync_batch_norm=config.sync_batch_norm)
+            model = unet.build_unet(
+                image_size,
+                config.base_filters,
+                bn_momentum=config.bn_momentum,
+                sync_batch_norm=config.sync_batch_norm,
+            )
         else:  # ImageNet weights are loaded here; a resume then overwrites them
             model = encoder_unet.build_encoder_unet(
-                image_size, config.base_filters, config.encoder, config.encoder_weights,
-                bn_momentum=config.bn_momentum, sync_batch_norm=config.sync_batch_norm)
+                image_size,
+                config.base_filters,
+                config.encoder,
+                config.encoder_weights,
+                bn_momentum=config.bn_momentum,
+                sync_batch_norm=config.sync_batch_norm,
+            )
         rate = config.learning_rate
         if config.lr_schedule == "cosine":  # to 0 over the run, after a linear warmup
             warmup = int(config.warmup_epochs * steps_per_epoch)
             rate = keras.optimizers.schedules.CosineDecay(
                 initial_learning_rate=0.0 if warmup else config.learning_rate,
                 decay_steps=max(config.epochs * steps_per_epoch - warmup, 1),
-                warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
-        optimizer = (keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-                     if config.weight_decay else keras.optimizers.Adam(rate))
+                warmup_target=config.learning_rate if warmup else None,
+                warmup_steps=warmup,
+            )
+        optimizer = (
+            keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+            if config.weight_decay
+            else keras.optimizers.Adam(rate)
+        )
         # float16 needs loss scaling; bfloat16 has float32's exponent range and does not.
         # The optimizer holds the scale; steps._loss_scaled_step drives it (Keras' own
         # apply decides per replica, which breaks under tf.distribute: steps.py says why).
@@ -201,11 +247,18 @@ def _restore(checkpoint, model, model_dir: str, config: TrainConfig, chief: bool
     --warm_start if given; returns the restored checkpoint's path (None: a new run).
     With --restart, non-chief workers restore nothing: the chief is moving the old run aside."""
     warm_start = config.warm_start
-    restored = (None if config.restart and not chief
-                else checkpoints.restore_latest(checkpoint, model_dir, chief=chief))
+    restored = (
+        None
+        if config.restart and not chief
+        else checkpoints.restore_latest(checkpoint, model_dir, chief=chief)
+    )
     if restored and warm_start:
-        logging.warning("%s already has checkpoints: resuming at step %d, --warm_start %s is "
-                        "not used", model_dir, int(checkpoint.step.numpy()), warm_start)
+        logging.warning(
+            "%s already has checkpoints: resuming at step %d, --warm_start %s is not used",
+            model_dir,
+            int(checkpoint.step.numpy()),
+            warm_start,
+        )
     elif warm_start:
         checkpoints.warm_start(model, warm_start)
     return restored
@@ -215,8 +268,9 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
     """Trains the rest of `epoch` (0-based), chunk by chunk; returns (metric sums, seconds)."""
     first_step = epoch * run.steps_per_epoch
     skip = run.step - first_step  # global steps of this epoch already trained
-    iterator = iter(distribute.distribute_datasets(
-        run.strategy, functools.partial(_train_input, run, epoch, skip)))
+    iterator = iter(
+        distribute.distribute_datasets(run.strategy, functools.partial(_train_input, run, epoch, skip))
+    )
     run.reporter.epoch_start(epoch, skip)
     sums = dict.fromkeys(steps_lib.METRIC_KEYS, 0.0)
     start = time.perf_counter()
@@ -247,9 +301,16 @@ def _train_input(run: _Run, epoch: int, skip: int, ctx: tf.distribute.InputConte
     """This input pipeline's part of `epoch`, from its `skip`-th global step on."""
     per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # batches per step
     return dataset_lib.make_dataset(
-        run.records, "train", batch_size=run.config.batch_size, training=True,
-        seed=run.config.seed, epoch=epoch, skip_batches=skip * per_pipeline,
-        augment=run.config, input_context=ctx)
+        run.records,
+        "train",
+        batch_size=run.config.batch_size,
+        training=True,
+        seed=run.config.seed,
+        epoch=epoch,
+        skip_batches=skip * per_pipeline,
+        augment=run.config,
+        input_context=ctx,
+    )
 
 
 def _check_finite(totals: dict, step: int, last_checkpoint: str | None) -> None:
@@ -257,17 +318,23 @@ def _check_finite(totals: dict, step: int, last_checkpoint: str | None) -> None:
         raise NonFiniteLossError(
             f"the training loss became {totals['loss']} at step {step}. The last good checkpoint "
             f"({last_checkpoint or 'none yet'}) is kept. Lower --learning_rate, or use "
-            "--precision float32 if this happened under mixed precision.")
+            "--precision float32 if this happened under mixed precision."
+        )
 
 
 def _end_epoch(run: _Run, epoch: int, sums: dict, seconds: float) -> dict:
     """Validates, checkpoints, and hands the epoch's history row to the reporter."""
     train_means = steps_lib.means(sums) if sums["count"] else {}
     val_means = _validate(run)
-    row = {"epoch": epoch + 1, "step": run.step, **train_means,
-           **{"val_" + k: v for k, v in val_means.items()},
-           "learning_rate": float(run.optimizer.learning_rate.numpy()),
-           "images_per_s": sums["count"] / max(seconds, 1e-9), "seconds": seconds}
+    row = {
+        "epoch": epoch + 1,
+        "step": run.step,
+        **train_means,
+        **{"val_" + k: v for k, v in val_means.items()},
+        "learning_rate": float(run.optimizer.learning_rate.numpy()),
+        "images_per_s": sums["count"] / max(seconds, 1e-9),
+        "seconds": seconds,
+    }
     _save(run)
     run.reporter.epoch_end(row, run.model, run.records)  # history, plots, logs, best model
     return row
@@ -286,8 +353,9 @@ def _validate(run: _Run) -> dict:
         return {}
 
     def val_input(ctx):
-        return dataset_lib.make_dataset(run.records, "val", batch_size=run.config.batch_size,
-                                        training=False, input_context=ctx)
+        return dataset_lib.make_dataset(
+            run.records, "val", batch_size=run.config.batch_size, training=False, input_context=ctx
+        )
 
     logging.info("validating at step %d (%d batches)", run.step, val_steps)
     iterator = iter(distribute.distribute_datasets(run.strategy, val_input))
@@ -299,8 +367,11 @@ def _validate(run: _Run) -> dict:
         totals = run.eval_steps(iterator, min(chunk, val_steps - first))
         sums = {k: sums[k] + totals[k] for k in sums}
         if run.stop.requested():
-            logging.info("stop signal during validation: checkpointing step %d, the end of the "
-                         "epoch; the resumed run validates this epoch again", run.step)
+            logging.info(
+                "stop signal during validation: checkpointing step %d, the end of the "
+                "epoch; the resumed run validates this epoch again",
+                run.step,
+            )
             run.stop.stop_now()
     return steps_lib.means(sums)
 
@@ -315,8 +386,7 @@ def _end_interrupted_epoch(run: _Run, model_dir: str) -> None:
         return
     if any(r["epoch"] == epoch for r in history.read_history(model_dir, up_to_epoch=epoch)):
         return
-    logging.info("epoch %d ended at step %d without its history row: validating it again",
-                 epoch, run.step)
+    logging.info("epoch %d ended at step %d without its history row: validating it again", epoch, run.step)
     run.row = _end_epoch(run, epoch - 1, dict.fromkeys(steps_lib.METRIC_KEYS, 0.0), 0.0)
     run.stop.between_epochs()
 
@@ -340,7 +410,8 @@ def _reading(run: _Run):
         raise dataset_lib.RecordsError(
             f"{e}\nTraining stopped at step {run.step}; the last checkpoint "
             f"({run.saver.last or 'none yet'}) is kept, and after the rebuild the same command "
-            "resumes from it.") from None
+            "resumes from it."
+        ) from None
 
 
 def _export(run: _Run) -> dict:
