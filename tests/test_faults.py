@@ -281,6 +281,9 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
     records = dataset_lib.Records.open(clean_records)
     batches = dataset_lib.make_dataset(records, "train", batch_size=4, training=True).repeat()
     saved = []
+    # Not always Python's default: a shell that starts the suite in the background
+    # ignores SIGINT for it (SIG_IGN), and LocalStop must put back whatever was there.
+    before = signal.getsignal(signal.SIGINT)
     with preemption.LocalStop() as stop:
         stop.attach(None, save=lambda: saved.append("ckpt") or "ckpt-x", step=lambda: 7)
         train_steps = steps_lib.make_train_steps(strategy, model, optimizer, 4, 1.0, stop=stop.flag)
@@ -297,7 +300,7 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
             stop.after_chunk()
     assert 0 < totals["count"] / 4 < 10**7 and seconds < 10, (totals["count"], seconds)
     assert saved == ["ckpt"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_sigterm_during_validation_stops_within_a_call_and_the_resumed_run_validates_again(

@@ -11,10 +11,10 @@ tests/test_trainer.py).
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
+from launch.cluster import process_group
 from tests.conftest import PROJECT_ROOT
 
 # Replica 1 only, replica 0 only, every replica, then two normal steps.
@@ -69,18 +69,8 @@ def test_overflow_on_one_of_eight_mirrored_replicas_skips_then_trains():
     assert states[0]["digest"] == states[1]["digest"] != states[2]["digest"] != states[3]["digest"]
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_overflow_on_one_worker_skips_the_step_on_both():
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in process_group.find_free_ports(2)]
     procs = [
         _probe(
             1,

@@ -10,7 +10,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 
+from launch.cluster import process_group
 from tests import factory
 from tests.conftest import PROJECT_ROOT
 
@@ -97,19 +97,9 @@ def test_mirrored_over_two_cpus_matches_one_device(records, tmp_path):
     _assert_close(one, mirrored)
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_two_worker_processes_train_identical_weights(records, tmp_path):
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in process_group.find_free_ports(2)]
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})

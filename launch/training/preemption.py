@@ -29,7 +29,11 @@ training calls only; between validation calls the workers instead agree through 
 all-reduce (`requested`) and stop together (`stop_now`).
 
 Before `attach` (the set-up: records check, model build, restore) there is nothing to
-checkpoint, so the handler raises `Stopped` at once (step None).
+checkpoint, so one process raises `Stopped` at once (step None). Several workers do not:
+a worker that left during the set-up would break the collectives its peers are already
+in (they would fail with exit status 1, which schedulers read as a failure), so the
+signal is acted on at the first point where the workers agree (the first training or
+validation call after the set-up).
 """
 
 import os
@@ -207,6 +211,7 @@ class ClusterStop:
     def __init__(self, strategy: tf.distribute.Strategy):
         self._strategy, self._resolver = strategy, strategy.cluster_resolver
         self._catcher = _Catcher(None)
+        self._catcher.armed = True  # no stop at once during the set-up: see the module doc
         self._handler = self._save = self._step = self._path = None
         self._scratch, self._seconds = None, 0.0
 
