@@ -168,6 +168,7 @@ def measure(
     from launch.training import distribute
     from launch.training import steps as steps_lib
     from launch.training import trainer
+    from model import losses
     from model import unet
 
     precision = distribute.resolve_precision("auto")
@@ -191,7 +192,11 @@ def measure(
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
     train_steps = steps_lib.make_train_steps(
-        strategy, model, optimizer, global_batch, training.DEFAULTS.dice_weight
+        strategy,
+        model,
+        optimizer,
+        global_batch,
+        losses.training_loss(training.DEFAULTS.dice_weight, training.DEFAULTS.recall_weight),
     )
     iterator = iter(
         distribute.distribute_datasets(

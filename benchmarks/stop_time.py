@@ -26,6 +26,7 @@ def measure(base_filters: int, image_size: int, batch_size: int, repeats: int = 
     from launch.training import checkpoint_integrity as integrity
     from launch.training import checkpoints
     from launch.training import steps as steps_lib
+    from model import losses
     from model import unet
 
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -39,8 +40,8 @@ def measure(base_filters: int, image_size: int, batch_size: int, repeats: int = 
     weights = np.ones((batch_size,), np.float32)
     train = tf.data.Dataset.from_tensors((images, masks)).repeat()
     val = tf.data.Dataset.from_tensors((images, masks, weights)).repeat()
-    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, batch_size, 1.0)
-    eval_steps = steps_lib.make_eval_steps(strategy, model, 1.0)
+    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, batch_size, losses.training_loss())
+    eval_steps = steps_lib.make_eval_steps(strategy, model, losses.training_loss())
     train_it = iter(strategy.experimental_distribute_dataset(train))
     val_it = iter(strategy.experimental_distribute_dataset(val))
     train_steps(train_it, 1)  # traced before timing

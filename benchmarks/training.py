@@ -131,6 +131,7 @@ def ours_train_steps(build_model, batch_size: int, dataset):
     from launch.training import distribute
     from launch.training import preemption
     from launch.training import steps as steps_lib
+    from model import losses
 
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():  # variables must be created in the scope, as in the trainer
@@ -141,7 +142,12 @@ def ours_train_steps(build_model, batch_size: int, dataset):
     with tf.device(preemption.HOST):
         stop = tf.Variable(False, trainable=False)
     train_steps = steps_lib.make_train_steps(
-        strategy, model, optimizer, batch_size, DEFAULTS.dice_weight, stop=stop
+        strategy,
+        model,
+        optimizer,
+        batch_size,
+        losses.training_loss(DEFAULTS.dice_weight, DEFAULTS.recall_weight),
+        stop=stop,
     )
     # The trainer's own way of distributing its datasets (input options included).
     iterator = iter(distribute.distribute_datasets(strategy, lambda ctx: dataset))
@@ -157,7 +163,7 @@ def compiled_for_fit(model, steps_per_execution: int = 1):
     model.compile(
         optimizer=keras.optimizers.Adam(DEFAULTS.learning_rate),
         steps_per_execution=steps_per_execution,
-        loss=lambda masks, probs: losses.bce_dice_loss(masks, probs, DEFAULTS.dice_weight),
+        loss=losses.training_loss(DEFAULTS.dice_weight, DEFAULTS.recall_weight),
     )
     return model
 

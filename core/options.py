@@ -14,14 +14,14 @@ import typing
 from core.errors import UserError
 
 
-def option(default, help: str, *, choices: tuple | None = None, lower_bound=None):  # noqa: A002
+def option(default, help: str, *, choices: tuple | None = None, lower_bound=None, upper_bound=None):  # noqa: A002
     """A config field whose default, help text and allowed values are stated once."""
-    metadata = {"help": help, "choices": choices, "lower_bound": lower_bound}
+    metadata = {"help": help, "choices": choices, "lower_bound": lower_bound, "upper_bound": upper_bound}
     return dataclasses.field(default=default, metadata=metadata)
 
 
 def check_fields(config) -> None:
-    """Raises UserError for a value outside a field's `choices` or below its `lower_bound`.
+    """Raises UserError for a value outside a field's `choices` or its bounds.
 
     Called by each config's `__post_init__`, before its own cross-field checks.
     """
@@ -33,6 +33,9 @@ def check_fields(config) -> None:
         bound = field.metadata.get("lower_bound")
         if bound is not None and value is not None and value < bound:
             raise UserError(f"--{field.name} must be >= {bound}; got {value!r}")
+        bound = field.metadata.get("upper_bound")
+        if bound is not None and value is not None and value > bound:
+            raise UserError(f"--{field.name} must be <= {bound}; got {value!r}")
 
 
 def field_types(config_cls) -> dict[str, type]:

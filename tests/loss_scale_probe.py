@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from launch.training import distribute
 from launch.training import steps as steps_lib
+from model import losses
 
 SIZE, PER_REPLICA = 16, 2
 HUGE_MASK = 1e6
@@ -96,7 +97,9 @@ def main():
         model = _tiny_model()
         optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3))
         optimizer.build(model.trainable_variables)
-    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, PER_REPLICA * n, dice_weight=1.0)
+    train_steps = steps_lib.make_train_steps(
+        strategy, model, optimizer, PER_REPLICA * n, losses.training_loss()
+    )
     iterator = iter(distribute.distribute_datasets(strategy, functools.partial(_dataset, steps)))
     states = [_state(strategy, model, optimizer)]
     for _ in steps:

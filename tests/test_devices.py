@@ -12,6 +12,7 @@ from launch.cluster import gpus
 from launch.training import distribute
 from launch.training import preemption
 from launch.training import steps as steps_lib
+from model import losses
 
 IMPLEMENTATION = tf.distribute.experimental.CommunicationImplementation
 
@@ -42,7 +43,9 @@ def test_the_stop_flag_and_the_loop_condition_stay_on_the_host():
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(1, 1, activation="sigmoid")])
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)
-    train_steps = steps_lib.make_train_steps(strategy, model, optimizer, 2, 1.0, stop=stop.flag)
+    train_steps = steps_lib.make_train_steps(
+        strategy, model, optimizer, 2, losses.training_loss(), stop=stop.flag
+    )
     data = tf.data.Dataset.from_tensors((tf.zeros([2, 8, 8, 3]), tf.zeros([2, 8, 8, 1]))).repeat()
     iterator = iter(data)
     assert train_steps(iterator, 2)["count"] == 4.0

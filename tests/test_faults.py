@@ -32,6 +32,7 @@ from launch.training import preemption
 from launch.training import steps as steps_lib
 from launch.training import trainer
 from launch.training.config import TrainConfig
+from model import losses
 from pipeline import dataset as dataset_lib
 from preprocessing import build
 from preprocessing import manifest as manifest_lib
@@ -286,7 +287,9 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
     before = signal.getsignal(signal.SIGINT)
     with preemption.LocalStop() as stop:
         stop.attach(None, save=lambda: saved.append("ckpt") or "ckpt-x", step=lambda: 7)
-        train_steps = steps_lib.make_train_steps(strategy, model, optimizer, 4, 1.0, stop=stop.flag)
+        train_steps = steps_lib.make_train_steps(
+            strategy, model, optimizer, 4, losses.training_loss(), stop=stop.flag
+        )
         train_steps(iter(batches), 1)  # traced before the clock starts
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
         start = time.perf_counter()

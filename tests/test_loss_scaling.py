@@ -96,6 +96,7 @@ def test_scale_doubles_after_growth_steps_and_halves_on_overflow_in_process():
     import tensorflow as tf
 
     from launch.training import steps as steps_lib
+    from model import losses
     from model import unet
 
     previous = keras.mixed_precision.global_policy().name
@@ -113,7 +114,7 @@ def test_scale_doubles_after_growth_steps_and_halves_on_overflow_in_process():
     masks = (rng.uniform(0, 1, (5, 2, 16, 16, 1)) > 0.5).astype(np.float32)
     masks[2] *= 1e6  # the 3rd step overflows (see tests/loss_scale_probe.py)
     train_steps = steps_lib.make_train_steps(
-        tf.distribute.get_strategy(), model, optimizer, 2, dice_weight=1.0
+        tf.distribute.get_strategy(), model, optimizer, 2, losses.training_loss()
     )
     iterator = iter(tf.data.Dataset.from_tensor_slices((images, masks)))
     scales = []

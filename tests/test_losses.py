@@ -101,3 +101,44 @@ def test_shape_mismatch_raises():
         ValueError, match=r"y_true shape \(1, 4, 4, 1\) differs from y_pred shape \(1, 4, 4, 2\)"
     ):
         losses.bce_dice_loss(np.zeros([1, 4, 4, 1]), np.zeros([1, 4, 4, 2]))
+
+
+def test_recall_weight_one_half_is_soft_dice_bit_for_bit():
+    rng = np.random.default_rng(0)
+    truth = (rng.uniform(size=[3, 16, 16, 1]) > 0.6).astype(np.float32)
+    pred = rng.uniform(size=[3, 16, 16, 1]).astype(np.float32)
+    np.testing.assert_array_equal(
+        losses.soft_tversky_per_image(truth, pred, 0.5).numpy(), losses.soft_dice_per_image(truth, pred).numpy()
+    )
+    np.testing.assert_array_equal(
+        losses.training_loss()(truth, pred).numpy(), losses.bce_dice_loss(truth, pred).numpy()
+    )
+
+
+def test_recall_weight_hand_value_and_missed_pixels_cost_more():
+    truth = np.zeros([1, 4, 4, 1], np.float32)
+    truth[0, :2, :, 0] = 1  # 8 lesion pixels
+    under = truth.copy()
+    under[0, 1, :, 0] = 0  # 4 missed: TP 4, FP 0, FN 4
+    over = truth.copy()
+    over[0, 2, :, 0] = 1  # 4 false: TP 8, FP 4, FN 0
+    beta = 0.7
+    # TP / (TP + 0.3 FP + 0.7 FN) with smoothing 1 on the doubled form: (2 TP + 1) / (2 (TP + .3 FP + .7 FN) + 1)
+    np.testing.assert_allclose(
+        losses.soft_tversky_per_image(truth, under, beta).numpy(), [9 / (2 * (4 + 0.7 * 4) + 1)], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        losses.soft_tversky_per_image(truth, over, beta).numpy(), [17 / (2 * (8 + 0.3 * 4) + 1)], rtol=1e-6
+    )
+    loss = losses.training_loss(recall_weight=beta)
+    assert loss(truth, under).numpy()[0] > loss(truth, over).numpy()[0]  # what pushes outlines outward
+
+
+def test_recall_weight_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="recall_weight"):
+        losses.soft_tversky_per_image(_disc(), _disc(), 1.5)
+    from core.errors import UserError
+    from launch.training.config import TrainConfig
+
+    with pytest.raises(UserError, match="--recall_weight must be <= 1.0"):
+        TrainConfig(recall_weight=1.5)

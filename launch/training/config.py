@@ -68,6 +68,14 @@ class TrainConfig(AugmentConfig):
         "per layer); use when per-replica batches are small.",
     )
     dice_weight: float = option(1.0, "Loss = BCE + dice_weight * (1 - soft Dice).", lower_bound=0.0)
+    recall_weight: float = option(
+        0.5,
+        "Weight of missed lesion pixels in the soft Dice term: 0.5 is soft Dice; above 0.5 it "
+        "becomes a Tversky index that costs a missed pixel more than a false one (wider "
+        "outlines).",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
     # Keras' default 0.99 makes the moving statistics lag ~100 steps behind the weights; with
     # the few hundred steps of a run on ISIC-sized data, validation then scores a stale
     # model. 0.9 follows within ~10 steps (docs/recipes.md).

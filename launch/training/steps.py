@@ -25,7 +25,6 @@ import tensorflow as tf
 
 from launch.training.config import AUTO_CHUNK_SECONDS
 from launch.training.config import MAX_AUTO_CHUNK
-from model import losses
 from model import metrics
 
 METRIC_KEYS = ("loss", "accuracy", "dice", "jaccard", "count")  # the sums' order
@@ -99,11 +98,12 @@ def make_train_steps(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     global_batch_size: int,
-    dice_weight: float,
+    loss_fn,
     stop: tf.Variable | None = None,
 ):
     """Returns `train_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
+    `loss_fn(masks, probs) -> float32 [b]` is the per-image loss (`losses.training_loss`).
     The iterator is a distributed iterator of (images [b,S,S,3], masks [b,S,S,1]). With
     `stop`, a call ends early once it is True; it then ran count / global_batch_size steps.
     A `keras.optimizers.LossScaleOptimizer` is driven by `_loss_scaled_step` (why: there).
@@ -114,7 +114,7 @@ def make_train_steps(
         """(gradients of the mean loss [times `scale`], float32 [5] metric sums)."""
         with tf.GradientTape() as tape:
             probs = model(images, training=True)  # float32 [b,S,S,1], even under mixed precision
-            per_image = losses.bce_dice_loss(masks, probs, dice_weight=dice_weight)  # float32 [b]
+            per_image = loss_fn(masks, probs)  # float32 [b]
             loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
             if scale is not None:
                 loss *= scale
@@ -189,7 +189,7 @@ def _loss_scaled_step(strategy, optimizer, variables, gradients):
 
 
 def make_eval_steps(
-    strategy: tf.distribute.Strategy, model: keras.Model, dice_weight: float, stop: tf.Variable | None = None
+    strategy: tf.distribute.Strategy, model: keras.Model, loss_fn, stop: tf.Variable | None = None
 ):
     """Returns `eval_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
@@ -200,7 +200,7 @@ def make_eval_steps(
 
     def replica_step(images, masks, weights):
         probs = model(images, training=False)
-        per_image = losses.bce_dice_loss(masks, probs, dice_weight=dice_weight)
+        per_image = loss_fn(masks, probs)
         return _per_image_sums(masks, probs, per_image, weights)
 
     return _run_steps(strategy, _summed(strategy, replica_step), stop)

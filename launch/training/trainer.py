@@ -42,6 +42,7 @@ from launch.training import report
 from launch.training import steps as steps_lib
 from launch.training.config import TrainConfig
 from model import encoder_unet
+from model import losses
 from model import unet
 from pipeline import dataset as dataset_lib
 
@@ -153,6 +154,7 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
     )
     if step // steps_per_epoch >= config.epochs:
         logging.info("%s has already trained %d epochs: nothing left to train", model_dir, config.epochs)
+    loss_fn = losses.training_loss(config.dice_weight, config.recall_weight)  # (masks, probs) -> [b]
     run = _Run(
         config,
         strategy,
@@ -174,9 +176,9 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
             first_step=step,
         ),
         train_steps=steps_lib.make_train_steps(
-            strategy, model, optimizer, config.batch_size, config.dice_weight, stop=stop.flag
+            strategy, model, optimizer, config.batch_size, loss_fn, stop=stop.flag
         ),
-        eval_steps=steps_lib.make_eval_steps(strategy, model, config.dice_weight, stop=stop.flag),
+        eval_steps=steps_lib.make_eval_steps(strategy, model, loss_fn, stop=stop.flag),
         step=step,
         row=reporter.last_row(),
     )
