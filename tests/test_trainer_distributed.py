@@ -89,16 +89,23 @@ def _assert_close(a_dir, b_dir):
 WHOLE_BATCH = ("--batch_size=16", "--epochs=3", "--noaugment", "--sync_batch_norm")
 
 
-def test_mirrored_over_two_cpus_matches_one_device(records, tmp_path):
-    one, mirrored = str(tmp_path / "one"), str(tmp_path / "mirrored")
-    _run(_cmd(records, one, "--strategy=one_device", *WHOLE_BATCH))
+@pytest.fixture(scope="module")
+def one_device(records, tmp_path_factory):
+    """The one-device run both data-parallel runs are compared with (trained once)."""
+    model_dir = str(tmp_path_factory.mktemp("one_device"))
+    _run(_cmd(records, model_dir, "--strategy=one_device", *WHOLE_BATCH))
+    return model_dir
+
+
+def test_mirrored_over_two_cpus_matches_one_device(records, one_device, tmp_path):
+    mirrored = str(tmp_path / "mirrored")
     out = _run(_cmd(records, mirrored, "--strategy=mirrored", "--num_cpu_devices=2", *WHOLE_BATCH))
     assert "2 replica" in out.stderr
-    _assert_close(one, mirrored)
+    _assert_close(one_device, mirrored)
 
 
-def test_two_worker_processes_train_identical_weights(records, tmp_path):
-    single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+def test_two_worker_processes_train_identical_weights(records, one_device, tmp_path):
+    multi = str(tmp_path / "multi")
     workers = [f"127.0.0.1:{p}" for p in process_group.find_free_ports(2)]
     procs = []
     for index in range(2):
@@ -135,8 +142,7 @@ def test_two_worker_processes_train_identical_weights(records, tmp_path):
             ".isic-train.lock",
         ]
     )
-    _run(_cmd(records, single, "--strategy=one_device", *WHOLE_BATCH))
-    _assert_close(single, multi)
+    _assert_close(one_device, multi)
 
 
 def test_sigkill_and_resume_is_bit_identical(records, tmp_path):
