@@ -108,7 +108,8 @@ def test_recall_weight_one_half_is_soft_dice_bit_for_bit():
     truth = (rng.uniform(size=[3, 16, 16, 1]) > 0.6).astype(np.float32)
     pred = rng.uniform(size=[3, 16, 16, 1]).astype(np.float32)
     np.testing.assert_array_equal(
-        losses.soft_tversky_per_image(truth, pred, 0.5).numpy(), losses.soft_dice_per_image(truth, pred).numpy()
+        losses.soft_tversky_per_image(truth, pred, 0.5).numpy(),
+        losses.soft_dice_per_image(truth, pred).numpy(),
     )
     np.testing.assert_array_equal(
         losses.training_loss()(truth, pred).numpy(), losses.bce_dice_loss(truth, pred).numpy()
@@ -123,7 +124,7 @@ def test_recall_weight_hand_value_and_missed_pixels_cost_more():
     over = truth.copy()
     over[0, 2, :, 0] = 1  # 4 false: TP 8, FP 4, FN 0
     beta = 0.7
-    # TP / (TP + 0.3 FP + 0.7 FN) with smoothing 1 on the doubled form: (2 TP + 1) / (2 (TP + .3 FP + .7 FN) + 1)
+    # doubled form with smoothing 1: (2 TP + 1) / (2 (TP + 0.3 FP + 0.7 FN) + 1)
     np.testing.assert_allclose(
         losses.soft_tversky_per_image(truth, under, beta).numpy(), [9 / (2 * (4 + 0.7 * 4) + 1)], rtol=1e-6
     )
