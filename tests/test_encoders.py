@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from core.errors import UserError
-from launch.training import checkpoints
 from launch.training import config as train_config
+from launch.training import run_identity
 from launch.training.config import TrainConfig
 from model import efficientnet_lite
 from model import encoder_unet
@@ -212,13 +212,13 @@ def test_config_lists_every_encoder_and_checks_weights_paths(tmp_path):
 
 def test_resume_with_another_encoder_is_refused(tmp_path):
     config = TrainConfig(encoder="efficientnet_lite0", base_filters=16)
-    identity = checkpoints.run_identity(config, 128, 4, 100, {}, "float32")
-    checkpoints.write_run(str(tmp_path), identity)
-    checkpoints.check_run(str(tmp_path), identity)  # the same run resumes
-    other = checkpoints.run_identity(dataclasses.replace(config, encoder="unet"), 128, 4, 100, {}, "float32")
-    with pytest.raises(checkpoints.CheckpointMismatchError, match="encoder=efficientnet_lite0"):
-        checkpoints.check_run(str(tmp_path), other)
+    identity = run_identity.run_identity(config, 128, 4, 100, {}, "float32")
+    run_identity.write_run(str(tmp_path), identity)
+    run_identity.check_run(str(tmp_path), identity)  # the same run resumes
+    other = run_identity.run_identity(dataclasses.replace(config, encoder="unet"), 128, 4, 100, {}, "float32")
+    with pytest.raises(run_identity.CheckpointMismatchError, match="encoder=efficientnet_lite0"):
+        run_identity.check_run(str(tmp_path), other)
     # A run.json written before encoders were recorded is a U-Net run.
     legacy = {k: v for k, v in other.items() if k != "encoder"}
-    checkpoints.write_run(str(tmp_path / "old"), legacy)
-    checkpoints.check_run(str(tmp_path / "old"), other)
+    run_identity.write_run(str(tmp_path / "old"), legacy)
+    run_identity.check_run(str(tmp_path / "old"), other)

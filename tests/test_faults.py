@@ -29,6 +29,7 @@ from launch.inference import models
 from launch.training import checkpoints
 from launch.training import faults
 from launch.training import preemption
+from launch.training import run_identity
 from launch.training import steps as steps_lib
 from launch.training import trainer
 from launch.training.config import TrainConfig
@@ -462,7 +463,7 @@ def test_resuming_on_records_of_another_image_size_is_a_clear_error(one_epoch_ru
     other = str(tmp_path / "records-48")
     factory.write_records(other, {"train": 16, "val": 4}, size=48)
     with pytest.raises(
-        checkpoints.CheckpointMismatchError,
+        run_identity.CheckpointMismatchError,
         match=rf"{one_epoch_run} holds a model trained on 32x32 records, but these "
         r"records are 48x48. To resume, pass records built with "
         r"isic-preprocess --image_size 32",

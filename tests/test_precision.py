@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from launch.training import checkpoints
 from launch.training import distribute
+from launch.training import run_identity
 from launch.training import trainer
 from launch.training.config import TrainConfig
 from model import unet
@@ -149,8 +150,8 @@ def test_run_json_without_a_precision_resumes_under_any(tmp_path, caplog):
         json.dump(identity, f)
     with caplog.at_level("WARNING"):
         for precision in PRECISIONS:
-            checkpoints.check_run(str(tmp_path), dict(identity, encoder="unet", precision=precision))
+            run_identity.check_run(str(tmp_path), dict(identity, encoder="unet", precision=precision))
         assert "started under" not in caplog.text
-        checkpoints.write_run(str(tmp_path), dict(identity, precision="float32"))  # left as it is
+        run_identity.write_run(str(tmp_path), dict(identity, precision="float32"))  # left as it is
     with open(tmp_path / "checkpoints" / "run.json") as f:
         assert "precision" not in json.load(f)

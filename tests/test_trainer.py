@@ -21,6 +21,7 @@ from core import options
 from core.errors import UserError
 from launch.training import checkpoints
 from launch.training import report
+from launch.training import run_identity
 from launch.training import steps as steps_lib
 from launch.training import trainer
 from launch.training.config import TrainConfig
@@ -164,13 +165,13 @@ def test_changing_model_shape_is_a_clear_error(records, one_epoch_run):
     model_dir = one_epoch_run  # the checks fail before anything is written
     with open(os.path.join(model_dir, "config.json")) as f:
         written = f.read()
-    with pytest.raises(checkpoints.CheckpointMismatchError, match="base_filters=4"):
+    with pytest.raises(run_identity.CheckpointMismatchError, match="base_filters=4"):
         _train(records, model_dir, epochs=2, base_filters=8)
-    with pytest.raises(checkpoints.CheckpointMismatchError, match="batch_size"):
+    with pytest.raises(run_identity.CheckpointMismatchError, match="batch_size"):
         _train(records, model_dir, epochs=2, batch_size=8)
     with open(os.path.join(model_dir, "config.json")) as f:
         assert f.read() == written
-    assert issubclass(checkpoints.CheckpointMismatchError, UserError)
+    assert issubclass(run_identity.CheckpointMismatchError, UserError)
 
 
 def test_warm_start_loads_weights_into_a_new_run(records, one_epoch_run, tmp_path):

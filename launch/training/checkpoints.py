@@ -1,9 +1,9 @@
-"""Checkpoints of a training run: save (chief only), restore, the run's identity, warm start.
+"""Checkpoints of a training run: save (chief only), restore, warm start.
 
 A model directory holds `checkpoints/ckpt-N.*` (model, optimizer with its loss scale, and
 the global step), the state file `checkpoints/checkpoint` naming the newest, and
 `checkpoints/run.json`, the settings that must not change within a run (model shape,
-batch size, steps per epoch, seed). Resume is defined by the model directory: training
+batch size, steps per epoch, seed: run_identity.py). Resume is defined by the model directory: training
 continues from its newest intact checkpoint; the epoch and the position inside the epoch
 follow from the step. A damaged newer checkpoint is moved aside with a warning; a run
 with no intact checkpoint is an error, never a silent new start (`--restart` begins
@@ -18,7 +18,6 @@ delete afterwards: only the chief's files appear in the model directory.
 import contextlib
 import datetime
 import glob
-import json
 import os
 import shutil
 import tempfile
@@ -34,103 +33,11 @@ from launch.layout import RUN_FILE
 from launch.training import checkpoint_integrity as integrity
 from launch.training import faults
 from launch.training import history
-from launch.training.config import TrainConfig
-
-# Settings that define the model's variables: a mismatch cannot be restored.
-SHAPE_KEYS = ("image_size", "encoder", "base_filters", "depth")
-# Settings that define the data order: a mismatch would not continue the same run.
-ORDER_KEYS = ("batch_size", "steps_per_epoch", "seed")
-# Recorded since later versions, so checked only when the earlier run.json has them: the
-# schedule's state is part of the optimizer checkpoint (another one fails to restore), and
-# what was done to the pixels (manifest["preprocessing"]) must not change within a run.
-INPUT_KEYS = ("lr_schedule", "preprocessing")
-# The resolved --precision the run started with. Not a mismatch: a resume under another
-# precision restores the weights and the optimizer state around the loss scaler
-# (`_matching_view`); recorded so that the change is logged (absent before issue 19).
-PRECISION_KEY = "precision"
-
-
-class CheckpointMismatchError(UserError, ValueError):
-    """The model directory holds a run whose settings differ from the requested ones."""
+from launch.training import run_identity
 
 
 class MissingCheckpointError(UserError, FileNotFoundError):
     """--warm_start names no file or model directory with a checkpoint."""
-
-
-def run_identity(
-    config: TrainConfig,
-    image_size: int,
-    depth: int,
-    steps_per_epoch: int,
-    preprocessing: dict,
-    precision: str,
-) -> dict:
-    """What run.json records: the SHAPE_KEYS, ORDER_KEYS, INPUT_KEYS and the resolved
-    precision (PRECISION_KEY)."""
-    return {
-        "image_size": image_size,
-        "encoder": config.encoder,
-        "base_filters": config.base_filters,
-        "depth": depth,
-        "batch_size": config.batch_size,
-        "steps_per_epoch": steps_per_epoch,
-        "seed": config.seed,
-        "lr_schedule": config.lr_schedule,
-        "preprocessing": preprocessing,
-        PRECISION_KEY: precision,
-    }
-
-
-def check_run(model_dir: str, run: dict) -> None:
-    """Raises CheckpointMismatchError if `model_dir` holds a run with other settings."""
-    path = os.path.join(model_dir, CHECKPOINT_DIR, RUN_FILE)
-    if not files.exists(path):
-        return
-    with files.open(path) as f:
-        previous = json.load(f)
-    previous.setdefault("encoder", "unet")  # run.json from before encoders were recorded
-    if previous.get("image_size") != run.get("image_size"):
-        size, asked = previous.get("image_size"), run.get("image_size")
-        raise CheckpointMismatchError(
-            f"{model_dir} holds a model trained on {size}x{size} records, but these records "
-            f"are {asked}x{asked}. To resume, pass records built with isic-preprocess "
-            f"--image_size {size}; to train at {asked}x{asked}, use a new --model_dir."
-        )
-    for key in SHAPE_KEYS:
-        if previous.get(key) != run.get(key):
-            raise CheckpointMismatchError(
-                f"{model_dir} holds a model with {key}={previous.get(key)}, but this run asks for "
-                f"{key}={run.get(key)}. Use a new --model_dir, or start a new run from those weights "
-                "with --warm_start only if the shapes match."
-            )
-    for key in ORDER_KEYS + INPUT_KEYS:
-        if key in INPUT_KEYS and key not in previous:
-            continue  # run.json from before the key was recorded
-        if previous.get(key) != run.get(key):
-            raise CheckpointMismatchError(
-                f"{model_dir} was trained with {key}={previous.get(key)}; resuming with "
-                f"{key}={run.get(key)} would not continue the same run. Use the original value, "
-                "or a new --model_dir (optionally with --warm_start)."
-            )
-    started = previous.get(PRECISION_KEY, run.get(PRECISION_KEY))
-    if started != run.get(PRECISION_KEY):
-        logging.warning(
-            "%s was started under --precision %s; resuming under %s (weights and "
-            "optimizer state carry over; a float16 loss scale starts afresh or is "
-            "dropped)",
-            model_dir,
-            started,
-            run.get(PRECISION_KEY),
-        )
-
-
-def write_run(model_dir: str, run: dict) -> None:
-    """Records the run's identity next to its checkpoints (chief only, atomic)."""
-    path = os.path.join(model_dir, CHECKPOINT_DIR, RUN_FILE)
-    if files.exists(path):  # check_run has verified it matches: leave it untouched
-        return
-    files.write_atomic(path, json.dumps(run, indent=1, sort_keys=True))
 
 
 class NoUsableCheckpointError(UserError, FileNotFoundError):
@@ -211,7 +118,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool 
 def _matching_view(checkpoint: tf.train.Checkpoint, path: str) -> tf.train.Checkpoint:
     """`checkpoint` (model, optimizer, step), or a view of it whose optimizer has the layout
     saved at `path`, when one of the two is wrapped in a LossScaleOptimizer (mixed_float16)
-    and the other is not: resuming under another precision (run.json's PRECISION_KEY).
+    and the other is not: resuming under another precision (run.json's run_identity.PRECISION_KEY).
 
     A LossScaleOptimizer saves its own variables (dynamic_scale, step_counter) and the
     wrapped optimizer under `optimizer/inner_optimizer/` (keras/src/optimizers/
@@ -364,7 +271,7 @@ class Saver:
                 self._checkpoint.write(target)
                 _check_written(target, self._directory, kept)
                 if self._run is not None:
-                    write_run(self._model_dir, self._run)
+                    run_identity.write_run(self._model_dir, self._run)
                 names = [n for n in integrity.read_state(self._directory) if n != name] + [name]
                 integrity.write_state(self._directory, names[-self._max_to_keep :])
         except faults.OutputError:
@@ -423,7 +330,7 @@ def warm_start(model: keras.Model, source: str) -> None:
     try:
         model.set_weights(other.get_weights())
     except ValueError as e:
-        raise CheckpointMismatchError(
+        raise run_identity.CheckpointMismatchError(
             f"--warm_start {source}: its weights do not fit this model ({e}); "
             "check --base_filters and the records' image size"
         ) from e

@@ -39,6 +39,7 @@ from launch.training import distribute
 from launch.training import history
 from launch.training import preemption
 from launch.training import report
+from launch.training import run_identity
 from launch.training import steps as steps_lib
 from launch.training.config import TrainConfig
 from model import encoder_unet
@@ -128,13 +129,13 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
         )
     # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
     steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
-    identity = checkpoints.run_identity(
+    identity = run_identity.run_identity(
         config, records.image_size, unet.DEPTH, steps_per_epoch, records.preprocessing, precision
     )
     if config.restart and reporter.chief:  # other workers then find nothing to restore
         checkpoints.set_aside_previous_run(model_dir)
     if not config.restart:
-        checkpoints.check_run(model_dir, identity)  # before anything is written
+        run_identity.check_run(model_dir, identity)  # before anything is written
     model, optimizer = _build(strategy, config, records.image_size, steps_per_epoch, precision)
     # The global step lives outside the scope: it is only read and written by the host.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
