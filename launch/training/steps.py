@@ -20,12 +20,17 @@ call per chunk, not per step. They return metric SUMS over the images seen (redu
 replicas), so averages over an epoch are exact whatever the chunking.
 """
 
+from typing import Callable
+
 import keras
 import tensorflow as tf
 
 from launch.training.config import AUTO_CHUNK_SECONDS
 from launch.training.config import MAX_AUTO_CHUNK
 from model import metrics
+
+# (masks [b,S,S,1], probabilities [b,S,S,1]) -> float32 [b]: model.losses.training_loss(...)
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 METRIC_KEYS = ("loss", "accuracy", "dice", "jaccard", "count")  # the sums' order
 # Time-based checkpoints: the first pace is measured over this many steps after the start.
@@ -98,7 +103,7 @@ def make_train_steps(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     global_batch_size: int,
-    loss_fn,
+    loss_fn: LossFn,
     stop: tf.Variable | None = None,
 ):
     """Returns `train_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
@@ -189,7 +194,7 @@ def _loss_scaled_step(strategy, optimizer, variables, gradients):
 
 
 def make_eval_steps(
-    strategy: tf.distribute.Strategy, model: keras.Model, loss_fn, stop: tf.Variable | None = None
+    strategy: tf.distribute.Strategy, model: keras.Model, loss_fn: LossFn, stop: tf.Variable | None = None
 ):
     """Returns `eval_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
