@@ -56,15 +56,15 @@ def test_config_parses_and_documents_itself(path):
         assert f.readline().startswith("#"), "a flag file starts with a header saying what it is"
 
 
-def test_full_scale_config_is_the_original_setting_with_the_cpu_candidates_encoder():
+def test_full_scale_config_is_the_original_setting_with_the_cpu_recipes_encoder():
     config = _parse(f"--flagfile={os.path.join(CONFIG_DIR, 'isic2018_full_gpu.flags')}")
     assert (config.batch_size, config.epochs) == (32, 20)
     assert config.precision == "auto"  # mixed float16 on GPUs
-    candidate = _parse(f"--flagfile={os.path.join(CONFIG_DIR, 'isic2017_lite0_cpu.flags')}")
+    cpu = _parse(f"--flagfile={os.path.join(CONFIG_DIR, 'isic2017_lite0_cpu.flags')}")
     assert (config.encoder, config.encoder_weights, config.base_filters) == (
-        candidate.encoder,
-        candidate.encoder_weights,
-        candidate.base_filters,
+        cpu.encoder,
+        cpu.encoder_weights,
+        cpu.base_filters,
     )
 
 
