@@ -19,6 +19,8 @@ import pytest
 from PIL import Image
 
 from core.errors import UserError
+from launch.export import parity
+from launch.export import runtimes
 from launch.training import config as train_config
 from launch.training import run_identity
 from launch.training.config import TrainConfig
@@ -161,6 +163,24 @@ def test_mixed_precision_keeps_a_float32_sigmoid():
         keras.mixed_precision.set_global_policy("float32")
     assert out.dtype == "float32"
     assert model.get_layer("lite0_conv_stem").compute_dtype == "bfloat16"
+
+
+@pytest.mark.skipif(bool(runtimes.onnx_missing() or runtimes.litert_missing()), reason="export extra")
+def test_the_recipes_encoder_converts_to_onnx_and_litert_with_parity(tmp_path):
+    """The conversions isic-export runs (the encoder-specific risk: tf2onnx and the LiteRT
+    converter on depthwise convolutions, ReLU6 and the normalisation layer), with its
+    tolerance; the serving SavedModel wraps the same network (tests/test_export.py)."""
+    keras.utils.set_random_seed(0)
+    model = encoder_unet.build_encoder_unet(32, 2, "efficientnet_lite0", "none", bn_momentum=0.9)
+    images = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype(np.float32)
+    reference = runtimes.keras_predictor(model)(images)
+    runtimes.write_onnx(model, str(tmp_path / "m.onnx"))
+    runtimes.write_tflite(model, str(tmp_path / "m.tflite"))
+    for predict in (
+        runtimes.onnx_predictor(str(tmp_path / "m.onnx")),
+        runtimes.litert_predictor(str(tmp_path / "m.tflite")),
+    ):
+        np.testing.assert_allclose(predict(images), reference, atol=parity.PROBABILITY_TOLERANCE, rtol=0)
 
 
 def test_missing_weights_package_is_named_with_the_install_command():
