@@ -43,7 +43,7 @@ lint: $(STAMP)
 
 # --durations: the slowest tests, so a new expensive one is seen (the suite's budget: 8 min).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/isic-bench --output_dir bench_out
