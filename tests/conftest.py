@@ -1,12 +1,27 @@
-"""Shared pytest setup: quiet TensorFlow logs, paths to optional real data."""
+"""Shared pytest setup: quiet TensorFlow logs, paths to optional real data, the launcher."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Real ISIC sample, never committed; tests that need it skip when it is absent.
 ISIC_SAMPLE = os.path.join(PROJECT_ROOT, "..", "shared", "isic2017-sample")
+
+
+def start_launcher(*args, env=None) -> subprocess.Popen:
+    """`isic-launch *args` in a child with text pipes (env: this one's + PYTHONPATH)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch.commands.launch", *args],
+        cwd=PROJECT_ROOT,
+        env=env or dict(os.environ, PYTHONPATH=PROJECT_ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
 
 # The files that take longest, longest first (seconds of test time on a fresh clone, AMD
 # EPYC family 25, `pytest --durations=0`: 132, 116, 115, 88, 85, 40, 40). `make test` runs

@@ -27,6 +27,7 @@ from launch.cluster import process_group
 from launch.cluster.config import LaunchConfig
 from launch.commands import launch as cluster
 from tests.conftest import PROJECT_ROOT
+from tests.conftest import start_launcher
 
 # A stand-in worker. Its behaviour comes from argv: MODE [ARG]. It prints its TF_CONFIG on
 # stdout and a line on stderr, then:
@@ -266,22 +267,10 @@ def test_restarts_give_up_after_k_relaunches(stand_in, tmp_path):
     assert "giving up after 2 restart(s): exit code 5" in err
 
 
-def _start_launcher(*args):
-    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
-    return subprocess.Popen(
-        [sys.executable, "-m", "launch.commands.launch", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signals_to_the_launcher_reach_every_worker(stand_in, signum):
-    proc = _start_launcher("--num_workers=2", "--grace_seconds=5", "--", *stand_in("wait"))
+    proc = start_launcher("--num_workers=2", "--grace_seconds=5", "--", *stand_in("wait"))
     ready, lines = set(), []
     for line in proc.stdout:  # both workers are up and have installed their handlers
         lines.append(line)

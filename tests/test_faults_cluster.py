@@ -7,7 +7,6 @@ worker that exits 143 by itself stops the group without a restart.
 import os
 import re
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -17,17 +16,7 @@ import pytest
 
 from tests import factory
 from tests.conftest import PROJECT_ROOT
-
-
-def _launcher(*args, env=None):
-    return subprocess.Popen(
-        [sys.executable, "-m", "launch.commands.launch", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+from tests.conftest import start_launcher
 
 
 def _latest_step(model_dir):
@@ -73,7 +62,7 @@ def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identi
         ]
 
     model_dir = str(tmp_path / "stopped")
-    proc = _launcher(*command(model_dir), env=env)
+    proc = start_launcher(*command(model_dir), env=env)
     first = os.path.join(model_dir, "checkpoints", "ckpt-2.index")
     deadline = time.monotonic() + 240
     while not os.path.exists(first) and proc.poll() is None and time.monotonic() < deadline:
@@ -95,19 +84,19 @@ def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identi
     # The same command; SIGTERM again, now while the workers validate the epoch in flight:
     # they agree between validation calls, checkpoint its last step and stop.
     end = 8 if step <= 8 else 16
-    resumed = _launcher(*command(model_dir), env=env)
+    resumed = start_launcher(*command(model_dir), env=env)
     err = _signal_on_line(resumed, rf"^\[w\d\] .*validating at step {end} ")
     assert resumed.returncode == 143, err[-3000:]
     assert re.search(rf"^\[w1\] .*resuming at step {step} ", err, re.M), err[-3000:]
     stops = dict(re.findall(r"^\[w(\d)\] isic-train: stopped by SIGTERM at step (\d+);", err, re.M))
     assert stops == {"0": str(end), "1": str(end)} and _latest_step(model_dir) == end, err[-3000:]
 
-    resumed = _launcher(*command(model_dir), env=env)  # the same command: validates epoch 1 again
+    resumed = start_launcher(*command(model_dir), env=env)  # the same command: validates epoch 1 again
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     assert re.search(rf"^\[w1\] .*resuming at step {end} ", err, re.M), err[-3000:]
     assert f"epoch {end // 8} ended at step {end} without its history row: validating it" in err
-    reference = _launcher(*command(str(tmp_path / "reference")), env=env)
+    reference = start_launcher(*command(str(tmp_path / "reference")), env=env)
     ref_out, ref_err = reference.communicate(timeout=300)
     assert reference.returncode == 0, ref_err[-3000:]
     digests, ref_digests = _digests(out), _digests(ref_out)
@@ -152,9 +141,8 @@ STOPS_BY_ITSELF = textwrap.dedent("""
 def test_a_worker_stopped_by_a_signal_stops_the_group_without_a_restart(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(STOPS_BY_ITSELF)
-    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
-    proc = _launcher(
-        "--num_workers=2", "--restarts=2", "--grace_seconds=5", "--", sys.executable, str(script), env=env
+    proc = start_launcher(
+        "--num_workers=2", "--restarts=2", "--grace_seconds=5", "--", sys.executable, str(script)
     )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err

@@ -158,10 +158,12 @@ def test_cli_reports_bad_data_without_traceback(tmp_path):
 
 def test_worker_imports_stay_free_of_tensorflow():
     # 'spawn' workers re-import the entry point's module and unpickle the task function's
-    # module; TensorFlow there would cost each worker seconds and memory for nothing.
+    # module; TensorFlow there would cost each worker seconds and memory for nothing. The
+    # builder also encodes records (schema, tfrecord) and reads manifests without it.
     code = (
         "import sys; import launch.commands.preprocess, launch.commands.synth, "
-        "preprocessing.build, preprocessing.load, preprocessing.synth; "
+        "preprocessing.build, preprocessing.load, preprocessing.synth, preprocessing.schema, "
+        "preprocessing.manifest, preprocessing.tfrecord; "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
     result = subprocess.run(
