@@ -23,6 +23,7 @@ import pytest
 from absl import app
 
 from core.errors import UserError
+from launch.cluster import addresses
 from launch.cluster import process_group
 from launch.cluster.config import LaunchConfig
 from launch.commands import launch as cluster
@@ -131,23 +132,23 @@ def test_ports_start_at_port_and_skip_busy_ones():
     busy.bind(("0.0.0.0", 0))
     start = busy.getsockname()[1]
     try:
-        ports = process_group.find_free_ports(3, start, exclude={start + 1})
+        ports = addresses.find_free_ports(3, start, exclude={start + 1})
     finally:
         busy.close()
     assert len(set(ports)) == 3 and min(ports) > start + 1
     assert all(p >= start for p in ports)
-    assert len(set(process_group.find_free_ports(4))) == 4
+    assert len(set(addresses.find_free_ports(4))) == 4
 
 
 def test_worker_env_slices_gpus_and_hides_an_enclosing_slurm_job():
     addresses = ["127.0.0.1:1", "127.0.0.1:2"]
-    env = process_group.worker_env(
+    env = addresses.worker_env(
         {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, addresses, 1, "2,3"
     )
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     assert "SLURM_PROCID" not in env  # or distribute.make_strategy would use SLURM's cluster
     assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
-    untouched = process_group.worker_env({"CUDA_VISIBLE_DEVICES": "0,1"}, addresses, 1)
+    untouched = addresses.worker_env({"CUDA_VISIBLE_DEVICES": "0,1"}, addresses, 1)
     assert untouched["CUDA_VISIBLE_DEVICES"] == "0,1" and "TF_FORCE_GPU_ALLOW_GROWTH" not in untouched
 
 

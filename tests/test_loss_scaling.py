@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-from launch.cluster import process_group
+from launch.cluster import addresses
 from tests.conftest import PROJECT_ROOT
 
 # Replica 1 only, replica 0 only, every replica, then two normal steps.
@@ -70,7 +70,7 @@ def test_overflow_on_one_of_eight_mirrored_replicas_skips_then_trains():
 
 
 def test_overflow_on_one_worker_skips_the_step_on_both():
-    workers = [f"127.0.0.1:{p}" for p in process_group.find_free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in addresses.find_free_ports(2)]
     procs = [
         _probe(
             1,

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from launch.cluster import process_group
+from launch.cluster import addresses
 from tests import factory
 from tests.conftest import PROJECT_ROOT
 
@@ -106,7 +106,7 @@ def test_mirrored_over_two_cpus_matches_one_device(records, one_device, tmp_path
 
 def test_two_worker_processes_train_identical_weights(records, one_device, tmp_path):
     multi = str(tmp_path / "multi")
-    workers = [f"127.0.0.1:{p}" for p in process_group.find_free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in addresses.find_free_ports(2)]
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})

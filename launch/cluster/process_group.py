@@ -30,94 +30,27 @@ itself is SIGKILLed, its workers die at their next write to the closed output pi
 the others follow when they miss that worker.
 """
 
-import itertools
-import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
-from core.errors import UserError
+from core import watchdog
 from launch.cluster import gpus as gpus_lib
+from launch.cluster.addresses import LOCALHOST
+from launch.cluster.addresses import LaunchError
+from launch.cluster.addresses import find_free_ports
+from launch.cluster.addresses import worker_env
 from launch.cluster.config import LaunchConfig
 
-LOCALHOST = "127.0.0.1"
 # Exit statuses of an isic-train that stopped on SIGTERM / SIGINT after checkpointing.
 STOPPED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 POLL_S = 0.05  # how often the launcher checks its workers: adds at most this to every bound
 KILL_WAIT_S = 5.0  # a SIGKILLed process is gone in milliseconds; longer means it is stuck in the kernel
-
-
-class LaunchError(UserError):
-    """The group cannot start: no free ports, or a worker command that cannot be run."""
-
-
-def find_free_ports(n: int, start: int | None = None, exclude=()) -> list[int]:
-    """Returns `n` distinct free TCP ports (bindable on all interfaces), none in `exclude`.
-
-    With `start`, the first free ports from `start` upwards; without, ports picked by the
-    kernel. A port is "free" if it can be bound now; a worker binds it a moment later, so
-    another program could take it in between (the worker then fails and, with restarts,
-    the group is relaunched on other ports).
-    """
-    exclude = set(exclude)
-    ports, held = [], []
-    try:
-        # Port 0 asks the kernel for an unused port, as often as needed.
-        candidates = range(start, 65536) if start is not None else itertools.repeat(0)
-        for port in candidates:
-            if len(ports) == n:
-                break
-            sock = socket.socket()
-            try:
-                # All interfaces: the workers' gRPC servers listen on 0.0.0.0:port.
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                sock.close()
-                continue
-            held.append(sock)  # kept bound until all are found, so the kernel repeats none
-            chosen = sock.getsockname()[1]
-            if chosen not in exclude:
-                ports.append(chosen)
-    finally:
-        for sock in held:
-            sock.close()
-    if len(ports) < n:
-        raise LaunchError(
-            f"only {len(ports)} free ports from {start} upwards, "
-            f"{n} needed; pass a lower --port or omit it to let the kernel pick"
-        )
-    return ports
-
-
-def tf_config(addresses: list[str], index: int) -> str:
-    """The TF_CONFIG of worker `index` of a cluster of `addresses` (host:port)."""
-    return json.dumps({"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}})
-
-
-def worker_env(base: dict, addresses: list[str], index: int, gpus: str | None = None) -> dict:
-    """The environment of worker `index`: `base` plus its TF_CONFIG, minus SLURM_PROCID.
-
-    `gpus` (from `launch.cluster.gpus.assign`) becomes its CUDA_VISIBLE_DEVICES, with GPU
-    memory growth on unless `base` chose otherwise; None leaves both as in `base`. Output
-    is unbuffered so that lines reach the launcher as they are printed.
-    """
-    env = dict(base)
-    env["TF_CONFIG"] = tf_config(addresses, index)
-    # launch/training/distribute.py takes its cluster from SLURM when SLURM_PROCID is set and the
-    # job has several tasks, which is the case in the shell of a multi-node sbatch
-    # allocation: there our local workers would join SLURM's cluster instead of this one.
-    env.pop("SLURM_PROCID", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    if gpus is not None:
-        env[gpus_lib.VISIBLE] = gpus
-        env.setdefault(gpus_lib.GROWTH, "true")
-    return env
 
 
 @dataclass
@@ -151,13 +84,25 @@ class GroupResult:
 
 
 def describe_exit(code: int) -> str:
-    """'exit code 3' or 'signal SIGKILL'."""
+    """'exit code 3', 'signal SIGKILL' or 'exit code 142: its stall watchdog'."""
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
+    if code == watchdog.STALL_EXIT_STATUS:
+        return f"exit code {code}: its stall watchdog"
     return f"exit code {code}"
+
+
+def process_state(pid: int) -> str:
+    """The kernel's one-letter state of `pid` (R running, S sleeping, T stopped, ...; '?'
+    where /proc cannot tell): from /proc/<pid>/stat, after the parenthesised name."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 class _Output:
@@ -171,11 +116,16 @@ class _Output:
             self.stream.write(text if text.endswith("\n") else text + "\n")
             self.stream.flush()
 
-    def pump(self, pipe, prefix: str) -> threading.Thread:
+    def pump(self, pipe, prefix: str, seen=None) -> threading.Thread:
+        """Copies `pipe`'s lines with `prefix`; `seen(line)` is called with each one."""
+
         def run():
             with pipe:
                 for raw in iter(pipe.readline, b""):
-                    self.write_line(prefix + raw.decode("utf-8", errors="replace"))
+                    line = raw.decode("utf-8", errors="replace")
+                    self.write_line(prefix + line)
+                    if seen is not None:
+                        seen(line)
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
@@ -232,6 +182,8 @@ class WorkerGroup:
         self.log = log or (lambda message: self.err.write_line(f"isic-launch: {message}"))
         self.procs: list[subprocess.Popen] = []
         self.threads: list[threading.Thread] = []
+        # Each worker's stall report (its first line), for the launcher's own message.
+        self.stall_reports: dict[int, str] = {}
         # Signals from now on concern this group, including those arriving during start().
         self.signals_before = len(self.interrupts.received)
 
@@ -253,7 +205,12 @@ class WorkerGroup:
                 raise LaunchError(f"cannot start worker {index}: {command[0]}: {e}") from e
             self.procs.append(proc)
             prefix = f"[w{index}] "
-            self.threads += [self.out.pump(proc.stdout, prefix), self.err.pump(proc.stderr, prefix)]
+
+            def seen(line, index=index):
+                if watchdog.STALL_MARK in line:
+                    self.stall_reports.setdefault(index, line.strip())
+
+            self.threads += [self.out.pump(proc.stdout, prefix), self.err.pump(proc.stderr, prefix, seen)]
             self.log(f"worker {index} pid {proc.pid}: {shlex.join(command)}")
 
     def wait(self) -> GroupResult:
@@ -282,6 +239,7 @@ class WorkerGroup:
                 return self._result(interrupted=signum, stop_seconds=seconds)
             if failed is not None:
                 self.log(f"worker {failed} died ({describe_exit(codes[failed])}): stopping the others")
+                self._log_stalls(failed)
                 seconds = self._stop(signal.SIGTERM, self.grace_seconds)
                 self.log(f"group stopped {seconds:.2f} s after worker {failed} died")
                 return self._result(failed=failed, stop_seconds=seconds)
@@ -289,6 +247,19 @@ class WorkerGroup:
                 self._join_output()
                 return self._result()
             time.sleep(POLL_S)
+
+    def _log_stalls(self, failed: int) -> None:
+        """Names who stalled: workers stopped by a signal (SIGSTOP: state T, they cannot
+        report) and the stall report of the failed worker, if it had one."""
+        time.sleep(2 * POLL_S)  # let the pumps copy the report's first line
+        for index, proc in enumerate(self.procs):
+            if proc.poll() is None and process_state(proc.pid) == "T":
+                self.log(
+                    f"worker {index} (pid {proc.pid}) is stopped (SIGSTOP/SIGTSTP): it stalled "
+                    "the group; it is sent SIGCONT with the stop signal"
+                )
+        if failed in self.stall_reports:
+            self.log(f"stall report of worker {failed}: {self.stall_reports[failed]}")
 
     def _log_stopped(self) -> None:
         """Says whether every worker checkpointed (exit 130/143) before it stopped."""
@@ -309,8 +280,11 @@ class WorkerGroup:
         for proc in self.procs:
             if proc.poll() is None:
                 try:
-                    # The worker's whole session: also reaches anything it started.
+                    # The worker's whole session: also reaches anything it started. A
+                    # stopped (SIGSTOP) worker acts on the signal only once continued.
                     os.killpg(proc.pid, signum)
+                    if signum != signal.SIGKILL:
+                        os.killpg(proc.pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
 

@@ -150,6 +150,17 @@ class TrainConfig(AugmentConfig):
         "TensorFlow's coordination service and the launcher.",
         lower_bound=0.0,
     )
+    # No legitimate unit of work comes near the default: a training call is planned to last
+    # seconds (steps.StepsPerCall), the first one (tracing, XLA) and a save or export of a
+    # large model on slow storage a few minutes (docs/scaling.md, "Stalls").
+    stall_minutes: float = option(
+        30.0,
+        "Stall watchdog: a process that makes no progress (no training or validation call, "
+        "save or set-up step ends) for this long prints what it was waiting for, the state of "
+        "its peers and its Python stacks, and exits with status 142 so isic-launch, SLURM or "
+        "Kubernetes restart the group from the last checkpoint. 0: off.",
+        lower_bound=0.0,
+    )
     summary_images: int = option(3, "Validation images logged to TensorBoard per epoch.", lower_bound=0)
     verify_records: str = option(
         "sha256",

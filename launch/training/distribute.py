@@ -219,8 +219,9 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 @contextlib.contextmanager
 def process_settings(config: TrainConfig):
-    """The process-wide settings of a run (devices, determinism, seeds, dtype policy);
-    yields the resolved precision.
+    """The process-wide settings of a run (devices, determinism, seeds); the Keras dtype
+    policy is set inside the block by `set_precision` once the group has agreed on it
+    (launch/training/agreement.py: workers must not resolve --precision auto alone).
 
     Op determinism and the Keras dtype policy are restored when the block ends. Two
     settings outlive it: logical CPU devices (`split_cpu` cannot be undone; only made when
@@ -234,13 +235,38 @@ def process_settings(config: TrainConfig):
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(config.seed)  # weight init; data randomness is seeded apart
-        precision = resolve_precision(config.precision)
-        keras.mixed_precision.set_global_policy(precision)
-        yield precision
+        yield
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         if not was_deterministic:
             tf_framework_config.disable_op_determinism()
+
+
+def set_precision(precision: str, why: str) -> None:
+    """Sets the Keras dtype policy of the run (inside `process_settings`) and says why."""
+    logging.info("precision %s (%s)", precision, why)
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def task_index(strategy: tf.distribute.Strategy) -> int:
+    """This worker's place among chief + workers (0: the chief), as TF_CONFIG lists them."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 0
+    chiefs = len(resolver.cluster_spec().as_dict().get("chief", []))
+    return resolver.task_id if resolver.task_type == "chief" else chiefs + resolver.task_id
+
+
+def all_reduce_name(strategy: tf.distribute.Strategy) -> str:
+    """The all-reduce implementation a MultiWorkerMirroredStrategy was created with: 'NCCL',
+    or 'AUTO (gRPC ring)' (TensorFlow's choice without GPUs; collective_all_reduce_strategy.py
+    keeps it in _communication_options, lines 379 and 504)."""
+    options = getattr(strategy.extended, "_communication_options", None)
+    implementation = getattr(options, "implementation", None)
+    if implementation is None:
+        return type(strategy).__name__
+    name = implementation.name
+    return "AUTO (gRPC ring)" if name == "AUTO" else name
 
 
 def distribute_datasets(strategy: tf.distribute.Strategy, dataset_fn):

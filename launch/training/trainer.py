@@ -32,11 +32,14 @@ import tensorflow as tf
 from absl import logging
 
 from core import locks
+from core import watchdog
 from core.errors import UserError
 from launch.layout import LOCK_FILE  # names the holder while a run trains (core/locks.py)
+from launch.training import agreement
 from launch.training import checkpoints
 from launch.training import distribute
 from launch.training import history
+from launch.training import injected_faults
 from launch.training import preemption
 from launch.training import report
 from launch.training import run_identity
@@ -68,15 +71,20 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, *, verbose: bool =
       already trained `config.epochs` epochs, the row is the last one of its history.csv
       (on the chief; other workers then return only the two extra keys).
     """
-    with distribute.process_settings(config) as precision:
+    with watchdog.for_training(config.stall_minutes) as dog, distribute.process_settings(config):
+        # A multi-worker strategy waits here until every task of the cluster has started.
+        dog.progress("set-up", doing=f"joining the cluster ({', '.join(dog.peers)})" if dog.peers else "")
         strategy = distribute.make_strategy(config.strategy, config.collective_timeout)
+        dog.progress("set-up", doing="agreeing on the settings with every worker")
+        precision, why = agreement.agree_at_start(strategy, config, data_dir, dog.peers)
+        distribute.set_precision(precision, why)
         chief = distribute.is_chief(strategy)
         with (
             _exclusive(model_dir, chief),
             preemption.stopper(strategy, distribute.num_workers(strategy)) as stop,
         ):
             reporter = report.create(model_dir, chief=chief, verbose=verbose)
-            run = _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop)
+            run = _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog)
             with _reading(run):
                 _end_interrupted_epoch(run, model_dir)
                 for epoch in range(run.step // run.steps_per_epoch, config.epochs):
@@ -112,6 +120,7 @@ class _Run:
     saver: checkpoints.Saver
     reporter: report.SilentReporter
     stop: preemption.LocalStop | preemption.ClusterStop
+    watchdog: watchdog.Watchdog  # told of every unit of progress (set-up, calls, saves)
     planner: steps_lib.StepsPerCall
     train_steps: Callable
     eval_steps: Callable
@@ -119,8 +128,9 @@ class _Run:
     row: dict
 
 
-def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) -> _Run:
+def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog) -> _Run:
     """Records, the run's identity, model and optimizer, restore, and the config dump."""
+    dog.progress("set-up", doing=f"verifying the records ({config.verify_records})")
     records = _verified_records(data_dir, config.verify_records)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise UserError(
@@ -136,12 +146,15 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
         checkpoints.set_aside_previous_run(model_dir)
     if not config.restart:
         run_identity.check_run(model_dir, identity)  # before anything is written
+    dog.progress("set-up", doing="building the model and restoring the newest checkpoint")
     model, optimizer = _build(strategy, config, records.image_size, steps_per_epoch, precision)
     # The global step lives outside the scope: it is only read and written by the host.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
     restored = _restore(checkpoint, model, model_dir, config, reporter.chief)
     step = int(step_var.numpy())
+    dog.progress("set-up", step, "agreeing on the restored step with every worker")
+    agreement.agree_on_resume(strategy, step, restored, dog.peers)
     reporter.start(config, identity, model, start_epoch=step // steps_per_epoch)
     logging.info(
         "%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
@@ -167,6 +180,7 @@ def _set_up(data_dir, model_dir, config, strategy, precision, reporter, stop) ->
         saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored, run=identity),
         reporter=reporter,
         stop=stop,
+        watchdog=dog,
         planner=steps_lib.StepsPerCall(
             steps_per_epoch,
             config.checkpoint_every_steps,
@@ -280,6 +294,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
     while run.step < first_step + run.steps_per_epoch:
         n = run.planner.next(run.step)
         run.reporter.before_call(run.step)
+        run.watchdog.progress("training", run.step, f"a training call of {n} steps")
         call_start = time.perf_counter()
         totals = run.train_steps(iterator, n)
         # Fewer than n steps when a stop signal ended the call early (preemption.py).
@@ -294,8 +309,10 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
         if run.planner.checkpoint_due(run.step):
             _save(run)
         if run.planner.plan_due(run.step):  # time cadence: every worker, the same step
+            run.watchdog.progress("training", run.step, "agreeing on the checkpoint pace (an all-reduce)")
             pace = distribute.mean_over_workers(run.strategy, run.planner.pace())
             run.planner.plan(run.step, pace)
+        injected_faults.after_call(run.strategy, run.step, run.watchdog)  # tests only
         run.stop.after_chunk()  # after SIGTERM/SIGINT: checkpoint, raise Stopped
     return sums, time.perf_counter() - start
 
@@ -303,7 +320,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
 def _train_input(run: _Run, epoch: int, skip: int, ctx: tf.distribute.InputContext):
     """This input pipeline's part of `epoch`, from its `skip`-th global step on."""
     per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # batches per step
-    return dataset_lib.make_dataset(
+    dataset = dataset_lib.make_dataset(
         run.records,
         "train",
         batch_size=run.config.batch_size,
@@ -314,6 +331,8 @@ def _train_input(run: _Run, epoch: int, skip: int, ctx: tf.distribute.InputConte
         augment=run.config,
         input_context=ctx,
     )
+    first_step = epoch * run.steps_per_epoch + skip
+    return injected_faults.corrupt_batches(dataset, ctx.input_pipeline_id, first_step, per_pipeline)
 
 
 def _check_finite(totals: dict, step: int, last_checkpoint: str | None) -> None:
@@ -339,6 +358,7 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, seconds: float) -> dict:
         "seconds": seconds,
     }
     _save(run)
+    run.watchdog.progress("save", run.step, "writing the epoch's history, plots, logs and best model")
     run.reporter.epoch_end(row, run.model, run.records)  # history, plots, logs, best model
     return row
 
@@ -367,7 +387,9 @@ def _validate(run: _Run) -> dict:
     chunk = val_steps if run.stop.flag is not None else max(run.planner.chunk, 1)
     sums = dict.fromkeys(steps_lib.METRIC_KEYS, 0.0)
     for first in range(0, val_steps, chunk):
-        totals = run.eval_steps(iterator, min(chunk, val_steps - first))
+        last = min(first + chunk, val_steps)
+        run.watchdog.progress("validation", run.step, f"validation steps {first + 1}-{last} of {val_steps}")
+        totals = run.eval_steps(iterator, last - first)
         sums = {k: sums[k] + totals[k] for k in sums}
         if run.stop.requested():
             logging.info(
@@ -398,6 +420,7 @@ def _save(run: _Run) -> str | None:
     """Checkpoints the current step unless its checkpoint exists (on every worker: saving
     may run collectives); returns the newest checkpoint (None: nothing trained yet)."""
     if run.saver.last_step != run.step and (run.step or run.saver.last):
+        run.watchdog.progress("save", run.step, "writing the checkpoint")
         run.step_var.assign(run.step)
         run.saver.save(run.step)
     return run.saver.last
@@ -419,8 +442,12 @@ def _reading(run: _Run):
 
 def _export(run: _Run) -> dict:
     """The final models (chief) and the result row, with a digest every worker computes."""
+    run.watchdog.progress("export", run.step, "writing the final models")
     row = dict(run.row, weights_sha256=weights_digest(run.model))
     logging.info("final weights sha256 %s", row["weights_sha256"])
+    if isinstance(run.optimizer, keras.optimizers.LossScaleOptimizer):  # equal on every worker
+        skipped = run.step - int(run.optimizer.iterations.numpy())
+        logging.info("loss scale %g; %d step(s) skipped", float(run.optimizer.dynamic_scale.numpy()), skipped)
     run.reporter.finish(run.model)
     row["chief"] = run.reporter.chief
     return row
