@@ -87,6 +87,9 @@ def test_slurm_resolver_leaves_cuda_visible_devices_and_reports_local_gpus(monke
     assert (resolver.task_type, resolver.task_id) == ("worker", 5)
     assert resolver.num_accelerators() == {"GPU": 0}  # this CPU-only process
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # TF's resolver would have set "0"
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "9")  # one more than SLURM_STEP_TASKS_PER_NODE's 4(x2)
+    with pytest.raises(UserError, match="SLURM's step variables disagree .*start isic-train with srun"):
+        distribute.slurm_resolver()
     monkeypatch.setenv("ISIC_SLURM_PORT_BASE", "port")
     with pytest.raises(UserError, match="ISIC_SLURM_PORT_BASE='port' is not a port number"):
         distribute.slurm_resolver()

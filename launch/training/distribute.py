@@ -149,7 +149,14 @@ def slurm_resolver():
     if task is None:
         return None
     local_gpus = len(tf.config.list_physical_devices("GPU"))
-    return _SlurmResolver(task.tasks, local_gpus, port_base=slurm_port_base(os.environ))
+    try:
+        return _SlurmResolver(task.tasks, local_gpus, port_base=slurm_port_base(os.environ))
+    except RuntimeError as e:  # TF's resolver: step variables that do not add up
+        raise UserError(
+            f"SLURM's step variables disagree ({e}; SLURM_STEP_NUM_TASKS={task.tasks}, "
+            f"SLURM_STEP_TASKS_PER_NODE={os.environ['SLURM_STEP_TASKS_PER_NODE']}, "
+            f"SLURM_STEP_NODELIST={os.environ['SLURM_STEP_NODELIST']}): start isic-train with srun"
+        ) from None
 
 
 def slurm_port_base(env: dict) -> int:
