@@ -1,11 +1,14 @@
 """Which SLURM processes are workers and which GPUs each keeps, from the real environments.
 
-The environments below are what SLURM sets, written out: the batch script's shell is
-sbatch(1)'s OUTPUT ENVIRONMENT VARIABLES (Slurm's env_array_for_batch_job), a task of an
-`srun` step adds srun(1)'s OUTPUT ENVIRONMENT VARIABLES (env_array_for_step: the
-SLURM_STEP_* variables, and SLURM_PROCID/SLURM_LOCALID/SLURM_NODEID of the task) and the
-GPU plugin's SLURM_STEP_GPUS / SLURM_GPUS_PER_TASK / CUDA_VISIBLE_DEVICES. The batch shell
-has SLURM_PROCID=0 and SLURM_NTASKS=8 but no SLURM_STEP_ID: it is not a job step.
+The environments below are what SLURM sets, written out: the batch script's shell has the
+variables of the sbatch(1) man page's OUTPUT ENVIRONMENT VARIABLES section (among them
+SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID, SLURM_NTASKS, SLURM_TASKS_PER_NODE,
+SLURM_JOB_GPUS); a task of an `srun` step adds those of the srun(1) man page's section of
+the same name (SLURM_STEP_ID, SLURM_STEP_NUM_TASKS, SLURM_STEP_NODELIST,
+SLURM_STEP_TASKS_PER_NODE, the task's own SLURM_PROCID/SLURM_LOCALID/SLURM_NODEID, and
+with GPUs SLURM_STEP_GPUS, SLURM_GPUS_PER_TASK under --gpus-per-task, and
+CUDA_VISIBLE_DEVICES). The batch shell has SLURM_PROCID=0 and SLURM_NTASKS=8 but no
+SLURM_STEP_ID: it is not a job step.
 Pure functions only (no TensorFlow); the commands themselves run in tests/test_cluster.py
 (isic-launch) and tests/test_cli.py (isic-train).
 """
