@@ -141,9 +141,9 @@ def slurm_resolver():
 
     `launch.cluster.gpus.slurm_step_task` decides, from the variables srun sets for each
     task: the batch script's own shell also has SLURM_PROCID and SLURM_NTASKS > 1 but is
-    not a job step,
-    and a plain `isic-train` there is one process, not worker 0 of a cluster that never
-    forms. The same function decides whether launch.cli narrowed this task's GPUs.
+    not a job step, and a plain `isic-train` there is one process, not worker 0 of a
+    cluster that never forms. The same function decides whether launch.cli narrowed this
+    task's GPUs.
     """
     task = slurm_step_task(os.environ)
     if task is None:
