@@ -142,4 +142,6 @@ def test_a_broken_step_environment_is_one_line_naming_the_variable():
         gpus.slurm_step_task(srun_task(1, SLURM_STEP_TASKS_PER_NODE="4x2"))
     with pytest.raises(UserError, match="SLURM_NODEID=1 but SLURM_STEP_TASKS_PER_NODE=8 lists 1 node"):
         gpus.slurm_step_task(srun_task(1, SLURM_STEP_TASKS_PER_NODE="8"))
+    with pytest.raises(UserError, match="SLURM_LOCALID=1 but SLURM_STEP_TASKS_PER_NODE gives node 1 1 task"):
+        gpus.slurm_step_task(srun_task(1, SLURM_STEP_TASKS_PER_NODE="7,1"))
     assert gpus.expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]

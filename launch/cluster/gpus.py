@@ -144,12 +144,18 @@ def slurm_step_task(env: dict) -> SlurmTask | None:
             f"SLURM_NODEID={node} but SLURM_STEP_TASKS_PER_NODE={env['SLURM_STEP_TASKS_PER_NODE']} "
             f"lists {len(counts)} node(s): start isic-train with srun, which sets both"
         )
-    return SlurmTask(
+    task = SlurmTask(
         rank=_slurm_int(env, "SLURM_PROCID"),
         tasks=tasks,
         local_rank=_slurm_int(env, "SLURM_LOCALID"),
         tasks_on_node=counts[node],
     )
+    if task.local_rank >= task.tasks_on_node:  # it would get no GPU at all
+        raise UserError(
+            f"SLURM_LOCALID={task.local_rank} but SLURM_STEP_TASKS_PER_NODE gives node {node} "
+            f"{task.tasks_on_node} task(s): start isic-train with srun, which sets both"
+        )
+    return task
 
 
 def _slurm_int(env: dict, name: str, default: str | None = None) -> int:
