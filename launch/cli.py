@@ -193,6 +193,7 @@ def run(
     multi_paths: tuple[str, ...] = (),
     uses_tensorflow: bool = True,
     passthrough: bool = False,
+    slurm_task: bool = False,
 ) -> None:
     """Runs a command: environment, flags, config, `main(args, config)`, error convention.
 
@@ -209,6 +210,10 @@ def run(
       passthrough: the command takes positional arguments (what follows `--`, e.g. the
         launcher's worker command): `main` gets them as `args.argv`; otherwise they are
         a usage error.
+      slurm_task: the command runs as one task of a SLURM job step (isic-train): with
+        several tasks on a node that all see its GPUs, it keeps its own share of them
+        (launch/cluster/gpus.py). False for the launcher and the benchmark, which start
+        their own workers, and for the one-process commands: they use every GPU they see.
     """
     prepare_environment()
     program = os.path.basename(sys.argv[0])
@@ -237,7 +242,8 @@ def run(
         try:
             # Several SLURM tasks on one node: each keeps its own GPUs, before TensorFlow
             # lists them (launch/cluster/gpus.py).
-            gpus.select_slurm_task_gpus()
+            if slurm_task:
+                gpus.select_slurm_task_gpus()
         except UserError as e:
             print(f"{program}: error: {e}", file=sys.stderr)
             return 1

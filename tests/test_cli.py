@@ -66,3 +66,30 @@ def test_any_other_exception_keeps_its_traceback(tmp_path):
 def test_a_command_that_succeeds_exits_0(tmp_path):
     result = _run(tmp_path, "none")
     assert (result.returncode, result.stdout, result.stderr) == (0, "ran\n", "")
+
+
+def test_multi_worker_without_a_cluster_is_one_line_from_isic_train(tmp_path):
+    # The real command: no TF_CONFIG and no SLURM step (variables of either are removed).
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("SLURM_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.commands.train",
+            f"--data_dir={tmp_path / 'records'}",
+            f"--model_dir={tmp_path / 'model'}",
+            "--strategy=multi_worker",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env=dict(env, PYTHONPATH=PROJECT_ROOT),
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "isic-train: error: --strategy multi_worker needs a cluster: TF_CONFIG is not set and this "
+        "process is not one task of a multi-task SLURM step; start the workers with isic-launch, srun "
+        "or your cluster operator (TFJob), or use --strategy auto for one process"
+    )

@@ -29,6 +29,8 @@ from launch.cluster.config import LaunchConfig
 from launch.commands import launch as cluster
 from tests.conftest import PROJECT_ROOT
 from tests.conftest import start_launcher
+from tests.test_slurm import SBATCH_SHELL
+from tests.test_slurm import srun_task
 
 # A stand-in worker. Its behaviour comes from argv: MODE [ARG]. It prints its TF_CONFIG on
 # stdout and a line on stderr, then:
@@ -184,20 +186,13 @@ def test_each_worker_gets_its_own_gpus_with_memory_growth():
         )
 
 
-def test_a_slurm_task_keeps_its_share_of_the_node_gpus_from_the_start():
-    # Task 1 of 2 on a node whose 4 GPUs both see: every isic-* command narrows its own
-    # CUDA_VISIBLE_DEVICES before it imports TensorFlow (launch/cli.py); here isic-launch,
-    # whose one worker then inherits the share.
-    env = dict(
-        os.environ,
-        PYTHONPATH=PROJECT_ROOT,
-        CUDA_VISIBLE_DEVICES="0,1,2,3",
-        SLURM_PROCID="1",
-        SLURM_NTASKS="2",
-        SLURM_STEP_TASKS_PER_NODE="2",
-        SLURM_NODEID="0",
-        SLURM_LOCALID="1",
-    )
+@pytest.mark.parametrize("where", ["batch script shell", "srun task"])
+def test_isic_launch_never_narrows_its_own_gpus_under_slurm(where):
+    # In an sbatch shell of 4 tasks per node (or as one task of a step) on a node of 8 GPUs,
+    # the launcher splits all 8 among its workers: narrowing is isic-train's alone
+    # (launch/cli.py). Its one worker here sees what the launcher saw.
+    slurm = SBATCH_SHELL if where == "batch script shell" else srun_task(1)
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, **slurm)
     done = subprocess.run(
         [
             sys.executable,
@@ -216,7 +211,7 @@ def test_a_slurm_task_keeps_its_share_of_the_node_gpus_from_the_start():
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "[w0] gpus 2,3" in done.stdout
+    assert "[w0] gpus 0,1,2,3,4,5,6,7" in done.stdout
 
 
 def test_a_dead_worker_stops_the_group_within_the_grace_period(stand_in, tmp_path):

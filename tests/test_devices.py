@@ -13,6 +13,8 @@ from launch.training import distribute
 from launch.training import preemption
 from launch.training import steps as steps_lib
 from model import losses
+from tests.test_slurm import SBATCH_SHELL
+from tests.test_slurm import srun_task
 
 IMPLEMENTATION = tf.distribute.experimental.CommunicationImplementation
 
@@ -75,38 +77,29 @@ def test_visible_gpus_come_from_cuda_visible_devices_first():
     assert gpus.node_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
 
 
-SLURM = {
-    "SLURM_PROCID": "5",
-    "SLURM_NTASKS": "8",
-    "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
-    "SLURM_NODEID": "1",
-    "SLURM_LOCALID": "1",
-}
-
-
-def test_each_slurm_task_keeps_its_share_of_the_node_gpus():
-    eight = [str(i) for i in range(8)]
-    assert gpus.expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
-    assert gpus.slurm_task_gpus(SLURM, eight) == "2,3"
-    assert (
-        gpus.slurm_task_gpus(dict(SLURM, SLURM_STEP_TASKS_PER_NODE="4,1", SLURM_NODEID="1"), eight) is None
-    )  # alone on its node: all of them
-    assert gpus.slurm_task_gpus(dict(SLURM, SLURM_GPUS_PER_TASK="2"), ["0", "1"]) is None
-    assert gpus.slurm_task_gpus(dict(SLURM, SLURM_NTASKS="1"), eight) is None
-    assert gpus.slurm_task_gpus(SLURM, []) is None
-    env = dict(SLURM, CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")
-    assert gpus.select_slurm_task_gpus(env) == "2,3"
-    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
-
-
 def test_slurm_resolver_leaves_cuda_visible_devices_and_reports_local_gpus(monkeypatch):
-    for name, value in dict(
-        SLURM, SLURM_STEP_NODELIST="node[1-2]", SLURM_STEP_NUM_TASKS="8", CUDA_VISIBLE_DEVICES=""
-    ).items():
+    # Task 5 of an srun step of 8 (tests/test_slurm.py), in a process without GPUs.
+    for name, value in dict(srun_task(1), CUDA_VISIBLE_DEVICES="").items():
         monkeypatch.setenv(name, value)
     resolver = distribute.slurm_resolver()
     spec = resolver.cluster_spec().as_dict()
-    assert len(spec["worker"]) == 8 and spec["worker"][5] == "node2:8889"
+    assert len(spec["worker"]) == 8 and spec["worker"][5] == "gpu02:8889"
     assert (resolver.task_type, resolver.task_id) == ("worker", 5)
     assert resolver.num_accelerators() == {"GPU": 0}  # this CPU-only process
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # TF's resolver would have set "0"
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "9")  # one more than SLURM_STEP_TASKS_PER_NODE's 4(x2)
+    with pytest.raises(UserError, match="SLURM's step variables disagree .*start isic-train with srun"):
+        distribute.slurm_resolver()
+    monkeypatch.setenv("ISIC_SLURM_PORT_BASE", "port")
+    with pytest.raises(UserError, match="ISIC_SLURM_PORT_BASE='port' is not a port number"):
+        distribute.slurm_resolver()
+
+
+def test_isic_train_in_the_batch_script_shell_is_one_process(monkeypatch):
+    # SLURM_PROCID=0 and SLURM_NTASKS=8 there, but no job step: not worker 0 of a cluster.
+    for name, value in dict(SBATCH_SHELL, CUDA_VISIBLE_DEVICES="").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distribute.slurm_resolver() is None
+    with pytest.raises(UserError, match="--strategy multi_worker needs a cluster: TF_CONFIG is not set"):
+        distribute.make_strategy("multi_worker")

@@ -12,11 +12,14 @@ therefore fight over the same memory (and the second one fails or crawls). So:
   devices; TensorFlow's SlurmClusterResolver sets CUDA_VISIBLE_DEVICES only when its
   cluster_spec() runs (slurm_cluster_resolver.py:350-351), i.e. after the trainer listed
   them, when it no longer has any effect. `launch.cli` calls `select_slurm_task_gpus`
-  before it imports TensorFlow.
+  before it imports TensorFlow, for isic-train only: it is the one command that runs as
+  one task of a job step. isic-launch and isic-bench start their own workers and must see
+  every GPU, and in the batch script's shell (not a job step) nothing is narrowed.
 
 Standard library only: the launcher never imports TensorFlow.
 """
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -82,38 +85,124 @@ def expand_tasks_per_node(text: str) -> list[int]:
     for item in text.split(","):
         match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
         if not match:
-            raise ValueError(f"cannot read SLURM tasks per node {text!r}")
+            raise UserError(
+                f"SLURM_STEP_TASKS_PER_NODE={text!r} is not SLURM's task count list (e.g. "
+                "'2(x3),1'); start isic-train with srun, which sets it, and do not set it yourself"
+            )
         counts += [int(match.group(1))] * int(match.group(2) or 1)
     return counts
 
 
-def slurm_task_gpus(env: dict, gpus: list[str]) -> str | None:
-    """CUDA_VISIBLE_DEVICES of this SLURM task, when several tasks of a multi-task step share
-    a node whose `gpus` they all see; None: nothing to change.
+@dataclasses.dataclass(frozen=True)
+class SlurmTask:
+    """This process as one task of a SLURM job step that srun started with several tasks."""
 
-    Nothing changes outside a multi-task step, with one task on this node, without GPUs,
-    or when SLURM already binds GPUs per task (--gpus-per-task sets SLURM_GPUS_PER_TASK).
+    rank: int  # SLURM_PROCID: the worker index
+    tasks: int  # SLURM_STEP_NUM_TASKS: the workers of the step
+    local_rank: int  # SLURM_LOCALID: the task's index on its node
+    tasks_on_node: int  # SLURM_STEP_TASKS_PER_NODE at SLURM_NODEID
+
+
+# What srun sets in each task's environment and the batch script's shell lacks (srun(1) and
+# sbatch(1), OUTPUT ENVIRONMENT VARIABLES): the shell has SLURM_PROCID=0, SLURM_NTASKS and
+# SLURM_TASKS_PER_NODE of the whole allocation, but no SLURM_STEP_* variable.
+_STEP_VARIABLES = (
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_STEP_TASKS_PER_NODE",
+    "SLURM_STEP_NODELIST",
+)
+
+
+def slurm_step_task(env: dict) -> SlurmTask | None:
+    """This process's place in a SLURM job step of several tasks; None: not such a task.
+
+    None outside SLURM, in the batch script's own shell (sbatch runs it as task 0 of the
+    allocation, with SLURM_PROCID and SLURM_NTASKS but without SLURM_STEP_ID: it is not a
+    job step, so a plain `isic-train` there is one process over all the GPUs it sees), in a
+    one-task step (`srun -n 1`), and when TF_CONFIG is set (a worker that isic-launch
+    started inside a step belongs to isic-launch's cluster, not SLURM's). Both the GPU
+    narrowing below and distribute.slurm_resolver decide from this one function, so a
+    process is either a SLURM worker for both or for neither.
     """
-    if "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+    if env.get("TF_CONFIG") or not ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
         return None
-    if env.get("SLURM_GPUS_PER_TASK") or not gpus:
+    tasks = _slurm_int(env, "SLURM_STEP_NUM_TASKS", "1")
+    if tasks <= 1:
         return None
-    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
-    if not per_node or "SLURM_LOCALID" not in env:
+    missing = [name for name in _STEP_VARIABLES if name not in env]
+    if missing:
+        raise UserError(
+            f"SLURM_STEP_NUM_TASKS={tasks} but {', '.join(missing)} not set: start isic-train "
+            "with srun (which sets them all), not with variables copied from another shell"
+        )
+    counts = expand_tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"])
+    node = _slurm_int(env, "SLURM_NODEID")
+    if node >= len(counts):
+        raise UserError(
+            f"SLURM_NODEID={node} but SLURM_STEP_TASKS_PER_NODE={env['SLURM_STEP_TASKS_PER_NODE']} "
+            f"lists {len(counts)} node(s): start isic-train with srun, which sets both"
+        )
+    task = SlurmTask(
+        rank=_slurm_int(env, "SLURM_PROCID"),
+        tasks=tasks,
+        local_rank=_slurm_int(env, "SLURM_LOCALID"),
+        tasks_on_node=counts[node],
+    )
+    if task.local_rank >= task.tasks_on_node:  # it would get no GPU at all
+        raise UserError(
+            f"SLURM_LOCALID={task.local_rank} but SLURM_STEP_TASKS_PER_NODE gives node {node} "
+            f"{task.tasks_on_node} task(s): start isic-train with srun, which sets both"
+        )
+    return task
+
+
+def _slurm_int(env: dict, name: str, default: str | None = None) -> int:
+    value = env.get(name, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{name}={value!r} is not a whole number: start isic-train with srun, which sets it"
+        ) from None
+
+
+def slurm_task_gpus(env: dict, gpus: list[str]) -> str | None:
+    """CUDA_VISIBLE_DEVICES of this SLURM task when several tasks of its step share the
+    node's `gpus` (the GPUs this process sees); None: keep what it sees.
+
+    Kept as they are: not a task of a multi-task step (`slurm_step_task`), no GPUs, alone on
+    its node, or GPUs SLURM already bound to this task: with `srun --gpus-per-task`
+    (SLURM_GPUS_PER_TASK), or with `--gpu-bind` or per-task device cgroups, where the task
+    sees fewer GPUs than SLURM_STEP_GPUS (the step's GPUs on this node) or, where SLURM does
+    not set that, fewer GPUs than there are tasks on the node (no even share of them
+    exists, so they are its own). Otherwise task L of T on the node keeps the L-th T-th of
+    them (len(gpus) // T each; the remainder stays idle, as with isic-launch).
+    """
+    task = slurm_step_task(env)
+    if task is None or not gpus or task.tasks_on_node <= 1 or env.get("SLURM_GPUS_PER_TASK"):
         return None
-    counts = expand_tasks_per_node(per_node)
-    node = int(env.get("SLURM_NODEID", "0"))
-    tasks_here = counts[node] if node < len(counts) else counts[-1]
-    if tasks_here <= 1:
+    step_gpus = [e.strip() for e in env.get("SLURM_STEP_GPUS", "").split(",") if e.strip()]
+    if len(gpus) < (len(step_gpus) or task.tasks_on_node):
         return None
-    return assign(tasks_here, gpus)[int(env["SLURM_LOCALID"])]
+    if len(gpus) < task.tasks_on_node:
+        raise UserError(
+            f"{task.tasks_on_node} SLURM tasks on this node share its {len(gpus)} GPU(s) "
+            f"(SLURM_STEP_GPUS={','.join(step_gpus)}): start at most {len(gpus)} per node "
+            f"(srun --ntasks-per-node={len(gpus)}) or give each its own (srun --gpus-per-task=1)"
+        )
+    share = len(gpus) // task.tasks_on_node
+    return ",".join(gpus[task.local_rank * share : (task.local_rank + 1) * share])
 
 
 def select_slurm_task_gpus(env=os.environ) -> str | None:
     """Sets this SLURM task's CUDA_VISIBLE_DEVICES (see `slurm_task_gpus`) and memory growth;
-    returns the value set (None: unchanged). Call before anything lists TF's devices."""
-    if "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
-        return None  # not a multi-task step: no nvidia-smi call
+    returns the value set (None: unchanged). Call before anything lists TF's devices, and
+    only in a command that runs as one task of a job step (isic-train): isic-launch,
+    isic-bench and the one-process commands use every GPU they see."""
+    if slurm_step_task(env) is None:
+        return None  # not a task of a multi-task step: no nvidia-smi call
     mine = slurm_task_gpus(env, node_gpus(env))
     if mine is not None:
         env[VISIBLE] = mine

@@ -42,7 +42,7 @@ def main(args, config: TrainConfig) -> int:
 
 def run() -> None:
     """Console-script entry point (isic-train)."""
-    cli.run(__name__, TrainConfig, main, paths=PATHS, required=("data_dir", "model_dir"))
+    cli.run(__name__, TrainConfig, main, paths=PATHS, required=("data_dir", "model_dir"), slurm_task=True)
 
 
 if __name__ == "__main__":

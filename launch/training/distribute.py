@@ -15,6 +15,8 @@ from absl import logging
 # TensorFlow exports enable_op_determinism only; its inverse lives next to it.
 from tensorflow.python.framework import config as tf_framework_config
 
+from core.errors import UserError
+from launch.cluster.gpus import slurm_step_task
 from launch.training.config import STRATEGIES
 from launch.training.config import TrainConfig
 
@@ -123,8 +125,8 @@ class _SlurmResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
     (collective_all_reduce_strategy.py:412).
     """
 
-    def __init__(self, local_gpus: int, port_base: int):
-        tasks = int(os.environ["SLURM_NTASKS"])  # >= the tasks of any node
+    def __init__(self, tasks: int, local_gpus: int, port_base: int):
+        # gpus_per_node = the step's task count (SLURM_STEP_NUM_TASKS), >= the tasks of any node.
         super().__init__(port_base=port_base, gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False)
         self._local_gpus = local_gpus
 
@@ -134,13 +136,39 @@ class _SlurmResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
 
 
 def slurm_resolver():
-    """Returns a SLURM cluster resolver when running inside a multi-task SLURM step."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
+    """A SLURM cluster resolver when this process is one task of a job step that srun
+    started with several tasks; None otherwise.
+
+    `launch.cluster.gpus.slurm_step_task` decides, from the variables srun sets for each
+    task: the batch script's own shell also has SLURM_PROCID and SLURM_NTASKS > 1 but is
+    not a job step, and a plain `isic-train` there is one process, not worker 0 of a
+    cluster that never forms. The same function decides whether launch.cli narrowed this
+    task's GPUs.
+    """
+    task = slurm_step_task(os.environ)
+    if task is None:
         return None
-    return _SlurmResolver(
-        len(tf.config.list_physical_devices("GPU")),
-        port_base=int(os.environ.get("ISIC_SLURM_PORT_BASE", "8888")),
-    )
+    local_gpus = len(tf.config.list_physical_devices("GPU"))
+    try:
+        return _SlurmResolver(task.tasks, local_gpus, port_base=slurm_port_base(os.environ))
+    except RuntimeError as e:  # TF's resolver: step variables that do not add up
+        raise UserError(
+            f"SLURM's step variables disagree ({e}; SLURM_STEP_NUM_TASKS={task.tasks}, "
+            f"SLURM_STEP_TASKS_PER_NODE={os.environ['SLURM_STEP_TASKS_PER_NODE']}, "
+            f"SLURM_STEP_NODELIST={os.environ['SLURM_STEP_NODELIST']}): start isic-train with srun"
+        ) from None
+
+
+def slurm_port_base(env: dict) -> int:
+    """ISIC_SLURM_PORT_BASE (default 8888): the port of each node's first worker."""
+    value = env.get("ISIC_SLURM_PORT_BASE", "8888")
+    if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
+        raise UserError(
+            f"ISIC_SLURM_PORT_BASE={value!r} is not a port number (1..65535); set it as "
+            "launch/examples/slurm_train.sbatch does: "
+            "export ISIC_SLURM_PORT_BASE=$((20000 + SLURM_JOB_ID % 20000))"
+        )
+    return int(value)
 
 
 def communication_options(collective_timeout: float, has_gpus: bool):
@@ -178,9 +206,10 @@ def make_strategy(name: str, collective_timeout: float = 0.0) -> tf.distribute.S
             name = "one_device"
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG") and slurm is None:
-            raise ValueError(
-                "--strategy multi_worker needs TF_CONFIG (set by isic-launch or your "
-                "cluster operator) or a SLURM job step with several tasks"
+            raise UserError(
+                "--strategy multi_worker needs a cluster: TF_CONFIG is not set and this process is not "
+                "one task of a multi-task SLURM step; start the workers with isic-launch, srun or your "
+                "cluster operator (TFJob), or use --strategy auto for one process"
             )
         options = communication_options(
             collective_timeout, has_gpus=bool(tf.config.list_physical_devices("GPU"))
