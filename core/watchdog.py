@@ -40,6 +40,14 @@ STALL_MARK = " stalled: no progress for "
 PROBE_TIMEOUT_S = 1.0
 
 
+class RestartGroup(Exception):
+    """This process ends so that its group restarts: a peer worker is gone (the coordination
+    service reported it, or a collective was aborted because of it). Not a UserError:
+    nothing the user set is wrong, and the status must make schedulers restart the group."""
+
+    exit_status = STALL_EXIT_STATUS
+
+
 def peers_from_tf_config(env=os.environ) -> tuple[int | None, list[str]]:
     """(this task's index among chief+workers, their host:port addresses) from TF_CONFIG;
     (None, []) without one."""

@@ -143,14 +143,14 @@ def test_ports_start_at_port_and_skip_busy_ones():
 
 
 def test_worker_env_slices_gpus_and_hides_an_enclosing_slurm_job():
-    addresses = ["127.0.0.1:1", "127.0.0.1:2"]
+    workers = ["127.0.0.1:1", "127.0.0.1:2"]
     env = addresses.worker_env(
-        {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, addresses, 1, "2,3"
+        {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, workers, 1, "2,3"
     )
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
-    assert "SLURM_PROCID" not in env  # or distribute.make_strategy would use SLURM's cluster
+    assert "SLURM_PROCID" not in env  # nor can TensorFlow's SLURM code take it for task 0
     assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
-    untouched = addresses.worker_env({"CUDA_VISIBLE_DEVICES": "0,1"}, addresses, 1)
+    untouched = addresses.worker_env({"CUDA_VISIBLE_DEVICES": "0,1"}, workers, 1)
     assert untouched["CUDA_VISIBLE_DEVICES"] == "0,1" and "TF_FORCE_GPU_ALLOW_GROWTH" not in untouched
 
 

@@ -1,7 +1,14 @@
-"""Preemption of a multi-worker job under `isic-launch`: SIGTERM to the launcher makes both
-workers checkpoint the same step (TensorFlow's PreemptionCheckpointHandler) and exit 143;
-the same command resumes bit-identical. And, with stand-in workers (no TensorFlow): a
-worker that exits 143 by itself stops the group without a restart.
+"""Faults of a multi-worker job under `isic-launch`, on 2 real workers in mixed_float16 with
+an overflow injected through the data on one worker (one skip everywhere, steps.py):
+
+* SIGTERM to the launcher makes both workers checkpoint the same step (TensorFlow's
+  PreemptionCheckpointHandler) and exit 143; the same command resumes bit-identical;
+* a worker stuck in a collective its peer never enters: the stall watchdogs end the group
+  (exit 142), the launcher names who and where, restarts it, and the run ends
+  bit-identical to the uninterrupted one.
+
+And, with stand-in workers (no TensorFlow): a worker that exits 143 by itself stops the
+group without a restart.
 """
 
 import os
@@ -28,12 +35,18 @@ def _digests(stdout):
     return dict(re.findall(r"^\[w(\d)\] weights sha256 (\w+)$", stdout, re.M))
 
 
-@pytest.mark.timeout(600)
-def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identical(tmp_path):
-    records = str(tmp_path / "records")
+# Replica 0 of worker 1 overflows at global step 3 (of 16): every run below skips that step.
+OVERFLOW = "overflow:worker=1:replica=0:step=3"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """(records, environment, command(model_dir, *launcher_flags)) of the runs below."""
+    tmp = tmp_path_factory.mktemp("job")
+    records = str(tmp / "records")
     # 8 steps per epoch at batch 8; validation: 16 calls of one step under 2 workers.
     factory.write_records(records, {"train": 64, "val": 128}, size=32)
-    scratch = tmp_path / "scratch"  # the workers' TMPDIR (non-chief temporary checkpoints)
+    scratch = tmp / "scratch"  # the workers' TMPDIR (non-chief temporary checkpoints)
     scratch.mkdir()
     env = dict(
         os.environ,
@@ -41,26 +54,50 @@ def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identi
         TF_CPP_MIN_LOG_LEVEL="2",
         CUDA_VISIBLE_DEVICES="",
         TMPDIR=str(scratch),
+        ISIC_INJECT_FAULT=OVERFLOW,
     )
 
-    def command(model_dir):
+    def command(model_dir, *launcher_flags):
         return [
             "--num_workers=2",
             "--grace_seconds=60",
+            *launcher_flags,
             "--",
             f"--data_dir={records}",
             f"--model_dir={model_dir}",
             "--base_filters=4",
             "--batch_size=8",
-            "--precision=float32",
+            "--precision=mixed_float16",
             "--summary_images=0",
             "--epochs=2",
             "--checkpoint_every_steps=2",
             "--noaugment",
-            "--collective_timeout=60",
+            "--stall_minutes=0.5",
             "--deterministic",
         ]
 
+    return records, env, command
+
+
+@pytest.fixture(scope="module")
+def reference(job, tmp_path_factory):
+    """The uninterrupted run's weight digests, per worker."""
+    _, env, command = job
+    proc = start_launcher(*command(str(tmp_path_factory.mktemp("reference"))), env=env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert _skips(err) == {"0": "16384", "1": "16384"}, err[-3000:]  # one skip on each worker
+    return _digests(out)
+
+
+def _skips(stderr):
+    """{worker: final loss scale} of the workers that report one skipped step."""
+    return dict(re.findall(r"^\[w(\d)\] .*loss scale (\d+); 1 step\(s\) skipped$", stderr, re.M))
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identical(job, reference, tmp_path):
+    _, env, command = job
     model_dir = str(tmp_path / "stopped")
     proc = start_launcher(*command(model_dir), env=env)
     first = os.path.join(model_dir, "checkpoints", "ckpt-2.index")
@@ -96,11 +133,48 @@ def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identi
     assert resumed.returncode == 0, err[-3000:]
     assert re.search(rf"^\[w1\] .*resuming at step {end} ", err, re.M), err[-3000:]
     assert f"epoch {end // 8} ended at step {end} without its history row: validating it" in err
-    reference = start_launcher(*command(str(tmp_path / "reference")), env=env)
-    ref_out, ref_err = reference.communicate(timeout=300)
-    assert reference.returncode == 0, ref_err[-3000:]
-    digests, ref_digests = _digests(out), _digests(ref_out)
-    assert len(set(digests.values())) == 1 and digests == ref_digests
+    digests = _digests(out)
+    assert len(set(digests.values())) == 1 and digests == reference
+    assert _skips(err) == {"0": "16384", "1": "16384"}, err[-3000:]
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_stuck_in_a_collective_is_caught_named_and_restarted_bit_identical(job, reference, tmp_path):
+    _, env, command = job
+    once = str(tmp_path / "fault-injected")  # the relaunched group runs without the fault
+    env = dict(env, ISIC_INJECT_FAULT=f"{OVERFLOW};stall_collective:worker=1:step=4:once={once}")
+    proc = start_launcher(*command(str(tmp_path / "run"), "--restarts=1", "--grace_seconds=5"), env=env)
+    lines, stalled_at, stopped_at = [], None, None
+    for line in proc.stderr:
+        lines.append(line)
+        if stalled_at is None and "injected fault: an all-reduce its peers never enter" in line:
+            stalled_at = time.monotonic()
+        if stopped_at is None and re.search(r"isic-launch: group stopped .* after worker \d died", line):
+            stopped_at = time.monotonic()
+    out = proc.stdout.read()
+    proc.wait(timeout=60)
+    err = "".join(lines)
+    assert proc.returncode == 0, err[-3000:]
+    assert stalled_at and stopped_at, err[-3000:]
+    print(
+        f"a worker stuck in a collective: the group stopped {stopped_at - stalled_at:.1f} s after the stall"
+    )
+    assert stopped_at - stalled_at < 30 + 15, err[-3000:]  # --stall_minutes 0.5, slack for a loaded machine
+    assert re.search(r"isic-launch: worker \d died \(exit code 142: stalled or lost a peer\)", err), err[
+        -3000:
+    ]
+    assert re.search(
+        r"isic-launch: stall report of worker \d: isic-train worker \d stalled: no progress", err
+    )
+    assert re.search(
+        r"\[w1\] isic-train worker 1 stalled: no progress for \d+ s \(--stall_minutes 0.5\) in training at "
+        r"step \d+: an all-reduce its peers never enter \(injected fault\)",
+        err,
+    ), err[-3000:]
+    assert "isic-launch: restart 1 of 1" in err and re.search(r"\[w1\] .*resuming at step [1-9]", err), err[
+        -3000:
+    ]
+    assert _digests(out) == reference
 
 
 def _signal_on_line(proc, pattern, timeout=240):

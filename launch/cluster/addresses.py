@@ -70,9 +70,8 @@ def worker_env(base: dict, addresses: list[str], index: int, gpus: str | None = 
     """
     env = dict(base)
     env["TF_CONFIG"] = tf_config(addresses, index)
-    # launch/training/distribute.py takes its cluster from SLURM when SLURM_PROCID is set and the
-    # job has several tasks, which is the case in the shell of a multi-node sbatch
-    # allocation: there our local workers would join SLURM's cluster instead of this one.
+    # TF_CONFIG already makes a worker ignore an enclosing SLURM step (gpus.slurm_step_task);
+    # without SLURM_PROCID, TensorFlow's own SLURM code cannot take it for task 0 either.
     env.pop("SLURM_PROCID", None)
     env["PYTHONUNBUFFERED"] = "1"
     if gpus is not None:

@@ -84,14 +84,14 @@ class GroupResult:
 
 
 def describe_exit(code: int) -> str:
-    """'exit code 3', 'signal SIGKILL' or 'exit code 142: its stall watchdog'."""
+    """'exit code 3', 'signal SIGKILL' or 'exit code 142: stalled or lost a peer'."""
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
     if code == watchdog.STALL_EXIT_STATUS:
-        return f"exit code {code}: its stall watchdog"
+        return f"exit code {code}: stalled or lost a peer"
     return f"exit code {code}"
 
 

@@ -9,11 +9,14 @@ options are launch/training/config.py's TrainConfig; each run writes them to
 Exit status: 0 done; 1 a problem the message explains (bad records, a model directory in
 use by another run, an output that cannot be written, ...); 143 (SIGTERM) or 130 (SIGINT):
 stopped on that signal after checkpointing the step in flight, and the same command
-resumes (launch/training/preemption.py, docs/scaling.md).
+resumes (launch/training/preemption.py, docs/scaling.md); 142: this worker stalled (its
+--stall_minutes watchdog) or lost a peer, so the group must restart, and the same command
+resumes from the last checkpoint (core/watchdog.py).
 """
 
 import sys
 
+from core import watchdog
 from launch import cli
 from launch.training.config import TrainConfig
 
@@ -30,7 +33,7 @@ def main(args, config: TrainConfig) -> int:
 
     try:
         result = trainer.train(args.data_dir, args.model_dir, config)
-    except preemption.Stopped as stopped:
+    except (preemption.Stopped, watchdog.RestartGroup) as stopped:
         print(f"isic-train: {stopped}", file=sys.stderr)
         return stopped.exit_status
     if result.get("chief") and "epoch" in result:

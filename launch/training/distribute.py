@@ -222,6 +222,14 @@ def make_strategy(name: str, collective_timeout: float = 0.0) -> tf.distribute.S
         strategy = tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=resolver, communication_options=options
         )
+        cpus = len(tf.config.list_logical_devices("CPU"))
+        if cpus > 1 and not tf.config.list_physical_devices("GPU"):
+            logging.warning(
+                "MultiWorkerMirroredStrategy mirrors over ONE CPU device per worker "
+                "(tensorflow/python/distribute/collective_all_reduce_strategy.py:421-423): "
+                "the %d logical CPU devices of --num_cpu_devices are not replicas",
+                cpus,
+            )
     elif name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]

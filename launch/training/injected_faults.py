@@ -1,6 +1,6 @@
 """Faults made on purpose, so the tests can prove each one is caught (test-only).
 
-Set ISIC_INJECT_FAULT in a worker's environment to one of:
+Set ISIC_INJECT_FAULT in a worker's environment to one or more of (";"-separated):
 
   stall_collective:worker=W:step=S[:once=PATH]
       after the training call that reaches global step >= S, worker W enters an
@@ -19,6 +19,7 @@ import dataclasses
 import os
 
 import tensorflow as tf
+from absl import logging
 
 from launch.training import distribute
 
@@ -36,15 +37,15 @@ class Fault:
     once: str = ""
 
 
-def from_env(env=os.environ) -> Fault | None:
-    """The fault ISIC_INJECT_FAULT describes, or None."""
-    text = env.get(VARIABLE, "")
-    if not text:
-        return None
-    kind, *items = text.split(":")
-    fields = dict(item.split("=", 1) for item in items)
-    ints = {k: int(v) for k, v in fields.items() if k in ("worker", "step", "replica")}
-    return Fault(kind, once=fields.get("once", ""), **ints)
+def from_env(kind: str, env=os.environ) -> Fault | None:
+    """The fault of `kind` that ISIC_INJECT_FAULT describes, or None."""
+    for text in env.get(VARIABLE, "").split(";"):
+        name, *items = text.split(":")
+        if name == kind:
+            fields = dict(item.split("=", 1) for item in items)
+            ints = {k: int(v) for k, v in fields.items() if k in ("worker", "step", "replica")}
+            return Fault(kind, once=fields.get("once", ""), **ints)
+    return None
 
 
 def _claim(path: str) -> bool:
@@ -58,12 +59,13 @@ def _claim(path: str) -> bool:
 
 def after_call(strategy: tf.distribute.Strategy, step: int, dog) -> None:
     """The stall_collective fault, after a training call that ended at global `step`."""
-    fault = from_env()
-    if fault is None or fault.kind != "stall_collective" or step < fault.step:
+    fault = from_env("stall_collective")
+    if fault is None or step < fault.step:
         return
     if distribute.task_index(strategy) != fault.worker or (fault.once and not _claim(fault.once)):
         return
     dog.progress("training", step, "an all-reduce its peers never enter (injected fault)")
+    logging.warning("injected fault: an all-reduce its peers never enter, at step %d", step)
     # Group and instance keys no other collective of the run uses (TensorFlow counts its own
     # from 1): the op waits for a peer to join group STRAY_GROUP, which none ever does. A
     # reused key would not hang but fail on a type mismatch with the peer's collective.
@@ -84,8 +86,8 @@ def corrupt_batches(dataset: tf.data.Dataset, pipeline: int, first_step: int, pe
 
     Batch b of the pipeline belongs to global step first_step + b // per_pipeline and goes
     to its local replica b % per_pipeline (distribute_datasets_from_function)."""
-    fault = from_env()
-    if fault is None or fault.kind != "overflow" or pipeline != fault.worker:
+    fault = from_env("overflow")
+    if fault is None or pipeline != fault.worker:
         return dataset
     target = (fault.step - first_step) * per_pipeline + fault.replica  # the batch to corrupt
 
