@@ -1,4 +1,4 @@
-"""The stall watchdog of a training process: no progress for --stall_minutes -> say where, exit.
+"""The stall watchdog of a training process: no progress for --stall_minutes -> say where, end.
 
 With no collective timeout (the default: TensorFlow's timeouts are for debugging), a worker
 whose peer stalls (a SIGSTOPped process, a hung filesystem, a collective its peer never
@@ -9,35 +9,44 @@ waiting for the wrong thing, and a worker that never joins is waited for one hou
 (kDefaultClusterRegisterTimeout there; TensorFlow's Python passes 0, "the system picks",
 tensorflow/python/distribute/collective_all_reduce_strategy.py:562-568).
 
-So every process runs this watchdog: the trainer reports each unit of progress (entering a
-phase, each training or validation call, each save) with `progress(phase, step, doing)`.
-A daemon thread checks the time since the last report; after half the bound it warns once,
-after the bound it writes what the process was doing (phase, global step, the call in
-flight, the state of its peers' ports, the Python stacks of its threads) to stderr and
-ends the process with STALL_EXIT_STATUS. Exiting is the point: isic-launch, SLURM
-(--kill-on-bad-exit) and Kubernetes then stop and restart the whole group, and the same
+So every process has a watchdog: the trainer reports each unit of progress (a set-up step,
+each training or validation call, each save) with `Watchdog.progress(phase, step, doing)`.
+The clock runs in a small SIDECAR process (`python -m core.watchdog`), not in a thread:
+while TensorFlow waits for the cluster to form (TFE_EnableCollectiveOps, reached from
+collective_all_reduce_strategy.py:602 through context.py:745) it holds the GIL, so no
+Python thread of the process runs. The sidecar reads the progress lines from a pipe;
+after half the bound it warns once, after the bound it writes the report (phase, global
+step, the call in flight, whether each peer's port accepts connections), asks the process
+for the Python stacks of its threads (SIGUSR1, which `faulthandler` answers from C, GIL or
+not) and ends it with SIGALRM: status 142 (128 + 14) to a shell, SLURM or Kubernetes,
+>= 128 so Kubeflow's ExitCode restart policy retries it. isic-launch, srun
+--kill-on-bad-exit and Kubernetes then stop and restart the whole group, and the same
 command resumes from the last checkpoint (saves are published atomically, so a stall
-during one leaves the previous checkpoint intact: checkpoints.py).
+during one leaves the previous checkpoint intact: launch/training/checkpoints.py).
 
 Standard library only, so the launcher and tests can use it without TensorFlow.
 """
 
+import argparse
+import dataclasses
+import faulthandler
 import json
 import os
+import select
+import signal
 import socket
+import subprocess
 import sys
-import threading
 import time
-import traceback
-from typing import Callable
 
-# 128 + SIGALRM: the watchdog's alarm. >= 128 so that Kubeflow's ExitCode restart policy
-# retries it (it treats 1-127 as permanent); distinct from 130/143 (stopped on a signal
-# after checkpointing, preemption.py) and from 1 (a problem the message explains).
-STALL_EXIT_STATUS = 142
+STALL_SIGNAL = signal.SIGALRM  # how the sidecar ends a stalled process
+STALL_EXIT_STATUS = 128 + STALL_SIGNAL  # 142: what a shell or scheduler reports for it
+STACKS_SIGNAL = signal.SIGUSR1  # asks the process for its threads' stacks (faulthandler)
 # The first line of a stall report contains this; isic-launch repeats that line.
 STALL_MARK = " stalled: no progress for "
 PROBE_TIMEOUT_S = 1.0
+STACKS_WAIT_S = 1.0  # for the stacks to be written before the process is ended
+KILL_AFTER_S = 10.0  # SIGKILL when SIGALRM did not end it (a handler someone installed)
 
 
 class RestartGroup(Exception):
@@ -73,114 +82,121 @@ def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> str:
         return f"unreachable ({e})"
 
 
-def thread_stacks() -> str:
-    """The Python stack of every thread of this process (the main thread's shows the call
-    it is blocked in: a TensorFlow op releases the GIL but keeps its Python frame)."""
-    names = {t.ident: t.name for t in threading.enumerate()}
-    parts = []
-    for ident, frame in sys._current_frames().items():
-        parts.append(f"--- thread {names.get(ident, ident)}:\n" + "".join(traceback.format_stack(frame)))
-    return "".join(parts)
+@dataclasses.dataclass
+class StallClock:
+    """The sidecar's bookkeeping, on any clock (pure: tests drive it)."""
+
+    stall_seconds: float
+    name: str = "isic-train"
+    option: str = ""
+    since: float = 0.0
+    phase: str = "set-up"
+    step: int | None = None
+    doing: str = "starting"
+    warned: bool = False
+
+    def progress(self, now: float, phase: str, step: int | None, doing: str) -> None:
+        self.since, self.phase, self.step, self.doing, self.warned = now, phase, step, doing, False
+
+    def where(self) -> str:
+        """'training at step 6: a training call of 2 steps' (what the process is doing)."""
+        at = f" at step {self.step}" if self.step is not None else ""
+        return f"{self.phase}{at}" + (f": {self.doing}" if self.doing else "")
+
+    def check(self, now: float) -> str | None:
+        """'warn' once at half the bound, 'stall' at the bound, else None."""
+        idle = now - self.since
+        if idle >= self.stall_seconds:
+            return "stall"
+        if not self.warned and idle >= self.stall_seconds / 2:
+            self.warned = True
+            return "warn"
+        return None
+
+    def warning(self, now: float) -> str:
+        return (
+            f"{self.name}: no progress for {now - self.since:.0f} s in {self.where()}; the watchdog "
+            f"ends this process at {self.stall_seconds:.0f} s ({self.option})"
+        )
+
+    def report(self, now: float, peers: list[str], probe_fn=probe) -> str:
+        """The stall report: one summary line (STALL_MARK), then each peer's port."""
+        lines = [
+            f"{self.name}{STALL_MARK}{now - self.since:.0f} s ({self.option}) in {self.where()}. "
+            f"Ending it with {STALL_SIGNAL.name} (exit status {STALL_EXIT_STATUS}) so the launcher "
+            "or scheduler stops and restarts the group; the last checkpoint is intact and the "
+            "same command resumes from it. Its Python stacks follow."
+        ]
+        lines += [f"  task {i} at {address}: {probe_fn(address)}" for i, address in enumerate(peers)]
+        return "\n".join(lines)
 
 
 class Watchdog:
-    """Exits the process when `progress` has not been called for `stall_seconds`.
+    """The process's side: starts the sidecar, sends it each unit of progress.
 
     Args:
-      stall_seconds: the bound; 0 or less turns the watchdog off.
-      name: who this process is in messages ("worker 1"; "isic-train" when alone).
+      stall_seconds: the bound; 0 or less turns the watchdog off (no sidecar).
+      name: who this process is in messages ("isic-train worker 1").
       option: the option that sets the bound, for messages.
       peers: host:port of every task of the cluster, probed in the report.
-      out: where the report goes (stderr); exit: called with STALL_EXIT_STATUS
-        (os._exit: the main thread is blocked, so a normal exit could not happen).
-      clock, poll_s: for tests.
     """
 
-    def __init__(
-        self,
-        stall_seconds: float,
-        name: str = "isic-train",
-        option: str = "",
-        peers: list[str] | tuple = (),
-        out=None,
-        exit: Callable[[int], None] = os._exit,
-        clock: Callable[[], float] = time.monotonic,
-        poll_s: float | None = None,
-    ):
+    def __init__(self, stall_seconds: float, name: str = "isic-train", option: str = "", peers=()):
         self.stall_seconds, self.name, self.option, self.peers = stall_seconds, name, option, list(peers)
-        self._out, self._exit, self._clock = out, exit, clock
-        self._poll_s = poll_s if poll_s is not None else min(max(stall_seconds / 20, 0.05), 5.0)
-        self._lock = threading.Lock()
-        self._since = clock()
-        self._phase, self._step, self._doing = "set-up", None, "starting"
-        self._warned = False
-        self._stopped = threading.Event()
-        self.fired = False
+        self._sidecar: subprocess.Popen | None = None
 
     def __enter__(self):
-        if self.stall_seconds > 0:
-            threading.Thread(target=self._watch, daemon=True, name="isic-stall-watchdog").start()
+        if self.stall_seconds <= 0:
+            return self
+        # The sidecar asks for the stacks with SIGUSR1 and ends the process with SIGALRM:
+        # faulthandler answers the first from C; the second must keep its default action.
+        faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
+        signal.signal(STALL_SIGNAL, signal.SIG_DFL)
+        self._sidecar = subprocess.Popen(
+            [sys.executable, "-m", "core.watchdog", json.dumps(self._arguments())],
+            stdin=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=_project_root()),
+        )
+        # Never block on a full pipe (a sidecar stopped with the process group): a dropped
+        # progress line only makes the report one call older.
+        os.set_blocking(self._sidecar.stdin.fileno(), False)
         return self
 
     def __exit__(self, *exc):
-        self._stopped.set()
+        if self._sidecar is not None:
+            try:
+                self._sidecar.stdin.close()  # the sidecar ends at end of file
+                self._sidecar.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self._sidecar.kill()
+            self._sidecar = None
+            faulthandler.unregister(STACKS_SIGNAL)
 
     def progress(self, phase: str, step: int | None = None, doing: str = "") -> None:
         """Records progress: the process now is in `phase` (set-up, training, validation,
         save, export) at global `step`, doing `doing` (the call it is about to make)."""
-        with self._lock:
-            self._since = self._clock()
-            self._phase, self._step, self._doing = phase, step, doing
-            self._warned = False
+        if self._sidecar is None:
+            return
+        try:
+            os.write(self._sidecar.stdin.fileno(), (json.dumps([phase, step, doing]) + "\n").encode())
+        except BlockingIOError:
+            pass
+        except OSError:  # the sidecar is gone (killed with the process group): no watchdog
+            self._sidecar = None
 
-    def where(self) -> str:
-        """'training at step 6: a training call of 2 steps' (what the process is doing)."""
-        at = f" at step {self._step}" if self._step is not None else ""
-        return f"{self._phase}{at}" + (f": {self._doing}" if self._doing else "")
+    def _arguments(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "stall_seconds": self.stall_seconds,
+            "name": self.name,
+            "option": self.option,
+            "peers": self.peers,
+        }
 
-    def check(self) -> bool:
-        """One look at the clock: warns at half the bound, fires at the bound. True: fired."""
-        with self._lock:
-            idle = self._clock() - self._since
-            warn = not self._warned and idle >= self.stall_seconds / 2
-            if warn:
-                self._warned = True
-        if idle >= self.stall_seconds:
-            self._fire(idle)
-            return True
-        if warn:
-            self._write(
-                f"{self.name}: no progress for {idle:.0f} s in {self.where()}; the watchdog "
-                f"stops this process at {self.stall_seconds:.0f} s ({self.option})\n"
-            )
-        return False
 
-    def report(self, idle: float) -> str:
-        """The stall report: one summary line, then the peers and the thread stacks."""
-        lines = [
-            f"{self.name}{STALL_MARK}{idle:.0f} s ({self.option}) in {self.where()}. Exiting with "
-            f"status {STALL_EXIT_STATUS} so the launcher or scheduler stops and restarts the "
-            "group; the last checkpoint is intact and the same command resumes from it."
-        ]
-        for index, address in enumerate(self.peers):
-            lines.append(f"  task {index} at {address}: {probe(address)}")
-        lines.append("Python stacks of this process (the main thread shows the call it waits in):")
-        return "\n".join(lines) + "\n" + thread_stacks()
-
-    def _fire(self, idle: float) -> None:
-        self.fired = True
-        self._write(self.report(idle))
-        self._exit(STALL_EXIT_STATUS)
-
-    def _write(self, text: str) -> None:
-        out = self._out or sys.stderr
-        out.write(text)
-        out.flush()
-
-    def _watch(self) -> None:
-        while not self._stopped.wait(self._poll_s):
-            if self.check():
-                return
+def _project_root() -> str:
+    """The folder holding the `core` package (the sidecar runs `-m core.watchdog`)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def for_training(stall_minutes: float) -> Watchdog:
@@ -188,3 +204,63 @@ def for_training(stall_minutes: float) -> Watchdog:
     index, peers = peers_from_tf_config()
     name = "isic-train" if index is None else f"isic-train worker {index}"
     return Watchdog(60.0 * stall_minutes, name=name, option=f"--stall_minutes {stall_minutes:g}", peers=peers)
+
+
+def _end(pid: int) -> None:
+    """Asks `pid` for its stacks, then ends it with STALL_SIGNAL (SIGKILL if that fails)."""
+    for signum, wait in ((STACKS_SIGNAL, STACKS_WAIT_S), (STALL_SIGNAL, KILL_AFTER_S)):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def sidecar(arguments: dict, fd: int = 0, out=sys.stderr, clock=time.monotonic) -> None:
+    """The sidecar's loop: progress lines from `fd` in, warnings and the report out (see the
+    module doc). Ends at end of file (the process closed the pipe or died) or after ending
+    the process."""
+    # Signals meant for the process (isic-launch forwards them to its session) are not ours:
+    # the sidecar lives until the process closes the pipe.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    state = StallClock(arguments["stall_seconds"], arguments["name"], arguments["option"], since=clock())
+    poll = min(max(state.stall_seconds / 20, 0.05), 5.0)
+    pending = b""
+    while True:
+        if select.select([fd], [], [], poll)[0]:
+            data = os.read(fd, 65536)
+            if not data:
+                return
+            *complete, pending = (pending + data).split(b"\n")
+            for line in complete:
+                state.progress(clock(), *json.loads(line))
+        verdict = state.check(clock())
+        if verdict == "warn":
+            print(state.warning(clock()), file=out, flush=True)
+        elif verdict == "stall":
+            print(state.report(clock(), arguments["peers"]), file=out, flush=True)
+            _end(arguments["pid"])
+            return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The stall watchdog's sidecar (started by Watchdog).")
+    parser.add_argument("arguments", help="JSON: pid, stall_seconds, name, option, peers")
+    sidecar(json.loads(parser.parse_args().arguments))
+
+
+if __name__ == "__main__":
+    main()

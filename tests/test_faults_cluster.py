@@ -156,24 +156,18 @@ def test_a_worker_stuck_in_a_collective_is_caught_named_and_restarted_bit_identi
     err = "".join(lines)
     assert proc.returncode == 0, err[-3000:]
     assert stalled_at and stopped_at, err[-3000:]
-    print(
-        f"a worker stuck in a collective: the group stopped {stopped_at - stalled_at:.1f} s after the stall"
-    )
-    assert stopped_at - stalled_at < 30 + 15, err[-3000:]  # --stall_minutes 0.5, slack for a loaded machine
-    assert re.search(r"isic-launch: worker \d died \(exit code 142: stalled or lost a peer\)", err), err[
-        -3000:
-    ]
-    assert re.search(
-        r"isic-launch: stall report of worker \d: isic-train worker \d stalled: no progress", err
-    )
+    seconds = stopped_at - stalled_at
+    print(f"a worker stuck in a collective: the group stopped {seconds:.1f} s after the stall")
+    assert seconds < 30 + 15, err[-3000:]  # --stall_minutes 0.5, slack for a loaded machine
+    assert re.search(r"isic-launch: worker \d died \(signal SIGALRM: its stall watchdog ended", err)
+    assert re.search(r"isic-launch: stall report of worker \d: isic-train worker \d stalled: no", err)
     assert re.search(
         r"\[w1\] isic-train worker 1 stalled: no progress for \d+ s \(--stall_minutes 0.5\) in training at "
         r"step \d+: an all-reduce its peers never enter \(injected fault\)",
         err,
     ), err[-3000:]
-    assert "isic-launch: restart 1 of 1" in err and re.search(r"\[w1\] .*resuming at step [1-9]", err), err[
-        -3000:
-    ]
+    assert "isic-launch: restart 1 of 1" in err
+    assert re.search(r"\[w1\] .*resuming at step [1-9]", err), err[-3000:]
     assert _digests(out) == reference
 
 

@@ -1,81 +1,101 @@
 """The stall watchdog (core/watchdog.py) on a simulated clock, and the start-up agreement's
 pure parts (launch/training/agreement.py): who differs in what, one precision per group."""
 
-import io
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 
 from core import watchdog
 from launch.training import agreement
 from launch.training.config import TrainConfig
+from tests.conftest import PROJECT_ROOT
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
-def _dog(clock, peers=()):
-    out, exits = io.StringIO(), []
-    dog = watchdog.Watchdog(
-        60.0,
-        name="isic-train worker 1",
-        option="--stall_minutes 1",
-        peers=peers,
-        out=out,
-        exit=exits.append,
-        clock=clock,
+def test_a_warning_at_half_the_bound_a_report_at_the_bound_and_progress_restarts_the_clock():
+    clock = watchdog.StallClock(60.0, "isic-train worker 1", "--stall_minutes 1", since=100.0)
+    clock.progress(100.0, "training", 40, "a training call of 8 steps")
+    assert clock.check(129.0) is None
+    assert clock.check(130.0) == "warn" and clock.check(131.0) is None  # once
+    assert clock.warning(130.0) == (
+        "isic-train worker 1: no progress for 30 s in training at step 40: a training call of 8 "
+        "steps; the watchdog ends this process at 60 s (--stall_minutes 1)"
     )
-    return dog, out, exits
-
-
-def test_progress_keeps_it_quiet_a_warning_at_half_the_bound_then_a_report_and_the_exit():
-    clock = Clock()
-    dog, out, exits = _dog(clock)
-    dog.progress("training", 40, "a training call of 8 steps")
-    clock.now += 29
-    assert not dog.check() and out.getvalue() == ""
-    clock.now += 1  # 30 s: half the bound
-    assert not dog.check()
-    assert "no progress for 30 s in training at step 40: a training call of 8 steps" in out.getvalue()
-    dog.progress("validation", 48, "validation steps 1-4 of 4")  # progress: the clock restarts
-    clock.now += 59
-    assert not dog.check() and not exits
-    clock.now += 1
-    assert dog.check() and exits == [watchdog.STALL_EXIT_STATUS]
-    warning, first, *rest = out.getvalue().splitlines()[1:]  # a warning at 30 s of the new phase
-    assert "no progress for 59 s in validation at step 48" in warning
-    assert first.startswith(
+    clock.progress(150.0, "validation", 48, "validation steps 1-4 of 4")
+    assert clock.check(209.0) != "stall" and clock.check(210.0) == "stall"
+    report = clock.report(210.0, ["h:1", "h:2"], probe_fn=lambda address: f"probed {address}")
+    assert report.splitlines() == [
         "isic-train worker 1 stalled: no progress for 60 s (--stall_minutes 1) in validation at step 48: "
-        "validation steps 1-4 of 4. Exiting with status 142"
-    )
-    # The stacks of this process's threads, with the test's own frame in the main thread.
-    assert "--- thread MainThread:" in "\n".join(rest) and "test_watchdog.py" in "\n".join(rest)
+        "validation steps 1-4 of 4. Ending it with SIGALRM (exit status 142) so the launcher or "
+        "scheduler stops and restarts the group; the last checkpoint is intact and the same command "
+        "resumes from it. Its Python stacks follow.",
+        "  task 0 at h:1: probed h:1",
+        "  task 1 at h:2: probed h:2",
+    ]
 
 
-def test_the_report_names_a_peer_that_never_started_its_server():
-    with socket.socket() as listening:
+def test_probe_tells_a_listening_peer_from_one_that_never_started():
+    with socket.socket() as listening, socket.socket() as closed:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
-        with socket.socket() as closed:
-            closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
-            peers = [f"127.0.0.1:{listening.getsockname()[1]}", f"127.0.0.1:{closed.getsockname()[1]}"]
-            clock = Clock()
-            dog, out, _ = _dog(clock, peers)
-            clock.now += 60
-            dog.check()
-    report = out.getvalue()
-    assert f"task 0 at {peers[0]}: accepts connections" in report
-    assert f"task 1 at {peers[1]}: refuses connections: that worker never started" in report
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        assert watchdog.probe(f"127.0.0.1:{listening.getsockname()[1]}") == "accepts connections"
+        assert watchdog.probe(f"127.0.0.1:{closed.getsockname()[1]}").startswith(
+            "refuses connections: that worker never started"
+        )
+
+
+# Holds the GIL for minutes in one C call (the regular expression engine never releases it),
+# as TensorFlow does while it waits for the cluster to form: no Python thread could report.
+HOLDS_THE_GIL = textwrap.dedent("""
+    import re
+    from core import watchdog
+    with watchdog.Watchdog(1.5, name="isic-x", option="--stall_minutes 0.025") as dog:
+        dog.progress("training", 7, "a call that holds the GIL")
+        re.match(r"(a+)+$", "a" * 40 + "b")
+""")
+
+
+def test_the_sidecar_reports_and_ends_a_process_whose_main_thread_holds_the_gil():
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", HOLDS_THE_GIL], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    seconds = time.monotonic() - start
+    assert proc.returncode == -watchdog.STALL_SIGNAL, proc.stderr  # 142 to a shell
+    assert re.search(
+        r"isic-x stalled: no progress for \d s \(--stall_minutes 0.025\) in training at step 7: a call "
+        r"that holds the GIL\. Ending it with SIGALRM",
+        proc.stderr,
+    ), proc.stderr
+    assert "isic-x: no progress for 1 s in training at step 7" in proc.stderr  # the warning
+    # faulthandler's stacks, written from C while the main thread held the GIL.
+    assert "most recent call first" in proc.stderr and 'File "<string>", line 6' in proc.stderr
+    assert seconds < 30, seconds
+
+
+def _children() -> set[str]:
+    """The pids of this process's children (/proc/<pid>/task/<tid>/children)."""
+    tasks = f"/proc/{os.getpid()}/task"
+    found = set()
+    for tid in os.listdir(tasks):
+        with open(f"{tasks}/{tid}/children") as f:
+            found.update(f.read().split())
+    return found
 
 
 def test_zero_turns_it_off_and_tf_config_names_the_task():
-    assert watchdog.Watchdog(0).__enter__() is not None  # no thread, nothing to fire
+    with watchdog.Watchdog(0) as dog:
+        dog.progress("training", 1)
+        assert not _children()  # no sidecar
+    with watchdog.Watchdog(60) as dog:
+        assert len(_children()) == 1  # the sidecar, which ends with the block
     env = {
         "TF_CONFIG": json.dumps(
             {"cluster": {"chief": ["h:1"], "worker": ["h:2", "h:3"]}, "task": {"type": "worker", "index": 1}}

@@ -84,14 +84,16 @@ class GroupResult:
 
 
 def describe_exit(code: int) -> str:
-    """'exit code 3', 'signal SIGKILL' or 'exit code 142: stalled or lost a peer'."""
+    """'exit code 3', 'signal SIGKILL', or what the two statuses of a stall say."""
+    if code == -watchdog.STALL_SIGNAL:
+        return f"signal {watchdog.STALL_SIGNAL.name}: its stall watchdog ended it"
+    if code == watchdog.STALL_EXIT_STATUS:
+        return f"exit code {code}: it lost a peer"
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
-    if code == watchdog.STALL_EXIT_STATUS:
-        return f"exit code {code}: stalled or lost a peer"
     return f"exit code {code}"
 
 
