@@ -239,7 +239,7 @@ def write_synthetic_records(out_dir: str, num_images: int, size: int, num_shards
         name = manifest_lib.shard_name("train", k, num_shards)
         ids = range(k, num_images, num_shards)
         with tf.io.TFRecordWriter(os.path.join(out_dir, name)) as writer:
-            for i in ids:  # a dark disc on skin-coloured noise, like tests/factory.py
+            for i in ids:  # a dark disc on skin-coloured noise, like preprocessing/tiny_records.py
                 cy, cx, r = rng.uniform(0.3, 0.7) * size, rng.uniform(0.3, 0.7) * size, size / 5
                 mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
                 image = np.where(mask[..., None] == 1, [90, 50, 30], [220, 170, 140])

@@ -394,14 +394,14 @@ def _latest_step(model_dir):
 
 @pytest.mark.timeout(600)
 def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
-    from tests import factory
+    from preprocessing import tiny_records
 
     records, model_dir = str(tmp_path / "records"), str(tmp_path / "model")
     scratch = tmp_path / "scratch"  # the workers' TMPDIR: non-chief checkpoints go there
     scratch.mkdir()
     # 64 training images, global batch 8 (4 per worker): one epoch of 8 steps. No
     # validation: each traced function costs seconds per worker.
-    factory.write_records(records, {"train": 64}, size=32)
+    tiny_records.write_records(records, {"train": 64}, size=32)
     # MWMS workers ignore SIGTERM (TF's preemption notifier catches it), so the survivor
     # is ended by the SIGKILL after the grace period. No --collective_timeout (the
     # default): the group must stop without one.

@@ -26,8 +26,8 @@ from launch import layout
 from launch.inference import evaluation
 from launch.inference.config import EvaluateConfig
 from preprocessing import build
+from preprocessing import tiny_records
 from preprocessing.config import BuildConfig
-from tests import factory
 from tests.test_predict import red_channel_model
 
 S, H, W = 16, 48, 32
@@ -198,9 +198,9 @@ def test_bad_inputs_are_clear_errors(dataset, tmp_path):
     other = red_channel_model(str(tmp_path / "s32.keras"), image_size=32)
     with pytest.raises(ValueError, match="takes 32x32 images but .* holds 16x16 records"):
         evaluation.evaluate(other, records, SMALL, progress=False)
-    # Records of tests/factory.py have no source folders on disk.
+    # Records of preprocessing/tiny_records.py have no source folders on disk.
     factory_records = str(tmp_path / "factory")
-    factory.write_records(factory_records, {"test": 2}, size=S)
+    tiny_records.write_records(factory_records, {"test": 2}, size=S)
     with pytest.raises(FileNotFoundError, match="full-resolution evaluation needs the original images"):
         evaluation.evaluate(model, factory_records, FULL, progress=False)
 
@@ -343,7 +343,7 @@ def test_records_from_two_folders_are_reported_per_source(dataset, tmp_path, res
     assert "clinic_a" in table and "clinic_b" in table
     # Records written before sources existed: no per-source section.
     legacy = str(tmp_path / "legacy")
-    factory.write_records(legacy, {"test": 3}, size=S, legacy=True)
+    tiny_records.write_records(legacy, {"test": 3}, size=S, legacy=True)
     summary = evaluation.evaluate(model, legacy, SMALL, output_dir=str(tmp_path / "e2"), progress=False)
     assert "per_source" not in summary and "clinic" not in evaluation.format_table(summary)
     with open(os.path.join(tmp_path, "e2", "per_image.csv")) as f:
@@ -450,7 +450,7 @@ def test_round_trip_train_evaluate_predict(tmp_path):
     for folder in ("images", "masks"):
         (source / folder).mkdir(parents=True)
     for i in range(16):
-        image, mask = factory.make_pair(rng, 40)  # 40 x 40 sources, 32 x 32 records
+        image, mask = tiny_records.make_pair(rng, 40)  # 40 x 40 sources, 32 x 32 records
         Image.fromarray(image).save(source / "images" / f"ISIC_{i:07d}.jpg", quality=95)
         Image.fromarray(mask * 255).save(source / "masks" / names.mask_name(f"ISIC_{i:07d}"))
     records = str(tmp_path / "records")

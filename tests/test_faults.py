@@ -38,8 +38,8 @@ from pipeline import dataset as dataset_lib
 from preprocessing import build
 from preprocessing import manifest as manifest_lib
 from preprocessing import synth
+from preprocessing import tiny_records
 from preprocessing.config import BuildConfig
-from tests import factory
 
 BASE = TrainConfig(
     batch_size=4,
@@ -59,7 +59,7 @@ def _train(records, model_dir, **changes):
 @pytest.fixture(scope="module")
 def clean_records(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("records") / "r")
-    factory.write_records(out, {"train": 16, "val": 4}, size=32, shards_per_split=2)
+    tiny_records.write_records(out, {"train": 16, "val": 4}, size=32, shards_per_split=2)
     return out
 
 
@@ -461,7 +461,7 @@ def test_write_failures_become_user_errors_naming_the_path():
 
 def test_resuming_on_records_of_another_image_size_is_a_clear_error(one_epoch_run, tmp_path):
     other = str(tmp_path / "records-48")
-    factory.write_records(other, {"train": 16, "val": 4}, size=48)
+    tiny_records.write_records(other, {"train": 16, "val": 4}, size=48)
     with pytest.raises(
         run_identity.CheckpointMismatchError,
         match=rf"{one_epoch_run} holds a model trained on 32x32 records, but these "
@@ -473,7 +473,7 @@ def test_resuming_on_records_of_another_image_size_is_a_clear_error(one_epoch_ru
 
 def test_an_empty_training_split_is_a_clear_error(tmp_path):
     out = str(tmp_path / "records")
-    factory.write_records(out, {"train": 0, "val": 4, "test": 4}, size=32)
+    tiny_records.write_records(out, {"train": 0, "val": 4, "test": 4}, size=32)
     with pytest.raises(dataset_lib.RecordsError, match=r"split 'train' of .* is empty \(0 records"):
         _train(out, str(tmp_path / "run"))
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests import factory
+from preprocessing import tiny_records
 from tests.conftest import PROJECT_ROOT
 from tests.conftest import start_launcher
 
@@ -32,7 +32,7 @@ def _digests(stdout):
 def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identical(tmp_path):
     records = str(tmp_path / "records")
     # 8 steps per epoch at batch 8; validation: 16 calls of one step under 2 workers.
-    factory.write_records(records, {"train": 64, "val": 128}, size=32)
+    tiny_records.write_records(records, {"train": 64, "val": 128}, size=32)
     scratch = tmp_path / "scratch"  # the workers' TMPDIR (non-chief temporary checkpoints)
     scratch.mkdir()
     env = dict(

@@ -14,7 +14,7 @@ from pipeline import dataset
 from pipeline.config import AugmentConfig
 from preprocessing import manifest as manifest_lib
 from preprocessing import schema
-from tests import factory
+from preprocessing import tiny_records
 
 NO_AUGMENT = AugmentConfig(augment=False)
 
@@ -26,14 +26,14 @@ BATCH = 8  # with SIZE, the augmentation shape shared with test_augment (one XLA
 def data_dir(tmp_path_factory):
     """train 32 records in 4 shards, val 7 in 2 shards, test empty."""
     out = str(tmp_path_factory.mktemp("records"))
-    factory.write_records(out, {"train": 32, "val": 7, "test": 0}, size=SIZE, shards_per_split=4)
+    tiny_records.write_records(out, {"train": 32, "val": 7, "test": 0}, size=SIZE, shards_per_split=4)
     return dataset.Records.open(out)
 
 
 @pytest.fixture(scope="module")
 def one_shard_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("one_shard"))
-    factory.write_records(out, {"train": 32, "val": 4}, size=SIZE, shards_per_split=1)
+    tiny_records.write_records(out, {"train": 32, "val": 4}, size=SIZE, shards_per_split=1)
     return dataset.Records.open(out)
 
 
@@ -163,7 +163,7 @@ def test_two_input_pipelines_get_disjoint_halves_of_the_split(fixture, request):
 def test_unbalanced_file_shards_fall_back_to_record_sharding(tmp_path):
     # 3 shards of 10 over 2 pipelines: by file, pipeline 1 would have 10 records only.
     out = str(tmp_path / "r")
-    factory.write_records(out, {"train": 30}, size=SIZE, shards_per_split=3)
+    tiny_records.write_records(out, {"train": 30}, size=SIZE, shards_per_split=3)
     records = dataset.Records.open(out)
     files = [path for path, _ in records.files("train")]
     # Global batch 4: 7 steps need 14 records per pipeline -> by record, over every file.
@@ -245,7 +245,7 @@ def test_an_unusable_directory_is_a_clear_error(tmp_path):
     with pytest.raises(dataset.RecordsError, match="manifest.json not found"):
         dataset.Records.open(str(tmp_path))
     out = str(tmp_path / "records")
-    factory.write_records(out, {"train": 8, "val": 2}, size=SIZE, shards_per_split=2)
+    tiny_records.write_records(out, {"train": 8, "val": 2}, size=SIZE, shards_per_split=2)
     os.remove(os.path.join(out, manifest_lib.shard_name("val", 1, 2)))
     with pytest.raises(dataset.RecordsError, match="missing"):
         dataset.Records.open(out)
@@ -267,7 +267,7 @@ def test_bad_batch_sizes_are_clear_errors(data_dir):
 
 def test_shards_that_disagree_with_the_manifest_fail_loudly(tmp_path):
     out = str(tmp_path)
-    factory.write_records(out, {"train": 16}, size=SIZE, shards_per_split=2)
+    tiny_records.write_records(out, {"train": 16}, size=SIZE, shards_per_split=2)
     path = os.path.join(out, "manifest.json")
     manifest = json.load(open(path))
     manifest["shards"]["train"][0]["records"] += 1
@@ -289,7 +289,7 @@ def test_shards_that_disagree_with_the_manifest_fail_loudly(tmp_path):
 
 def test_a_corrupt_shard_is_a_clear_error(tmp_path):
     out = str(tmp_path)
-    factory.write_records(out, {"train": 8}, size=SIZE, shards_per_split=1)
+    tiny_records.write_records(out, {"train": 8}, size=SIZE, shards_per_split=1)
     shard = os.path.join(out, manifest_lib.shard_name("train", 0, 1))
     with open(shard, "r+b") as f:  # flip bytes inside the first record's payload
         f.seek(40)

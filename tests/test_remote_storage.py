@@ -276,9 +276,8 @@ _ALLOWED = {
     "launch/training/config.py": {"os.path.isfile"},
     # The export check's test images, in a local temporary folder.
     "launch/export/parity.py": {"open", "os.makedirs"},
-    # The package's own location; isic-bench's local data folder.
+    # The package's own location.
     "launch/commands/launch.py": {"os.path.abspath"},
-    "launch/commands/bench.py": {"os.path.isdir"},
 }
 
 
