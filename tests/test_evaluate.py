@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,7 +25,13 @@ from core import names
 from core.errors import UserError
 from launch import layout
 from launch.inference import evaluation
+from launch.inference import prediction
+from launch.inference import scoring
 from launch.inference.config import EvaluateConfig
+from launch.inference.config import PredictConfig
+from launch.training import trainer
+from launch.training.config import TrainConfig
+from pipeline import dataset as dataset_lib
 from preprocessing import build
 from preprocessing import tiny_records
 from preprocessing.config import BuildConfig
@@ -387,6 +394,20 @@ def test_records_must_match_the_models_colour_constancy(dataset, tmp_path):
         evaluation.evaluate(str(run), records, SMALL, progress=False)
 
 
+def test_a_shard_damaged_after_the_check_is_a_records_error_naming_it(tmp_path):
+    """Evaluation checks the shards first; one damaged later (or a manifest without
+    checksums) fails where it is read, as a RecordsError, not a TensorFlow traceback."""
+    out = str(tmp_path / "records")
+    tiny_records.write_records(out, {"test": 4}, size=S, shards_per_split=1)
+    records = dataset_lib.Records.open(out)
+    with open(records.files("test")[0][0], "r+b") as f:  # bytes inside the first record
+        f.seek(40)
+        f.write(b"\xff" * 8)
+    model = keras.models.load_model(red_channel_model(str(tmp_path / "red.keras")))
+    with pytest.raises(dataset_lib.RecordsError, match=f"{out}: a shard is corrupt"):
+        scoring.score_records(model, records, SMALL, 4, progress=False)
+
+
 def test_unwritable_output_is_refused_before_scoring(dataset, tmp_path):
     source, records, model = dataset
     (tmp_path / "a_file").write_text("x")
@@ -442,9 +463,6 @@ def test_command_line_scores_a_folder_and_refuses_conflicting_flags(dataset, tmp
 
 
 def test_round_trip_train_evaluate_predict(tmp_path):
-    trainer = pytest.importorskip("launch.training.trainer")
-    from launch.inference import prediction
-
     rng = np.random.default_rng(0)
     source = tmp_path / "source"
     for folder in ("images", "masks"):
@@ -461,8 +479,6 @@ def test_round_trip_train_evaluate_predict(tmp_path):
         progress=False,
     )
     model_dir = str(tmp_path / "run")
-    from launch.training.config import TrainConfig
-
     trainer.train(
         records,
         model_dir,
@@ -492,8 +508,6 @@ def test_round_trip_train_evaluate_predict(tmp_path):
         full = json.load(f)
     assert full["count"] == 4 and full["resolution"] == "full"
     assert f"headline: thresholded Jaccard {full['headline']['thresholded_jaccard']:.4f}" in result.stdout
-    from launch.inference.config import PredictConfig
-
     report = prediction.predict_folder(
         model_dir,
         str(source / "images"),

@@ -1,14 +1,17 @@
 """Faults a cluster job meets, one test each: damaged records, two runs in one model
-directory, SIGTERM, full and read-only disks, and bad values at the edges.
+directory, SIGTERM, writes the disk refuses, and bad values at the edges.
 
-Full and read-only disks are real: a tiny tmpfs is mounted for the test (tests run as
-root, which chmod does not stop, but a full or read-only filesystem stops everybody).
-Those tests skip where mounting is not allowed.
+Writes the disk refuses are real refusals of the kernel, made without mounting anything:
+a file-size limit for a full disk, a folder without write permission (root's override
+dropped for the test's thread) for a read-only one.
 """
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -350,47 +353,90 @@ def test_sigterm_during_validation_stops_within_a_call_and_the_resumed_run_valid
     assert "loss" not in resumed  # the training means of the stopped epoch are lost
 
 
-# --- Full and read-only disks (a real tmpfs).
+# --- Writes the disk refuses, without mounting anything (tests run as root in containers
+# that may not mount): a file-size limit (RLIMIT_FSIZE, `ulimit -f`) makes the kernel
+# refuse a write past it with EFBIG as a full disk refuses one with ENOSPC; a folder
+# without write permission, with root's override of permissions dropped, refuses a new
+# file with EACCES as a read-only filesystem does with EROFS. faults.writing and the lock
+# treat every such errno alike (test_write_failures_become_user_errors_naming_the_path).
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 16 MB tmpfs, unmounted afterwards; skips where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield str(mount)
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(disk, leave_bytes):
-    """Fills `disk` up to `leave_bytes` of free space (a real ENOSPC for larger writes)."""
-    filler = os.path.join(disk, "filler")
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+@contextlib.contextmanager
+def _file_size_limit(limit_bytes: int):
+    """Writes that would make a file larger than `limit_bytes` fail with EFBIG ("File too
+    large") in this process meanwhile; SIGXFSZ, which would kill it, is ignored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, hard))
     try:
-        while True:
-            os.write(fd, b"\0" * (1 << 16))
-    except OSError:
-        pass
+        yield
     finally:
-        os.close(fd)
-    os.truncate(filler, max(os.path.getsize(filler) - leave_bytes, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_a_full_disk_during_a_checkpoint_stops_and_keeps_the_previous_one(clean_records, tiny_disk):
-    model_dir = os.path.join(tiny_disk, "run")
+# linux/capability.h: capget/capset's header version and the two bits root's file
+# access rests on; capabilities are per thread, so the rest of the process keeps them.
+_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _set_effective_capabilities(drop: int) -> int:
+    """Clears the bits `drop` from this thread's effective capabilities (0: restores the
+    permitted ones); returns the effective set it had. A no-op for non-root users."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data):
+        raise OSError(ctypes.get_errno(), "capget")
+    before = data[0].effective
+    data[0].effective = data[0].permitted & ~drop
+    if libc.capset(ctypes.byref(header), data):
+        raise OSError(ctypes.get_errno(), "capset")
+    return before
+
+
+@contextlib.contextmanager
+def _unwritable(folder: str):
+    """Nothing in `folder` can be written by this thread meanwhile (no write permission on
+    it or anything in it, as on a read-only filesystem), also when the tests run as root."""
+    modes = {}
+    for parent, _, names in os.walk(folder):
+        for path in [parent] + [os.path.join(parent, n) for n in names]:
+            modes[path] = os.stat(path).st_mode
+            os.chmod(path, modes[path] & ~0o222)
+    _set_effective_capabilities(1 << _CAP_DAC_OVERRIDE | 1 << _CAP_DAC_READ_SEARCH)
+    try:
+        yield
+    finally:
+        _set_effective_capabilities(0)
+        for path, mode in modes.items():
+            os.chmod(path, mode)
+
+
+def test_a_refused_write_during_a_checkpoint_stops_and_keeps_the_previous_one(clean_records, tmp_path):
+    model_dir = str(tmp_path / "run")
     _train(clean_records, model_dir)  # checkpoints 2 and 4, the models
-    _fill(tiny_disk, leave_bytes=600_000)  # room for logs and history, not a checkpoint
-    error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
-    print(f"disk full: stopped {seconds:.2f} s after the start: {error}")
     ckpt_dir = os.path.join(model_dir, "checkpoints")
+    # Room for logs, history and plots, not for a checkpoint's data file.
+    limit = os.path.getsize(os.path.join(ckpt_dir, "ckpt-4.data-00000-of-00001")) // 2
+    with _file_size_limit(limit):
+        error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
+    print(f"write refused: stopped {seconds:.2f} s after the start: {error}")
     assert isinstance(error, faults.OutputError) and isinstance(error, UserError)
     assert (
-        f"cannot write the checkpoint {ckpt_dir}/ckpt-6: No space left on device. The previous "
+        f"cannot write the checkpoint {ckpt_dir}/ckpt-6: File too large. The previous "
         f"checkpoint {ckpt_dir}/ckpt-4 is intact"
     ) in str(error)
     assert tf.train.latest_checkpoint(ckpt_dir) == os.path.join(ckpt_dir, "ckpt-4")
@@ -400,18 +446,21 @@ def test_a_full_disk_during_a_checkpoint_stops_and_keeps_the_previous_one(clean_
     keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
 
 
-def test_a_full_disk_during_the_export_keeps_the_previous_models(clean_records, tiny_disk):
-    model_dir = os.path.join(tiny_disk, "run")
+def test_a_refused_write_during_the_export_keeps_the_previous_models(clean_records, tmp_path):
+    model_dir = str(tmp_path / "run")
     _train(clean_records, model_dir)
     saved = os.path.join(model_dir, "saved_model")
     before = {n: os.path.getsize(os.path.join(saved, n)) for n in os.listdir(saved)}
     # Room for the .keras file (written first, then renamed over the old one), not for
-    # a second SavedModel beside the first.
-    _fill(tiny_disk, leave_bytes=1_100_000)
-    error, seconds = _timed(lambda: _train(clean_records, model_dir))  # nothing left to train
-    print(f"export on a full disk: stopped after {seconds:.2f} s: {error}")
+    # the SavedModel's variables.
+    keras_bytes = os.path.getsize(os.path.join(model_dir, "ISIC-UNet.keras"))
+    variables_bytes = os.path.getsize(os.path.join(saved, "variables", "variables.data-00000-of-00001"))
+    assert keras_bytes < variables_bytes
+    with _file_size_limit((keras_bytes + variables_bytes) // 2):
+        error, seconds = _timed(lambda: _train(clean_records, model_dir))  # nothing left to train
+    print(f"export with writes refused: stopped after {seconds:.2f} s: {error}")
     assert isinstance(error, faults.OutputError)
-    assert f"cannot write the SavedModel {saved}: No space left on device" in str(error)
+    assert f"cannot write the SavedModel {saved}: File too large" in str(error)
     assert "The previous saved_model is intact" in str(error)
     assert {n: os.path.getsize(os.path.join(saved, n)) for n in os.listdir(saved)} == before
     assert not [n for n in os.listdir(model_dir) if ".tmp" in n or n.endswith(".old")]
@@ -424,16 +473,16 @@ def test_a_full_disk_during_the_export_keeps_the_previous_models(clean_records, 
     )
 
 
-def test_a_read_only_disk_stops_at_once_and_inference_refuses_it_early(clean_records, tiny_disk):
-    model_dir = os.path.join(tiny_disk, "run")
+def test_an_unwritable_model_dir_stops_at_once_and_inference_refuses_it_early(clean_records, tmp_path):
+    model_dir = str(tmp_path / "run")
     _train(clean_records, model_dir)
-    subprocess.run(["mount", "-o", "remount,ro", tiny_disk], check=True)
-    error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
-    print(f"read-only model dir: stopped after {seconds:.2f} s: {error}")
-    assert isinstance(error, UserError)
-    assert f"cannot create the lock file {model_dir}/{trainer.LOCK_FILE}: Read-only file system" in str(error)
-    with pytest.raises(UserError, match="cannot write to the output folder .*Read-only file system"):
-        files.ensure_writable(os.path.join(model_dir, "eval-test"))  # isic-evaluate, isic-predict
+    with _unwritable(model_dir):
+        error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
+        print(f"unwritable model dir: stopped after {seconds:.2f} s: {error}")
+        assert isinstance(error, UserError)
+        assert f"cannot create the lock file {model_dir}/{trainer.LOCK_FILE}: Permission denied" in str(error)
+        with pytest.raises(UserError, match="cannot write to the output folder .*Permission denied"):
+            files.ensure_writable(os.path.join(model_dir, "eval-test"))  # isic-evaluate, isic-predict
     keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
 
 
@@ -441,12 +490,14 @@ def test_write_failures_become_user_errors_naming_the_path():
     for error in (
         PermissionError(13, "Permission denied"),
         OSError(28, "No space left on device"),
+        OSError(27, "File too large"),
         tf.errors.PermissionDeniedError(None, None, "/m/x_temp; Permission denied [Op:SaveV2]"),
+        tf.errors.OutOfRangeError(None, None, "/m/x_temp/part-0; File too large [Op:SaveV2]"),
     ):
         with pytest.raises(
             faults.OutputError,
             match=r"cannot write the plot /m/loss.png: "
-            r"(Permission denied|No space left on device)\.",
+            r"(Permission denied|No space left on device|File too large)\.",
         ):
             with faults.writing("plot", "/m/loss.png"):
                 raise error
@@ -454,6 +505,9 @@ def test_write_failures_become_user_errors_naming_the_path():
     with pytest.raises(tf.errors.UnavailableError):
         with faults.writing("checkpoint", "/m/checkpoints/ckpt-2"):
             raise tf.errors.UnavailableError(None, None, "peer worker 1 is gone")
+    with pytest.raises(tf.errors.OutOfRangeError):  # a dataset's end names no output folder
+        with faults.writing("checkpoint", "/m/checkpoints/ckpt-2"):
+            raise tf.errors.OutOfRangeError(None, None, "End of sequence")
 
 
 # --- Bad values at the edges.

@@ -98,12 +98,13 @@ def _truth(path: str, size: tuple[int, int]) -> np.ndarray:
 def _find(records, split: str, ids: set) -> dict:
     """Finds the records of `ids` in the split: id -> dict of numpy values of one example."""
     found = {}
-    for batch in dataset_lib.read_examples(records, split, 32).as_numpy_iterator():
-        for i, case_id in enumerate(batch["case_id"]):
-            if case_id.decode() in ids:
-                found[case_id.decode()] = {k: v[i] for k, v in batch.items()}
-        if len(found) == len(ids):
-            break
+    with dataset_lib.reading(records):  # a corrupt shard: a RecordsError naming it
+        for batch in dataset_lib.read_examples(records, split, 32).as_numpy_iterator():
+            for i, case_id in enumerate(batch["case_id"]):
+                if case_id.decode() in ids:
+                    found[case_id.decode()] = {k: v[i] for k, v in batch.items()}
+            if len(found) == len(ids):
+                break
     return found
 
 
