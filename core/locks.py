@@ -35,9 +35,9 @@ from absl import logging
 from core import files
 from core import leases
 from core.errors import UserError
-from core.holders import Holder  # noqa: F401  (callers use locks.*)
-from core.holders import LockedError  # noqa: F401  (callers use locks.*)
-from core.holders import parse_holder  # noqa: F401  (callers use locks.*)
+from core.holders import Holder
+from core.holders import LockedError
+from core.holders import parse_holder
 
 # flock's errors on a filesystem that has no flock (ENOTSUP is EOPNOTSUPP on Linux; NFS
 # without lockd answers ENOLCK).

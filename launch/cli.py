@@ -91,7 +91,7 @@ def import_tensorflow_quietly() -> None:
     if "tensorflow" in sys.modules or os.environ.get(SHOW_TF_LOGS_VARIABLE, "") not in ("", "0"):
         return
     with filtered_stderr():
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        import tensorflow as tf
 
         tf.config.list_physical_devices()
 
@@ -297,7 +297,7 @@ def local_flagfiles(argv: list[str]) -> list[str]:
         local = os.path.join(copies, f"{index}-{os.path.basename(value)}")
         try:
             files.write_atomic(local, files.read_bytes(value))
-        except Exception as e:  # pylint: disable=broad-except  # OSError or tf.errors.OpError
+        except Exception as e:  # OSError or tf.errors.OpError
             raise UserError(f"cannot read the flag file {value}: {e}") from None
         out.append(f"--flagfile={local}" if arg.startswith("-") else local)
     return out

@@ -4,7 +4,8 @@
     ds = make_dataset(records, "train", batch_size=32, training=True, seed=0, epoch=e,
                       augment=config, input_context=ctx)
 
-Training follows STYLE.md point 5, with the shuffle moved before parsing on purpose:
+Training follows the usual order (list -> shard -> interleave -> parse -> cache -> shuffle
+-> augment -> batch -> prefetch), with the shuffle moved before parsing on purpose:
   list the split's shards (raise on none) -> shard by input pipeline (by file when there
   are enough files, else by record) -> interleave the files (deterministic; parallel reads
   matter on remote storage) -> cache this pipeline's serialized records as one tensor ->
@@ -402,7 +403,7 @@ def _read_once(records: Records, key: tuple, ds: tf.data.Dataset) -> tf.data.Dat
     """
     if files_lib.is_local(records.data_dir):
         return ds
-    cache = records._remote_cache  # pylint: disable=protected-access
+    cache = records._remote_cache
     if key not in cache:
         cache[key] = next(iter(ds))
     return tf.data.Dataset.from_tensors(cache[key]).repeat()

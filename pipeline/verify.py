@@ -113,7 +113,7 @@ def _pool(jobs: int) -> concurrent.futures.ThreadPoolExecutor:
 
 def digest_problems(shards: list[tuple[str, int, str | None]]) -> dict[str, str]:
     """{path: problem} for the shards whose sha256 differs from the manifest's."""
-    from preprocessing import shards as shards_lib  # pylint: disable=import-outside-toplevel
+    from preprocessing import shards as shards_lib
 
     with_digest = [(path, digest) for path, _, digest in shards if digest]
     with _pool(len(with_digest)) as pool:
@@ -179,7 +179,7 @@ def rebuild_command(data_dir: str, manifest: dict) -> str:
 
 def _option_flags(build: dict) -> list[str]:
     """Flags of the recorded build options that differ from isic-preprocess's defaults."""
-    from preprocessing.config import BuildConfig  # pylint: disable=import-outside-toplevel
+    from preprocessing.config import BuildConfig
 
     default = BuildConfig()
     flags = []
