@@ -144,12 +144,13 @@ def measure_pipeline(
     import tensorflow as tf
 
     from pipeline import dataset
+    from pipeline import records as records_lib
     from pipeline.config import AugmentConfig
 
     if single_core:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    records = dataset.Records.open(data_dir)  # once, as the trainer does
+    records = records_lib.Records.open(data_dir)  # once, as the trainer does
     options = AugmentConfig(augment=augment)
     setup = [0.0]  # CPU seconds spent building datasets and their iterators
 

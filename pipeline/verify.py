@@ -123,7 +123,7 @@ def digest_problems(shards: list[tuple[str, int, str | None]]) -> dict[str, str]
 
 def listed(data_dir: str, manifest: dict, split_shards) -> list[tuple[str, int, str | None]]:
     """(path, records, sha256 or None) of the shards in `split_shards`, each a split's
-    ((path, records), ...) as `dataset.Records.shards` holds them."""
+    ((path, records), ...) as `records.Records.shards` holds them."""
     digests = {
         os.path.join(data_dir, entry["file"]): entry.get("sha256")
         for entries in manifest.get("shards", {}).values()

@@ -31,7 +31,7 @@ from launch.inference.config import EvaluateConfig
 from launch.inference.config import PredictConfig
 from launch.training import trainer
 from launch.training.config import TrainConfig
-from pipeline import dataset as dataset_lib
+from pipeline import records as records_lib
 from preprocessing import build
 from preprocessing import tiny_records
 from preprocessing.config import BuildConfig
@@ -399,12 +399,12 @@ def test_a_shard_damaged_after_the_check_is_a_records_error_naming_it(tmp_path):
     checksums) fails where it is read, as a RecordsError, not a TensorFlow traceback."""
     out = str(tmp_path / "records")
     tiny_records.write_records(out, {"test": 4}, size=S, shards_per_split=1)
-    records = dataset_lib.Records.open(out)
+    records = records_lib.Records.open(out)
     with open(records.files("test")[0][0], "r+b") as f:  # bytes inside the first record
         f.seek(40)
         f.write(b"\xff" * 8)
     model = keras.models.load_model(red_channel_model(str(tmp_path / "red.keras")))
-    with pytest.raises(dataset_lib.RecordsError, match=f"{out}: a shard is corrupt"):
+    with pytest.raises(records_lib.RecordsError, match=f"{out}: a shard is corrupt"):
         scoring.score_records(model, records, SMALL, 4, progress=False)
 
 

@@ -38,6 +38,7 @@ from launch.training import trainer
 from launch.training.config import TrainConfig
 from model import losses
 from pipeline import dataset as dataset_lib
+from pipeline import records as records_lib
 from preprocessing import build
 from preprocessing import manifest as manifest_lib
 from preprocessing import synth
@@ -116,7 +117,7 @@ def test_a_corrupt_byte_stops_before_training_naming_the_shard(records, tmp_path
     model_dir = str(tmp_path / "run")
     error, seconds = _timed(lambda: _train(records, model_dir))
     print(f"corrupt byte: stopped {seconds:.2f} s after the start: {error}")
-    assert isinstance(error, dataset_lib.RecordsError) and isinstance(error, UserError)
+    assert isinstance(error, records_lib.RecordsError) and isinstance(error, UserError)
     message = str(error)
     assert "train-00000-of-00002.tfrecord: its sha256 differs" in message
     # The rebuild command repeats the recorded options that differ from the defaults.
@@ -130,7 +131,7 @@ def test_a_truncated_shard_is_found_by_the_size_check(records, tmp_path):
     shard = _shard(records, "val", 1)
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) - 100)
-    with pytest.raises(dataset_lib.RecordsError, match=r"val-00001-of-00002.tfrecord: truncated"):
+    with pytest.raises(records_lib.RecordsError, match=r"val-00001-of-00002.tfrecord: truncated"):
         _train(records, str(tmp_path / "run"), verify_records="size")
 
 
@@ -140,7 +141,7 @@ def test_a_wrong_sha256_in_the_manifest_is_reported(records, tmp_path):
 
     _edit_manifest(records, edit)
     with pytest.raises(
-        dataset_lib.RecordsError,
+        records_lib.RecordsError,
         match=r"val-00000-of-00002.tfrecord: its sha256 "
         r"differs from manifest.json's",
     ):
@@ -156,7 +157,7 @@ def test_hand_edited_record_counts_are_found_by_the_size_check(records, tmp_path
 
     _edit_manifest(records, edit)
     with pytest.raises(
-        dataset_lib.RecordsError,
+        records_lib.RecordsError,
         match="train-00001-of-00002.tfrecord: it holds 8 records but manifest.json says 9",
     ):
         _train(records, str(tmp_path / "run"), verify_records="size")
@@ -172,7 +173,7 @@ def test_corruption_met_while_training_names_the_shard_and_keeps_the_checkpoint(
         f.seek(40)
         f.write(b"\xff" * 8)
     # Without the sha256 check the damage is met by the reader, in the resumed epoch 2.
-    with pytest.raises(dataset_lib.RecordsError) as caught:
+    with pytest.raises(records_lib.RecordsError) as caught:
         _train(records, model_dir, epochs=2, verify_records="size")
     message = str(caught.value)
     assert "a shard is corrupt" in message and "train-00000-of-00002.tfrecord: its sha256" in message
@@ -283,7 +284,7 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
     )
     optimizer = keras.optimizers.Adam()
     optimizer.build(model.trainable_variables)
-    records = dataset_lib.Records.open(clean_records)
+    records = records_lib.Records.open(clean_records)
     batches = dataset_lib.make_dataset(records, "train", batch_size=4, training=True).repeat()
     saved = []
     # Not always Python's default: a shell that starts the suite in the background
@@ -528,7 +529,7 @@ def test_resuming_on_records_of_another_image_size_is_a_clear_error(one_epoch_ru
 def test_an_empty_training_split_is_a_clear_error(tmp_path):
     out = str(tmp_path / "records")
     tiny_records.write_records(out, {"train": 0, "val": 4, "test": 4}, size=32)
-    with pytest.raises(dataset_lib.RecordsError, match=r"split 'train' of .* is empty \(0 records"):
+    with pytest.raises(records_lib.RecordsError, match=r"split 'train' of .* is empty \(0 records"):
         _train(out, str(tmp_path / "run"))
 
 

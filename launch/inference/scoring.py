@@ -26,6 +26,7 @@ from launch.inference.config import EvaluateConfig
 from model import metrics
 from pipeline import dataset as dataset_lib
 from pipeline import pixels
+from pipeline import records as records_lib
 from preprocessing import decode
 from preprocessing import load
 
@@ -34,7 +35,7 @@ COUNT_NAMES = ("tp", "fp", "fn", "tn")
 
 def score_records(
     model,
-    records: dataset_lib.Records,
+    records: records_lib.Records,
     config: EvaluateConfig,
     count: int,
     *,
