@@ -91,21 +91,11 @@ def run_pipeline_benchmark(
         pairs, source = _baseline_pairs(sample_dir, baseline_images, tmp)
         ours = {"data_dir": data_dir, "batch_size": batch_size, "epochs": epochs}
         one_core = {cpus[0]}
-
-        def measure(function, kwargs, pinned):  # ours with the environment isic-train sets
-            return child.run_child(
-                f"benchmarks.pipeline:{function}",
-                kwargs,
-                Throughput,
-                env=child.TUNED_ENV,
-                cpus=one_core if pinned else None,
-            ).value
-
-        one = measure("measure_pipeline", dict(ours, augment=True, single_core=True), True)
-        no_augment = measure("measure_pipeline", dict(ours, augment=False, single_core=True), True)
-        every = measure("measure_pipeline", dict(ours, augment=True, single_core=False), False)
-        baseline = measure(
-            "measure_baseline", {"pairs": pairs, "batch_size": batch_size, "image_size": image_size}, True
+        one = _in_child("measure_pipeline", dict(ours, augment=True, single_core=True), one_core)
+        no_augment = _in_child("measure_pipeline", dict(ours, augment=False, single_core=True), one_core)
+        every = _in_child("measure_pipeline", dict(ours, augment=True, single_core=False), None)
+        baseline = _in_child(
+            "measure_baseline", {"pairs": pairs, "batch_size": batch_size, "image_size": image_size}, one_core
         )
     return PipelineReport(
         pipeline_1core=one,
@@ -122,6 +112,14 @@ def run_pipeline_benchmark(
         baseline_source=source,
         baseline_pairs=len(pairs),
     )
+
+
+def _in_child(function: str, kwargs: dict, cpus: set | None) -> Throughput:
+    """`function` of this module measured in a child process with the environment
+    isic-train sets, on `cpus` (None: all)."""
+    return child.run_child(
+        f"benchmarks.pipeline:{function}", kwargs, Throughput, env=child.TUNED_ENV, cpus=cpus
+    ).value
 
 
 def _timed(run) -> Throughput:
