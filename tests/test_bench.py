@@ -30,6 +30,7 @@ from benchmarks import training
 from benchmarks import unet_stage
 from benchmarks.config import BenchConfig
 from core.errors import UserError
+from preprocessing import tiny_records
 
 ROW_FIELDS = {"stage", "measure", "unit", "ours", "baseline", "gain", "target", "passed", "detail"}
 
@@ -363,7 +364,7 @@ def test_stage_helpers_build_read_and_fit_tiny_records(tmp_path):
     before = time.time()
     assert startup.fit_first_step(records, base_filters=2, batch_size=4, image_size=32) > before
     synthetic = str(tmp_path / "synthetic")
-    pipeline.write_synthetic_records(synthetic, num_images=8, size=16)
+    tiny_records.write_records(synthetic, {"train": 8}, size=16)
     throughput = pipeline.measure_pipeline(synthetic, batch_size=4, epochs=1, augment=True, single_core=False)
     assert throughput.images == 8 and throughput.steady_images_per_cpu_s > 0
 
