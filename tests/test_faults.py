@@ -394,18 +394,16 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def _set_effective_capabilities(drop: int) -> int:
-    """Clears the bits `drop` from this thread's effective capabilities (0: restores the
-    permitted ones); returns the effective set it had. A no-op for non-root users."""
+def _set_effective_capabilities(drop: int) -> None:
+    """Makes this thread's effective capabilities its permitted ones without the bits
+    `drop` (0: all of them again). A no-op for users without capabilities."""
     libc = ctypes.CDLL(None, use_errno=True)
     header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
     if libc.capget(ctypes.byref(header), data):
         raise OSError(ctypes.get_errno(), "capget")
-    before = data[0].effective
     data[0].effective = data[0].permitted & ~drop
     if libc.capset(ctypes.byref(header), data):
         raise OSError(ctypes.get_errno(), "capset")
-    return before
 
 
 @contextlib.contextmanager

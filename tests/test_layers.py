@@ -5,8 +5,8 @@ Bottom up: core <- preprocessing <- pipeline <- model <- launch <- benchmarks, a
 launch its own layers (LAYERS below: what each part may import besides itself). No
 module may reach itself again through its imports, lazy (function-level) imports
 included, and nothing outside tests/ imports tests/. Every module outside tests/ has at
-most MAX_MODULE_LINES lines and every function at most MAX_FUNCTION_LINES (STYLE.md's
-"modules of roughly 100 to 400 lines", "helpers of roughly 40 lines" made a limit).
+most MAX_MODULE_LINES lines and every function at most MAX_FUNCTION_LINES: a room a
+reader takes in whole, split by role before it grows past that.
 """
 
 import ast
