@@ -9,10 +9,9 @@ decoding image files. A library module, not a test helper, because nothing outsi
 tests/ may import tests/ (tests/test_layers.py); like the builder it needs no TensorFlow.
 """
 
-import os
-
 import numpy as np
 
+from core import files
 from core import names
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
@@ -54,7 +53,7 @@ def write_records(
       legacy: the manifest as builders wrote it before the "sources" and "preprocessing"
         fields existed (for the tests of that fallback); records carry an empty source.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    files.makedirs(out_dir)
     rng = np.random.default_rng(seed)
     total = sum(counts.values())
     config = BuildConfig(
