@@ -41,7 +41,7 @@ setup(
             "isic-evaluate=launch.commands.evaluate:run",
             "isic-predict=launch.commands.predict:run",
             "isic-launch=launch.commands.launch:run",
-            "isic-bench=launch.commands.bench:run",
+            "isic-bench=benchmarks.bench:run",
             "isic-export=launch.commands.export:run",
         ]
     },

@@ -11,7 +11,8 @@ a checkpoint is being written (its `ckpt-N_temp` folder exists), or during valid
 died); SIGTERM to the first process (a scheduler's notice; isic-launch forwards it). Then
 the command is run again until it exits 0. The final weights' sha256 must equal the
 uninterrupted reference's, every SIGTERM must end in exit status 143 (or 0 when it came
-too late to matter) within `--stop_bound` seconds, and no attempt may exit 1.
+too late to matter) within `stop_bound` seconds (an argument of `chaos()`, 60 by default),
+and no attempt may exit 1.
 
 Takes about 10-20 s per attempt on a 2-core CPU (most of it TensorFlow's start-up): 20
 kills, one process, about 5 minutes; 2 workers about twice that. tests/test_chaos.py runs
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from preprocessing import tiny_records
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOMENTS = ("time", "save", "validation")
@@ -173,6 +176,23 @@ def chaos(
     assert reference.exit_status == 0, reference.log_tail
     model_dir = os.path.join(out, "faulted")
     command = train_command(records, model_dir, workers)
+    attempts = _until_finished(command, env, model_dir, faults, rng, timeout, span, stop_bound)
+    digest = _DIGEST.findall(attempts[-1].log_tail)
+    want = _DIGEST.findall(reference.log_tail)
+    assert digest and digest == want, (digest, want, attempts[-1].log_tail)
+    stops = [a.stop_seconds for a in attempts if a.signal == "SIGTERM" and a.exit_status == 143]
+    return {
+        "attempts": len(attempts),
+        "faults": sum(a.moment is not None for a in attempts),
+        "by_moment": {m: sum(a.moment == m for a in attempts) for m in MOMENTS},
+        "sigterm_stop_seconds_max": max(stops, default=None),
+        "weights_sha256": digest[0],
+    }
+
+
+def _until_finished(command, env, model_dir, faults, rng, timeout, span, stop_bound) -> list[Attempt]:
+    """Runs `command` dealt each of `faults` in turn, then until it exits 0; checks each
+    attempt (no exit status 1; a SIGTERM ends in 143 or 0 within `stop_bound` seconds)."""
     attempts = []
     pending = list(faults)
     while True:
@@ -190,21 +210,10 @@ def chaos(
             assert attempt.exit_status in (0, 143), f"{where}:\n{attempt.log_tail}"
             assert attempt.stop_seconds < stop_bound, f"{where}: {attempt.stop_seconds:.1f} s"
         if attempt.exit_status == 0:  # finished (a fault that came too late did nothing)
-            break
-        if attempt.exit_status == 0 and pending:  # the run finished before these faults
-            print(f"finished with {len(pending)} faults not dealt", flush=True)
+            if pending:
+                print(f"finished with {len(pending)} faults not dealt", flush=True)
+            return attempts
         assert len(attempts) < 2 * len(faults) + 5, "too many attempts"
-    digest = _DIGEST.findall(attempts[-1].log_tail)
-    want = _DIGEST.findall(reference.log_tail)
-    assert digest and digest == want, (digest, want, attempts[-1].log_tail)
-    stops = [a.stop_seconds for a in attempts if a.signal == "SIGTERM" and a.exit_status == 143]
-    return {
-        "attempts": len(attempts),
-        "faults": sum(a.moment is not None for a in attempts),
-        "by_moment": {m: sum(a.moment == m for a in attempts) for m in MOMENTS},
-        "sigterm_stop_seconds_max": max(stops, default=None),
-        "weights_sha256": digest[0],
-    }
 
 
 def main() -> None:
@@ -214,12 +223,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="/tmp/isic-chaos")
     args = parser.parse_args()
-    sys.path.insert(0, PROJECT_ROOT)
-    from tests import factory  # the tests' synthetic records
-
     records = os.path.join(args.out, "records")
     if not os.path.exists(records):
-        factory.write_records(records, {"train": 32, "val": 8}, size=32)
+        tiny_records.write_records(records, {"train": 32, "val": 8}, size=32)
     start = time.perf_counter()
     summary = chaos(
         records,

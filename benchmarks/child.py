@@ -240,6 +240,6 @@ def _rss_kb(pid: int) -> int:
 
 def onednn_enabled() -> bool:
     """Whether this process's TensorFlow runs its oneDNN kernels (call after importing TF)."""
-    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.util import _pywrap_util_port
 
     return bool(_pywrap_util_port.IsMklEnabled())

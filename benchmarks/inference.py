@@ -59,7 +59,6 @@ def measure_inference(
     """
     import keras
 
-    from launch.inference import models
     from model import unet
 
     if loop not in ("ours", "keras"):
@@ -73,20 +72,7 @@ def measure_inference(
         .astype(np.float32)
     )
     start = time.perf_counter()
-    if loop == "ours":
-
-        def run(x):
-            return np.concatenate(
-                [
-                    models.predict(model, x[i : i + batch_size], batch_size)
-                    for i in range(0, len(x), batch_size)
-                ]
-            )
-    else:
-
-        def run(x):
-            return model.predict(x, batch_size=batch_size, verbose=0)
-
+    run = _predictor(model, loop, batch_size)
     run(images[:batch_size])  # warm-up: trace and first execution
     first = time.perf_counter() - start
     start, cpu = time.perf_counter(), time.process_time()
@@ -110,6 +96,21 @@ def measure_inference(
         gflops_per_cpu_s=len(images) * flops / cpu_seconds / 1e9,
         onednn=child.onednn_enabled(),
     )
+
+
+def _predictor(model, loop: str, batch_size: int):
+    """images float32 [N, S, S, 3] -> probabilities [N, ...]: isic-evaluate's batched call
+    (`models.predict`) for "ours", Keras' `model.predict` for "keras"."""
+    if loop == "keras":
+        return lambda x: model.predict(x, batch_size=batch_size, verbose=0)
+    from launch.inference import models
+
+    def run(x):
+        return np.concatenate(
+            [models.predict(model, x[i : i + batch_size], batch_size) for i in range(0, len(x), batch_size)]
+        )
+
+    return run
 
 
 def run_inference_benchmark(

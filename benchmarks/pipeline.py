@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks import child
 from benchmarks import paths
+from preprocessing import tiny_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,27 +86,17 @@ def run_pipeline_benchmark(
     with tempfile.TemporaryDirectory(prefix="isic-pipeline-bench-") as tmp:
         if data_dir is None:
             data_dir = os.path.join(tmp, "records")
-            write_synthetic_records(data_dir, num_images, image_size)
+            tiny_records.write_records(data_dir, {"train": num_images}, size=image_size, shards_per_split=4)
         with open(os.path.join(data_dir, "manifest.json")) as f:
             records = json.load(f)["counts"]["train"]
         pairs, source = _baseline_pairs(sample_dir, baseline_images, tmp)
         ours = {"data_dir": data_dir, "batch_size": batch_size, "epochs": epochs}
         one_core = {cpus[0]}
-
-        def measure(function, kwargs, pinned):  # ours with the environment isic-train sets
-            return child.run_child(
-                f"benchmarks.pipeline:{function}",
-                kwargs,
-                Throughput,
-                env=child.TUNED_ENV,
-                cpus=one_core if pinned else None,
-            ).value
-
-        one = measure("measure_pipeline", dict(ours, augment=True, single_core=True), True)
-        no_augment = measure("measure_pipeline", dict(ours, augment=False, single_core=True), True)
-        every = measure("measure_pipeline", dict(ours, augment=True, single_core=False), False)
-        baseline = measure(
-            "measure_baseline", {"pairs": pairs, "batch_size": batch_size, "image_size": image_size}, True
+        one = _in_child("measure_pipeline", dict(ours, augment=True, single_core=True), one_core)
+        no_augment = _in_child("measure_pipeline", dict(ours, augment=False, single_core=True), one_core)
+        every = _in_child("measure_pipeline", dict(ours, augment=True, single_core=False), None)
+        baseline = _in_child(
+            "measure_baseline", {"pairs": pairs, "batch_size": batch_size, "image_size": image_size}, one_core
         )
     return PipelineReport(
         pipeline_1core=one,
@@ -122,6 +113,14 @@ def run_pipeline_benchmark(
         baseline_source=source,
         baseline_pairs=len(pairs),
     )
+
+
+def _in_child(function: str, kwargs: dict, cpus: set | None) -> Throughput:
+    """`function` of this module measured in a child process with the environment
+    isic-train sets, on `cpus` (None: all)."""
+    return child.run_child(
+        f"benchmarks.pipeline:{function}", kwargs, Throughput, env=child.TUNED_ENV, cpus=cpus
+    ).value
 
 
 def _timed(run) -> Throughput:
@@ -144,12 +143,13 @@ def measure_pipeline(
     import tensorflow as tf
 
     from pipeline import dataset
+    from pipeline import records as records_lib
     from pipeline.config import AugmentConfig
 
     if single_core:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    records = dataset.Records.open(data_dir)  # once, as the trainer does
+    records = records_lib.Records.open(data_dir)  # once, as the trainer does
     options = AugmentConfig(augment=augment)
     setup = [0.0]  # CPU seconds spent building datasets and their iterators
 
@@ -222,52 +222,3 @@ def _baseline_pairs(sample_dir, limit: int, tmp: str) -> tuple[list, str]:
         mask.save(pair[1])
         pairs.append(pair)
     return pairs, "synthetic 1024x768"
-
-
-def write_synthetic_records(out_dir: str, num_images: int, size: int, num_shards: int = 4) -> None:
-    """A train-only records dataset written through the project's schema and manifest."""
-    import tensorflow as tf
-
-    from preprocessing import manifest as manifest_lib
-    from preprocessing import schema
-
-    os.makedirs(out_dir)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size]
-    shards = []
-    for k in range(num_shards):
-        name = manifest_lib.shard_name("train", k, num_shards)
-        ids = range(k, num_images, num_shards)
-        with tf.io.TFRecordWriter(os.path.join(out_dir, name)) as writer:
-            for i in ids:  # a dark disc on skin-coloured noise, like tests/factory.py
-                cy, cx, r = rng.uniform(0.3, 0.7) * size, rng.uniform(0.3, 0.7) * size, size / 5
-                mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
-                image = np.where(mask[..., None] == 1, [90, 50, 30], [220, 170, 140])
-                image = np.clip(image + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-                writer.write(
-                    schema.encode_example(
-                        f"ISIC_{i:07d}",
-                        image,
-                        mask,
-                        (768, 1024),
-                        f"ISIC_{i:07d}.jpg",
-                        f"ISIC_{i:07d}_segmentation.png",
-                    )
-                )
-        shards.append({"file": name, "records": len(ids), "sha256": ""})
-    manifest_lib.write_manifest(
-        out_dir,
-        {
-            "schema_version": schema.SCHEMA_VERSION,
-            "image_size": size,
-            "seed": 0,
-            "fractions": {"train": 1.0, "val": 0.0, "test": 0.0},
-            "counts": {"train": num_images, "val": 0, "test": 0},
-            "shards": {"train": shards, "val": [], "test": []},
-            "splits": {f"ISIC_{i:07d}": "train" for i in range(num_images)},
-            "skipped": [],
-            "ignored_files": 0,
-            "source": {"images_dir": "", "masks_dir": ""},
-            "build": {},
-        },
-    )

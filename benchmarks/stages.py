@@ -17,7 +17,7 @@ from benchmarks import loop
 from benchmarks import pipeline
 from benchmarks import preprocess
 from benchmarks import startup
-from benchmarks import training
+from benchmarks import unet_stage
 from benchmarks.config import BenchConfig
 from benchmarks.results import Row
 from preprocessing import pairs as pairs_lib
@@ -25,9 +25,6 @@ from preprocessing import synth
 
 LOOP_TARGET_MS = 1.0  # issue 6: loop overhead under 1 ms per step
 LOOP_TARGET_GAIN = 0.9  # issue 12: at 64 steps per call, within 10% of model.fit's
-FIT_TARGET_GAIN = 1.0  # issue 12: a U-Net step at least as fast as model.fit's ...
-NOISE_ALLOWANCE = 0.97  # ... where 3% below counts as noise on this shared machine
-PROFILE_ROWS = 8  # with --profile_ops: the op types taking most time, per width
 PIPELINE_TARGET = 1000.0  # issue 6: images/s per core with augmentation
 BUILD_TARGET_PER_WORKER = 2.0  # issue 6: >= 2x the naive baseline per worker (sample)
 BUILD_TARGET_FULL_SIZE = 5.0  # issue 6: >= 5x on full-size images
@@ -69,11 +66,13 @@ def run_build(config: BenchConfig, data_dir: str | None, work_dir: str) -> prepr
 
 
 def rows_build(raw: preprocess.BuildReport) -> list[Row]:
+    """Stage 1: the builder's speed against a plain PIL loop, and its memory as data grows."""
+    return _build_speed_rows(raw) + _build_memory_rows(raw)
+
+
+def _build_speed_rows(raw: preprocess.BuildReport) -> list[Row]:
     one, two, big = raw.one_worker, raw.two_workers, raw.full_size
-    x1, x2 = one.peak_rss_mb, raw.doubled_one_worker.peak_rss_mb
-    t1, t2 = two.peak_tree_rss_mb, raw.doubled_two_workers.peak_tree_rss_mb
     per_worker = f">= {BUILD_TARGET_PER_WORKER:g}x per worker"
-    flat = f"<= {MEMORY_FLAT:g}x of 1x"
     return [
         Row.compare(
             1,
@@ -107,6 +106,14 @@ def rows_build(raw: preprocess.BuildReport) -> list[Row]:
             f"JPEG at draft scale + the whole PNG) {big.floor_pairs_per_s:g} "
             f"pairs/s = {big.best_possible_speedup:.2f}x at best",
         ),
+    ]
+
+
+def _build_memory_rows(raw: preprocess.BuildReport) -> list[Row]:
+    x1, x2 = raw.one_worker.peak_rss_mb, raw.doubled_one_worker.peak_rss_mb
+    t1, t2 = raw.two_workers.peak_tree_rss_mb, raw.doubled_two_workers.peak_tree_rss_mb
+    flat = f"<= {MEMORY_FLAT:g}x of 1x"
+    return [
         Row.compare(
             1,
             "peak RSS, 2x dataset vs 1x, 1 worker",
@@ -212,137 +219,6 @@ def rows_loop(raw: loop.LoopReport) -> list[Row]:
     return rows
 
 
-def run_unet(config: BenchConfig, data_dir: str | None, work_dir: str) -> training.UnetReport:
-    """Stage 4 at --unet_filters widths."""
-    del data_dir, work_dir
-    if config.quick:
-        return training.run_unet_benchmark(
-            filters=(4,),
-            batch_size=4,
-            image_size=32,
-            plain_filters=(4,),
-            peak_size=512,
-            plain_peak_size=256,
-            profile_ops=config.profile_ops,
-            quick=True,
-            encoders=(("efficientnet_lite0", 1),),
-        )
-    return training.run_unet_benchmark(filters=config.unet_filter_counts, profile_ops=config.profile_ops)
-
-
-def rows_unet(raw: training.UnetReport) -> list[Row]:
-    runs = [r for r in raw.runs if r.encoder == "unet"]
-    pick = {(r.base_filters, r.loop, r.env): r for r in runs}
-    rows = []
-    tuned = [r.peak for r in runs if r.env == "tuned" and r.peak]
-    plain = [r.peak for r in runs if r.env == "plain" and r.peak]
-    if plain:
-        rows.append(
-            Row.compare(
-                4,
-                "float32 matmul peak (oneDNN vs TF default)",
-                "GFLOP/s",
-                raw.peak_gflops,
-                max(p.gflops for p in plain),
-                detail=f"{tuned[0].size}^2 vs {plain[0].size}^2; the best oneDNN probe is the peak",
-            )
-        )
-    target = f">= {FIT_TARGET_GAIN:g}x ({NOISE_ALLOWANCE:g} for noise)"
-    for f in sorted({r.base_filters for r in runs}):
-        ours, fit = pick[(f, "ours", "tuned")], pick[(f, "fit", "tuned")]
-        rows.append(
-            Row.compare(
-                4,
-                f"U-Net {f} filters, ours vs model.fit, train batch {ours.batch_size}, {ours.image_size}px",
-                "img/s",
-                ours.images_per_s,
-                fit.images_per_s,
-                target=target,
-                passed=ours.images_per_s >= NOISE_ALLOWANCE * fit.images_per_s,
-                detail=f"same process, oneDNN; {ours.fraction_of_peak:.0%} of peak vs model.fit "
-                f"{fit.fraction_of_peak:.0%}; best of {ours.rounds} round(s) of "
-                f"{ours.timed_steps} step(s)",
-            )
-        )
-        plain_fit = pick.get((f, "fit", "plain"))
-        if plain_fit:
-            rows.append(
-                Row.compare(
-                    4,
-                    f"U-Net {f} filters, ours vs plain model.fit (TF defaults)",
-                    "img/s",
-                    ours.images_per_s,
-                    plain_fit.images_per_s,
-                    detail=f"what isic-train's environment gives; plain model.fit "
-                    f"{plain_fit.fraction_of_peak:.0%} of peak",
-                )
-            )
-        if ours.ops and fit.ops:
-            rows.extend(_op_rows(f, ours.ops, fit.ops))
-    return rows + _encoder_rows(raw.runs, pick)
-
-
-def _encoder_rows(runs, unets: dict) -> list[Row]:
-    """A pretrained encoder's training step beside the U-Net's (isic-train --encoder)."""
-    rows = []
-    for encoder in sorted({r.encoder for r in runs} - {"unet"}):
-        ours, fit = (
-            next(r for r in runs if r.encoder == encoder and r.loop == loop) for loop in ("ours", "fit")
-        )
-        unet = unets.get((ours.base_filters, "ours", "tuned")) or unets.get(
-            (min(f for f, _, _ in unets), "ours", "tuned")
-        )
-        rows.append(
-            Row.compare(
-                4,
-                f"{encoder} + U-Net decoder {ours.base_filters}, ours vs model.fit, train batch "
-                f"{ours.batch_size}, {ours.image_size}px",
-                "img/s",
-                ours.images_per_s,
-                fit.images_per_s,
-                detail=f"{ours.training_gflop_per_image:.2f} training GFLOP/image, "
-                f"{ours.fraction_of_peak:.0%} of peak; U-Net {unet.base_filters} filters "
-                f"{unet.images_per_s:.1f} img/s ({unet.training_gflop_per_image:.2f} GFLOP/image)",
-            )
-        )
-    return rows
-
-
-def _op_rows(filters: int, ours, fit) -> list[Row]:
-    """The PROFILE_ROWS op types taking most time, ours vs fit, then all traced ops."""
-
-    def both(op):
-        return ours.ms_per_step.get(op, 0.0) + fit.ms_per_step.get(op, 0.0)
-
-    top = sorted(set(ours.ms_per_step) | set(fit.ms_per_step), key=both, reverse=True)
-    rows = [
-        Row.compare(
-            4,
-            f"  {filters} filters, op {op}",
-            "ms/step",
-            ours.ms_per_step.get(op),
-            fit.ms_per_step.get(op),
-            lower_is_better=True,
-            detail=f"runs per step: {ours.count_per_step.get(op, 0):g} vs "
-            f"{fit.count_per_step.get(op, 0):g} (profiler trace)",
-        )
-        for op in top[:PROFILE_ROWS]
-    ]
-    rows.append(
-        Row.compare(
-            4,
-            f"  {filters} filters, all traced ops",
-            "ms/step",
-            ours.total_ms,
-            fit.total_ms,
-            lower_is_better=True,
-            detail=f"{sum(ours.count_per_step.values()):.0f} vs "
-            f"{sum(fit.count_per_step.values()):.0f} op runs per step",
-        )
-    )
-    return rows
-
-
 def run_serving(config: BenchConfig, data_dir: str | None, work_dir: str) -> ServingReport:
     """Stage 5: inference at --inference_filters, then isic-train's start-up."""
     del data_dir
@@ -397,7 +273,7 @@ STAGES = {
     1: Stage("building records", run_build, rows_build),
     2: Stage("input pipeline", run_pipeline, rows_pipeline),
     3: Stage("training-loop overhead", run_loop, rows_loop),
-    4: Stage("U-Net training step", run_unet, rows_unet),
+    4: Stage("U-Net training step", unet_stage.run_stage, unet_stage.rows),
     5: Stage("inference and time to the first training step", run_serving, rows_serving),
     6: Stage("inference latency of the exported formats", latency.run_stage, latency.rows),
 }

@@ -110,8 +110,11 @@ def fit_first_step(data_dir: str, base_filters: int, batch_size: int, image_size
     from model import losses
     from model import unet
     from pipeline import dataset
+    from pipeline import records as records_lib
 
-    ds = dataset.make_dataset(dataset.Records.open(data_dir), "train", batch_size=batch_size, training=True)
+    ds = dataset.make_dataset(
+        records_lib.Records.open(data_dir), "train", batch_size=batch_size, training=True
+    )
     model = unet.build_unet(image_size, base_filters, bn_momentum=TrainConfig().bn_momentum)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=lambda t, p: losses.bce_dice_loss(t, p))
     ends = []

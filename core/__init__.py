@@ -4,6 +4,8 @@
   options   config fields (`option`), validation, JSON of a config
   files     atomic writes (a crash never leaves a half-written output)
   locks     one writer per output folder (flock, naming the holder)
+  leases    the same lock where flock does not exist (object stores, FUSE mounts)
+  holders   who holds a lock or lease, and the refusal that names them
   watchdog  a process that makes no progress for too long says where it waits, and exits
   progress  the progress bar of long loops (items and items/s)
   names     the input layout's file names (mask suffix, image extensions)

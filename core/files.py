@@ -43,7 +43,7 @@ def is_local(path: str) -> bool:
 
 def _gfile():
     """tf.io.gfile, imported on the first remote path only (see the module docstring)."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
 
     return tf.io.gfile
 
@@ -86,7 +86,7 @@ def listdir(path: str) -> list[str]:
 def glob(pattern: str) -> list[str]:
     """Paths matching `pattern` (glob syntax), unsorted."""
     if is_local(pattern):
-        import glob as glob_lib  # pylint: disable=import-outside-toplevel
+        import glob as glob_lib
 
         return glob_lib.glob(pattern)
     return _gfile().glob(pattern)
@@ -128,7 +128,7 @@ def rename(source: str, target: str) -> None:
         _gfile().rename(source, target, overwrite=False)
 
 
-def open(path: str, mode: str = "r", **kwargs):  # pylint: disable=redefined-builtin
+def open(path: str, mode: str = "r", **kwargs):
     """`open(path, mode)` for local paths, `tf.io.gfile.GFile` for remote ones (reading,
     or appending to a log; a file to publish goes through `atomic_open`)."""
     if is_local(path):
@@ -291,7 +291,7 @@ def ensure_writable(folder: str) -> None:
         try:
             write_atomic(probe, b"")
             remove(probe)
-        except Exception as e:  # pylint: disable=broad-except  # tf.errors.OpError, OSError
+        except Exception as e:  # tf.errors.OpError, OSError
             raise UserError(
                 f"cannot write to the output folder {folder} ({e}); pass an --output_dir you can write to"
             ) from None

@@ -73,7 +73,7 @@ def _read_quietly(path: str) -> Lease | None:
     """`read`, None also when the file vanished between the check and the read."""
     try:
         return read(path)
-    except Exception:  # pylint: disable=broad-except  # tf.errors too: absent == not held
+    except Exception:  # tf.errors too: absent == not held
         return None
 
 
@@ -124,14 +124,14 @@ def hold(directory: str, name: str, command: str, *, advice: str):
         stop.set()
         renewer.join()
         if (_read_quietly(path) or mine).token == mine.token:
-            with contextlib.suppress(Exception):  # pylint: disable=broad-except
+            with contextlib.suppress(Exception):
                 files.remove(path)
 
 
 def _write(path: str, lease: Lease, command: str) -> None:
     try:
         files.write_atomic(path, lease.to_json())
-    except Exception as e:  # pylint: disable=broad-except  # OSError or a tf.errors.OpError
+    except Exception as e:  # OSError or a tf.errors.OpError
         raise UserError(
             f"cannot write the lease file {path}: {e}; {command} needs a folder it can write to"
         ) from None
@@ -150,5 +150,5 @@ def _renew(path: str, mine: Lease, stop: threading.Event) -> None:
             return
         try:
             files.write_atomic(path, dataclasses.replace(mine, renewed=time.time()).to_json())
-        except Exception as e:  # pylint: disable=broad-except  # retried at the next tick
+        except Exception as e:  # retried at the next tick
             logging.warning("could not renew the lease %s: %s", path, e)

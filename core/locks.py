@@ -35,9 +35,9 @@ from absl import logging
 from core import files
 from core import leases
 from core.errors import UserError
-from core.holders import Holder  # noqa: F401  (callers use locks.*)
-from core.holders import LockedError  # noqa: F401  (callers use locks.*)
-from core.holders import parse_holder  # noqa: F401  (callers use locks.*)
+from core.holders import Holder
+from core.holders import LockedError
+from core.holders import parse_holder
 
 # flock's errors on a filesystem that has no flock (ENOTSUP is EOPNOTSUPP on Linux; NFS
 # without lockd answers ENOLCK).
@@ -74,6 +74,23 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
             yield stale
         return
     path = os.path.join(directory, name)
+    with _open_lock_file(directory, path, command) as lock:
+        if not _flock(lock, directory, path, command, advice):
+            lock.close()
+            with _lease(directory, name, command, advice) as stale:
+                yield stale
+            return
+        stale = _claim(lock, path, command)
+        try:
+            yield stale
+        finally:
+            with contextlib.suppress(OSError):  # e.g. the disk went read-only meanwhile
+                lock.seek(0)
+                lock.truncate()  # released: nobody is named any more (flock ends at close)
+
+
+def _open_lock_file(directory: str, path: str, command: str):
+    """The lock file `path` opened for reading and writing (created with `directory`)."""
     if files.exists(directory) and not files.isdir(directory):
         raise UserError(
             f"{directory} is a file, not a folder; {command} needs a folder there: "
@@ -86,44 +103,46 @@ def exclusive(directory: str, name: str, command: str, *, advice: str):
         raise UserError(
             f"cannot create the lock file {path}: {e.strerror or e}; {command} needs a folder it can write to"
         ) from None
-    with os.fdopen(fd, "r+", errors="replace") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in _NO_FLOCK:
-                logging.warning(
-                    "%s: this filesystem has no flock (%s); using a lease file "
-                    "instead, which is advisory (core/leases.py)",
-                    directory,
-                    os.strerror(e.errno),
-                )
-                lock.close()
-                with _lease(directory, name, command, advice) as stale:
-                    yield stale
-                return
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = _read_holder(lock)
-            who = holder.describe() if holder else f"another {command}"
-            raise LockedError(
-                f"{directory} is in use by {who}; {advice}. (Lock file: {path}.)", holder
-            ) from None
-        stale = _read_holder(lock)
-        if stale is not None:
-            _warn_stale(stale, path)
-        try:
-            _write_holder(lock, Holder.this_process(command))
-        except OSError as e:  # a full disk: not even the few bytes of the holder fit
-            raise UserError(
-                f"cannot write the lock file {path}: {e.strerror or e}; {command} "
-                "needs a folder it can write to"
-            ) from None
-        try:
-            yield stale
-        finally:
-            with contextlib.suppress(OSError):  # e.g. the disk went read-only meanwhile
-                lock.seek(0)
-                lock.truncate()  # released: nobody is named any more (flock ends at close)
+    return os.fdopen(fd, "r+", errors="replace")
+
+
+def _flock(lock, directory: str, path: str, command: str, advice: str) -> bool:
+    """Takes the flock of the open `lock` file; False where the filesystem has none.
+
+    Raises:
+      LockedError: another process holds it (the message names the holder).
+    """
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in _NO_FLOCK:
+            logging.warning(
+                "%s: this filesystem has no flock (%s); using a lease file "
+                "instead, which is advisory (core/leases.py)",
+                directory,
+                os.strerror(e.errno),
+            )
+            return False
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        holder = _read_holder(lock)
+        who = holder.describe() if holder else f"another {command}"
+        raise LockedError(f"{directory} is in use by {who}; {advice}. (Lock file: {path}.)", holder) from None
+
+
+def _claim(lock, path: str, command: str) -> Holder | None:
+    """Names this process in the held `lock` file; returns the stale holder it named."""
+    stale = _read_holder(lock)
+    if stale is not None:
+        _warn_stale(stale, path)
+    try:
+        _write_holder(lock, Holder.this_process(command))
+    except OSError as e:  # a full disk: not even the few bytes of the holder fit
+        raise UserError(
+            f"cannot write the lock file {path}: {e.strerror or e}; {command} needs a folder it can write to"
+        ) from None
+    return stale
 
 
 def mount_type(path: str, table: str | None = None) -> str:

@@ -14,7 +14,7 @@ import typing
 from core.errors import UserError
 
 
-def option(default, help: str, *, choices: tuple | None = None, lower_bound=None, upper_bound=None):  # noqa: A002
+def option(default, help: str, *, choices: tuple | None = None, lower_bound=None, upper_bound=None):
     """A config field whose default, help text and allowed values are stated once."""
     metadata = {"help": help, "choices": choices, "lower_bound": lower_bound, "upper_bound": upper_bound}
     return dataclasses.field(default=default, metadata=metadata)

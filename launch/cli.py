@@ -1,7 +1,7 @@
 """What every `isic-*` command shares: flags made from its config, one error convention,
 and the process environment TensorFlow reads when it is first imported.
 
-A command module (launch/commands/) is thin:
+A command module (launch/commands/; isic-bench's is benchmarks/bench.py, above launch) is thin:
 
     def main(args, config): ...               # args: the path flags; config: frozen dataclass
     def run(): cli.run(__name__, TrainConfig, main, paths=PATHS, required=("data_dir",))
@@ -91,7 +91,7 @@ def import_tensorflow_quietly() -> None:
     if "tensorflow" in sys.modules or os.environ.get(SHOW_TF_LOGS_VARIABLE, "") not in ("", "0"):
         return
     with filtered_stderr():
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        import tensorflow as tf
 
         tf.config.list_physical_devices()
 
@@ -210,56 +210,27 @@ def run(
       passthrough: the command takes positional arguments (what follows `--`, e.g. the
         launcher's worker command): `main` gets them as `args.argv`; otherwise they are
         a usage error.
-      slurm_task: the command runs as one task of a SLURM job step (isic-train): with
-        several tasks on a node that all see its GPUs, it keeps its own share of them
-        (launch/cluster/gpus.py). False for the launcher and the benchmark, which start
-        their own workers, and for the one-process commands: they use every GPU they see.
+      slurm_task: the command runs as one task of a SLURM job step (isic-train): it keeps
+        its share of the node's GPUs before TensorFlow lists them (launch/cluster/gpus.py).
     """
     prepare_environment()
-    program = os.path.basename(sys.argv[0])
-    if not program.startswith("isic-"):  # `python -m launch.commands.train`: name the command
-        spec = getattr(sys.modules[module_name], "__spec__", None)  # under -m: __main__
-        program = "isic-" + (spec.name if spec else module_name).rsplit(".", 1)[-1]
-    module = sys.modules[module_name]
-    main_module = sys.modules["__main__"]
-    if main_module.__doc__ is None:
-        main_module.__doc__ = module.__doc__  # console-script stubs have none: lend ours
-    key_module = sys.argv[0]  # absl's --help lists the flags "defined by" the main module
-    for name, help_text in (paths or {}).items():
-        if name in multi_paths:
-            flags.DEFINE_multi_string(name, None, help_text, module_name=key_module)
-        else:
-            flags.DEFINE_string(name, None, help_text, module_name=key_module)
-    if config_cls is not None:
-        define_config_flags(config_cls, module_name=key_module)
-    if required:
-        flags.mark_flags_as_required(list(required))
+    program = _program_name(module_name)
+    if sys.modules["__main__"].__doc__ is None:  # console-script stubs have none: lend ours
+        sys.modules["__main__"].__doc__ = sys.modules[module_name].__doc__
+    _define_command_flags(config_cls, paths, required, multi_paths)
 
     def _main(argv):
         if len(argv) > 1 and not passthrough:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         config = config_from_flags(config_cls) if config_cls is not None else None
         try:
-            # Several SLURM tasks on one node: each keeps its own GPUs, before TensorFlow
-            # lists them (launch/cluster/gpus.py).
             if slurm_task:
                 gpus.select_slurm_task_gpus()
-        except UserError as e:
-            print(f"{program}: error: {e}", file=sys.stderr)
-            return 1
-        if uses_tensorflow:
-            import_tensorflow_quietly()
-        args = types.SimpleNamespace(
-            **{
-                name: (
-                    tuple(flags.FLAGS[name].value or ()) if name in multi_paths else flags.FLAGS[name].value
-                )
-                for name in (paths or {})
-            }
-        )
-        if passthrough:
-            args.argv = list(argv[1:])
-        try:
+            if uses_tensorflow:
+                import_tensorflow_quietly()
+            args = _path_args(paths, multi_paths)
+            if passthrough:
+                args.argv = list(argv[1:])
             return main(args, config)
         except UserError as e:
             print(f"{program}: error: {e}", file=sys.stderr)
@@ -271,6 +242,39 @@ def run(
         print(f"{program}: error: {e}", file=sys.stderr)
         sys.exit(1)
     app.run(_main, argv=argv)
+
+
+def _define_command_flags(config_cls, paths, required, multi_paths) -> None:
+    """The path flags and one flag per config field, listed by `--help` as the command's."""
+    key_module = sys.argv[0]  # absl's --help lists the flags "defined by" the main module
+    for name, help_text in (paths or {}).items():
+        if name in multi_paths:
+            flags.DEFINE_multi_string(name, None, help_text, module_name=key_module)
+        else:
+            flags.DEFINE_string(name, None, help_text, module_name=key_module)
+    if config_cls is not None:
+        define_config_flags(config_cls, module_name=key_module)
+    if required:
+        flags.mark_flags_as_required(list(required))
+
+
+def _program_name(module_name: str) -> str:
+    """ "isic-train" from the console script's name, or from the module's under `python -m`."""
+    program = os.path.basename(sys.argv[0])
+    if not program.startswith("isic-"):  # `python -m launch.commands.train`: name the command
+        spec = getattr(sys.modules[module_name], "__spec__", None)  # under -m: __main__
+        program = "isic-" + (spec.name if spec else module_name).rsplit(".", 1)[-1]
+    return program
+
+
+def _path_args(paths: dict[str, str] | None, multi_paths: tuple[str, ...]) -> types.SimpleNamespace:
+    """The parsed path flags, one attribute each (a tuple for the repeatable ones)."""
+    return types.SimpleNamespace(
+        **{
+            name: (tuple(flags.FLAGS[name].value or ()) if name in multi_paths else flags.FLAGS[name].value)
+            for name in (paths or {})
+        }
+    )
 
 
 def local_flagfiles(argv: list[str]) -> list[str]:
@@ -293,7 +297,7 @@ def local_flagfiles(argv: list[str]) -> list[str]:
         local = os.path.join(copies, f"{index}-{os.path.basename(value)}")
         try:
             files.write_atomic(local, files.read_bytes(value))
-        except Exception as e:  # pylint: disable=broad-except  # OSError or tf.errors.OpError
+        except Exception as e:  # OSError or tf.errors.OpError
             raise UserError(f"cannot read the flag file {value}: {e}") from None
         out.append(f"--flagfile={local}" if arg.startswith("-") else local)
     return out

@@ -1,10 +1,11 @@
 """TFRecords -> batches for training and evaluation, one input pipeline per worker.
 
-    records = Records.open(data_dir)   # the manifest, read and checked once
+    records = Records.open(data_dir)   # the manifest, read and checked once (records.py)
     ds = make_dataset(records, "train", batch_size=32, training=True, seed=0, epoch=e,
                       augment=config, input_context=ctx)
 
-Training follows STYLE.md point 5, with the shuffle moved before parsing on purpose:
+Training follows the usual order (list -> shard -> interleave -> parse -> cache -> shuffle
+-> augment -> batch -> prefetch), with the shuffle moved before parsing on purpose:
   list the split's shards (raise on none) -> shard by input pipeline (by file when there
   are enough files, else by record) -> interleave the files (deterministic; parallel reads
   matter on remote storage) -> cache this pipeline's serialized records as one tensor ->
@@ -25,20 +26,18 @@ every replica sees the same number of full batches and the weights sum to the sp
 
 import contextlib
 import dataclasses
-import os
 import re
-import time
 
 import numpy as np
 import tensorflow as tf
 
 from core import files as files_lib
-from core.errors import UserError
 from pipeline import augment as augment_lib
 from pipeline import pixels
-from pipeline import verify as verify_lib
 from pipeline.config import AugmentConfig
-from preprocessing import manifest as manifest_lib
+from pipeline.records import Records
+from pipeline.records import RecordsError
+from pipeline.records import check_batch_size
 from preprocessing import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -47,129 +46,6 @@ _parse_batch = tf.function(schema.parse_batch)
 _MAX_OPEN_FILES = 16  # interleave cycle length: files read concurrently per pipeline
 # The message of the run-time check that the shards hold what the manifest says.
 _COUNT_MISMATCH = "shards hold a different number of records than manifest.json says"
-
-
-class RecordsError(UserError, ValueError):
-    """A records directory that cannot be read as the manifest describes it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Records:
-    """A finished TFRecord dataset, its manifest read and checked once (`Records.open`).
-
-    Attributes:
-      data_dir: the directory (shards + manifest.json).
-      image_size: S of every record.
-      shards: {split: ((path, records), ...)} sorted by path, for every split.
-      preprocessing: manifest["preprocessing"], what was done to the pixels (colour
-        constancy); training copies it into the model directory for inference.
-      manifest: the whole manifest (sha256 of each shard, how the records were built).
-    """
-
-    data_dir: str
-    image_size: int
-    shards: dict
-    preprocessing: dict
-    manifest: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
-    # Remote records only: {what was read: string [n] tensor}, see `_read_once`.
-    _remote_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def open(cls, data_dir: str) -> "Records":
-        """Reads `data_dir/manifest.json`; raises RecordsError if the dataset is unusable
-        (no manifest, another schema, a listed shard missing, counts that disagree)."""
-        try:
-            manifest = manifest_lib.read_manifest(data_dir)
-            shards = {split: _split_shards(data_dir, manifest, split) for split in manifest_lib.SPLITS}
-        except (OSError, ValueError) as e:
-            if isinstance(e, RecordsError):
-                raise
-            raise RecordsError(str(e)) from e
-        size = int(manifest["image_size"])
-        # Records from before the field existed had no colour constancy.
-        preprocessing = manifest.get("preprocessing") or {"image_size": size, "colour_constancy": "none"}
-        return cls(data_dir, size, shards, preprocessing, manifest)
-
-    def size(self, split: str) -> int:
-        """Number of records of `split` (0 for an empty split)."""
-        if split not in self.shards:
-            raise ValueError(f"unknown split {split!r}; expected one of {manifest_lib.SPLITS}")
-        return sum(n for _, n in self.shards[split])
-
-    def steps_per_epoch(self, split: str, batch_size: int) -> int:
-        """Training steps in one epoch: full global batches, `size // batch_size` (>= 1)."""
-        _check_batch_size(batch_size)
-        if not self.size(split):
-            raise self._empty(split)
-        steps = self.size(split) // batch_size
-        if steps == 0:
-            raise RecordsError(
-                f"split {split!r} of {self.data_dir} has {self.size(split)} records, fewer "
-                f"than one global batch of {batch_size}; lower --batch_size"
-            )
-        return steps
-
-    def files(self, split: str) -> list[tuple[str, int]]:
-        """(path, records) of each shard of `split`; raises RecordsError on an empty split."""
-        if not self.size(split):
-            raise self._empty(split)
-        return list(self.shards[split])
-
-    def _empty(self, split: str) -> "RecordsError":
-        return RecordsError(
-            f"split {split!r} of {self.data_dir} is empty (0 records in its manifest); "
-            f"rebuild it with isic-preprocess --splits giving {split!r} a non-zero fraction"
-        )
-
-    def verify(self, splits, level: str = "sha256") -> dict:
-        """Checks the shards of `splits` against the manifest (pipeline/verify.py levels).
-
-        Returns {"shards": n, "bytes": b, "seconds": s}, for the log.
-        Raises:
-          RecordsError: a shard disagrees; the message names each bad shard and gives
-            the isic-preprocess command that rebuilds the records.
-        """
-        start = time.perf_counter()
-        shards = verify_lib.listed(self.data_dir, self.manifest, [self.shards[s] for s in splits])
-        found = verify_lib.problems(shards, level)
-        if found:
-            raise RecordsError(verify_lib.report(self.data_dir, self.manifest, found))
-        return {
-            "shards": len(shards),
-            "bytes": verify_lib.total_bytes(shards),
-            "seconds": time.perf_counter() - start,
-        }
-
-    def corrupt_error(self, detail: str) -> "RecordsError":
-        """The RecordsError for a read that failed with `detail` (a DataLossError's
-        message); every shard is hashed to name the bad one(s)."""
-        shards = verify_lib.listed(self.data_dir, self.manifest, list(self.shards.values()))
-        return RecordsError(
-            verify_lib.report(
-                self.data_dir,
-                self.manifest,
-                verify_lib.digest_problems(shards),
-                prefix=f"{self.data_dir}: a shard is corrupt ({detail}). ",
-            )
-        )
-
-
-def _split_shards(data_dir: str, manifest: dict, split: str) -> tuple[tuple[str, int], ...]:
-    """(path, records) of `split`'s shards, sorted; checks files and counts."""
-    paths = manifest_lib.shard_paths(data_dir, manifest, split)  # checks the files exist
-    records = {
-        os.path.join(data_dir, entry["file"]): int(entry["records"])
-        for entry in manifest["shards"].get(split, [])
-    }
-    shards = tuple((path, records[path]) for path in paths)
-    count = sum(n for _, n in shards)
-    if count != manifest["counts"].get(split, 0):
-        raise RecordsError(
-            f"{os.path.join(data_dir, manifest_lib.MANIFEST_NAME)}: counts[{split!r}]="
-            f"{manifest['counts'].get(split)} but its {split} shards list {count} records; "
-            "rebuild with isic-preprocess --overwrite"
-        )
-    return shards
 
 
 @contextlib.contextmanager
@@ -238,7 +114,7 @@ def read_examples(records: Records | str, split: str, batch_size: int) -> tf.dat
     of `schema.parse_batch` ("case_id" string [b], "original_size" int64 [b, 2] (height,
     width), "source_image", "source_mask", ...); the last batch may be smaller.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if isinstance(records, str):
         records = Records.open(records)
     shards = records.files(split)
@@ -275,7 +151,7 @@ class _Layout:
 
     @classmethod
     def of(cls, batch_size: int, input_context) -> "_Layout":
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         if input_context is None:
             return cls(1, 0, batch_size)
         replicas = input_context.num_replicas_in_sync
@@ -305,31 +181,57 @@ def _training_dataset(
     shards = records.files(split)
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
-    steps = records.steps_per_epoch(split, batch_size)
-    # Each pipeline yields exactly this many per-replica batches: `steps` global steps,
-    # each taking num_replicas / num_pipelines batches from every pipeline.
     local_batch, pipeline_id = layout.local_batch, layout.pipeline_id
-    num_batches = steps * (batch_size // layout.num_pipelines) // local_batch
-    if not 0 <= skip_batches <= num_batches:
-        raise ValueError(
-            f"skip_batches={skip_batches} is outside this pipeline's epoch of "
-            f"{num_batches} batches (split {split!r} of {records.data_dir})"
-        )
+    num_batches = _pipeline_batches(records, split, layout, batch_size, skip_batches)
     files, num_records, shard_by_data = _plan_sharding(
         shards, layout.num_pipelines, pipeline_id, num_batches * local_batch
     )
-    size = records.image_size
     order = _epoch_order(
         _seed_sequence(seed, epoch, pipeline_id, purpose=0), num_records, num_batches, local_batch
     )
     augment_seed = tf.constant(
         _seed_sequence(seed, epoch, pipeline_id, purpose=1).generate_state(2), tf.int64
     )
+    all_records = _read_once(
+        records,
+        ("train", tuple(files), layout.num_pipelines, pipeline_id, shard_by_data),
+        _all_records(files, num_records, layout.num_pipelines, pipeline_id, shard_by_data),
+    )
+    # Shuffle and skip: the permuted rows of batches skip_batches.. of the epoch. Skipping
+    # costs nothing, and batch k keeps its index k for its augmentation seed.
+    batches = tf.data.Dataset.from_tensor_slices(
+        (np.arange(skip_batches, num_batches, dtype=np.int64), order[skip_batches:])
+    )
+    ds = tf.data.Dataset.zip(batches, all_records)
+    parse_and_augment = _batch_parser(records, split, local_batch, num_records, augment_seed, augment)
+    ds = ds.map(parse_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+def _pipeline_batches(
+    records: Records, split: str, layout: _Layout, batch_size: int, skip_batches: int
+) -> int:
+    """The per-replica batches this pipeline yields in one epoch; checks `skip_batches`."""
+    steps = records.steps_per_epoch(split, batch_size)
+    # Each pipeline yields exactly this many per-replica batches: `steps` global steps,
+    # each taking num_replicas / num_pipelines batches from every pipeline.
+    num_batches = steps * (batch_size // layout.num_pipelines) // layout.local_batch
+    if not 0 <= skip_batches <= num_batches:
+        raise ValueError(
+            f"skip_batches={skip_batches} is outside this pipeline's epoch of "
+            f"{num_batches} batches (split {split!r} of {records.data_dir})"
+        )
+    return num_batches
+
+
+def _batch_parser(records: Records, split: str, local_batch: int, num_records: int, augment_seed, augment):
+    """The map function of the training graph: (batch index int64, rows int32 [b]),
+    serialized string [num_records] -> images float32 [b, S, S, 3], masks float32
+    [b, S, S, 1]; it checks that the shards held `num_records` records."""
+    size = records.image_size
 
     @tf.autograph.experimental.do_not_convert
     def parse_and_augment(batch, serialized):
-        """(batch index int64, rows int32 [b]), serialized string [num_records]
-        -> images float32 [b, S, S, 3], masks float32 [b, S, S, 1]."""
         index, rows = batch
         check = tf.debugging.assert_equal(
             tf.size(serialized),
@@ -348,19 +250,7 @@ def _training_dataset(
             tf.ensure_shape(example["mask"], [local_batch, size, size, 1]),
         )
 
-    all_records = _read_once(
-        records,
-        ("train", tuple(files), layout.num_pipelines, pipeline_id, shard_by_data),
-        _all_records(files, num_records, layout.num_pipelines, pipeline_id, shard_by_data),
-    )
-    # Shuffle and skip: the permuted rows of batches skip_batches.. of the epoch. Skipping
-    # costs nothing, and batch k keeps its index k for its augmentation seed.
-    batches = tf.data.Dataset.from_tensor_slices(
-        (np.arange(skip_batches, num_batches, dtype=np.int64), order[skip_batches:])
-    )
-    ds = tf.data.Dataset.zip(batches, all_records)
-    ds = ds.map(parse_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.prefetch(AUTOTUNE).with_options(_options())
+    return parse_and_augment
 
 
 def _epoch_order(
@@ -402,7 +292,7 @@ def _read_once(records: Records, key: tuple, ds: tf.data.Dataset) -> tf.data.Dat
     """
     if files_lib.is_local(records.data_dir):
         return ds
-    cache = records._remote_cache  # pylint: disable=protected-access
+    cache = records.read_cache
     if key not in cache:
         cache[key] = next(iter(ds))
     return tf.data.Dataset.from_tensors(cache[key]).repeat()
@@ -471,11 +361,6 @@ def _plan_sharding(shards, num_pipelines: int, pipeline_id: int, needed: int):
 def _seed_sequence(seed: int, epoch: int, pipeline_id: int, purpose: int):
     """Independent random streams, each a pure function of its arguments."""
     return np.random.SeedSequence([seed, epoch, pipeline_id, purpose])
-
-
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def _options() -> tf.data.Options:

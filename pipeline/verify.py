@@ -113,7 +113,7 @@ def _pool(jobs: int) -> concurrent.futures.ThreadPoolExecutor:
 
 def digest_problems(shards: list[tuple[str, int, str | None]]) -> dict[str, str]:
     """{path: problem} for the shards whose sha256 differs from the manifest's."""
-    from preprocessing import shards as shards_lib  # pylint: disable=import-outside-toplevel
+    from preprocessing import shards as shards_lib
 
     with_digest = [(path, digest) for path, _, digest in shards if digest]
     with _pool(len(with_digest)) as pool:
@@ -123,7 +123,7 @@ def digest_problems(shards: list[tuple[str, int, str | None]]) -> dict[str, str]
 
 def listed(data_dir: str, manifest: dict, split_shards) -> list[tuple[str, int, str | None]]:
     """(path, records, sha256 or None) of the shards in `split_shards`, each a split's
-    ((path, records), ...) as `dataset.Records.shards` holds them."""
+    ((path, records), ...) as `records.Records.shards` holds them."""
     digests = {
         os.path.join(data_dir, entry["file"]): entry.get("sha256")
         for entries in manifest.get("shards", {}).values()
@@ -179,7 +179,7 @@ def rebuild_command(data_dir: str, manifest: dict) -> str:
 
 def _option_flags(build: dict) -> list[str]:
     """Flags of the recorded build options that differ from isic-preprocess's defaults."""
-    from preprocessing.config import BuildConfig  # pylint: disable=import-outside-toplevel
+    from preprocessing.config import BuildConfig
 
     default = BuildConfig()
     flags = []

@@ -29,9 +29,9 @@ from preprocessing.config import BuildConfig
 
 # The errors a build raises, named here for callers (`build.BadDataError`).
 from preprocessing.plan import BadDataError  # noqa: F401
-from preprocessing.plan import BuildError  # noqa: F401
-from preprocessing.plan import OutputConflictError  # noqa: F401
-from preprocessing.plan import plan_build  # noqa: F401
+from preprocessing.plan import BuildError
+from preprocessing.plan import OutputConflictError
+from preprocessing.plan import plan_build
 
 _LOCK_NAME = ".isic-preprocess.lock"
 

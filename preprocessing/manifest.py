@@ -36,7 +36,7 @@ from core import files
 from core.errors import InputError
 from core.errors import MissingInputError
 from preprocessing import schema
-from preprocessing.splits import SPLITS  # noqa: F401  (readers use manifest.SPLITS too)
+from preprocessing.splits import SPLITS
 
 MANIFEST_NAME = "manifest.json"
 

@@ -221,6 +221,22 @@ def discover_pairs(images_dir: str, masks_dir: str, source: str = "") -> Listing
                 "<data_dir>/masks (or pass --images_dir and --masks_dir)"
             )
     ignored: list[str] = []
+    images, masks = _list_images(images_dir, ignored), _list_masks(masks_dir, ignored)
+    pairs, problems = [], []
+    for case_id in sorted(set(images) | set(masks)):
+        problem = _pair_problem(case_id, sorted(images.get(case_id, [])), masks, images_dir, masks_dir)
+        if problem:
+            problems.append(problem)
+        else:
+            pairs.append(Pair(case_id, images[case_id][0], masks[case_id], source))
+    used = [("images/" + os.path.basename(p), p) for paths in images.values() for p in paths] + [
+        ("masks/" + os.path.basename(p), p) for p in masks.values()
+    ]
+    return Listing(pairs, problems, sorted(ignored), _fingerprint(used), len(used))
+
+
+def _list_images(images_dir: str, ignored: list[str]) -> dict[str, list[str]]:
+    """ID -> paths of its image files (more than one is a problem), others to `ignored`."""
     images: dict[str, list[str]] = {}
     for name, path in _files(images_dir, "images", ignored):
         lower = name.lower()
@@ -229,48 +245,33 @@ def discover_pairs(images_dir: str, masks_dir: str, source: str = "") -> Listing
             ignored.append("images/" + name)
             continue
         images.setdefault(name[: -len(ext)], []).append(path)
+    return images
+
+
+def _list_masks(masks_dir: str, ignored: list[str]) -> dict[str, str]:
+    """ID -> path of its <ID>_segmentation.png; other files to `ignored`."""
     masks: dict[str, str] = {}
     for name, path in _files(masks_dir, "masks", ignored):
         if not name.lower().endswith(MASK_SUFFIX):
             ignored.append("masks/" + name)
             continue
         masks[name[: -len(MASK_SUFFIX)]] = path
+    return masks
 
-    pairs, problems = [], []
-    for case_id in sorted(set(images) | set(masks)):
-        found = sorted(images.get(case_id, []))
-        if len(found) > 1:
-            problems.append(
-                Problem(
-                    case_id,
-                    found[1],
-                    f"two images for ID {case_id}: "
-                    + ", ".join(os.path.basename(p) for p in found)
-                    + "; keep one",
-                )
-            )
-        elif not found:
-            problems.append(
-                Problem(
-                    case_id,
-                    masks[case_id],
-                    f"mask without image: no {case_id}.jpg/.jpeg/.png in {images_dir}",
-                )
-            )
-        elif case_id not in masks:
-            problems.append(
-                Problem(
-                    case_id,
-                    found[0],
-                    "image without mask: expected " + os.path.join(masks_dir, case_id + MASK_SUFFIX),
-                )
-            )
-        else:
-            pairs.append(Pair(case_id, found[0], masks[case_id], source))
-    used = [("images/" + os.path.basename(p), p) for paths in images.values() for p in paths] + [
-        ("masks/" + os.path.basename(p), p) for p in masks.values()
-    ]
-    return Listing(pairs, problems, sorted(ignored), _fingerprint(used), len(used))
+
+def _pair_problem(case_id: str, found: list[str], masks: dict, images_dir: str, masks_dir: str):
+    """The Problem of ID `case_id` (its image files `found`, sorted), or None for a pair."""
+    if len(found) > 1:
+        names = ", ".join(os.path.basename(p) for p in found)
+        return Problem(case_id, found[1], f"two images for ID {case_id}: {names}; keep one")
+    if not found:
+        return Problem(
+            case_id, masks[case_id], f"mask without image: no {case_id}.jpg/.jpeg/.png in {images_dir}"
+        )
+    if case_id not in masks:
+        expected = os.path.join(masks_dir, case_id + MASK_SUFFIX)
+        return Problem(case_id, found[0], "image without mask: expected " + expected)
+    return None
 
 
 def _files(folder: str, label: str, ignored: list[str]):

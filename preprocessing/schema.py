@@ -56,7 +56,7 @@ _FEATURES = {
 
 def feature_spec() -> dict:
     """The parse spec {key: tf.io.FixedLenFeature} of a record."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel  (see module doc)
+    import tensorflow as tf  # lazy: see the module docstring
 
     dtypes = {"bytes": tf.string, "int64": tf.int64}
     return {
@@ -120,7 +120,7 @@ def parse_batch(serialized, image_size: int) -> dict:
       "case_id" string [B], "original_size" int64 [B, 2] (height, width),
       "source_image", "source_mask" and "source" string [B].
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel  (see module doc)
+    import tensorflow as tf  # lazy: see the module docstring
 
     parsed = tf.io.parse_example(serialized, feature_spec())
     checks = [

@@ -139,7 +139,7 @@ def write_dataset(
     if progress:
         # keras (for its progress bar) is imported here: it loads TensorFlow, which the
         # drawing workers, started with 'spawn', must not import.
-        import keras  # pylint: disable=g-import-not-at-top
+        import keras
 
         bar = keras.utils.Progbar(num_images, unit_name="pair")
     workers = min(num_workers or parallel.available_cpus(), num_images)

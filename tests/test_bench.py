@@ -27,8 +27,10 @@ from benchmarks import stages
 from benchmarks import startup
 from benchmarks import suite
 from benchmarks import training
+from benchmarks import unet_stage
 from benchmarks.config import BenchConfig
 from core.errors import UserError
+from preprocessing import tiny_records
 
 ROW_FIELDS = {"stage", "measure", "unit", "ours", "baseline", "gain", "target", "passed", "detail"}
 
@@ -141,7 +143,7 @@ def test_unet_rows_compare_with_fit_in_the_same_process(unet_runs):
     assert [r.env for r in report.runs] == ["tuned", "tuned", "plain"]
     for run in report.runs:
         assert run.fraction_of_peak == pytest.approx(run.gflops / peak)
-    rows = stages.rows_unet(report)
+    rows = unet_stage.rows(report)
     assert rows[0].unit == "GFLOP/s"
     versus = rows[1]
     assert "ours vs model.fit" in versus.measure and versus.target.startswith(">= 1x")
@@ -149,7 +151,7 @@ def test_unet_rows_compare_with_fit_in_the_same_process(unet_runs):
     assert versus.passed == (versus.ours >= 0.97 * versus.baseline)
     assert "plain model.fit" in rows[2].measure and rows[2].passed is None
     ops = [r for r in rows if ", op " in r.measure]
-    assert 0 < len(ops) <= stages.PROFILE_ROWS and all(r.unit == "ms/step" for r in ops)
+    assert 0 < len(ops) <= unet_stage.PROFILE_ROWS and all(r.unit == "ms/step" for r in ops)
     assert "all traced ops" in rows[-1].measure
 
 
@@ -362,7 +364,7 @@ def test_stage_helpers_build_read_and_fit_tiny_records(tmp_path):
     before = time.time()
     assert startup.fit_first_step(records, base_filters=2, batch_size=4, image_size=32) > before
     synthetic = str(tmp_path / "synthetic")
-    pipeline.write_synthetic_records(synthetic, num_images=8, size=16)
+    tiny_records.write_records(synthetic, {"train": 8}, size=16)
     throughput = pipeline.measure_pipeline(synthetic, batch_size=4, epochs=1, augment=True, single_core=False)
     assert throughput.images == 8 and throughput.steady_images_per_cpu_s > 0
 
@@ -467,7 +469,7 @@ def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):
         for loop in ("ours", "fit")
     ]
     report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"], *lite]}, peak_size=64)
-    rows = stages.rows_unet(report)
+    rows = unet_stage.rows(report)
     encoder_row = rows[-1]
     assert encoder_row.measure.startswith("efficientnet_lite0 + U-Net decoder")
     assert encoder_row.ours == lite[0].images_per_s and encoder_row.baseline == lite[1].images_per_s

@@ -7,13 +7,13 @@ import signal
 import pytest
 
 from benchmarks import chaos
-from tests import factory
+from preprocessing import tiny_records
 
 
 @pytest.mark.timeout(600)
 def test_killed_during_a_save_and_stopped_during_validation_ends_bit_identical(tmp_path):
     records = str(tmp_path / "records")
-    factory.write_records(records, {"train": 32, "val": 32}, size=32)
+    tiny_records.write_records(records, {"train": 32, "val": 32}, size=32)
     summary = chaos.chaos(
         records, str(tmp_path / "chaos"), [("save", signal.SIGKILL), ("validation", signal.SIGTERM)]
     )

@@ -2,7 +2,9 @@
 "isic-X: error: ..." and exit 1 without a traceback; any other exception keeps its
 traceback. Run as a real command in a subprocess: absl flags are process-global."""
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -93,3 +95,22 @@ def test_multi_worker_without_a_cluster_is_one_line_from_isic_train(tmp_path):
         "process is not one task of a multi-task SLURM step; start the workers with isic-launch, srun "
         "or your cluster operator (TFJob), or use --strategy auto for one process"
     )
+
+
+def test_every_console_script_runs_its_command_under_its_name():
+    """setup.py's isic-* entry points name a `run` that exists, and `python -m` on that
+    module names the command as the console script does (isic-bench lives in
+    benchmarks/, above launch/)."""
+    with open(os.path.join(PROJECT_ROOT, "setup.py")) as f:
+        scripts = re.findall(r'"(isic-[a-z]+)=([\w.]+):(\w+)"', f.read())
+    assert len(scripts) == 8 and ("isic-bench", "benchmarks.bench", "run") in scripts
+    for name, module, function in scripts:
+        assert callable(getattr(importlib.import_module(module), function)), (name, module)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--output_dir=/nonexistent", "--stages=9"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
+        timeout=120,
+    )
+    assert done.returncode == 1 and "--stages got '9'" in done.stderr and "Traceback" not in done.stderr

@@ -25,6 +25,7 @@ from absl import app
 from core.errors import UserError
 from launch.cluster import addresses
 from launch.cluster import process_group
+from launch.cluster import worker_output
 from launch.cluster.config import LaunchConfig
 from launch.commands import launch as cluster
 from tests.conftest import PROJECT_ROOT
@@ -231,8 +232,8 @@ def test_a_dead_worker_stops_the_group_within_the_grace_period(stand_in, tmp_pat
 def test_exit_code_of_a_worker_killed_by_a_signal(stand_in):
     result = process_group.GroupResult([-9, -15], failed=0)
     assert result.exit_code() == 137 and not result.ok
-    assert process_group.describe_exit(-9) == "signal SIGKILL"
-    assert process_group.describe_exit(2) == "exit code 2"
+    assert worker_output.describe_exit(-9) == "signal SIGKILL"
+    assert worker_output.describe_exit(2) == "exit code 2"
 
 
 def test_restarts_relaunch_the_group_on_fresh_ports(stand_in, tmp_path):
@@ -390,14 +391,14 @@ def _latest_step(model_dir):
 
 @pytest.mark.timeout(600)
 def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
-    from tests import factory
+    from preprocessing import tiny_records
 
     records, model_dir = str(tmp_path / "records"), str(tmp_path / "model")
     scratch = tmp_path / "scratch"  # the workers' TMPDIR: non-chief checkpoints go there
     scratch.mkdir()
     # 64 training images, global batch 8 (4 per worker): one epoch of 8 steps. No
     # validation: each traced function costs seconds per worker.
-    factory.write_records(records, {"train": 64}, size=32)
+    tiny_records.write_records(records, {"train": 64}, size=32)
     # MWMS workers ignore SIGTERM (TF's preemption notifier catches it), so the survivor
     # is ended by the SIGKILL after the grace period. No --collective_timeout (the
     # default): the group must stop without one.

@@ -84,7 +84,7 @@ def _c_strides(size):
 
 @needs_weights
 def test_imagenet_head_recognises_grace_hopper(state):
-    import matplotlib.cbook  # pylint: disable=import-outside-toplevel
+    import matplotlib.cbook
 
     image = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     width, height = image.size  # 512 x 600: centre square, then 224 x 224

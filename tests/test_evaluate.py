@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,10 +25,16 @@ from core import names
 from core.errors import UserError
 from launch import layout
 from launch.inference import evaluation
+from launch.inference import prediction
+from launch.inference import scoring
 from launch.inference.config import EvaluateConfig
+from launch.inference.config import PredictConfig
+from launch.training import trainer
+from launch.training.config import TrainConfig
+from pipeline import records as records_lib
 from preprocessing import build
+from preprocessing import tiny_records
 from preprocessing.config import BuildConfig
-from tests import factory
 from tests.test_predict import red_channel_model
 
 S, H, W = 16, 48, 32
@@ -198,9 +205,9 @@ def test_bad_inputs_are_clear_errors(dataset, tmp_path):
     other = red_channel_model(str(tmp_path / "s32.keras"), image_size=32)
     with pytest.raises(ValueError, match="takes 32x32 images but .* holds 16x16 records"):
         evaluation.evaluate(other, records, SMALL, progress=False)
-    # Records of tests/factory.py have no source folders on disk.
+    # Records of preprocessing/tiny_records.py have no source folders on disk.
     factory_records = str(tmp_path / "factory")
-    factory.write_records(factory_records, {"test": 2}, size=S)
+    tiny_records.write_records(factory_records, {"test": 2}, size=S)
     with pytest.raises(FileNotFoundError, match="full-resolution evaluation needs the original images"):
         evaluation.evaluate(model, factory_records, FULL, progress=False)
 
@@ -343,7 +350,7 @@ def test_records_from_two_folders_are_reported_per_source(dataset, tmp_path, res
     assert "clinic_a" in table and "clinic_b" in table
     # Records written before sources existed: no per-source section.
     legacy = str(tmp_path / "legacy")
-    factory.write_records(legacy, {"test": 3}, size=S, legacy=True)
+    tiny_records.write_records(legacy, {"test": 3}, size=S, legacy=True)
     summary = evaluation.evaluate(model, legacy, SMALL, output_dir=str(tmp_path / "e2"), progress=False)
     assert "per_source" not in summary and "clinic" not in evaluation.format_table(summary)
     with open(os.path.join(tmp_path, "e2", "per_image.csv")) as f:
@@ -385,6 +392,20 @@ def test_records_must_match_the_models_colour_constancy(dataset, tmp_path):
         r".* were built with .*'none'",
     ):
         evaluation.evaluate(str(run), records, SMALL, progress=False)
+
+
+def test_a_shard_damaged_after_the_check_is_a_records_error_naming_it(tmp_path):
+    """Evaluation checks the shards first; one damaged later (or a manifest without
+    checksums) fails where it is read, as a RecordsError, not a TensorFlow traceback."""
+    out = str(tmp_path / "records")
+    tiny_records.write_records(out, {"test": 4}, size=S, shards_per_split=1)
+    records = records_lib.Records.open(out)
+    with open(records.files("test")[0][0], "r+b") as f:  # bytes inside the first record
+        f.seek(40)
+        f.write(b"\xff" * 8)
+    model = keras.models.load_model(red_channel_model(str(tmp_path / "red.keras")))
+    with pytest.raises(records_lib.RecordsError, match=f"{out}: a shard is corrupt"):
+        scoring.score_records(model, records, SMALL, 4, progress=False)
 
 
 def test_unwritable_output_is_refused_before_scoring(dataset, tmp_path):
@@ -442,15 +463,12 @@ def test_command_line_scores_a_folder_and_refuses_conflicting_flags(dataset, tmp
 
 
 def test_round_trip_train_evaluate_predict(tmp_path):
-    trainer = pytest.importorskip("launch.training.trainer")
-    from launch.inference import prediction
-
     rng = np.random.default_rng(0)
     source = tmp_path / "source"
     for folder in ("images", "masks"):
         (source / folder).mkdir(parents=True)
     for i in range(16):
-        image, mask = factory.make_pair(rng, 40)  # 40 x 40 sources, 32 x 32 records
+        image, mask = tiny_records.make_pair(rng, 40)  # 40 x 40 sources, 32 x 32 records
         Image.fromarray(image).save(source / "images" / f"ISIC_{i:07d}.jpg", quality=95)
         Image.fromarray(mask * 255).save(source / "masks" / names.mask_name(f"ISIC_{i:07d}"))
     records = str(tmp_path / "records")
@@ -461,8 +479,6 @@ def test_round_trip_train_evaluate_predict(tmp_path):
         progress=False,
     )
     model_dir = str(tmp_path / "run")
-    from launch.training.config import TrainConfig
-
     trainer.train(
         records,
         model_dir,
@@ -492,8 +508,6 @@ def test_round_trip_train_evaluate_predict(tmp_path):
         full = json.load(f)
     assert full["count"] == 4 and full["resolution"] == "full"
     assert f"headline: thresholded Jaccard {full['headline']['thresholded_jaccard']:.4f}" in result.stdout
-    from launch.inference.config import PredictConfig
-
     report = prediction.predict_folder(
         model_dir,
         str(source / "images"),

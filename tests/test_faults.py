@@ -1,14 +1,17 @@
 """Faults a cluster job meets, one test each: damaged records, two runs in one model
-directory, SIGTERM, full and read-only disks, and bad values at the edges.
+directory, SIGTERM, writes the disk refuses, and bad values at the edges.
 
-Full and read-only disks are real: a tiny tmpfs is mounted for the test (tests run as
-root, which chmod does not stop, but a full or read-only filesystem stops everybody).
-Those tests skip where mounting is not allowed.
+Writes the disk refuses are real refusals of the kernel, made without mounting anything:
+a file-size limit for a full disk, a folder without write permission (root's override
+dropped for the test's thread) for a read-only one.
 """
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -35,11 +38,12 @@ from launch.training import trainer
 from launch.training.config import TrainConfig
 from model import losses
 from pipeline import dataset as dataset_lib
+from pipeline import records as records_lib
 from preprocessing import build
 from preprocessing import manifest as manifest_lib
 from preprocessing import synth
+from preprocessing import tiny_records
 from preprocessing.config import BuildConfig
-from tests import factory
 
 BASE = TrainConfig(
     batch_size=4,
@@ -59,7 +63,7 @@ def _train(records, model_dir, **changes):
 @pytest.fixture(scope="module")
 def clean_records(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("records") / "r")
-    factory.write_records(out, {"train": 16, "val": 4}, size=32, shards_per_split=2)
+    tiny_records.write_records(out, {"train": 16, "val": 4}, size=32, shards_per_split=2)
     return out
 
 
@@ -113,7 +117,7 @@ def test_a_corrupt_byte_stops_before_training_naming_the_shard(records, tmp_path
     model_dir = str(tmp_path / "run")
     error, seconds = _timed(lambda: _train(records, model_dir))
     print(f"corrupt byte: stopped {seconds:.2f} s after the start: {error}")
-    assert isinstance(error, dataset_lib.RecordsError) and isinstance(error, UserError)
+    assert isinstance(error, records_lib.RecordsError) and isinstance(error, UserError)
     message = str(error)
     assert "train-00000-of-00002.tfrecord: its sha256 differs" in message
     # The rebuild command repeats the recorded options that differ from the defaults.
@@ -127,7 +131,7 @@ def test_a_truncated_shard_is_found_by_the_size_check(records, tmp_path):
     shard = _shard(records, "val", 1)
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) - 100)
-    with pytest.raises(dataset_lib.RecordsError, match=r"val-00001-of-00002.tfrecord: truncated"):
+    with pytest.raises(records_lib.RecordsError, match=r"val-00001-of-00002.tfrecord: truncated"):
         _train(records, str(tmp_path / "run"), verify_records="size")
 
 
@@ -137,7 +141,7 @@ def test_a_wrong_sha256_in_the_manifest_is_reported(records, tmp_path):
 
     _edit_manifest(records, edit)
     with pytest.raises(
-        dataset_lib.RecordsError,
+        records_lib.RecordsError,
         match=r"val-00000-of-00002.tfrecord: its sha256 "
         r"differs from manifest.json's",
     ):
@@ -153,7 +157,7 @@ def test_hand_edited_record_counts_are_found_by_the_size_check(records, tmp_path
 
     _edit_manifest(records, edit)
     with pytest.raises(
-        dataset_lib.RecordsError,
+        records_lib.RecordsError,
         match="train-00001-of-00002.tfrecord: it holds 8 records but manifest.json says 9",
     ):
         _train(records, str(tmp_path / "run"), verify_records="size")
@@ -169,7 +173,7 @@ def test_corruption_met_while_training_names_the_shard_and_keeps_the_checkpoint(
         f.seek(40)
         f.write(b"\xff" * 8)
     # Without the sha256 check the damage is met by the reader, in the resumed epoch 2.
-    with pytest.raises(dataset_lib.RecordsError) as caught:
+    with pytest.raises(records_lib.RecordsError) as caught:
         _train(records, model_dir, epochs=2, verify_records="size")
     message = str(caught.value)
     assert "a shard is corrupt" in message and "train-00000-of-00002.tfrecord: its sha256" in message
@@ -280,7 +284,7 @@ def test_a_stop_signal_ends_a_long_call_after_the_step_in_flight(clean_records):
     )
     optimizer = keras.optimizers.Adam()
     optimizer.build(model.trainable_variables)
-    records = dataset_lib.Records.open(clean_records)
+    records = records_lib.Records.open(clean_records)
     batches = dataset_lib.make_dataset(records, "train", batch_size=4, training=True).repeat()
     saved = []
     # Not always Python's default: a shell that starts the suite in the background
@@ -350,47 +354,88 @@ def test_sigterm_during_validation_stops_within_a_call_and_the_resumed_run_valid
     assert "loss" not in resumed  # the training means of the stopped epoch are lost
 
 
-# --- Full and read-only disks (a real tmpfs).
+# --- Writes the disk refuses, without mounting anything (tests run as root in containers
+# that may not mount): a file-size limit (RLIMIT_FSIZE, `ulimit -f`) makes the kernel
+# refuse a write past it with EFBIG as a full disk refuses one with ENOSPC; a folder
+# without write permission, with root's override of permissions dropped, refuses a new
+# file with EACCES as a read-only filesystem does with EROFS. faults.writing and the lock
+# treat every such errno alike (test_write_failures_become_user_errors_naming_the_path).
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 16 MB tmpfs, unmounted afterwards; skips where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield str(mount)
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(disk, leave_bytes):
-    """Fills `disk` up to `leave_bytes` of free space (a real ENOSPC for larger writes)."""
-    filler = os.path.join(disk, "filler")
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+@contextlib.contextmanager
+def _file_size_limit(limit_bytes: int):
+    """Writes that would make a file larger than `limit_bytes` fail with EFBIG ("File too
+    large") in this process meanwhile; SIGXFSZ, which would kill it, is ignored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, hard))
     try:
-        while True:
-            os.write(fd, b"\0" * (1 << 16))
-    except OSError:
-        pass
+        yield
     finally:
-        os.close(fd)
-    os.truncate(filler, max(os.path.getsize(filler) - leave_bytes, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_a_full_disk_during_a_checkpoint_stops_and_keeps_the_previous_one(clean_records, tiny_disk):
-    model_dir = os.path.join(tiny_disk, "run")
+# linux/capability.h: capget/capset's header version and the two bits root's file
+# access rests on; capabilities are per thread, so the rest of the process keeps them.
+_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _set_effective_capabilities(drop: int) -> None:
+    """Makes this thread's effective capabilities its permitted ones without the bits
+    `drop` (0: all of them again). A no-op for users without capabilities."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data):
+        raise OSError(ctypes.get_errno(), "capget")
+    data[0].effective = data[0].permitted & ~drop
+    if libc.capset(ctypes.byref(header), data):
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+@contextlib.contextmanager
+def _unwritable(folder: str):
+    """Nothing in `folder` can be written by this thread meanwhile (no write permission on
+    it or anything in it, as on a read-only filesystem), also when the tests run as root."""
+    modes = {}
+    for parent, _, names in os.walk(folder):
+        for path in [parent] + [os.path.join(parent, n) for n in names]:
+            modes[path] = os.stat(path).st_mode
+            os.chmod(path, modes[path] & ~0o222)
+    _set_effective_capabilities(1 << _CAP_DAC_OVERRIDE | 1 << _CAP_DAC_READ_SEARCH)
+    try:
+        yield
+    finally:
+        _set_effective_capabilities(0)
+        for path, mode in modes.items():
+            os.chmod(path, mode)
+
+
+def test_a_refused_write_during_a_checkpoint_stops_and_keeps_the_previous_one(clean_records, tmp_path):
+    model_dir = str(tmp_path / "run")
     _train(clean_records, model_dir)  # checkpoints 2 and 4, the models
-    _fill(tiny_disk, leave_bytes=600_000)  # room for logs and history, not a checkpoint
-    error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
-    print(f"disk full: stopped {seconds:.2f} s after the start: {error}")
     ckpt_dir = os.path.join(model_dir, "checkpoints")
+    # Room for logs, history and plots, not for a checkpoint's data file.
+    limit = os.path.getsize(os.path.join(ckpt_dir, "ckpt-4.data-00000-of-00001")) // 2
+    with _file_size_limit(limit):
+        error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
+    print(f"write refused: stopped {seconds:.2f} s after the start: {error}")
     assert isinstance(error, faults.OutputError) and isinstance(error, UserError)
     assert (
-        f"cannot write the checkpoint {ckpt_dir}/ckpt-6: No space left on device. The previous "
+        f"cannot write the checkpoint {ckpt_dir}/ckpt-6: File too large. The previous "
         f"checkpoint {ckpt_dir}/ckpt-4 is intact"
     ) in str(error)
     assert tf.train.latest_checkpoint(ckpt_dir) == os.path.join(ckpt_dir, "ckpt-4")
@@ -400,18 +445,21 @@ def test_a_full_disk_during_a_checkpoint_stops_and_keeps_the_previous_one(clean_
     keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
 
 
-def test_a_full_disk_during_the_export_keeps_the_previous_models(clean_records, tiny_disk):
-    model_dir = os.path.join(tiny_disk, "run")
+def test_a_refused_write_during_the_export_keeps_the_previous_models(clean_records, tmp_path):
+    model_dir = str(tmp_path / "run")
     _train(clean_records, model_dir)
     saved = os.path.join(model_dir, "saved_model")
     before = {n: os.path.getsize(os.path.join(saved, n)) for n in os.listdir(saved)}
     # Room for the .keras file (written first, then renamed over the old one), not for
-    # a second SavedModel beside the first.
-    _fill(tiny_disk, leave_bytes=1_100_000)
-    error, seconds = _timed(lambda: _train(clean_records, model_dir))  # nothing left to train
-    print(f"export on a full disk: stopped after {seconds:.2f} s: {error}")
+    # the SavedModel's variables.
+    keras_bytes = os.path.getsize(os.path.join(model_dir, "ISIC-UNet.keras"))
+    variables_bytes = os.path.getsize(os.path.join(saved, "variables", "variables.data-00000-of-00001"))
+    assert keras_bytes < variables_bytes
+    with _file_size_limit((keras_bytes + variables_bytes) // 2):
+        error, seconds = _timed(lambda: _train(clean_records, model_dir))  # nothing left to train
+    print(f"export with writes refused: stopped after {seconds:.2f} s: {error}")
     assert isinstance(error, faults.OutputError)
-    assert f"cannot write the SavedModel {saved}: No space left on device" in str(error)
+    assert f"cannot write the SavedModel {saved}: File too large" in str(error)
     assert "The previous saved_model is intact" in str(error)
     assert {n: os.path.getsize(os.path.join(saved, n)) for n in os.listdir(saved)} == before
     assert not [n for n in os.listdir(model_dir) if ".tmp" in n or n.endswith(".old")]
@@ -424,16 +472,16 @@ def test_a_full_disk_during_the_export_keeps_the_previous_models(clean_records, 
     )
 
 
-def test_a_read_only_disk_stops_at_once_and_inference_refuses_it_early(clean_records, tiny_disk):
-    model_dir = os.path.join(tiny_disk, "run")
+def test_an_unwritable_model_dir_stops_at_once_and_inference_refuses_it_early(clean_records, tmp_path):
+    model_dir = str(tmp_path / "run")
     _train(clean_records, model_dir)
-    subprocess.run(["mount", "-o", "remount,ro", tiny_disk], check=True)
-    error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
-    print(f"read-only model dir: stopped after {seconds:.2f} s: {error}")
-    assert isinstance(error, UserError)
-    assert f"cannot create the lock file {model_dir}/{trainer.LOCK_FILE}: Read-only file system" in str(error)
-    with pytest.raises(UserError, match="cannot write to the output folder .*Read-only file system"):
-        files.ensure_writable(os.path.join(model_dir, "eval-test"))  # isic-evaluate, isic-predict
+    with _unwritable(model_dir):
+        error, seconds = _timed(lambda: _train(clean_records, model_dir, epochs=2))
+        print(f"unwritable model dir: stopped after {seconds:.2f} s: {error}")
+        assert isinstance(error, UserError)
+        assert f"cannot create the lock file {model_dir}/{trainer.LOCK_FILE}: Permission denied" in str(error)
+        with pytest.raises(UserError, match="cannot write to the output folder .*Permission denied"):
+            files.ensure_writable(os.path.join(model_dir, "eval-test"))  # isic-evaluate, isic-predict
     keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
 
 
@@ -441,12 +489,14 @@ def test_write_failures_become_user_errors_naming_the_path():
     for error in (
         PermissionError(13, "Permission denied"),
         OSError(28, "No space left on device"),
+        OSError(27, "File too large"),
         tf.errors.PermissionDeniedError(None, None, "/m/x_temp; Permission denied [Op:SaveV2]"),
+        tf.errors.OutOfRangeError(None, None, "/m/x_temp/part-0; File too large [Op:SaveV2]"),
     ):
         with pytest.raises(
             faults.OutputError,
             match=r"cannot write the plot /m/loss.png: "
-            r"(Permission denied|No space left on device)\.",
+            r"(Permission denied|No space left on device|File too large)\.",
         ):
             with faults.writing("plot", "/m/loss.png"):
                 raise error
@@ -454,6 +504,9 @@ def test_write_failures_become_user_errors_naming_the_path():
     with pytest.raises(tf.errors.UnavailableError):
         with faults.writing("checkpoint", "/m/checkpoints/ckpt-2"):
             raise tf.errors.UnavailableError(None, None, "peer worker 1 is gone")
+    with pytest.raises(tf.errors.OutOfRangeError):  # a dataset's end names no output folder
+        with faults.writing("checkpoint", "/m/checkpoints/ckpt-2"):
+            raise tf.errors.OutOfRangeError(None, None, "End of sequence")
 
 
 # --- Bad values at the edges.
@@ -461,7 +514,7 @@ def test_write_failures_become_user_errors_naming_the_path():
 
 def test_resuming_on_records_of_another_image_size_is_a_clear_error(one_epoch_run, tmp_path):
     other = str(tmp_path / "records-48")
-    factory.write_records(other, {"train": 16, "val": 4}, size=48)
+    tiny_records.write_records(other, {"train": 16, "val": 4}, size=48)
     with pytest.raises(
         run_identity.CheckpointMismatchError,
         match=rf"{one_epoch_run} holds a model trained on 32x32 records, but these "
@@ -473,8 +526,8 @@ def test_resuming_on_records_of_another_image_size_is_a_clear_error(one_epoch_ru
 
 def test_an_empty_training_split_is_a_clear_error(tmp_path):
     out = str(tmp_path / "records")
-    factory.write_records(out, {"train": 0, "val": 4, "test": 4}, size=32)
-    with pytest.raises(dataset_lib.RecordsError, match=r"split 'train' of .* is empty \(0 records"):
+    tiny_records.write_records(out, {"train": 0, "val": 4, "test": 4}, size=32)
+    with pytest.raises(records_lib.RecordsError, match=r"split 'train' of .* is empty \(0 records"):
         _train(out, str(tmp_path / "run"))
 
 

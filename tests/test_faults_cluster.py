@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests import factory
+from preprocessing import tiny_records
 from tests.conftest import PROJECT_ROOT
 from tests.conftest import start_launcher
 
@@ -45,7 +45,7 @@ def job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("job")
     records = str(tmp / "records")
     # 8 steps per epoch at batch 8; validation: 16 calls of one step under 2 workers.
-    factory.write_records(records, {"train": 64, "val": 128}, size=32)
+    tiny_records.write_records(records, {"train": 64, "val": 128}, size=32)
     scratch = tmp / "scratch"  # the workers' TMPDIR (non-chief temporary checkpoints)
     scratch.mkdir()
     env = dict(

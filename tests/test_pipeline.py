@@ -11,10 +11,11 @@ import tensorflow as tf
 
 from core.errors import UserError
 from pipeline import dataset
+from pipeline import records as records_lib
 from pipeline.config import AugmentConfig
 from preprocessing import manifest as manifest_lib
 from preprocessing import schema
-from tests import factory
+from preprocessing import tiny_records
 
 NO_AUGMENT = AugmentConfig(augment=False)
 
@@ -26,15 +27,15 @@ BATCH = 8  # with SIZE, the augmentation shape shared with test_augment (one XLA
 def data_dir(tmp_path_factory):
     """train 32 records in 4 shards, val 7 in 2 shards, test empty."""
     out = str(tmp_path_factory.mktemp("records"))
-    factory.write_records(out, {"train": 32, "val": 7, "test": 0}, size=SIZE, shards_per_split=4)
-    return dataset.Records.open(out)
+    tiny_records.write_records(out, {"train": 32, "val": 7, "test": 0}, size=SIZE, shards_per_split=4)
+    return records_lib.Records.open(out)
 
 
 @pytest.fixture(scope="module")
 def one_shard_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("one_shard"))
-    factory.write_records(out, {"train": 32, "val": 4}, size=SIZE, shards_per_split=1)
-    return dataset.Records.open(out)
+    tiny_records.write_records(out, {"train": 32, "val": 4}, size=SIZE, shards_per_split=1)
+    return records_lib.Records.open(out)
 
 
 def _context(pipelines, pipeline_id, replicas=None):
@@ -163,8 +164,8 @@ def test_two_input_pipelines_get_disjoint_halves_of_the_split(fixture, request):
 def test_unbalanced_file_shards_fall_back_to_record_sharding(tmp_path):
     # 3 shards of 10 over 2 pipelines: by file, pipeline 1 would have 10 records only.
     out = str(tmp_path / "r")
-    factory.write_records(out, {"train": 30}, size=SIZE, shards_per_split=3)
-    records = dataset.Records.open(out)
+    tiny_records.write_records(out, {"train": 30}, size=SIZE, shards_per_split=3)
+    records = records_lib.Records.open(out)
     files = [path for path, _ in records.files("train")]
     # Global batch 4: 7 steps need 14 records per pipeline -> by record, over every file.
     halves, _ = _pipeline_ids(records, 4, 2)
@@ -215,9 +216,9 @@ def test_read_examples_yields_every_record_with_metadata(data_dir):
 
 def test_empty_split_is_a_clear_error(data_dir):
     for training in (True, False):
-        with pytest.raises(dataset.RecordsError, match=r"split 'test' of .* is empty"):
+        with pytest.raises(records_lib.RecordsError, match=r"split 'test' of .* is empty"):
             dataset.make_dataset(data_dir, "test", batch_size=4, training=training)
-    with pytest.raises(dataset.RecordsError, match="is empty"):
+    with pytest.raises(records_lib.RecordsError, match="is empty"):
         dataset.read_examples(data_dir, "test", batch_size=4)
 
 
@@ -242,14 +243,14 @@ def test_augment_config_reaches_the_augmentation(data_dir):
 
 
 def test_an_unusable_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(dataset.RecordsError, match="manifest.json not found"):
-        dataset.Records.open(str(tmp_path))
+    with pytest.raises(records_lib.RecordsError, match="manifest.json not found"):
+        records_lib.Records.open(str(tmp_path))
     out = str(tmp_path / "records")
-    factory.write_records(out, {"train": 8, "val": 2}, size=SIZE, shards_per_split=2)
+    tiny_records.write_records(out, {"train": 8, "val": 2}, size=SIZE, shards_per_split=2)
     os.remove(os.path.join(out, manifest_lib.shard_name("val", 1, 2)))
-    with pytest.raises(dataset.RecordsError, match="missing"):
-        dataset.Records.open(out)
-    assert issubclass(dataset.RecordsError, UserError)  # printed without a traceback
+    with pytest.raises(records_lib.RecordsError, match="missing"):
+        records_lib.Records.open(out)
+    assert issubclass(records_lib.RecordsError, UserError)  # printed without a traceback
 
 
 def test_bad_batch_sizes_are_clear_errors(data_dir):
@@ -257,7 +258,7 @@ def test_bad_batch_sizes_are_clear_errors(data_dir):
         dataset.make_dataset(
             data_dir, "train", batch_size=8, training=True, input_context=_context(1, 0, replicas=3)
         )
-    with pytest.raises(dataset.RecordsError, match="fewer than one global batch"):
+    with pytest.raises(records_lib.RecordsError, match="fewer than one global batch"):
         dataset.make_dataset(data_dir, "train", batch_size=64, training=True)
     with pytest.raises(ValueError, match="positive integer"):
         dataset.make_dataset(data_dir, "train", batch_size=0, training=True)
@@ -267,35 +268,35 @@ def test_bad_batch_sizes_are_clear_errors(data_dir):
 
 def test_shards_that_disagree_with_the_manifest_fail_loudly(tmp_path):
     out = str(tmp_path)
-    factory.write_records(out, {"train": 16}, size=SIZE, shards_per_split=2)
+    tiny_records.write_records(out, {"train": 16}, size=SIZE, shards_per_split=2)
     path = os.path.join(out, "manifest.json")
     manifest = json.load(open(path))
     manifest["shards"]["train"][0]["records"] += 1
     manifest["counts"]["train"] += 1
     json.dump(manifest, open(path, "w"))
-    records = dataset.Records.open(out)
+    records = records_lib.Records.open(out)
     ds = dataset.make_dataset(records, "train", batch_size=4, training=True, augment=NO_AUGMENT)
     with pytest.raises(tf.errors.InvalidArgumentError, match="different number of records"):
         _batches(ds)
     # Read under `dataset.reading`, as the trainer does, it is a user error naming the folder.
-    with pytest.raises(dataset.RecordsError, match=re.escape(f"{out}: the shards hold a different")):
+    with pytest.raises(records_lib.RecordsError, match=re.escape(f"{out}: the shards hold a different")):
         with dataset.reading(records):
             _batches(ds)
     manifest["counts"]["train"] += 1
     json.dump(manifest, open(path, "w"))
-    with pytest.raises(dataset.RecordsError, match=r"counts\['train'\]=18 but its train shards list 17"):
-        dataset.Records.open(out)
+    with pytest.raises(records_lib.RecordsError, match=r"counts\['train'\]=18 but its train shards list 17"):
+        records_lib.Records.open(out)
 
 
 def test_a_corrupt_shard_is_a_clear_error(tmp_path):
     out = str(tmp_path)
-    factory.write_records(out, {"train": 8}, size=SIZE, shards_per_split=1)
+    tiny_records.write_records(out, {"train": 8}, size=SIZE, shards_per_split=1)
     shard = os.path.join(out, manifest_lib.shard_name("train", 0, 1))
     with open(shard, "r+b") as f:  # flip bytes inside the first record's payload
         f.seek(40)
         f.write(b"\xff" * 8)
-    records = dataset.Records.open(out)
+    records = records_lib.Records.open(out)
     ds = dataset.make_dataset(records, "train", batch_size=4, training=True, augment=NO_AUGMENT)
-    with pytest.raises(dataset.RecordsError, match=re.escape(f"{out}: a shard is corrupt")):
+    with pytest.raises(records_lib.RecordsError, match=re.escape(f"{out}: a shard is corrupt")):
         with dataset.reading(records):
             _batches(ds)

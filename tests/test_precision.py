@@ -16,7 +16,7 @@ from launch.training import run_identity
 from launch.training import trainer
 from launch.training.config import TrainConfig
 from model import unet
-from tests import factory
+from preprocessing import tiny_records
 
 ZEN4_FLAGS = (
     "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -111,7 +111,7 @@ def test_a_float32_run_resumes_under_mixed_float16(tmp_path, caplog):
     of compute capability 7.x), through the trainer; the other directions restore alike
     (test above)."""
     records, model_dir = str(tmp_path / "records"), str(tmp_path / "run")
-    factory.write_records(records, {"train": 8, "val": 2}, size=16)
+    tiny_records.write_records(records, {"train": 8, "val": 2}, size=16)
     config = TrainConfig(
         batch_size=4, base_filters=2, strategy="one_device", summary_images=0, verify_records="none"
     )

@@ -16,14 +16,14 @@ from preprocessing import build
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
 from preprocessing import splits
-from tests.build_helpers import CONFIG  # noqa: F401
-from tests.build_helpers import S  # noqa: F401
-from tests.build_helpers import build_dir  # noqa: F401
-from tests.build_helpers import own_files  # noqa: F401
-from tests.build_helpers import random_dataset  # noqa: F401
-from tests.build_helpers import read_records  # noqa: F401
+from tests.build_helpers import CONFIG
+from tests.build_helpers import S
+from tests.build_helpers import build_dir
+from tests.build_helpers import own_files
+from tests.build_helpers import random_dataset
+from tests.build_helpers import read_records
 from tests.build_helpers import shard_bytes  # noqa: F401
-from tests.build_helpers import write_pair  # noqa: F401
+from tests.build_helpers import write_pair
 from tests.conftest import ISIC_SAMPLE
 from tests.conftest import PROJECT_ROOT
 

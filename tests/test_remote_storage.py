@@ -37,7 +37,7 @@ from launch.training import checkpoints
 from launch.training import trainer
 from launch.training.config import TrainConfig
 from model import unet
-from pipeline import dataset as dataset_lib
+from pipeline import records as records_lib
 from tests import build_helpers
 
 RAW = dict(tta=False, fill_holes=False, largest_component=False)
@@ -142,16 +142,16 @@ def test_remote_shards_are_verified_and_a_bad_one_is_named(tmp_path):
     build_helpers.random_dataset(str(tmp_path / "raw"), 12, h=30, w=40)
     data_dir = f"{_ram('verify')}/records"
     build_helpers.build_dir(str(tmp_path / "raw"), data_dir, image_size=16, num_shards=2)
-    records = dataset_lib.Records.open(data_dir)
+    records = records_lib.Records.open(data_dir)
     checked = records.verify(("train", "val"))
     assert checked["shards"] == len(records.shards["train"]) + len(records.shards["val"])
     shard = records.shards["train"][1][0]
     data = files.read_bytes(shard)
     files.write_atomic(shard, data[:100] + bytes([data[100] ^ 1]) + data[101:])
-    with pytest.raises(dataset_lib.RecordsError, match=os.path.basename(shard) + ": its sha256"):
+    with pytest.raises(records_lib.RecordsError, match=os.path.basename(shard) + ": its sha256"):
         records.verify(("train",))
     files.write_atomic(shard, data[:-3])
-    with pytest.raises(dataset_lib.RecordsError, match="truncated"):
+    with pytest.raises(records_lib.RecordsError, match="truncated"):
         records.verify(("train",), "size")
 
 
@@ -276,9 +276,8 @@ _ALLOWED = {
     "launch/training/config.py": {"os.path.isfile"},
     # The export check's test images, in a local temporary folder.
     "launch/export/parity.py": {"open", "os.makedirs"},
-    # The package's own location; isic-bench's local data folder.
+    # The package's own location.
     "launch/commands/launch.py": {"os.path.abspath"},
-    "launch/commands/bench.py": {"os.path.isdir"},
 }
 
 

@@ -6,12 +6,12 @@ import tensorflow as tf
 
 from preprocessing import schema
 from preprocessing import tfrecord
-from tests import factory
+from preprocessing import tiny_records
 
 
 def test_round_trip_exact_values():
     rng = np.random.default_rng(0)
-    pairs = [factory.make_pair(rng, 8) for _ in range(3)]
+    pairs = [tiny_records.make_pair(rng, 8) for _ in range(3)]
     blobs = [
         schema.encode_example(f"ID_{i}", im, m, (30 + i, 40), f"ID_{i}.jpg", f"ID_{i}_segmentation.png")
         for i, (im, m) in enumerate(pairs)
@@ -29,7 +29,7 @@ def test_round_trip_exact_values():
 
 
 def test_source_round_trip_and_records_written_without_it():
-    im, m = factory.make_pair(np.random.default_rng(3), 8)
+    im, m = tiny_records.make_pair(np.random.default_rng(3), 8)
     new = schema.encode_example("X", im, m, (8, 8), "X.jpg", "X_segmentation.png", "clinic_a")
     # A record as builders wrote them before the `source` feature existed.
     example = tf.train.Example()
@@ -61,7 +61,7 @@ def _tf_serialized(features: dict) -> bytes:
 )
 def test_encoding_is_byte_identical_to_tensorflows(size, source, original):
     # Records written without TensorFlow are the ones it wrote (and its readers expect).
-    im, m = factory.make_pair(np.random.default_rng(size), size)
+    im, m = tiny_records.make_pair(np.random.default_rng(size), size)
     ours = schema.encode_example("ISIC_0000001", im, m, original, "a.jpg", "a_segmentation.png", source)
     assert ours == _tf_serialized(
         {
@@ -95,7 +95,7 @@ def test_framing_is_byte_identical_to_tfrecordwriter(tmp_path):
 
 def test_encoding_is_deterministic():
     rng = np.random.default_rng(1)
-    im, m = factory.make_pair(rng, 8)
+    im, m = tiny_records.make_pair(rng, 8)
     a = schema.encode_example("X", im, m, (8, 8), "X.jpg", "X_segmentation.png")
     b = schema.encode_example("X", im.copy(), m.copy(), (8, 8), "X.jpg", "X_segmentation.png")
     assert a == b
@@ -103,7 +103,7 @@ def test_encoding_is_deterministic():
 
 def test_size_mismatch_is_an_error():
     rng = np.random.default_rng(2)
-    im, m = factory.make_pair(rng, 8)
+    im, m = tiny_records.make_pair(rng, 8)
     blob = schema.encode_example("X", im, m, (8, 8), "X.jpg", "X_segmentation.png")
     with pytest.raises(tf.errors.InvalidArgumentError, match="manifest"):
         schema.parse_batch(tf.constant([blob]), 16)

@@ -15,7 +15,7 @@ import pytest
 
 from core import watchdog
 from launch.cluster import addresses
-from tests import factory
+from preprocessing import tiny_records
 from tests.conftest import PROJECT_ROOT
 from tests.conftest import start_launcher
 
@@ -23,7 +23,7 @@ from tests.conftest import start_launcher
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("records"))
-    factory.write_records(out, {"train": 32, "val": 8}, size=32)
+    tiny_records.write_records(out, {"train": 32, "val": 8}, size=32)
     return out
 
 

@@ -25,7 +25,7 @@ from launch.training import run_identity
 from launch.training import steps as steps_lib
 from launch.training import trainer
 from launch.training.config import TrainConfig
-from tests import factory
+from preprocessing import tiny_records
 
 BASE = TrainConfig(
     batch_size=4,
@@ -44,7 +44,7 @@ def _train(records, model_dir, **changes):
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("records"))
-    factory.write_records(out, {"train": 16, "val": 4, "test": 4}, size=32)
+    tiny_records.write_records(out, {"train": 16, "val": 4, "test": 4}, size=32)
     return out
 
 

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 
 from launch.cluster import addresses
-from tests import factory
+from preprocessing import tiny_records
 from tests.conftest import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("records"))
-    factory.write_records(out, {"train": 16, "val": 4}, size=32)
+    tiny_records.write_records(out, {"train": 16, "val": 4}, size=32)
     return out
 
 

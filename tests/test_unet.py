@@ -8,7 +8,7 @@ from tensorflow.python.framework import ops as tf_ops  # TF's registered per-op 
 
 from model import losses
 from model import unet
-from tests import factory
+from preprocessing import tiny_records
 
 MOMENTUM = 0.9  # any value in [0, 1): these tests do not depend on it
 
@@ -26,7 +26,7 @@ def policy():
 
 def _images(batch, size, seed=0):
     rng = np.random.default_rng(seed)
-    pairs = [factory.make_pair(rng, size) for _ in range(batch)]
+    pairs = [tiny_records.make_pair(rng, size) for _ in range(batch)]
     images = np.stack([p[0] for p in pairs]).astype(np.float32) / 255.0  # [B, S, S, 3] in [0, 1]
     masks = np.stack([p[1] for p in pairs])[..., None].astype(np.float32)  # [B, S, S, 1] 0/1
     return images, masks

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from core import watchdog
 from launch.cluster import gpus as gpus_lib
+from launch.cluster import worker_output
 from launch.cluster.addresses import LOCALHOST
 from launch.cluster.addresses import LaunchError
 from launch.cluster.addresses import find_free_ports
@@ -81,57 +82,6 @@ class GroupResult:
             return 0
         code = self.returncodes[self.failed]
         return code if code > 0 else 128 + (-code)
-
-
-def describe_exit(code: int) -> str:
-    """'exit code 3', 'signal SIGKILL', or what the two statuses of a stall say."""
-    if code == -watchdog.STALL_SIGNAL:
-        return f"signal {watchdog.STALL_SIGNAL.name}: its stall watchdog ended it"
-    if code == watchdog.STALL_EXIT_STATUS:
-        return f"exit code {code}: it lost a peer"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
-def process_state(pid: int) -> str:
-    """The kernel's one-letter state of `pid` (R running, S sleeping, T stopped, ...; '?'
-    where /proc cannot tell): from /proc/<pid>/stat, after the parenthesised name."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
-
-
-class _Output:
-    """Copies a worker's lines to a shared stream with a "[wi] " prefix, one line at a time."""
-
-    def __init__(self, stream, lock: threading.Lock):
-        self.stream, self.lock = stream, lock
-
-    def write_line(self, text: str) -> None:
-        with self.lock:
-            self.stream.write(text if text.endswith("\n") else text + "\n")
-            self.stream.flush()
-
-    def pump(self, pipe, prefix: str, seen=None) -> threading.Thread:
-        """Copies `pipe`'s lines with `prefix`; `seen(line)` is called with each one."""
-
-        def run():
-            with pipe:
-                for raw in iter(pipe.readline, b""):
-                    line = raw.decode("utf-8", errors="replace")
-                    self.write_line(prefix + line)
-                    if seen is not None:
-                        seen(line)
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        return thread
 
 
 class Interrupts:
@@ -180,7 +130,7 @@ class WorkerGroup:
         self.commands, self.envs, self.cwd, self.grace_seconds = commands, envs, cwd, grace_seconds
         self.interrupts = interrupts or Interrupts()
         lock = threading.Lock()  # one lock for both streams keeps [w0]/[w1] lines whole
-        self.out, self.err = _Output(out, lock), _Output(err, lock)
+        self.out, self.err = worker_output.Output(out, lock), worker_output.Output(err, lock)
         self.log = log or (lambda message: self.err.write_line(f"isic-launch: {message}"))
         self.procs: list[subprocess.Popen] = []
         self.threads: list[threading.Thread] = []
@@ -240,7 +190,8 @@ class WorkerGroup:
                 self._log_stopped()
                 return self._result(interrupted=signum, stop_seconds=seconds)
             if failed is not None:
-                self.log(f"worker {failed} died ({describe_exit(codes[failed])}): stopping the others")
+                how = worker_output.describe_exit(codes[failed])
+                self.log(f"worker {failed} died ({how}): stopping the others")
                 self._log_stalls(failed)
                 seconds = self._stop(signal.SIGTERM, self.grace_seconds)
                 self.log(f"group stopped {seconds:.2f} s after worker {failed} died")
@@ -255,7 +206,7 @@ class WorkerGroup:
         report) and the stall report of the failed worker, if it had one."""
         time.sleep(2 * POLL_S)  # let the pumps copy the report's first line
         for index, proc in enumerate(self.procs):
-            if proc.poll() is None and process_state(proc.pid) == "T":
+            if proc.poll() is None and worker_output.process_state(proc.pid) == "T":
                 self.log(
                     f"worker {index} (pid {proc.pid}) is stopped (SIGSTOP/SIGTSTP): it stalled "
                     "the group; it is sent SIGCONT with the stop signal"
@@ -271,7 +222,7 @@ class WorkerGroup:
         else:
             self.log(
                 "exit codes "
-                + ", ".join(f"worker {i}: {describe_exit(c)}" for i, c in enumerate(codes))
+                + ", ".join(f"worker {i}: {worker_output.describe_exit(c)}" for i, c in enumerate(codes))
                 + "; the job resumes from its last complete checkpoint"
             )
 

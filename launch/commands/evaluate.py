@@ -64,29 +64,21 @@ def main(args, config: EvaluateConfig) -> int:
             "--data_dir only with --full_resolution (or drop --data_dir to "
             "score the folder itself)"
         )
-    import tensorflow as tf  # after cli set the environment TensorFlow reads
+    from launch.inference import evaluation  # after cli set the environment TensorFlow reads
 
-    from launch.inference import evaluation
-
-    try:
-        if args.data_dir:
-            summary = evaluation.evaluate(
-                args.model,
-                args.data_dir,
-                config,
-                images_dir=images_dir,
-                masks_dir=masks_dir,
-                output_dir=args.output_dir,
-            )
-        else:
-            summary = evaluation.evaluate_folder(
-                args.model, images_dir, masks_dir, config, output_dir=args.output_dir
-            )
-    except tf.errors.OpError as e:  # damaged or truncated shards
-        raise UserError(
-            f"cannot read the records of {args.data_dir} ({e.message}); "
-            "rebuild them with isic-preprocess --overwrite"
-        ) from None
+    if args.data_dir:
+        summary = evaluation.evaluate(
+            args.model,
+            args.data_dir,
+            config,
+            images_dir=images_dir,
+            masks_dir=masks_dir,
+            output_dir=args.output_dir,
+        )
+    else:
+        summary = evaluation.evaluate_folder(
+            args.model, images_dir, masks_dir, config, output_dir=args.output_dir
+        )
     print(evaluation.format_table(summary))
     for entry in summary.get("skipped", []):
         print(f"isic-evaluate: skipped {entry['file']}: {entry['reason']}", file=sys.stderr)

@@ -133,9 +133,9 @@ def _quiet():
     """Silences the INFO lines TensorFlow's SavedModel writer and tf2onnx log for every step
     (absl's app turns INFO on), and tf2onnx's numpy deprecation warning: the export prints
     one line per format instead."""
-    import logging  # pylint: disable=import-outside-toplevel
+    import logging
 
-    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    from absl import logging as absl_logging
 
     previous, converter = absl_logging.get_verbosity(), logging.getLogger("tf2onnx")
     previous_converter = converter.level
@@ -168,9 +168,9 @@ def _check_output_dir(output_dir: str) -> None:
 
 def _serving(model, model_path, staging, config, colour_constancy, images, work):
     """Writes and checks serving/; returns (FormatResult, [ImageParity])."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
 
-    from launch.export import serving  # pylint: disable=import-outside-toplevel
+    from launch.export import serving
 
     start = time.perf_counter()
     path = os.path.join(staging, SERVING_DIR)

@@ -126,7 +126,7 @@ def check_serving(
       ParityError: a mask agrees on fewer than MASK_AGREEMENT of its pixels, has another
         size, or a probability differs by more than PROBABILITY_TOLERANCE.
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
 
     reference_dir = os.path.join(work_dir, "isic-predict")
     report = prediction.predict_folder(

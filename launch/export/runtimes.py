@@ -21,7 +21,6 @@ import numpy as np
 INSTALL_HINT = "pip install 'isic-unet[export]'"
 ONNX_INPUT = "image"
 ONNX_OUTPUT = "probabilities"
-TFLITE_SIGNATURE = "serving_default"
 
 
 def _missing(modules: tuple[str, ...]) -> list[str]:
@@ -30,7 +29,7 @@ def _missing(modules: tuple[str, ...]) -> list[str]:
 
 def _signature(model) -> list:
     """[TensorSpec float32 [None, S, S, 3] named ONNX_INPUT]: any batch size."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
 
     size = int(model.input_shape[1])
     return [tf.TensorSpec([None, size, size, 3], tf.float32, name=ONNX_INPUT)]
@@ -46,7 +45,7 @@ def onnx_missing() -> str | None:
 
 def litert_missing() -> str | None:
     """Why model.tflite cannot be written and checked here, or None."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
 
     if not hasattr(tf, "lite") or not hasattr(tf.lite, "TFLiteConverter"):
         return f"this TensorFlow {tf.__version__} has no TFLite converter"
@@ -57,7 +56,7 @@ def litert_missing() -> str | None:
 
 def write_onnx(model, path: str) -> None:
     """Converts the Keras model to ONNX at `path` (input "image", output "probabilities")."""
-    import onnx  # pylint: disable=import-outside-toplevel
+    import onnx
 
     # An explicit signature: Keras refuses a loaded model that has not been called yet.
     model.export(path, format="onnx", verbose=False, input_signature=_signature(model))
@@ -75,7 +74,7 @@ def write_onnx(model, path: str) -> None:
 def onnx_predictor(path: str, threads: int | None = None):
     """A predictor running `path` with ONNX Runtime on the CPU (`threads`: intra-op
     threads, None: ONNX Runtime's default, one per core)."""
-    import onnxruntime  # pylint: disable=import-outside-toplevel
+    import onnxruntime
 
     options = onnxruntime.SessionOptions()
     if threads:
@@ -97,11 +96,11 @@ def write_tflite(model, path: str) -> None:
 
 def _interpreter(path: str, threads: int | None):
     if not _missing(("ai_edge_litert",)):
-        from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+        from ai_edge_litert.interpreter import Interpreter
     else:  # TensorFlow's own copy (deprecated in favour of ai-edge-litert)
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        import tensorflow as tf
 
-        Interpreter = tf.lite.Interpreter  # noqa: N806
+        Interpreter = tf.lite.Interpreter
     return Interpreter(model_path=path, num_threads=threads or os.cpu_count())
 
 

@@ -20,6 +20,7 @@ from launch.inference import segment
 from model import metrics
 from pipeline import dataset as dataset_lib
 from pipeline import pixels
+from pipeline import records as records_lib
 from preprocessing import decode
 
 _DISPLAY_PIXELS = 400  # longest side drawn per panel
@@ -38,11 +39,11 @@ def pick_cases(rows: list[dict]) -> list[tuple[str, dict]]:
     return unique
 
 
-def record_panels(model, records: dataset_lib.Records, cases, config, folders=None) -> list[tuple]:
+def record_panels(model, records: records_lib.Records, cases, config, folders=None) -> list[tuple]:
     """The panels of `cases` (from `pick_cases`) scored from the records of config.split.
 
     Args:
-      records: the dataset (pipeline.dataset.Records).
+      records: the dataset (pipeline.records_lib.Records).
       folders: as in scoring.score_records: None at the records' size, else source name ->
         (images_dir, masks_dir) for full resolution.
     Returns:
@@ -98,12 +99,13 @@ def _truth(path: str, size: tuple[int, int]) -> np.ndarray:
 def _find(records, split: str, ids: set) -> dict:
     """Finds the records of `ids` in the split: id -> dict of numpy values of one example."""
     found = {}
-    for batch in dataset_lib.read_examples(records, split, 32).as_numpy_iterator():
-        for i, case_id in enumerate(batch["case_id"]):
-            if case_id.decode() in ids:
-                found[case_id.decode()] = {k: v[i] for k, v in batch.items()}
-        if len(found) == len(ids):
-            break
+    with dataset_lib.reading(records):  # a corrupt shard: a RecordsError naming it
+        for batch in dataset_lib.read_examples(records, split, 32).as_numpy_iterator():
+            for i, case_id in enumerate(batch["case_id"]):
+                if case_id.decode() in ids:
+                    found[case_id.decode()] = {k: v[i] for k, v in batch.items()}
+            if len(found) == len(ids):
+                break
     return found
 
 

@@ -26,6 +26,7 @@ from launch.inference.config import EvaluateConfig
 from model import metrics
 from pipeline import dataset as dataset_lib
 from pipeline import pixels
+from pipeline import records as records_lib
 from preprocessing import decode
 from preprocessing import load
 
@@ -34,7 +35,7 @@ COUNT_NAMES = ("tp", "fp", "fn", "tn")
 
 def score_records(
     model,
-    records: dataset_lib.Records,
+    records: records_lib.Records,
     config: EvaluateConfig,
     count: int,
     *,
@@ -50,25 +51,27 @@ def score_records(
     Raises:
       ValueError: the split holds another number of records than `count`, or a mask
         does not have the recorded original size.
+      RecordsError: a shard cannot be read (corrupt, or not what the manifest says).
     """
     rows = []
     bar = progress_lib.Progress(count, unit="image", show=progress)
-    for batch in dataset_lib.read_examples(records, config.split, config.batch_size).as_numpy_iterator():
-        p = segment.probabilities(model, batch["image"], config, config.batch_size)  # [B, S, S]
-        sizes = [tuple(int(v) for v in s) for s in batch["original_size"]]
-        sources = [s.decode() for s in batch.get("source", [b""] * len(sizes))]
-        if folders is None:
-            truth = batch["mask"][..., 0] > 0.5  # [B, S, S]
-            pred = np.stack([segment.to_mask(q, config) for q in p])
-            counts = [c.numpy() for c in metrics.confusion_per_image(truth, pred, tf.float64)]
-        else:
-            masks = [
-                os.path.join(folders(source)[1], name.decode())
-                for source, name in zip(sources, batch["source_mask"])
-            ]
-            counts = _full_size_counts(p, masks, sizes, config)
-        rows += _rows([c.decode() for c in batch["case_id"]], sizes, sources, counts)
-        bar.advance(len(rows))
+    with dataset_lib.reading(records):  # a corrupt shard: a RecordsError naming it
+        for batch in dataset_lib.read_examples(records, config.split, config.batch_size).as_numpy_iterator():
+            p = segment.probabilities(model, batch["image"], config, config.batch_size)  # [B, S, S]
+            sizes = [tuple(int(v) for v in s) for s in batch["original_size"]]
+            sources = [s.decode() for s in batch.get("source", [b""] * len(sizes))]
+            if folders is None:
+                truth = batch["mask"][..., 0] > 0.5  # [B, S, S]
+                pred = np.stack([segment.to_mask(q, config) for q in p])
+                counts = [c.numpy() for c in metrics.confusion_per_image(truth, pred, tf.float64)]
+            else:
+                masks = [
+                    os.path.join(folders(source)[1], name.decode())
+                    for source, name in zip(sources, batch["source_mask"])
+                ]
+                counts = _full_size_counts(p, masks, sizes, config)
+            rows += _rows([c.decode() for c in batch["case_id"]], sizes, sources, counts)
+            bar.advance(len(rows))
     if len(rows) != count:
         raise InputError(
             f"read {len(rows)} records of split {config.split!r} but "

@@ -40,7 +40,6 @@ import tensorflow as tf
 # are what TensorFlow's own PreemptionCheckpointHandler uses (failure_handling.py).
 from tensorflow.python.eager import context as tf_context
 
-import launch as launch_package
 from core import files
 from core.errors import UserError
 from launch.training import distribute
@@ -55,6 +54,8 @@ PER_PROCESS = (
 # How long a worker waits for another's settings. All have passed the strategy's cluster
 # registration by then, so a worker missing this long has stalled or is gone.
 EXCHANGE_TIMEOUT_S = 120.0
+# The folder holding the project's packages (this file is launch/training/agreement.py).
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The project's packages whose code every worker must run identically.
 CODE_PACKAGES = ("core", "preprocessing", "pipeline", "model", "launch")
 
@@ -93,7 +94,7 @@ def group_precision(requested: str, facts: list[dict]) -> tuple[str, str]:
 
 def code_digest(root: str | None = None) -> str:
     """sha256 (16 hex digits) of the project's Python sources (CODE_PACKAGES)."""
-    root = root or os.path.dirname(os.path.dirname(os.path.abspath(launch_package.__file__)))
+    root = root or PROJECT_ROOT
     digest = hashlib.sha256()
     for package in CODE_PACKAGES:
         for folder, dirs, names in sorted(os.walk(os.path.join(root, package))):

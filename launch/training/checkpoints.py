@@ -63,23 +63,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool 
     directory = os.path.join(model_dir, CHECKPOINT_DIR)
     latest, damaged = newest_intact(directory)
     if latest is None and _holds_run(model_dir, damaged):
-        found = [f"{os.path.join(directory, names[0])} ({why})" for _, why, names in damaged]
-        found += [
-            p
-            for p in (
-                os.path.join(directory, integrity.STATE_FILE),
-                os.path.join(directory, RUN_FILE),
-                os.path.join(model_dir, history.HISTORY_FILE),
-            )
-            if files.exists(p)
-        ]
-        raise NoUsableCheckpointError(
-            f"{model_dir} holds a training run but no usable checkpoint: "
-            + "; ".join(found)
-            + ". Nothing was changed. To begin a new run there on purpose, "
-            "pass --restart (the old files are moved into replaced-<time>/, not deleted); or "
-            "use another --model_dir; or put back an intact checkpoints/ (e.g. from a backup)."
-        )
+        raise _no_usable_checkpoint(model_dir, directory, damaged)
     for number, why, names in damaged:
         moved = integrity.move_aside(directory, names) if chief else None
         logging.warning(
@@ -98,6 +82,35 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool 
             if _number(n) < _number(latest) and integrity.files_of(directory, _number(n))
         ]
         integrity.write_state(directory, kept + [os.path.basename(latest)])
+    _restore(checkpoint, latest)
+    logging.info("restored %s", latest)
+    return latest
+
+
+def _no_usable_checkpoint(model_dir: str, directory: str, damaged: list) -> NoUsableCheckpointError:
+    """The refusal for a directory that holds a run but no intact checkpoint: it names
+    the damaged checkpoints and the run's files."""
+    found = [f"{os.path.join(directory, names[0])} ({why})" for _, why, names in damaged]
+    found += [
+        p
+        for p in (
+            os.path.join(directory, integrity.STATE_FILE),
+            os.path.join(directory, RUN_FILE),
+            os.path.join(model_dir, history.HISTORY_FILE),
+        )
+        if files.exists(p)
+    ]
+    return NoUsableCheckpointError(
+        f"{model_dir} holds a training run but no usable checkpoint: "
+        + "; ".join(found)
+        + ". Nothing was changed. To begin a new run there on purpose, "
+        "pass --restart (the old files are moved into replaced-<time>/, not deleted); or "
+        "use another --model_dir; or put back an intact checkpoints/ (e.g. from a backup)."
+    )
+
+
+def _restore(checkpoint: tf.train.Checkpoint, latest: str) -> None:
+    """Restores the intact checkpoint `latest` into `checkpoint`, under any precision."""
     try:
         view = _matching_view(checkpoint, latest)
         status = view.restore(latest)
@@ -111,8 +124,6 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str, chief: bool 
             "changed. Move that checkpoint's files out of the way to resume from an older one, "
             "or pass --restart, or use another --model_dir."
         ) from None
-    logging.info("restored %s", latest)
-    return latest
 
 
 def _matching_view(checkpoint: tf.train.Checkpoint, path: str) -> tf.train.Checkpoint:

@@ -2,7 +2,8 @@
 
 `writing(what, path)` wraps one write of a run's outputs (a checkpoint, history.csv, a
 plot, a model export, TensorBoard logs). If it fails because of the disk (no space,
-quota, read-only filesystem, no permission, a file where a folder should be), the error
+quota, a file-size limit, read-only filesystem, no permission, a file where a folder
+should be), the error
 becomes an `OutputError`: a UserError whose message names the file and the cause, which
 `isic-train` prints without a traceback (exit status 1). What was written before is
 intact: every output goes to a temporary name first and is renamed only when complete
@@ -11,7 +12,9 @@ names it, which happens after its files are written and checked (checkpoints.Sav
 
 Python reports these failures as OSError; TensorFlow's writers (checkpoints, SavedModel,
 summaries) as its own errors, with the OS's cause at the end of the message:
-ENOSPC -> ResourceExhaustedError, EACCES and EROFS -> PermissionDeniedError.
+ENOSPC -> ResourceExhaustedError, EACCES and EROFS -> PermissionDeniedError, EFBIG (a
+file larger than `ulimit -f`, a limit SLURM passes on from the submitting shell) ->
+OutOfRangeError, which also ends every dataset, so it counts only when it names the folder.
 """
 
 import contextlib
@@ -32,6 +35,7 @@ _TF_PATH_ERRORS = (
     tf.errors.NotFoundError,
     tf.errors.AlreadyExistsError,
     tf.errors.UnknownError,
+    tf.errors.OutOfRangeError,
 )
 _OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\].*$", re.S)
 

@@ -80,18 +80,7 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
     dog.progress("set-up", step, "agreeing on the restored step with every worker")
     agreement.agree_on_resume(strategy, step, restored, dog.peers)
     reporter.start(config, identity, model, start_epoch=step // steps_per_epoch)
-    logging.info(
-        "%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
-        "resuming" if restored else "starting",
-        step,
-        step // steps_per_epoch + 1,
-        config.epochs,
-        steps_per_epoch,
-        config.batch_size,
-        precision,
-    )
-    if step // steps_per_epoch >= config.epochs:
-        logging.info("%s has already trained %d epochs: nothing left to train", model_dir, config.epochs)
+    _log_start(model_dir, config, restored, step, steps_per_epoch, precision)
     loss_fn = losses.training_loss(config.dice_weight, config.recall_weight)  # (masks, probs) -> [b]
     return Run(
         config,
@@ -122,6 +111,22 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
         row=reporter.last_row(),
         checkpoint=checkpoint,
     )
+
+
+def _log_start(model_dir, config, restored, step: int, steps_per_epoch: int, precision: str) -> None:
+    """Says where the run starts (or that it has nothing left to train)."""
+    logging.info(
+        "%s at step %d (epoch %d of %d, %d steps per epoch, global batch %d, %s)",
+        "resuming" if restored else "starting",
+        step,
+        step // steps_per_epoch + 1,
+        config.epochs,
+        steps_per_epoch,
+        config.batch_size,
+        precision,
+    )
+    if step // steps_per_epoch >= config.epochs:
+        logging.info("%s has already trained %d epochs: nothing left to train", model_dir, config.epochs)
 
 
 def _verified_records(data_dir: str, level: str) -> dataset_lib.Records:

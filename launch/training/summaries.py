@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from launch.layout import LOG_DIR
 from pipeline import dataset as dataset_lib
+from pipeline import records as records_lib
 
 # Per-chunk training scalars are written at most this often: one write costs ~0.4 ms of
 # host time, a tenth of a 64-step call of a tiny model (docs/performance.md, loop overhead).
@@ -47,7 +48,7 @@ class Writer:
         self._val.flush()
 
     def validation_images(
-        self, step: int, model: keras.Model, records: dataset_lib.Records, count: int
+        self, step: int, model: keras.Model, records: records_lib.Records, count: int
     ) -> None:
         """The first `count` validation images as [image | true mask | predicted mask] strips."""
         batch = next(iter(dataset_lib.read_examples(records, "val", count)))

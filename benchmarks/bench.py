@@ -15,6 +15,10 @@ writes results.json (every raw figure, the rows, the config, the machine) into
 `--stages gpu` runs the GPU acceptance check instead (benchmarks/gpu.py; README, "Before a
 long GPU run"): it writes gpu_check.json and exits 1 when the check fails; on a machine
 without a GPU it says so and exits 0.
+
+The one command that does not live in launch/commands/: benchmarks measure launch's
+training, inference and export, so they are the layer above launch (tests/test_layers.py),
+and the command that runs them sits with them (setup.py: `isic-bench=benchmarks.bench:run`).
 """
 
 import os

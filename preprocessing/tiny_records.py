@@ -1,16 +1,17 @@
-"""Tiny synthetic datasets for tests: small images with known masks.
+"""Tiny synthetic record sets in a second, for the tests and the chaos benchmark.
 
 `make_pair` draws a filled disc (the "lesion") on a textured background so that
 masks are exact and models can learn them in a few steps. `write_records` turns
 such pairs into a TFRecord dataset with the builder's own code (schema.encode_example,
 shards.write_shard, writer.make_manifest, manifest.write_manifest), so pipeline and
-trainer tests read what isic-preprocess writes, without decoding image files.
+trainer tests (and benchmarks/chaos.py) read what isic-preprocess writes, without
+decoding image files. A library module, not a test helper, because nothing outside
+tests/ may import tests/ (tests/test_layers.py); like the builder it needs no TensorFlow.
 """
-
-import os
 
 import numpy as np
 
+from core import files
 from core import names
 from preprocessing import manifest as manifest_lib
 from preprocessing import pairs as pairs_lib
@@ -52,7 +53,7 @@ def write_records(
       legacy: the manifest as builders wrote it before the "sources" and "preprocessing"
         fields existed (for the tests of that fallback); records carry an empty source.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    files.makedirs(out_dir)
     rng = np.random.default_rng(seed)
     total = sum(counts.values())
     config = BuildConfig(
