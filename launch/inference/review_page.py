@@ -127,9 +127,10 @@ def _risk_table(block: dict) -> str:
     """The risk-coverage table of metrics.json's "confidence" block."""
     key = "confidence/auroc_jaccard_below_0.65"
     auroc = block["auroc_jaccard_below_0.65"]
+    exact = "null" if auroc is None else repr(auroc)
     lines = [
         f"<p>AUROC of the confidence for Jaccard &lt; {metrics.JACCARD_THRESHOLD}: "
-        f"<span data-key='{key}' data-value='{auroc!r}'>"
+        f"<span data-key='{key}' data-value='{exact}'>"
         f"{'-' if auroc is None else f'{auroc:.3f}'}</span></p>",
         "<table id='risk'><tr><th>most confident</th><th>images</th>"
         + "".join(
