@@ -23,7 +23,7 @@ _REPORT_HELP = (
 )
 # The default of --check_below: the 20th percentile of the chosen confidence on the
 # validation split, rounded down to 0.05 (the rule and the numbers: docs/evaluation.md).
-_CHECK_BELOW = 0.0
+_CHECK_BELOW = 0.5
 _CHECK_HELP = "report.html and confidence.csv mark an image 'check' when its confidence is below this."
 
 # The per-image confidence signals (launch/inference/confidence.py computes them; the
@@ -68,7 +68,7 @@ class InferenceConfig:
         "filling (ISIC ground truth is one region).",
     )
     confidence: str = option(
-        "expected_jaccard",
+        "certain_share",
         "The per-image confidence written beside each mask (per_image.csv, "
         "confidence.csv, report.html, the exported graph): computed from the "
         "probability map, chosen on the validation split (docs/evaluation.md). "
