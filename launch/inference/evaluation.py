@@ -304,11 +304,10 @@ def _write_outputs(output_dir: str, summary: dict, rows: list[dict], panels: lis
     write_per_image(os.path.join(output_dir, PER_IMAGE_FILE), rows)
     case_figure.draw(os.path.join(output_dir, FIGURE_FILE), panels)
     if rows and "picture" in rows[0]:
-        where = (
-            f"{summary['split']} split"
-            if summary.get("split")
-            else os.path.basename(summary["images_dir"].rstrip("/"))
-        )
+        if summary.get("split"):
+            where = f"{summary['split']} split"
+        else:  # the folder's name as isic-preprocess names it (D/images -> D)
+            where = pairs_lib.name_sources([(summary["images_dir"], summary["masks_dir"])])[0].name
         review_page.write(
             os.path.join(output_dir, review_page.REPORT_FILE), summary, rows, f"isic-evaluate: {where}"
         )

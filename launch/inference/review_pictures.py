@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 THUMB_PIXELS = 96  # longest side of a thumbnail
-LARGE_PIXELS = 320  # longest side of the view a click opens
-_QUALITY = (70, 82)  # JPEG quality of the thumbnail, of the large view
+LARGE_PIXELS = 256  # longest side of the view a click opens (2x the usual 128 model input)
+_QUALITY = (70, 80)  # JPEG quality of the thumbnail, of the large view
 PREDICTION_RGB = (255, 0, 255)  # magenta, as cases.png
 TRUTH_RGB = (0, 255, 0)  # green
 
