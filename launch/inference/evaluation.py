@@ -168,8 +168,8 @@ def evaluate(
     output_dir: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Evaluates a model on config.split of a dataset; writes metrics.json, per_image.csv
-    and cases.png.
+    """Evaluates a model on config.split of a dataset; writes metrics.json, per_image.csv,
+    cases.png and (config.report) report.html.
 
     Args:
       model_path: a model directory (uses its ISIC-UNet.keras) or a .keras file.
