@@ -245,7 +245,7 @@ def _gallery(rows: list[dict], check_below: float, truth: bool) -> str:
     )
 
 
-def _settings(summary: dict) -> str:
+def _settings(summary: dict, truth: bool) -> str:
     """What was run: the model, the data, the inference options, the confidence signal."""
     data = summary.get("data_dir") or summary.get("images_dir") or summary.get("input_dir") or ""
     split = f", {summary['split']} split" if summary.get("split") else ""
@@ -261,7 +261,8 @@ def _settings(summary: dict) -> str:
         f"data <code>{html.escape(str(data))}</code>{html.escape(split)}"
         f"{resolution}<br>"
         f"{html.escape(options)}<br>confidence: <b>{html.escape(block['signal'])}</b>, from the probability "
-        "map at the model's input size (docs/evaluation.md). Outlines: prediction magenta, expert green.</p>"
+        "map at the model's input size (docs/evaluation.md). Outline: prediction magenta"
+        + (", expert green.</p>" if truth else ".</p>")
     )
 
 
@@ -271,7 +272,7 @@ def render(summary: dict, rows: list[dict], title: str) -> str:
     "confidence", "picture" and, with truth, "jaccard"."""
     block = summary["confidence"]
     truth = "mean" in summary
-    parts = [f"<h1>{html.escape(title)}</h1>", _settings(summary)]
+    parts = [f"<h1>{html.escape(title)}</h1>", _settings(summary, truth)]
     if truth:
         parts += ["<h2>Summary</h2>", _headline(summary), "<h2>Confidence: risk and coverage</h2>"]
         parts += [_risk_table(block)]
