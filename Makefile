@@ -33,7 +33,8 @@ demo: $(STAMP)
 	@echo
 	@echo "Demo done. Model: $(DEMO)/model/ISIC-UNet.keras (best: $(DEMO)/model/best/), plots: $(DEMO)/model/{loss,accuracy,dice}.png,"
 	@echo "history: $(DEMO)/model/history.csv, TensorBoard: tensorboard --logdir $(DEMO)/model/logs,"
-	@echo "test metrics: $(DEMO)/model/eval-test*/metrics.json, predicted masks: $(DEMO)/predictions/,"
+	@echo "test metrics: $(DEMO)/model/eval-test*/metrics.json (review page: report.html beside it),"
+	@echo "predicted masks: $(DEMO)/predictions/ (with confidence.csv and report.html),"
 	@echo "exported model: $(DEMO)/export/ (serving/ SavedModel with JPEG/PNG in, mask out; model.onnx; model.tflite; README.md)"
 
 # ruff.toml holds the rules; `$(BIN)/ruff format .` and `$(BIN)/ruff check --fix .` fix most findings.

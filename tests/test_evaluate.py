@@ -35,6 +35,7 @@ from pipeline import records as records_lib
 from preprocessing import build
 from preprocessing import tiny_records
 from preprocessing.config import BuildConfig
+from tests import test_review_page
 from tests.test_predict import red_channel_model
 
 S, H, W = 16, 48, 32
@@ -274,6 +275,26 @@ def test_tta_and_post_processing_are_applied_to_what_is_scored(dataset, tmp_path
         model, records, dataclasses.replace(FULL, tta=True), output_dir=str(tmp_path / "tta"), progress=False
     )
     assert _counts(str(tmp_path / "tta")) == EXPECTED["full"] and tta["tta"] is True
+    # The confidence of each image (per_image.csv), its summary (metrics.json) and the
+    # review page, whose numbers are metrics.json's.
+    with open(tmp_path / "tta" / "per_image.csv") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    for row in rows.values():
+        assert float(row["confidence"]) == float(row["confidence_" + tta["confidence"]["signal"]])
+        assert {"confidence_tta_agreement", "confidence_boundary_margin"} <= set(row)
+        assert 0.0 <= float(row["confidence"]) <= 1.0
+    block = tta["confidence"]
+    assert [r["coverage"] for r in block["risk_coverage"]] == [1.0, 0.9, 0.8]
+    assert block["risk_coverage"][0]["confidence"]["thresholded_jaccard"] == pytest.approx(
+        tta["headline"]["thresholded_jaccard"], abs=1e-12
+    )
+    assert block["auroc_jaccard_below_0.65"] is None  # no failure among the 3: undefined
+    test_review_page.check_page(
+        str(tmp_path / "tta" / "report.html"),
+        json.load(open(tmp_path / "tta" / "metrics.json")),
+        {i: float(r["confidence"]) for i, r in rows.items()},
+        {i: float(r["jaccard"]) for i, r in rows.items()},
+    )
     # A speck away from the lesion: a false positive that largest_component removes.
     speck = tmp_path / "speck"
     shutil.copytree(source, speck)
@@ -518,3 +539,8 @@ def test_round_trip_train_evaluate_predict(tmp_path):
     assert len(report["written"]) == 16 and not report["failed"]
     mask = Image.open(report["written"][0])
     assert (mask.mode, mask.size) == ("L", (40, 40)) and set(np.unique(np.asarray(mask))) <= {0, 255}
+    with open(report["confidence_csv"]) as f:
+        confidences = {r["id"]: float(r["confidence"]) for r in csv.DictReader(f)}
+    assert len(confidences) == 16 and all(0.0 <= c <= 1.0 for c in confidences.values())
+    summary = {"confidence": {"check_below": PredictConfig().check_below}}
+    test_review_page.check_page(report["report_html"], summary, confidences)

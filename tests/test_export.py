@@ -160,6 +160,8 @@ def test_export_writes_each_format_with_readme_and_record(exported):
     record = json.load(open(os.path.join(folder, exporter.EXPORT_FILE)))
     assert record["config"] == dataclasses.asdict(RAW) and record["image_size"] == S
     assert min(r["mask_agreement"] for r in record["serving_parity"]) >= parity.MASK_AGREEMENT
+    # The confidence output is inside the parity checks (against isic-predict's confidence.csv).
+    assert max(r["confidence_difference"] for r in record["serving_parity"]) <= parity.CONFIDENCE_TOLERANCE
     assert {f["name"]: f["path"] is not None for f in record["formats"]}["serving"]
     readme = open(os.path.join(folder, exporter.README_FILE)).read()
     for text in (
@@ -364,9 +366,13 @@ def test_options_and_colour_constancy_are_fixed_into_the_graph(exported, model_d
 def test_in_graph_tta_equals_isic_predicts(model_dir):
     model, _ = models.load_model(model_dir)
     images = np.random.default_rng(5).uniform(size=(3, S, S, 3)).astype(np.float32)
-    with_tta = InferenceConfig(tta=True)
-    got = serving.ServingGraph(model, with_tta).network(tf.constant(images))["probabilities"].numpy()
-    np.testing.assert_allclose(got, segment.probabilities(model, images, with_tta), atol=1e-5, rtol=0)
+    with_tta = InferenceConfig(tta=True, confidence="tta_agreement")
+    out = serving.ServingGraph(model, with_tta).network(tf.constant(images))
+    got = out["probabilities"].numpy()
+    expected, signals = segment.predict(model, images, with_tta)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    # The graph's confidence is the one isic-predict writes (the same code, confidence.py).
+    np.testing.assert_allclose(out["confidence"].numpy(), signals["tta_agreement"], atol=1e-5, rtol=0)
     assert (
         np.abs(got - segment.probabilities(model, images, dataclasses.replace(RAW, tta=False))).max() > 1e-3
     )

@@ -146,7 +146,7 @@ def test_unreadable_image_is_skipped_and_named(model_path, tmp_path):
     assert [name for name, _ in report["failed"]] == ["broken.jpg", "truncated.png"]
     assert all("cannot" in reason for _, reason in report["failed"])
     assert sorted(report["ignored"]) == [".DS_Store", "notes.txt"]
-    assert sorted(os.listdir(out)) == ["good_segmentation.png"]
+    assert sorted(os.listdir(out)) == ["confidence.csv", "good_segmentation.png", "report.html"]
 
 
 def test_two_images_with_one_id_are_both_reported(model_path, tmp_path):

@@ -82,7 +82,8 @@ def main(args, config: EvaluateConfig) -> int:
     print(evaluation.format_table(summary))
     for entry in summary.get("skipped", []):
         print(f"isic-evaluate: skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
-    print(f"metrics.json, per_image.csv and cases.png in {summary['output_dir']}")
+    report = ", report.html" if config.report else ""
+    print(f"metrics.json, per_image.csv, cases.png{report} in {summary['output_dir']}")
     return 1 if summary.get("skipped") else 0
 
 

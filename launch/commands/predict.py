@@ -5,10 +5,12 @@
 Writes masks/<ID>_segmentation.png (8-bit, 0/255, the input's size) for each
 photos/<ID>.jpg|.jpeg|.png, prepared as the model's training records were (its colour
 constancy included) and made as isic-evaluate scores them: --threshold, --tta,
---fill_holes, --largest_component. Exits with 1 if any image could not be read (the
-others are still written).
+--fill_holes, --largest_component. Also writes confidence.csv (each image's confidence,
+--confidence, marked check below --check_below) and report.html (the review page). Exits
+with 1 if any image could not be read (the others are still written).
 """
 
+import os
 import sys
 
 from launch import cli
@@ -33,6 +35,9 @@ def main(args, config: PredictConfig) -> int:
         + (f" (overlays in {report['output_dir']}/overlays)" if config.overlays else "")
         + f"; {len(report['failed'])} images failed; {len(report['ignored'])} other files ignored"
     )
+    for key in ("confidence_csv", "report_html"):
+        if key in report:
+            print(f"{os.path.basename(report[key])}: {report[key]}")
     return 1 if report["failed"] else 0
 
 

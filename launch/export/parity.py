@@ -1,8 +1,8 @@
 """The checks an export must pass before isic-export publishes it.
 
   write_images      synthetic test images in every size and mode isic-predict accepts
-  check_serving     the SavedModel's `segment` masks against isic-predict's files, and its
-                    `probabilities` against isic-predict's maps
+  check_serving     the SavedModel's `segment` masks and confidences against isic-predict's
+                    files and confidence.csv, and its `probabilities` against its maps
   check_network     a runtime's probabilities (ONNX Runtime, LiteRT) against Keras'
 
 Images come from the synthetic dermoscopy generator (preprocessing/synth.py), so the
@@ -12,6 +12,7 @@ palette, 1-bit and 16-bit PNG, and in odd sizes (7 x 1000, smaller than the mode
 input). isic-predict itself (prediction.predict_folder) writes the reference masks.
 """
 
+import csv
 import dataclasses
 import os
 
@@ -31,6 +32,10 @@ from preprocessing import synth
 
 MASK_AGREEMENT = 0.999  # the share of pixels where the masks must agree (issue 15)
 PROBABILITY_TOLERANCE = 1e-4  # the largest allowed |p - p_keras| (float32)
+# The largest allowed |confidence - isic-predict's|: the same code (confidence.py) on maps
+# that differ by <= PROBABILITY_TOLERANCE; a pixel that crosses the threshold moves an
+# outline-based signal by about 1 / (outline length), so this is looser than the maps'.
+CONFIDENCE_TOLERANCE = 2e-3
 _SEED = 15
 
 
@@ -46,6 +51,7 @@ class ImageParity:
     size: tuple[int, int]  # (height, width) of the mask
     mask_agreement: float  # share of pixels where the two masks agree
     max_probability_difference: float
+    confidence_difference: float  # |serving confidence - isic-predict's confidence.csv|
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +113,7 @@ def write_images(folder: str, count: int | None = None) -> list[str]:
 def predict_config(config: InferenceConfig) -> PredictConfig:
     """isic-predict's options equal to the export's inference options."""
     shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(InferenceConfig)}
-    return PredictConfig(**shared)
+    return PredictConfig(**shared, report=False)
 
 
 def _reference_probabilities(model, image_path, config, colour_constancy) -> np.ndarray:
@@ -136,11 +142,14 @@ def check_serving(
         raise ParityError(f"isic-predict could not read its test images: {report['failed']}")
     model, resolved = models.load_model(model_path)
     colour_constancy = models.read_preprocessing(resolved)
+    with open(report["confidence_csv"], newline="") as f:
+        expected_confidence = {row["file"]: float(row["confidence"]) for row in csv.DictReader(f)}
     results, problems = [], []
     for name in names:
         with open(os.path.join(folder, name), "rb") as f:
             contents = tf.constant(f.read())
-        mask = serving.signatures["segment"](image_bytes=contents)["mask"].numpy()
+        served = serving.signatures["segment"](image_bytes=contents)
+        mask = served["mask"].numpy()
         p = serving.signatures["probabilities"](image_bytes=contents)["probabilities"].numpy()
         expected = images.read_mask(
             os.path.join(reference_dir, os.path.splitext(name)[0] + "_segmentation.png")
@@ -150,7 +159,11 @@ def check_serving(
             problems.append(f"{name}: the serving mask is {mask.shape}, isic-predict's {expected.shape}")
             continue
         result = ImageParity(
-            name, tuple(mask.shape), float(np.mean(mask == expected)), float(np.max(np.abs(p - expected_p)))
+            name,
+            tuple(mask.shape),
+            float(np.mean(mask == expected)),
+            float(np.max(np.abs(p - expected_p))),
+            abs(float(served["confidence"].numpy()) - expected_confidence[name]),
         )
         results.append(result)
         if result.mask_agreement < MASK_AGREEMENT:
@@ -161,6 +174,11 @@ def check_serving(
             problems.append(
                 f"{name}: probabilities differ by up to "
                 f"{result.max_probability_difference:.2e} (> {PROBABILITY_TOLERANCE:g})"
+            )
+        if not result.confidence_difference <= CONFIDENCE_TOLERANCE:  # also catches NaN
+            problems.append(
+                f"{name}: confidence differs from isic-predict's by {result.confidence_difference:.2e} "
+                f"(> {CONFIDENCE_TOLERANCE:g})"
             )
     if problems:
         raise ParityError("the serving SavedModel does not reproduce isic-predict: " + "; ".join(problems))

@@ -51,7 +51,7 @@ def _graph(report) -> str:
 8. Threshold: foreground where p > {c.threshold:g}.
 9. Post-processing: fill holes {_on(c.fill_holes)}, keep the largest region {_on(c.largest_component)}
    (foreground 8-connected, background 4-connected).
-10. Return 0/255 as uint8 [H, W].
+10. Return 0/255 as uint8 [H, W], and the confidence ({c.confidence}) of the {s} x {s} map of step 6.
 
 These options were fixed at export time (`isic-export --threshold ... --tta
 --fill_holes --largest_component`); re-export to change them."""
@@ -59,19 +59,20 @@ These options were fixed at export time (`isic-export --threshold ... --tta
 
 def _checks(report) -> str:
     lines = [
-        "| image | mask size (H x W) | mask pixels unlike isic-predict's | max abs probability difference |",
-        "|---|---|---|---|",
+        "| image | mask size (H x W) | mask pixels unlike isic-predict's | max abs probability difference "
+        "| confidence difference |",
+        "|---|---|---|---|---|",
     ]
     for r in report.serving_parity:
         differ = round((1.0 - r.mask_agreement) * r.size[0] * r.size[1])
         lines.append(
             f"| {r.name} | {r.size[0]} x {r.size[1]} | {differ} ({1.0 - r.mask_agreement:.5%}) | "
-            f"{r.max_probability_difference:.1e} |"
+            f"{r.max_probability_difference:.1e} | {r.confidence_difference:.1e} |"
         )
     for n in report.network_parity:
         lines.append(
             f"| {n.runtime} vs Keras, {n.images} images at {report.image_size} x "
-            f"{report.image_size} | - | - | {n.max_difference:.1e} |"
+            f"{report.image_size} | - | - | {n.max_difference:.1e} | - |"
         )
     return "\n".join(lines)
 
@@ -97,9 +98,12 @@ Serving, `tf.saved_model.load`, the C API) runs it.
 
 | signature | input | output |
 |---|---|---|
-| `segment` (also `serving_default`) | `image_bytes`: `tf.string` scalar, a JPEG or PNG file's bytes | `mask`: `uint8` [H, W], 0 or 255 |
-| `probabilities` | `image_bytes`: the same | `probabilities`: `float32` [H, W] in [0, 1] |
-| `network` | `images`: `float32` [N, {s}, {s}, 3], RGB in [0, 1] | `probabilities`: `float32` [N, {s}, {s}]{tta} |
+| `segment` (also `serving_default`) | `image_bytes`: `tf.string` scalar, a JPEG or PNG file's bytes | `mask`: `uint8` [H, W], 0 or 255; `confidence`: `float32` scalar in [0, 1] |
+| `probabilities` | `image_bytes`: the same | `probabilities`: `float32` [H, W] in [0, 1]; `confidence` |
+| `network` | `images`: `float32` [N, {s}, {s}, 3], RGB in [0, 1] | `probabilities`: `float32` [N, {s}, {s}]{tta}; `confidence`: `float32` [N] |
+
+`confidence` is isic-predict's per-image confidence (its `confidence.csv`; signal
+`{report.config.confidence}`): low means the mask is worth a look.
 
 H x W is the input's own size after its EXIF orientation, as `isic-predict` writes masks.
 The `segment` graph does what `isic-predict` does:

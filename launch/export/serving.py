@@ -5,9 +5,11 @@ signatures need no Python code of ours (TensorFlow Serving, or `tf.saved_model.l
 any TF >= 2.16 program):
 
   segment        image_bytes: tf.string [] (a JPEG or PNG file's bytes)
-                 -> mask: uint8 [H, W], 0 or 255, at the upright input's size
-  probabilities  image_bytes: tf.string [] -> probabilities: float32 [H, W]
-  network        images: float32 [N, S, S, 3] in [0, 1] -> probabilities: float32 [N, S, S]
+                 -> mask: uint8 [H, W], 0 or 255, at the upright input's size,
+                    confidence: float32 [] in [0, 1] (isic-predict's confidence.csv value)
+  probabilities  image_bytes: tf.string [] -> probabilities: float32 [H, W], confidence
+  network        images: float32 [N, S, S, 3] in [0, 1] -> probabilities: float32 [N, S, S],
+                 confidence: float32 [N]
 
 `segment` is `serving_default`. Its graph is the path isic-predict takes
 (launch/inference/prediction.py), each step the in-graph twin of the Python one
@@ -16,8 +18,9 @@ any TF >= 2.16 program):
   decode (JPEG DCT-downscaled as Pillow's draft, any PNG mode, 16-bit -> 8-bit) ->
   EXIF orientation -> box resize to S x S -> upright -> colour constancy (if the model
   was trained with it) -> x / 255 -> the network (mean over the 8 flips and rotations
-  with config.tta) -> bilinear resize to H x W -> p > threshold -> fill holes / largest
-  region (as config says) -> 0/255.
+  with config.tta; the per-image confidence of config.confidence from that S x S map,
+  launch/inference/confidence.py, the code isic-predict runs) -> bilinear resize to
+  H x W -> p > threshold -> fill holes / largest region (as config says) -> 0/255.
 
 The options of `config` (an InferenceConfig) and the colour constancy are fixed when the
 graph is built: the export's README and export.json record them.
@@ -28,6 +31,7 @@ import tensorflow as tf
 
 from launch.export import image_ops
 from launch.export import mask_ops
+from launch.inference import confidence
 from launch.inference import tta
 from launch.inference.config import InferenceConfig
 from pipeline import pixels
@@ -60,10 +64,12 @@ class ServingGraph:
         return x, image_ops.upright_size(stored_size, orientation)
 
     def network(self, images: tf.Tensor) -> dict:
-        """float32 [N, S, S, 3] -> {"probabilities": float32 [N, S, S]} (with TTA when the
-        config asks: the mean over tta.TRANSFORMS, each turned back, summed in order)."""
+        """float32 [N, S, S, 3] -> {"probabilities": float32 [N, S, S], "confidence":
+        float32 [N]} (with TTA when the config asks: the mean over tta.TRANSFORMS, each
+        turned back, summed in order; the confidence from that mean and the passes)."""
         if not self.config.tta:
-            return {"probabilities": self.model(images, training=False)[..., 0]}
+            p = self.model(images, training=False)[..., 0]
+            return {"probabilities": p, "confidence": self._confidence(p, None)}
         # One network call on the 8 transformed copies [8N, S, S, 3] (isic-predict makes 8
         # calls of N; the results agree to float32 rounding), then each copy turned back.
         copies = []
@@ -71,25 +77,33 @@ class ServingGraph:
             x = tf.image.rot90(images, quarter_turns)  # counter-clockwise, as np.rot90
             copies.append(tf.reverse(x, [2]) if flip else x)
         p = tf.split(self.model(tf.concat(copies, 0), training=False), len(copies))  # [N, S, S, 1]
-        total = None
+        total, passes = None, []
         for (quarter_turns, flip), q in zip(tta.TRANSFORMS, p):
             q = tf.reverse(q, [2]) if flip else q
             q = tf.image.rot90(q, (4 - quarter_turns) % 4)[..., 0]
+            passes.append(q)
             total = q if total is None else total + q
-        return {"probabilities": total / float(len(tta.TRANSFORMS))}
+        mean = total / float(len(tta.TRANSFORMS))
+        return {"probabilities": mean, "confidence": self._confidence(mean, tf.stack(passes))}
+
+    def _confidence(self, p: tf.Tensor, passes) -> tf.Tensor:
+        """float32 [N, S, S] (and the passes [T, N, S, S] or None) -> float32 [N]."""
+        return confidence.confidence(p, self.config.threshold, self.config.confidence, passes)
 
     def probabilities(self, image_bytes: tf.Tensor) -> dict:
-        """tf.string [] -> {"probabilities": float32 [H, W]} at the upright input's size."""
+        """tf.string [] -> {"probabilities": float32 [H, W] at the upright input's size,
+        "confidence": float32 []}."""
         x, size = self.prepare(image_bytes)
-        small = self.network(x[None])["probabilities"][0]  # [S, S]
-        return {"probabilities": image_ops.bilinear_resize(small, size)}
+        out = self.network(x[None])
+        small = out["probabilities"][0]  # [S, S]
+        return {"probabilities": image_ops.bilinear_resize(small, size), "confidence": out["confidence"][0]}
 
     def segment(self, image_bytes: tf.Tensor) -> dict:
-        """tf.string [] -> {"mask": uint8 [H, W] of 0 and 255}."""
-        p = self.probabilities(image_bytes)["probabilities"]
-        mask = tf.math.greater(p, tf.cast(self.config.threshold, tf.float32))
+        """tf.string [] -> {"mask": uint8 [H, W] of 0 and 255, "confidence": float32 []}."""
+        out = self.probabilities(image_bytes)
+        mask = tf.math.greater(out["probabilities"], tf.cast(self.config.threshold, tf.float32))
         mask = mask_ops.apply(mask, self.config.fill_holes, self.config.largest_component)
-        return {"mask": tf.cast(mask, tf.uint8) * 255}
+        return {"mask": tf.cast(mask, tf.uint8) * 255, "confidence": out["confidence"]}
 
 
 def write_saved_model(

@@ -17,6 +17,19 @@ from core.options import option
 from preprocessing.splits import SPLITS
 
 _BATCH_HELP = "Images per prediction batch."
+_REPORT_HELP = (
+    "Write report.html: one self-contained page (images inlined, no network) with the "
+    "summary and every image as a thumbnail with its outline, sortable by confidence."
+)
+# The default of --check_below: the 20th percentile of the chosen confidence on the
+# validation split, rounded down to 0.05 (the rule and the numbers: docs/evaluation.md).
+_CHECK_BELOW = 0.5
+_CHECK_HELP = "report.html and confidence.csv mark an image 'check' when its confidence is below this."
+
+# The per-image confidence signals (launch/inference/confidence.py computes them; the
+# names live here so that --help needs no TensorFlow). TTA_SIGNALS need the 8 TTA passes.
+CONFIDENCE_SIGNALS = ("expected_jaccard", "boundary_margin", "certain_share", "tta_agreement")
+TTA_SIGNALS = ("tta_agreement",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +67,24 @@ class InferenceConfig:
         "(8-connected) of the thresholded mask, after any hole "
         "filling (ISIC ground truth is one region).",
     )
+    confidence: str = option(
+        "certain_share",
+        "The per-image confidence written beside each mask (per_image.csv, "
+        "confidence.csv, report.html, the exported graph): computed from the "
+        "probability map, chosen on the validation split (docs/evaluation.md). "
+        "tta_agreement needs --tta.",
+        choices=CONFIDENCE_SIGNALS,
+    )
 
     def __post_init__(self):
         check_fields(self)
         if not 0.0 <= self.threshold < 1.0:
             raise UserError(f"--threshold must be in [0, 1), got {self.threshold}")
+        if self.confidence in TTA_SIGNALS and not self.tta:
+            raise UserError(
+                f"--confidence={self.confidence} compares the 8 TTA passes and needs --tta; "
+                "with --notta pass another --confidence, e.g. expected_jaccard"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +100,8 @@ class EvaluateConfig(InferenceConfig):
         "without --data_dir is always scored at full resolution.",
     )
     batch_size: int = option(32, _BATCH_HELP, lower_bound=1)
+    report: bool = option(True, _REPORT_HELP)
+    check_below: float = option(_CHECK_BELOW, _CHECK_HELP, lower_bound=0.0, upper_bound=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,3 +113,5 @@ class PredictConfig(InferenceConfig):
         "Also write overlays/<ID>_overlay.jpg: the image with the predicted lesion tinted and outlined.",
     )
     batch_size: int = option(16, _BATCH_HELP, lower_bound=1)
+    report: bool = option(True, _REPORT_HELP)
+    check_below: float = option(_CHECK_BELOW, _CHECK_HELP, lower_bound=0.0, upper_bound=1.0)

@@ -12,8 +12,10 @@ Scoring is launch/inference/scoring.py (the metrics of model/metrics.py: per ima
 unweighted mean over images, headline the mean thresholded Jaccard). When the records
 come from several input folders, metrics.json also has "per_source".
 
-Outputs in `output_dir` (checked writable before any work): metrics.json (summary),
-per_image.csv (one row per image) and cases.png (best, median and worst by Jaccard).
+Outputs in `output_dir` (checked writable before any work): metrics.json (summary, with
+the per-image confidence's "confidence" block: launch/inference/risk_coverage.py),
+per_image.csv (one row per image, its confidence included), cases.png (best, median and
+worst by Jaccard) and, with config.report, report.html (launch/inference/review_page.py).
 """
 
 import csv
@@ -25,6 +27,8 @@ from core.errors import InputError
 from core.errors import MissingInputError
 from launch.inference import case_figure
 from launch.inference import models
+from launch.inference import review_page
+from launch.inference import risk_coverage
 from launch.inference import scoring
 from launch.inference.config import EvaluateConfig
 from model import metrics
@@ -164,8 +168,8 @@ def evaluate(
     output_dir: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Evaluates a model on config.split of a dataset; writes metrics.json, per_image.csv
-    and cases.png.
+    """Evaluates a model on config.split of a dataset; writes metrics.json, per_image.csv,
+    cases.png and (config.report) report.html.
 
     Args:
       model_path: a model directory (uses its ISIC-UNet.keras) or a .keras file.
@@ -272,6 +276,14 @@ def evaluate_folder(
 def _summary(rows, config: EvaluateConfig, model_path: str, output_dir: str, extra: dict) -> dict:
     summary = scoring.summarize(rows)
     summary.update(extra)
+    measured = {
+        name[len("confidence_") :]: [r[name] for r in rows]
+        for name in rows[0]
+        if name.startswith("confidence_")
+    }
+    summary["confidence"] = risk_coverage.summarize(
+        measured, [r["jaccard"] for r in rows], config.confidence, config.check_below
+    )
     summary.update(
         {
             "model": files.absolute(model_path),
@@ -287,18 +299,38 @@ def _summary(rows, config: EvaluateConfig, model_path: str, output_dir: str, ext
 
 
 def _write_outputs(output_dir: str, summary: dict, rows: list[dict], panels: list) -> dict:
-    """per_image.csv, cases.png, then metrics.json (last: its presence means done)."""
+    """per_image.csv, cases.png, report.html (when the rows have pictures), then
+    metrics.json (last: its presence means done)."""
     write_per_image(os.path.join(output_dir, PER_IMAGE_FILE), rows)
     case_figure.draw(os.path.join(output_dir, FIGURE_FILE), panels)
+    if rows and "picture" in rows[0]:
+        if summary.get("split"):
+            where = f"{summary['split']} split"
+        else:  # the folder's name as isic-preprocess names it (D/images -> D)
+            where = pairs_lib.name_sources([(summary["images_dir"], summary["masks_dir"])])[0].name
+        review_page.write(
+            os.path.join(output_dir, review_page.REPORT_FILE), summary, rows, f"isic-evaluate: {where}"
+        )
     files.write_atomic(os.path.join(output_dir, METRICS_FILE), json.dumps(summary, indent=1) + "\n")
     return summary
 
 
 def write_per_image(path: str, rows: list[dict]) -> None:
     """per_image.csv: id, (source, when the records have one), original height and width,
-    the metrics, the confusion counts."""
+    the metrics, the confusion counts, the confidence, then every confidence signal
+    measured (confidence_<signal>)."""
     source = ["source"] if any("source" in row for row in rows) else []
-    columns = ["id", *source, "height", "width", *metrics.METRIC_NAMES, *scoring.COUNT_NAMES]
+    signals = [name for name in (rows[0] if rows else {}) if name.startswith("confidence_")]
+    columns = [
+        "id",
+        *source,
+        "height",
+        "width",
+        *metrics.METRIC_NAMES,
+        *scoring.COUNT_NAMES,
+        "confidence",
+        *signals,
+    ]
     with files.atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -324,6 +356,15 @@ def format_table(summary: dict) -> str:
         f"headline: thresholded Jaccard {summary['headline']['thresholded_jaccard']:.4f}, "
         f"Dice {summary['headline']['dice']:.4f}"
     )
+    block = summary.get("confidence")
+    if block:
+        auroc, rows = block["auroc_jaccard_below_0.65"], block["risk_coverage"]
+        kept = ", ".join(f"{r['coverage']:.0%} {r['confidence']['thresholded_jaccard']:.4f}" for r in rows)
+        lines.append(
+            f"confidence ({block['signal']}): AUROC for Jaccard < {metrics.JACCARD_THRESHOLD} "
+            f"{'-' if auroc is None else f'{auroc:.3f}'}; thresholded Jaccard of the most confident "
+            f"{kept}; {block['checked']} images below --check_below {block['check_below']:g}"
+        )
     if summary.get("per_source"):
         width = max(len("source"), *(len(name) for name in summary["per_source"]))
         lines.append(

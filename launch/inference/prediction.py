@@ -10,11 +10,17 @@ flips and rotations with `tta`), resized bilinearly to the original size, thresh
 path isic-evaluate scores. With `overlays`, also `OUT/overlays/<ID>_overlay.jpg`: the
 image with the prediction tinted red and outlined.
 
+Beside the masks: `OUT/confidence.csv` (one row per mask: id, file, the per-image
+confidence of config.confidence (launch/inference/confidence.py), check = 1 when it is
+below config.check_below, then every confidence signal measured) and, with
+config.report, `OUT/report.html` (launch/inference/review_page.py).
+
 Unreadable images are reported by name and skipped; the caller decides the exit code.
 Other files (hidden files, non-image extensions, ISIC `_superpixels.png`) are ignored and
 counted.
 """
 
+import csv
 import os
 
 import numpy as np
@@ -26,6 +32,8 @@ from core import progress as progress_lib
 from core.errors import InputError
 from core.errors import MissingInputError
 from launch.inference import models
+from launch.inference import review_page
+from launch.inference import review_pictures
 from launch.inference import segment
 from launch.inference.config import PredictConfig
 from pipeline import pixels
@@ -33,6 +41,7 @@ from preprocessing import decode
 
 _IGNORED_SUFFIXES = ("_superpixels.png",)
 OVERLAY_DIR = "overlays"
+CONFIDENCE_FILE = "confidence.csv"
 _TINT = np.array([255, 0, 0], np.float32)  # red
 _TINT_ALPHA = 0.3
 
@@ -140,7 +149,8 @@ def predict_folder(
 
     Returns:
       {"written": [mask paths], "failed": [(file name, reason)], "ignored": [file names],
-       "model": the .keras path used, "output_dir": output_dir}.
+       "model": the .keras path used, "input_dir", "output_dir", and when any mask was
+       written "confidence_csv" and (config.report) "report_html": their paths}.
     Raises:
       FileNotFoundError: no model, or `input_dir` is not a folder.
       ValueError: `input_dir` holds no JPEG or PNG image; unusable model.
@@ -156,23 +166,67 @@ def predict_folder(
     size = models.model_image_size(model)
     colour_constancy = models.read_preprocessing(resolved)
     files.ensure_writable(os.path.join(output_dir, OVERLAY_DIR) if config.overlays else output_dir)
-    written = []
+    written, rows = [], []
     bar = progress_lib.Progress(len(names), unit="image", show=progress)
     for first in range(0, len(names), config.batch_size):
         batch_names = names[first : first + config.batch_size]
         ok, images, sizes = _load_batch(input_dir, batch_names, size, colour_constancy, failed)
         if ok:
-            probabilities = segment.probabilities(
+            probabilities, signals = segment.predict(
                 model, pixels.to_unit_range(np.stack(images)), config, config.batch_size
             )
-            for name, p, original in zip(ok, probabilities, sizes):
+            for i, (name, p, original) in enumerate(zip(ok, probabilities, sizes)):
                 mask = segment.to_mask(p, config, original)
                 written.append(_write(input_dir, output_dir, name, mask, config.overlays))
+                rows.append(_row(name, {k: float(v[i]) for k, v in signals.items()}, config))
+                if config.report:
+                    rows[-1]["picture"] = review_pictures.make(images[i], mask)
         bar.advance(first + len(batch_names))
-    return {
+    report = {
         "written": written,
         "failed": sorted(failed),
         "ignored": ignored,
         "model": resolved,
+        "input_dir": input_dir,
         "output_dir": output_dir,
     }
+    _write_confidence(output_dir, rows, report, config)
+    return report
+
+
+def _row(name: str, signals: dict, config: PredictConfig) -> dict:
+    """One image's confidence.csv row: id, file, confidence, check, confidence_<signal>."""
+    row = {"id": os.path.splitext(name)[0], "file": name, "confidence": signals[config.confidence]}
+    row["check"] = int(row["confidence"] < config.check_below)
+    row.update({f"confidence_{k}": v for k, v in signals.items()})
+    return row
+
+
+def _write_confidence(output_dir: str, rows: list[dict], report: dict, config: PredictConfig) -> None:
+    """confidence.csv and (config.report) report.html; adds their paths to `report`."""
+    if not rows:
+        return
+    columns = [k for k in rows[0] if k != "picture"]
+    path = os.path.join(output_dir, CONFIDENCE_FILE)
+    with files.atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+    report["confidence_csv"] = path
+    if config.report:
+        summary = {
+            "model": report["model"],
+            "input_dir": files.absolute(report["input_dir"]),
+            "count": len(rows),
+            **{k: getattr(config, k) for k in ("threshold", "tta", "fill_holes", "largest_component")},
+            "confidence": {
+                "signal": config.confidence,
+                "check_below": config.check_below,
+                "checked": sum(r["check"] for r in rows),
+            },
+        }
+        title = f"isic-predict: {os.path.basename(os.path.normpath(report['output_dir']))}"
+        report["report_html"] = review_page.write(
+            os.path.join(output_dir, review_page.REPORT_FILE), summary, rows, title
+        )

@@ -6,8 +6,10 @@
   summarize       the rows -> metrics.summarize, with "per_source" when the rows come
                   from several input folders
 
-A row is {"id", "height", "width", <metrics.METRIC_NAMES>, "tp", "fp", "fn", "tn"} and
-"source" (the input folder's name) when the records carry one. Masks are predicted by
+A row is {"id", "height", "width", <metrics.METRIC_NAMES>, "tp", "fp", "fn", "tn",
+"confidence", "confidence_<signal>" for every signal measured} and "source" (the input
+folder's name) when the records carry one; with config.report also "picture" (the review
+page's thumbnails, launch/inference/review_pictures.py). Masks are predicted by
 launch/inference/segment.py (threshold, TTA, post-processing from the config), the same
 path isic-predict writes its files with. Counts are float64, exact for any image size.
 """
@@ -21,6 +23,7 @@ from core import progress as progress_lib
 from core.errors import InputError
 from launch.inference import images
 from launch.inference import models
+from launch.inference import review_pictures
 from launch.inference import segment
 from launch.inference.config import EvaluateConfig
 from model import metrics
@@ -57,20 +60,23 @@ def score_records(
     bar = progress_lib.Progress(count, unit="image", show=progress)
     with dataset_lib.reading(records):  # a corrupt shard: a RecordsError naming it
         for batch in dataset_lib.read_examples(records, config.split, config.batch_size).as_numpy_iterator():
-            p = segment.probabilities(model, batch["image"], config, config.batch_size)  # [B, S, S]
+            p, signals = segment.predict(model, batch["image"], config, config.batch_size)  # [B, S, S]
             sizes = [tuple(int(v) for v in s) for s in batch["original_size"]]
             sources = [s.decode() for s in batch.get("source", [b""] * len(sizes))]
+            small = np.round(batch["image"] * 255.0).astype(np.uint8)  # [B, S, S, 3], the model's input
             if folders is None:
                 truth = batch["mask"][..., 0] > 0.5  # [B, S, S]
                 pred = np.stack([segment.to_mask(q, config) for q in p])
                 counts = [c.numpy() for c in metrics.confusion_per_image(truth, pred, tf.float64)]
+                pictures = [_picture(config, *a) for a in zip(small, pred, truth)]
             else:
                 masks = [
                     os.path.join(folders(source)[1], name.decode())
                     for source, name in zip(sources, batch["source_mask"])
                 ]
-                counts = _full_size_counts(p, masks, sizes, config)
-            rows += _rows([c.decode() for c in batch["case_id"]], sizes, sources, counts)
+                counts, pictures = _full_size_counts(p, masks, sizes, config, small)
+            ids = [c.decode() for c in batch["case_id"]]
+            rows += _rows(ids, sizes, sources, counts, _per_image(signals, config, pictures))
             bar.advance(len(rows))
     if len(rows) != count:
         raise InputError(
@@ -112,26 +118,48 @@ def score_pairs(
             images.append(image)
             sizes.append(original)
         if ok:
-            p = segment.probabilities(
+            p, signals = segment.predict(
                 model, pixels.to_unit_range(np.stack(images)), config, config.batch_size
             )
-            counts = _full_size_counts(p, [pair.mask_path for pair in ok], sizes, config)
-            rows += _rows([pair.case_id for pair in ok], sizes, [""] * len(ok), counts)
+            masks = [pair.mask_path for pair in ok]
+            counts, pictures = _full_size_counts(p, masks, sizes, config, np.stack(images))
+            extra = _per_image(signals, config, pictures)
+            rows += _rows([pair.case_id for pair in ok], sizes, [""] * len(ok), counts, extra)
         bar.advance(min(first + config.batch_size, len(pairs)))
     return rows, problems
 
 
-def _full_size_counts(probabilities, mask_paths, sizes, config) -> list[np.ndarray]:
-    """Confusion counts at the original sizes: 4 float64 arrays [B]."""
-    counts = []
-    for p, path, size in zip(probabilities, mask_paths, sizes):
-        truth = metrics.binarize_uint8_mask(images.read_mask(path, size))  # [H, W]
+def _full_size_counts(probabilities, mask_paths, sizes, config, small) -> tuple[list[np.ndarray], list]:
+    """Confusion counts at the original sizes (4 float64 arrays [B]) and the review page's
+    pictures (drawn here, while the full-size masks exist; `small`: uint8 [B, S, S, 3])."""
+    counts, pictures = [], []
+    for p, path, size, image in zip(probabilities, mask_paths, sizes, small):
+        truth = metrics.binarize_uint8_mask(images.read_mask(path, size)).numpy()  # [H, W]
         pred = segment.to_mask(p, config, size)  # [H, W]
         counts.append([c.numpy() for c in metrics.confusion_per_image(truth[None], pred[None], tf.float64)])
-    return [np.concatenate(c) for c in zip(*counts)]
+        pictures.append(_picture(config, image, pred, truth))
+    return [np.concatenate(c) for c in zip(*counts)], pictures
 
 
-def _rows(ids, sizes, sources, counts) -> list[dict]:
+def _picture(config, image, pred, truth):
+    """The review page's thumbnails of one image, or None without config.report."""
+    return review_pictures.make(image, pred, truth) if config.report else None
+
+
+def _per_image(signals: dict, config, pictures: list) -> list[dict]:
+    """The columns a row gets beside its scores: "confidence" (config.confidence),
+    "confidence_<signal>" for every signal measured, and "picture" with config.report."""
+    extra = []
+    for i, picture in enumerate(pictures):
+        row = {"confidence": float(signals[config.confidence][i])}
+        row.update({f"confidence_{name}": float(v[i]) for name, v in signals.items()})
+        if picture is not None:
+            row["picture"] = picture
+        extra.append(row)
+    return extra
+
+
+def _rows(ids, sizes, sources, counts, extra) -> list[dict]:
     scores = {k: v.numpy() for k, v in metrics.isic_scores(*counts).items()}
     rows = []
     for i, (case_id, (height, width), source) in enumerate(zip(ids, sizes, sources)):
@@ -140,6 +168,7 @@ def _rows(ids, sizes, sources, counts) -> list[dict]:
             row["source"] = source
         row.update({name: float(scores[name][i]) for name in metrics.METRIC_NAMES})
         row.update({k: int(c[i]) for k, c in zip(COUNT_NAMES, counts)})
+        row.update(extra[i])
         rows.append(row)
     return rows
 

@@ -2,6 +2,7 @@
 
   probabilities   float32 [B, S, S, 3] in [0, 1] -> float32 [B, S, S] (mean over the 8
                   flips and rotations with config.tta)
+  predict         the same, with every per-image confidence signal (confidence.py)
   to_mask         one probability map [S, S] -> bool [H, W]: resized to the size that is
                   scored or written, thresholded, then post-processed
 
@@ -16,6 +17,7 @@ runs, not of pixels (launch/inference/postprocess.py).
 
 import numpy as np
 
+from launch.inference import confidence
 from launch.inference import models
 from launch.inference import postprocess
 from launch.inference import tta
@@ -36,6 +38,26 @@ def probabilities(
         return models.predict(model, x, batch_size)
 
     return tta.average(predict, images) if config.tta else predict(images)
+
+
+def predict(
+    model, images: np.ndarray, config: InferenceConfig, batch_size: int | None = None
+) -> tuple[np.ndarray, dict]:
+    """`probabilities`, and the confidence signals of each image.
+
+    Returns:
+      (float32 [B, S, S] probabilities, {signal name: float32 [B]}: every signal of
+       confidence.signals; tta_agreement only with config.tta). The chosen one is
+       `signals[config.confidence]`.
+    """
+
+    def run(x):
+        return models.predict(model, x, batch_size)
+
+    stacked = tta.passes(run, images) if config.tta else None  # [8, B, S, S]
+    p = tta.mean(stacked) if config.tta else run(images)
+    values = confidence.signals(p, config.threshold, stacked)
+    return p, {name: v.numpy() for name, v in values.items()}
 
 
 def to_mask(

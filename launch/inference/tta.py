@@ -27,6 +27,32 @@ def inverse(y: np.ndarray, quarter_turns: int, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(x, -quarter_turns, axes=(1, 2)))
 
 
+def passes(predict_fn, images: np.ndarray) -> np.ndarray:
+    """The 8 passes, each turned back: float32 [T, B, S, S] in the order of TRANSFORMS.
+
+    Args:
+      predict_fn: float32 [B, S, S, 3] -> float32 [B, S, S] probabilities.
+      images: float32 [B, S, S, 3] (square: rotations keep the shape).
+    """
+    return np.stack(
+        [
+            inverse(predict_fn(transform(images, quarter_turns, flip)), quarter_turns, flip).astype(
+                np.float32
+            )
+            for quarter_turns, flip in TRANSFORMS
+        ]
+    )
+
+
+def mean(stacked: np.ndarray) -> np.ndarray:
+    """float32 [T, B, S, S] -> [B, S, S]: summed in the fixed order of the passes, then
+    divided (deterministic, and the order the serving graph sums in)."""
+    total = stacked[0].copy()
+    for p in stacked[1:]:
+        total += p
+    return total / np.float32(len(stacked))
+
+
 def average(predict_fn, images: np.ndarray) -> np.ndarray:
     """Mean over TRANSFORMS of inverse(predict_fn(transform(images))).
 
@@ -36,8 +62,4 @@ def average(predict_fn, images: np.ndarray) -> np.ndarray:
     Returns:
       float32 [B, S, S], summed in the fixed order of TRANSFORMS (deterministic).
     """
-    total = None
-    for quarter_turns, flip in TRANSFORMS:
-        p = inverse(predict_fn(transform(images, quarter_turns, flip)), quarter_turns, flip)
-        total = p.astype(np.float32) if total is None else total + p
-    return total / np.float32(len(TRANSFORMS))
+    return mean(passes(predict_fn, images))
