@@ -278,6 +278,14 @@ _ALLOWED = {
     "launch/export/parity.py": {"open", "os.makedirs"},
     # The package's own location.
     "launch/commands/launch.py": {"os.path.abspath"},
+    # The package's own location (the watchdog's sidecar runs `-m core.watchdog` from it).
+    "core/watchdog.py": {"os.path.abspath"},
+    # /proc/<pid>/stat: whether a local worker was stopped (SIGSTOP).
+    "launch/cluster/worker_output.py": {"open"},
+    # The project's own .py files (the code every worker must run) and /proc/cpuinfo.
+    "launch/training/agreement.py": {"open", "os.path.abspath", "os.path.exists", "os.walk"},
+    # The test-only fault's marker file (a local temporary path the test gives).
+    "launch/training/injected_faults.py": {"os.open"},
 }
 
 
