@@ -35,6 +35,7 @@ LONGEST_FIRST = (
     "test_faults.py",
     "test_trainer.py",
     "test_faults_cluster.py",
+    "test_stalls_cluster.py",
     "test_cluster.py",
     "test_chaos.py",
 )
