@@ -11,6 +11,15 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISIC_SAMPLE = os.path.join(PROJECT_ROOT, "..", "shared", "isic2017-sample")
 
 
+def trainer_env(**extra) -> dict:
+    """The environment of an isic-train child: this one's, quiet, no GPU, no TF_CONFIG
+    (unless given), the project importable; `extra` set on top."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=PROJECT_ROOT)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
 def start_launcher(*args, env=None) -> subprocess.Popen:
     """`isic-launch *args` in a child with text pipes (env: this one's + PYTHONPATH)."""
     return subprocess.Popen(

@@ -18,6 +18,7 @@ from launch.cluster import addresses
 from preprocessing import tiny_records
 from tests.conftest import PROJECT_ROOT
 from tests.conftest import start_launcher
+from tests.conftest import trainer_env
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +42,11 @@ def _args(records, model_dir, *extra):
     ]
 
 
-def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=PROJECT_ROOT)
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
-
-
 def _worker(index, workers, args):
     tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
     return subprocess.Popen(
         [sys.executable, "-m", "launch.commands.train", *args, "--strategy=multi_worker"],
-        env=_env(TF_CONFIG=tf_config),
+        env=trainer_env(TF_CONFIG=tf_config),
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -100,7 +94,7 @@ def test_a_sigstopped_worker_stops_the_group_within_the_bound_and_is_named(recor
         "--grace_seconds=5",
         "--",
         *_args(records, model_dir, "--stall_minutes=0.5"),
-        env=_env(),
+        env=trainer_env(),
     )
     lines, pids, stopped_at = [], {}, None
     for line in proc.stderr:

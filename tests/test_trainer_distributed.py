@@ -21,6 +21,7 @@ import pytest
 from launch.cluster import addresses
 from preprocessing import tiny_records
 from tests.conftest import PROJECT_ROOT
+from tests.conftest import trainer_env
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +46,9 @@ def _cmd(records, model_dir, *extra):
     ]
 
 
-def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=PROJECT_ROOT)
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
-
-
 def _run(cmd, env=None, timeout=240):
     proc = subprocess.run(
-        cmd, env=env or _env(), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout
+        cmd, env=env or trainer_env(), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -113,7 +107,7 @@ def test_two_worker_processes_train_identical_weights(records, one_device, tmp_p
         procs.append(
             subprocess.Popen(
                 _cmd(records, multi, "--strategy=multi_worker", *WHOLE_BATCH),
-                env=_env(TF_CONFIG=tf_config),
+                env=trainer_env(TF_CONFIG=tf_config),
                 cwd=PROJECT_ROOT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -157,7 +151,7 @@ def test_sigkill_and_resume_is_bit_identical(records, tmp_path):
     _run(_cmd(records, reference, *args))
     proc = subprocess.Popen(
         _cmd(records, killed, *args),
-        env=_env(),
+        env=trainer_env(),
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
