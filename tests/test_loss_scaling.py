@@ -28,9 +28,9 @@ def _env(**extra):
     return env
 
 
-def _probe(devices: int, steps: str, env=None) -> subprocess.Popen:
+def _probe(devices: int, steps: str, env=None, extra=()) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.loss_scale_probe", f"--devices={devices}", f"--steps={steps}"],
+        [sys.executable, "-m", "tests.loss_scale_probe", f"--devices={devices}", f"--steps={steps}", *extra],
         env=env or _env(),
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
@@ -39,11 +39,11 @@ def _probe(devices: int, steps: str, env=None) -> subprocess.Popen:
     )
 
 
-def _states(proc: subprocess.Popen, timeout=600) -> list:
+def _states(proc: subprocess.Popen, timeout=600, key="states") -> list | dict:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
     line = next(line for line in out.splitlines() if line.startswith("PROBE "))
-    return json.loads(line[len("PROBE ") :])["states"]
+    return json.loads(line[len("PROBE ") :])[key]
 
 
 def _assert_skips_then_trains(states):
