@@ -49,6 +49,9 @@ RECIPE = TrainConfig(
     precision="float32",
 )
 LOOPS = ("ours", "ours_xla", "fit")  # our steps with --jit_compile off and on; model.fit
+# The tuned child measures every width and three loops, XLA compiling each model once: on
+# 2 cores shared with other jobs that ran over child.py's default 900 s.
+CHILD_TIMEOUT_S = 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,7 +285,11 @@ def run_unet_benchmark(
     envs = {"tuned": child.TUNED_ENV, "plain": child.PLAIN_ENV}
     runs = {
         name: child.run_child(
-            "benchmarks.training:measure_unets", {"configs": configs}, list[UnetRun], env=envs[name]
+            "benchmarks.training:measure_unets",
+            {"configs": configs},
+            list[UnetRun],
+            env=envs[name],
+            timeout=CHILD_TIMEOUT_S,
         ).value
         for name, configs in cases.items()
         if configs
