@@ -101,6 +101,28 @@ def test_float32_trains_the_same_with_and_without_xla_on_one_device():
     assert totals["count"] == 6.0
 
 
+def test_mixed_bfloat16_trains_the_same_with_and_without_xla():
+    """bfloat16 rounds coarsely (8 bits of mantissa), so the bound is the update's, as for
+    float16 (module doc); the loss agrees to bfloat16's precision."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        initial = [w.numpy().ravel() for w in loss_scale_probe._tiny_model().trainable_weights]
+        config = TrainConfig(batch_size=2, learning_rate=1e-3, precision="mixed_bfloat16")
+        runs = {
+            jit: _train_tiny(dataclasses.replace(config, jit_compile=jit), loss_scale_probe._tiny_model)
+            for jit in ("off", "on")
+        }
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    (plain, plain_totals, _, _), (compiled, totals, steps, _) = runs["off"], runs["on"]
+    assert steps.jit_compile and compiled.layers[1].compute_dtype == "bfloat16"
+    weights = [[w.numpy().ravel() for w in m.trainable_weights] for m in (plain, compiled)]
+    assert _update_difference(*weights, initial) < 0.1
+    np.testing.assert_allclose(plain_totals["loss"], totals["loss"], rtol=2e-2)
+
+
 def _numpy_layer_model():
     """A model whose middle layer adds a term NumPy computes (tf.numpy_function, which has
     no XLA kernel) outside the gradient, so the model still trains without XLA."""
