@@ -2,21 +2,24 @@
 long job. Nothing here has run on a GPU yet: this repository's machines have none.
 
 It trains the full-size U-Net (64 filters, `--precision auto`: mixed float16 on GPUs of
-compute capability >= 7.0) on in-memory random batches of PER_GPU_BATCH images of
-IMAGE_SIZE^2 per GPU, through the trainer's own train steps, for WARMUP_STEPS and then
-TIMED_STEPS steps, in three setups, each in its own process:
+compute capability 7.x, bfloat16 from 8.0), built by isic-train's builder
+(launch/training/build.py, with the CPU recipe's optimizer: benchmarks/training.py
+RECIPE), on in-memory random batches of PER_GPU_BATCH images of IMAGE_SIZE^2 per GPU,
+through the trainer's own train steps, for WARMUP_STEPS and then TIMED_STEPS steps, in
+three setups, each in its own process:
 
   1. one GPU (CUDA_VISIBLE_DEVICES = the first one);
   2. all GPUs of the machine, mirrored (skipped with one GPU);
   3. two worker processes on this machine under isic-launch (MultiWorkerMirroredStrategy,
      each worker its own half of the GPUs; skipped with one GPU).
 
-For each: images/s, loss-scale skips (steps whose float16 gradients overflowed, so the
-optimizer skipped them), peak GPU memory, which all-reduce ran, and whether every weight
-is finite. Scaling efficiency = images/s on N GPUs / (N x images/s on one). It fails
-(exit status 1) on any non-finite weight, on workers that disagree on the weights, or on
-an efficiency below the floor (--gpu_scaling_floor, 0.7). Without a GPU it says so and
-exits 0.
+The one-GPU setup runs twice: with XLA as `--jit_compile auto` picks it (on for GPUs) and
+with the other setting, for the XLA on/off row. For each: images/s, loss-scale skips
+(steps whose float16 gradients overflowed, so the optimizer skipped them), peak GPU
+memory, which all-reduce ran, and whether every weight is finite. Scaling efficiency =
+images/s on N GPUs / (N x images/s on one). It fails (exit status 1) on any non-finite
+weight, on workers that disagree on the weights, or on an efficiency below the floor
+(--gpu_scaling_floor, 0.7). Without a GPU it says so and exits 0.
 """
 
 import dataclasses
@@ -52,6 +55,7 @@ class GpuRun:
     peak_memory_mb: float | None  # the largest peak of one device (None on CPUs)
     finite: bool  # every weight is finite after the run
     weights_sha256: str
+    xla: bool = False  # each replica's step compiled by XLA (--jit_compile)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +66,7 @@ class GpuCheckReport:
     one: GpuRun | None
     all: GpuRun | None
     two_processes: list[GpuRun] | None  # one per worker
+    one_other_xla: GpuRun | None = None  # one GPU with the XLA setting auto does not pick
 
     @property
     def scaling_efficiency(self) -> float | None:
@@ -73,7 +78,11 @@ class GpuCheckReport:
 def judge(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[str]:
     """What fails the check (empty: it passes)."""
     problems = []
-    runs = [("1 GPU", report.one), ("all GPUs", report.all)]
+    runs = [
+        ("1 GPU", report.one),
+        ("1 GPU, other XLA setting", report.one_other_xla),
+        ("all GPUs", report.all),
+    ]
     runs += [(f"2 processes, worker {i}", r) for i, r in enumerate(report.two_processes or [])]
     for name, run in runs:
         if run is not None and not run.finite:
@@ -112,6 +121,14 @@ def rows(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[results.R
                 detail=_detail(run),
             )
         )
+    other = report.one_other_xla
+    if other is not None and report.one is not None:
+        on, off = (report.one, other) if report.one.xla else (other, report.one)
+        out.append(
+            results.Row.compare(
+                0, "1 GPU, XLA on vs off", "img/s", on.images_per_s, off.images_per_s, detail=_detail(on)
+            )
+        )
     if report.two_processes:
         first = report.two_processes[0]
         out.append(
@@ -132,7 +149,8 @@ def rows(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[results.R
 def _detail(run: GpuRun) -> str:
     memory = f"{run.peak_memory_mb:,.0f} MB peak" if run.peak_memory_mb is not None else "no GPU memory"
     return (
-        f"{run.precision}, all-reduce {run.all_reduce}, {run.loss_scale_skips} loss-scale "
+        f"{run.precision}, XLA {'on' if run.xla else 'off'}, all-reduce {run.all_reduce}, "
+        f"{run.loss_scale_skips} loss-scale "
         f"skips, {memory}, weights {'finite' if run.finite else 'NOT FINITE'}"
     )
 
@@ -154,22 +172,23 @@ def measure(
     warmup_steps: int = WARMUP_STEPS,
     timed_steps: int = TIMED_STEPS,
     multi_worker: bool = False,
+    jit_compile: str = "auto",
 ) -> GpuRun:
     """Trains `devices` local devices (all of them when 0) as isic-train would; see the module
     doc. `device_type` "CPU" is for tests. With `multi_worker`, this process is one worker
-    of TF_CONFIG's cluster and reports the whole cluster's images/s."""
+    of TF_CONFIG's cluster and reports the whole cluster's images/s. `jit_compile`: as
+    isic-train's --jit_compile."""
     import time
 
     import keras
     import numpy as np
     import tensorflow as tf
 
+    from benchmarks import timers
     from benchmarks import training
+    from launch.training import build
     from launch.training import distribute
-    from launch.training import steps as steps_lib
     from launch.training import trainer
-    from model import losses
-    from model import unet
 
     precision = distribute.resolve_precision("auto")
     keras.mixed_precision.set_global_policy(precision)
@@ -185,22 +204,15 @@ def measure(
         strategy, all_reduce = tf.distribute.OneDeviceStrategy(names[0]), "-"
     workers = distribute.num_workers(strategy)
     global_batch = per_device_batch * strategy.num_replicas_in_sync
-    with strategy.scope():
-        model = unet.build_unet(image_size, base_filters, bn_momentum=training.DEFAULTS.bn_momentum)
-        optimizer = keras.optimizers.Adam(training.DEFAULTS.learning_rate)
-        if precision == "mixed_float16":  # as trainer._build
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
-    train_steps = steps_lib.make_train_steps(
-        strategy,
-        model,
-        optimizer,
-        global_batch,
-        losses.training_loss(training.DEFAULTS.dice_weight, training.DEFAULTS.recall_weight),
+    config = dataclasses.replace(
+        training.RECIPE, batch_size=global_batch, base_filters=base_filters, jit_compile=jit_compile
     )
+    model, optimizer = build.model_and_optimizer(strategy, config, image_size, 100, precision)
+    made = build.make_steps(strategy, model, optimizer, config)
+    train_steps = made.train
     iterator = iter(
         distribute.distribute_datasets(
-            strategy, lambda ctx: training.constant_dataset(per_device_batch, image_size)
+            strategy, lambda ctx: timers.constant_dataset(per_device_batch, image_size)
         )
     )
     train_steps(iterator, warmup_steps)
@@ -225,6 +237,7 @@ def measure(
         peak_memory_mb=max(peaks) / 2**20 if peaks else None,
         finite=all(bool(np.isfinite(w).all()) for w in weights),
         weights_sha256=trainer.weights_digest(model),
+        xla=made.jit_compile,
     )
 
 
@@ -267,17 +280,19 @@ def run_check(device_type: str = "GPU", **sizes) -> GpuCheckReport | None:
         return None
     kwargs = dict(sizes, device_type=device_type)
 
-    def run(devices: int, visible: list[str] | None) -> GpuRun:
+    def run(devices: int, visible: list[str] | None, jit_compile: str = "auto") -> GpuRun:
         env = {gpus_lib.VISIBLE: ",".join(visible)} if visible else None
-        return child.run_child(
-            "benchmarks.gpu:measure", dict(kwargs, devices=devices), GpuRun, env=env, timeout=CHILD_TIMEOUT_S
-        ).value
+        kw = dict(kwargs, devices=devices, jit_compile=jit_compile)
+        return child.run_child("benchmarks.gpu:measure", kw, GpuRun, env=env, timeout=CHILD_TIMEOUT_S).value
 
     visible = gpus_lib.node_gpus(os.environ) or [str(i) for i in range(len(names))]
     several = device_type == "GPU" and len(names) > 1
+    first = visible[:1] if device_type == "GPU" else None
+    one = run(1, first)
     return GpuCheckReport(
         gpus=names,
-        one=run(1, visible[:1] if device_type == "GPU" else None),
+        one=one,
+        one_other_xla=run(1, first, "off" if one.xla else "on"),
         all=run(0, None) if several else None,
         two_processes=_two_processes(visible, kwargs) if several else None,
     )

@@ -2,7 +2,7 @@
 
 Stage 3 measures the per-step cost of OUR loop, so the model is tiny (one 1x1 conv with
 a sigmoid on 8x8x3 inputs, batch 8, from an in-memory repeated dataset) and the time is
-the loop's. Ours is `launch.training.steps.make_train_steps` driven as
+the loop's. Ours is the builder's `make_steps` (benchmarks/timers.py) driven as
 launch/training/trainer.py drives it: one `train_steps(iterator, n)` call per chunk of
 n = steps_per_execution steps, the metric sums fetched to the host, a finiteness check,
 the running sums, a Progbar update (silent) and the TensorBoard scalar (what the chief's
@@ -20,9 +20,10 @@ import time
 import numpy as np
 
 from benchmarks import child
-from benchmarks.training import compiled_for_fit
-from benchmarks.training import constant_dataset
-from benchmarks.training import ours_train_steps
+from benchmarks.timers import compiled_for_fit
+from benchmarks.timers import constant_dataset
+from benchmarks.timers import ours_train_steps
+from launch.training.config import TrainConfig
 
 LOOP_IMAGE_SIZE = 8
 LOOP_BATCH_SIZE = 8
@@ -98,8 +99,9 @@ def measure_loop(
     with tempfile.TemporaryDirectory(prefix="isic-loop-bench-") as tmp:
         writer = summaries.Writer(tmp)
         bar = keras.utils.Progbar(None, verbose=0, stateful_metrics=("loss", "dice", "img/s"))
-        ours = {c: ours_train_steps(lambda: _tiny_model(image_size), batch_size, dataset) for c in chunks}
-        fits = {c: compiled_for_fit(_tiny_model(image_size), c) for c in fit_chunks}
+        config = TrainConfig(batch_size=batch_size)  # isic-train's optimizer, loss and XLA rule
+        ours = {c: ours_train_steps(config, lambda: _tiny_model(image_size), dataset) for c in chunks}
+        fits = {c: compiled_for_fit(_tiny_model(image_size), config, c) for c in fit_chunks}
         for c, (train_steps, iterator) in ours.items():  # warm-up: trace each chunk size
             _run_chunks(train_steps, iterator, c, 0.0, writer, bar)
         for c, model in fits.items():

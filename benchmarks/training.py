@@ -3,9 +3,14 @@
 Stage 3 (loop overhead, benchmarks/loop.py) drives the same helpers.
 
 Stage 4 measures images/s of a training step of the U-Net (float32, batch 32, 128x128)
-through our `train_steps` and through `model.fit` on the same model, loss, optimizer and
-in-memory random batches, in one process (the tuned environment, as isic-train runs).
-Both are warmed up by one full step first (tracing, graph optimization, and the oneDNN
+through our steps with XLA off ("ours") and on ("ours_xla") and through `model.fit` with
+Keras' defaults, on the same model, loss, optimizer and in-memory random batches, in one
+process (the tuned environment, as isic-train runs). Model, optimizer, loss and steps
+come from isic-train's builder (launch/training/build.py) with RECIPE's options: the
+optimizer, schedule and batch-norm momentum of the shipped CPU recipe
+(launch/configs/isic2017_cpu.flags). `UnetRun.xla_auto` says which of ours
+`--jit_compile auto` picks on the measuring machine (launch/training/xla.py).
+Each loop is warmed up by one full step first (tracing, graph optimization, and the oneDNN
 primitives, which are created when an op first runs: a first step costs 15-20% more on
 the AMD machine). Then `rounds` rounds each time `timed_steps` steps of each loop, in
 alternating order, and the best round of each counts. Achieved GFLOP/s =
@@ -24,31 +29,69 @@ import dataclasses
 import os
 import time
 
-import numpy as np
-
 from benchmarks import child
 from benchmarks import op_profile
+from benchmarks import results
+from benchmarks import timers
+from benchmarks.flops import MatmulPeak
+from benchmarks.flops import layer_flops_per_image
+from benchmarks.flops import matmul_peak
 from launch.training.config import TrainConfig
 
-DEFAULTS = TrainConfig()  # isic-train's defaults: loss weights, batch-norm momentum
+# The shipped CPU recipe's optimizer (Adam, cosine decay after a 1-epoch warmup, 24 epochs
+# of 100 steps), loss weights and batch-norm momentum; width, encoder and batch per row.
+RECIPE = TrainConfig(
+    epochs=24,
+    learning_rate=3e-3,
+    lr_schedule="cosine",
+    warmup_epochs=1.0,
+    bn_momentum=0.9,
+    precision="float32",
+)
+LOOPS = ("ours", "ours_xla", "fit")  # our steps with --jit_compile off and on; model.fit
+# The tuned child measures every width and three loops, XLA compiling each model once: on
+# 2 cores shared with other jobs that ran over child.py's default 900 s.
+CHILD_TIMEOUT_S = 3600
 
 
 @dataclasses.dataclass(frozen=True)
-class MatmulPeak:
-    """Best float32 matmul of one process: [size, size] @ [size, size], all cores."""
+class UnetMeasure:
+    """What one stage-4 measurement trains and for how long (see measure_unet)."""
 
-    size: int
-    repeats: int
-    best_seconds: float
-    gflops: float
-    gflops_per_cpu_s: float  # per CPU-second of all threads: steadier under other load
+    base_filters: int
+    loops: tuple[str, ...] = LOOPS
+    batch_size: int = 32
+    image_size: int = 128
+    timed_steps: int = 1  # per round; the best of `rounds` rounds counts
+    rounds: int = 1
+    peak_size: int = 4096  # the matmul probe run before the models (0 skips it)
+    peak_repeats: int = 2
+    depth: int | None = None  # the U-Net's (None: isic-train's; smaller only for fast tests)
+    profile_ops: bool = False  # afterwards, trace 2 more steps of each loop (op_profile)
+    encoder: str = "unet"  # or a pretrained encoder under the U-Net decoder of base_filters
+
+    def __post_init__(self):
+        object.__setattr__(self, "loops", tuple(self.loops))  # JSON gives a list
+        if not self.loops or set(self.loops) - set(LOOPS):
+            raise ValueError(f"loops must be some of {LOOPS}, got {self.loops!r}")
+
+    def train_config(self) -> TrainConfig:
+        """What isic-train would train at this width (random encoder weights: a step costs
+        the same with ImageNet's)."""
+        return dataclasses.replace(
+            RECIPE,
+            batch_size=self.batch_size,
+            base_filters=self.base_filters,
+            encoder=self.encoder,
+            encoder_weights="none",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class UnetRun:
     """Stage 4, one configuration measured in one child (see measure_unet)."""
 
-    loop: str  # "ours" or "fit"
+    loop: str  # "ours", "ours_xla" or "fit"
     base_filters: int
     batch_size: int
     image_size: int
@@ -77,6 +120,7 @@ class UnetRun:
     # "unet", or a pretrained encoder under the U-Net decoder (model/encoder_unet.py; random
     # weights: the step costs the same with ImageNet's).
     encoder: str = "unet"
+    xla_auto: bool = False  # whether --jit_compile auto compiles with XLA on this machine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,273 +133,125 @@ class UnetReport:
     peak_method: str
 
 
-def matmul_peak(size: int = 4096, repeats: int = 4) -> MatmulPeak:
-    """Best float32 matmul GFLOP/s of this process: [size, size] @ [size, size], all cores."""
-    import tensorflow as tf
+def measure_unet(measure: UnetMeasure) -> list[UnetRun]:
+    """Stage 4, one width: images/s of training steps through each of `measure.loops`.
 
-    a = tf.random.uniform([size, size], dtype=tf.float32)
-    b = tf.random.uniform([size, size], dtype=tf.float32)
-    matmul = tf.function(tf.linalg.matmul)
-    matmul(a, b).numpy()  # warm-up: kernel selection, memory
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-    flop = 2.0 * size**3
-    return MatmulPeak(
-        size=size,
-        repeats=repeats,
-        best_seconds=best,
-        gflops=flop / best / 1e9,
-        gflops_per_cpu_s=flop / best_cpu / 1e9,
-    )
-
-
-def constant_dataset(batch_size: int, image_size: int):
-    """One random (images [b,S,S,3], masks [b,S,S,1]) batch repeated forever, from memory."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    images = rng.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32)
-    masks = (rng.uniform(size=(batch_size, image_size, image_size, 1)) > 0.5).astype(np.float32)
-    return tf.data.Dataset.from_tensors((images, masks)).repeat()
-
-
-def ours_train_steps(build_model, batch_size: int, dataset):
-    """(train_steps, iterator) as launch/training/trainer.py builds them (one device)."""
-    import keras
-    import tensorflow as tf
-
-    from launch.training import distribute
-    from launch.training import preemption
-    from launch.training import steps as steps_lib
-    from model import losses
-
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    with strategy.scope():  # variables must be created in the scope, as in the trainer
-        model = build_model()
-        optimizer = keras.optimizers.Adam(DEFAULTS.learning_rate)
-        optimizer.build(model.trainable_variables)
-    # The trainer's stop flag too (launch/training/preemption.py): one read per step.
-    with tf.device(preemption.HOST):
-        stop = tf.Variable(False, trainable=False)
-    train_steps = steps_lib.make_train_steps(
-        strategy,
-        model,
-        optimizer,
-        batch_size,
-        losses.training_loss(DEFAULTS.dice_weight, DEFAULTS.recall_weight),
-        stop=stop,
-    )
-    # The trainer's own way of distributing its datasets (input options included).
-    iterator = iter(distribute.distribute_datasets(strategy, lambda ctx: dataset))
-    return train_steps, iterator
-
-
-def compiled_for_fit(model, steps_per_execution: int = 1):
-    """The same model compiled as a plain Keras user would (Adam, our loss, no metrics)."""
-    import keras
-
-    from model import losses
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(DEFAULTS.learning_rate),
-        steps_per_execution=steps_per_execution,
-        loss=losses.training_loss(DEFAULTS.dice_weight, DEFAULTS.recall_weight),
-    )
-    return model
-
-
-def measure_unet(
-    base_filters: int,
-    loops=("ours", "fit"),
-    batch_size: int = 32,
-    image_size: int = 128,
-    timed_steps: int = 1,
-    rounds: int = 1,
-    peak_size: int = 4096,
-    peak_repeats: int = 2,
-    depth: int | None = None,
-    profile_ops: bool = False,
-    encoder: str = "unet",
-) -> list[UnetRun]:
-    """Stage 4, one width: images/s of U-Net training steps through each of `loops`.
-
-    Args:
-      loops: "ours" (launch.training.steps.make_train_steps, as the trainer drives it)
-        and/or "fit" (model.fit; its steps are timed between on_train_batch_end callbacks,
-        each fit call's first step untimed). Both models are built from the same seed,
-        then each is warmed up by one step; then `rounds` rounds time `timed_steps` steps
-        of each loop, in alternating order, and the best round of each loop counts.
-      peak_size, peak_repeats: the matmul probe run in this process before the models
-        (0 skips it).
-      depth: the U-Net's depth (None: isic-train's; smaller only to keep tests fast).
-      profile_ops: afterwards, trace 2 more steps of each loop (op_profile.trace).
-      encoder: "unet", or a pretrained encoder with the U-Net decoder of `base_filters`.
-    Returns:
-      One UnetRun per loop, in `loops` order.
+    "ours" and "ours_xla": the builder's train steps with --jit_compile off and on, driven
+    as the trainer drives them; "fit": model.fit (its steps are timed between
+    on_train_batch_end callbacks, each fit call's first step untimed). Every model is
+    built from the same seed, then each loop is warmed up by one step; then
+    `measure.rounds` rounds time `measure.timed_steps` steps of each loop, in alternating
+    order, and the best round of each loop counts. Returns one UnetRun per loop, in order.
     """
     import keras
-    import tensorflow as tf
 
-    from model import unet
+    from launch.training import build
+    from launch.training import xla
 
-    if not loops or set(loops) - {"ours", "fit"}:
-        raise ValueError(f"loops must be 'ours' and/or 'fit', got {loops!r}")
-    depth = unet.DEPTH if depth is None else depth
-    peak = matmul_peak(peak_size, peak_repeats) if peak_size else None
-    dataset = constant_dataset(batch_size, image_size)
+    peak = matmul_peak(measure.peak_size, measure.peak_repeats) if measure.peak_size else None
+    config = measure.train_config()
+    dataset = timers.constant_dataset(measure.batch_size, measure.image_size)
 
-    def build():
+    def build_model():
         keras.utils.set_random_seed(0)
-        if encoder != "unet":
-            from model import encoder_unet
-
-            return encoder_unet.build_encoder_unet(
-                image_size, base_filters, encoder, "none", bn_momentum=DEFAULTS.bn_momentum
-            )
-        return unet.build_unet(image_size, base_filters, depth, bn_momentum=DEFAULTS.bn_momentum)
+        return build.build_model(config, measure.image_size, measure.depth)
 
     # Every model is built before anything runs: each build sets the global seed, and
     # tf.random.set_seed makes a traced tf.function retrace on its next call (1.2-1.7 s at
     # 4 filters, measured). Then one warm-up step of each, so no timed step traces.
-    timers = {
-        loop: (_OursTimer if loop == "ours" else _FitTimer)(build, batch_size, dataset) for loop in loops
-    }
-    warmup_s = {}
-    for loop, timer in timers.items():
-        start = time.perf_counter()
-        timer.run(1)
-        warmup_s[loop] = time.perf_counter() - start
-    best = {}
-    for i in range(rounds):
-        for loop in loops if i % 2 == 0 else loops[::-1]:
-            seconds, cpu_seconds = timers[loop].time(timed_steps)
-            if loop not in best or seconds < best[loop][0]:
-                best[loop] = (seconds, cpu_seconds)
+    loops = {loop: _timer(loop, config, build_model, dataset) for loop in measure.loops}
+    warmup_s = {loop: _seconds(timer.run, 1) for loop, timer in loops.items()}
+    best = _best_rounds(loops, measure.timed_steps, measure.rounds)
     ops = (
-        {loop: op_profile.trace(lambda loop=loop: timers[loop].run(2), steps=2) for loop in loops}
-        if profile_ops
+        {loop: op_profile.trace(lambda t=timer: t.run(2), steps=2) for loop, timer in loops.items()}
+        if measure.profile_ops
         else {}
     )
+    flops = _training_flops_per_image(measure, build_model)
+    auto = xla.resolve_jit_compile(dataclasses.replace(config, jit_compile="auto"))
+    return [
+        _unet_run(measure, loop, best[loop], warmup_s[loop], flops, peak, ops.get(loop), auto)
+        for loop in measure.loops
+    ]
+
+
+def _timer(loop: str, config: TrainConfig, build_model, dataset):
+    """The timer of one loop: ours (XLA off or on) or model.fit."""
+    if loop == "fit":
+        return timers.FitTimer(config, build_model, dataset)
+    jit = "on" if loop == "ours_xla" else "off"
+    return timers.OursTimer(dataclasses.replace(config, jit_compile=jit), build_model, dataset)
+
+
+def _seconds(run, steps: int) -> float:
+    start = time.perf_counter()
+    run(steps)
+    return time.perf_counter() - start
+
+
+def _best_rounds(loops: dict, timed_steps: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """{loop: (wall, CPU) seconds of its fastest round}; the order alternates per round, so
+    a slow phase of the machine does not always hit the same loop."""
+    names = list(loops)
+    best = {}
+    for i in range(rounds):
+        for loop in names if i % 2 == 0 else names[::-1]:
+            seconds, cpu_seconds = loops[loop].time(timed_steps)
+            if loop not in best or seconds < best[loop][0]:
+                best[loop] = (seconds, cpu_seconds)
+    return best
+
+
+def _training_flops_per_image(measure: UnetMeasure, build_model) -> float:
+    """Training FLOPs of one image: 3 x the forward pass's (analytic for the U-Net)."""
+    from model import unet
+
+    depth = unet.DEPTH if measure.depth is None else measure.depth
     forward = (
-        unet.unet_flops_per_image(image_size, base_filters, depth)
-        if encoder == "unet"
-        else layer_flops_per_image(build())
+        unet.unet_flops_per_image(measure.image_size, measure.base_filters, depth)
+        if measure.encoder == "unet"
+        else layer_flops_per_image(build_model())
     )
-    flops = forward * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
-    runs = []
-    for loop in loops:
-        seconds, cpu_seconds = best[loop]
-        images_per_s = batch_size * timed_steps / seconds
-        runs.append(
-            UnetRun(
-                loop=loop,
-                base_filters=base_filters,
-                batch_size=batch_size,
-                image_size=image_size,
-                depth=depth,
-                timed_steps=timed_steps,
-                rounds=rounds,
-                warmup_s=warmup_s[loop],
-                step_s=seconds / timed_steps,
-                images_per_s=images_per_s,
-                training_gflop_per_image=flops / 1e9,
-                gflops=images_per_s * flops / 1e9,
-                gflops_per_cpu_s=batch_size * timed_steps * flops / cpu_seconds / 1e9,
-                peak=peak,
-                onednn=child.onednn_enabled(),
-                intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
-                inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
-                cpus=len(os.sched_getaffinity(0)),
-                ops=ops.get(loop),
-                encoder=encoder,
-            )
-        )
-    return runs
+    return forward * unet.TRAINING_FLOPS_PER_FORWARD_FLOP
 
 
-def layer_flops_per_image(model) -> float:
-    """Forward FLOPs of one image, 2 per multiply-add of every convolution and dense layer,
-    from the built layers' shapes (the U-Net's analytic count, for any model)."""
-    import keras
+def _unet_run(measure, loop, best, warmup_s, flops, peak, ops, xla_auto) -> UnetRun:
+    """One loop's UnetRun from its best round (wall and CPU seconds)."""
+    import tensorflow as tf
 
-    macs = 0
-    for layer in model.layers:
-        if not isinstance(
-            layer,
-            (
-                keras.layers.Conv2D,
-                keras.layers.Conv2DTranspose,
-                keras.layers.DepthwiseConv2D,
-                keras.layers.Dense,
-            ),
-        ):
-            continue
-        kernel = layer.kernel.shape  # [kh, kw, c_in, c_out or multiplier]
-        if isinstance(layer, keras.layers.Conv2DTranspose):  # each input pixel scatters
-            macs += int(np.prod(layer.input.shape[1:3])) * int(np.prod(kernel))
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            macs += int(np.prod(layer.output.shape[1:])) * kernel[0] * kernel[1]
-        elif isinstance(layer, keras.layers.Conv2D):
-            macs += int(np.prod(layer.output.shape[1:])) * kernel[0] * kernel[1] * kernel[2]
-        else:
-            macs += int(np.prod(kernel))
-    return 2.0 * macs
+    from model import unet
 
-
-class _OursTimer:
-    """Our train_steps on one CPU replica."""
-
-    def __init__(self, build, batch_size: int, dataset):
-        self._train_steps, self._iterator = ours_train_steps(build, batch_size, dataset)
-
-    def run(self, steps: int) -> None:
-        self._train_steps(self._iterator, steps)  # returns once the sums are fetched
-
-    def time(self, steps: int) -> tuple[float, float]:
-        """(wall, CPU) seconds of one call of `steps` steps."""
-        start, cpu = time.perf_counter(), time.process_time()
-        self.run(steps)
-        return time.perf_counter() - start, time.process_time() - cpu
-
-
-class _FitTimer:
-    """model.fit on the same model, compiled as a plain Keras user would."""
-
-    def __init__(self, build, batch_size: int, dataset):
-        del batch_size  # the dataset's
-        self._model = compiled_for_fit(build())
-        self._dataset = dataset
-
-    def run(self, steps: int, callbacks=()) -> None:
-        self._model.fit(
-            self._dataset,
-            steps_per_epoch=steps,
-            epochs=1,
-            verbose=0,
-            shuffle=False,
-            callbacks=list(callbacks),
-        )
-
-    def time(self, steps: int) -> tuple[float, float]:
-        """(wall, CPU) seconds of `steps` steps: from the end of an untimed first step of
-        the fit call (its iterator and callbacks start there) to the end of the last."""
-        import keras
-
-        ends = []
-        stamp = keras.callbacks.LambdaCallback(
-            on_train_batch_end=lambda batch, logs: ends.append((time.perf_counter(), time.process_time()))
-        )
-        self.run(1 + steps, callbacks=[stamp])
-        return ends[-1][0] - ends[0][0], ends[-1][1] - ends[0][1]
+    seconds, cpu_seconds = best
+    images = measure.batch_size * measure.timed_steps
+    return UnetRun(
+        loop=loop,
+        base_filters=measure.base_filters,
+        batch_size=measure.batch_size,
+        image_size=measure.image_size,
+        depth=unet.DEPTH if measure.depth is None else measure.depth,
+        timed_steps=measure.timed_steps,
+        rounds=measure.rounds,
+        warmup_s=warmup_s,
+        step_s=seconds / measure.timed_steps,
+        images_per_s=images / seconds,
+        training_gflop_per_image=flops / 1e9,
+        gflops=images / seconds * flops / 1e9,
+        gflops_per_cpu_s=images * flops / cpu_seconds / 1e9,
+        peak=peak,
+        onednn=child.onednn_enabled(),
+        intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+        inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+        cpus=len(os.sched_getaffinity(0)),
+        ops=ops,
+        encoder=measure.encoder,
+        xla_auto=xla_auto,
+    )
 
 
 def measure_unets(configs: list[dict]) -> list[UnetRun]:
-    """`measure_unet(**c)` for each config, in this one process (saves a TF start-up each)."""
-    return [run for c in configs for run in measure_unet(**c)]
+    """`measure_unet(UnetMeasure(**c))` for each config, in this one process (saves a TF
+    start-up each)."""
+    return [run for c in configs for run in measure_unet(UnetMeasure(**c))]
 
 
 def run_unet_benchmark(
@@ -369,7 +265,7 @@ def run_unet_benchmark(
     quick: bool = False,
     encoders=(("efficientnet_lite0", 16),),
 ) -> UnetReport:
-    """Stage 4: ours and model.fit for each width in one tuned child, then model.fit under
+    """Stage 4: ours (XLA off and on) and model.fit for each width in one tuned child, then model.fit under
     TensorFlow's defaults (the plain child) for `plain_filters`, which shows what the
     environment alone gives. The peak is the best oneDNN matmul probe of the stage (one
     before each width); the plain child's probes (TF's default matmul, `plain_peak_size`)
@@ -389,7 +285,11 @@ def run_unet_benchmark(
     envs = {"tuned": child.TUNED_ENV, "plain": child.PLAIN_ENV}
     runs = {
         name: child.run_child(
-            "benchmarks.training:measure_unets", {"configs": configs}, list[UnetRun], env=envs[name]
+            "benchmarks.training:measure_unets",
+            {"configs": configs},
+            list[UnetRun],
+            env=envs[name],
+            timeout=CHILD_TIMEOUT_S,
         ).value
         for name, configs in cases.items()
         if configs
@@ -408,7 +308,7 @@ def unet_cases(
     quick: bool = False,
     encoders=(),
 ) -> dict[str, list[dict]]:
-    """{"tuned": measure_unet kwargs (ours and fit), "plain": (fit only)}, per width.
+    """{"tuned": UnetMeasure fields (all LOOPS), "plain": (fit only)}, per width.
 
     Narrow U-Nets take more steps and rounds: a round of one loop lasts a few seconds
     and the best of 3-4 rounds keeps the noise of this shared machine below ~5%. At 64
@@ -425,12 +325,41 @@ def unet_cases(
             "peak_size": peak_size,
         }
         if encoder != "unet":  # beside the U-Net of the same child: no op trace, no plain run
-            tuned.append(dict(common, loops=("ours", "fit"), encoder=encoder))
+            tuned.append(dict(common, loops=LOOPS, encoder=encoder))
             continue
-        tuned.append(dict(common, loops=("ours", "fit"), profile_ops=profile_ops))
+        tuned.append(dict(common, loops=LOOPS, profile_ops=profile_ops))
         if f in plain_filters:
             plain.append(dict(common, loops=("fit",), peak_size=plain_peak_size))
     return {"tuned": tuned, "plain": plain}
+
+
+def auto_ours(off, on):
+    """Of our runs with XLA off and on (None: not measured), the one `--jit_compile auto`
+    picks on the measured machine."""
+    return on if on is not None and off.xla_auto else off
+
+
+def xla_label(run) -> str:
+    """Which XLA setting an "ours" run used, for a row's name."""
+    return f"XLA {'on' if run.loop == 'ours_xla' else 'off'}, auto's pick"
+
+
+def xla_rows(name: str, off, on) -> list:
+    """Ours with XLA on against off (when both were measured)."""
+    if on is None:
+        return []
+    return [
+        results.Row.compare(
+            4,
+            f"{name}, ours XLA on vs off",
+            "img/s",
+            on.images_per_s,
+            off.images_per_s,
+            detail=f"--jit_compile auto picks {'on' if off.xla_auto else 'off'} here; per CPU-second "
+            f"{on.gflops_per_cpu_s:.1f} vs {off.gflops_per_cpu_s:.1f} GFLOP; first step (XLA "
+            f"compiles) {on.warmup_s:.0f} s vs {off.warmup_s:.0f} s",
+        )
+    ]
 
 
 def unet_report(runs: dict[str, list[UnetRun]], peak_size: int) -> UnetReport:

@@ -12,7 +12,7 @@ PROFILE_ROWS = 8  # with --profile_ops: the op types taking most time, per width
 
 
 def run_stage(config: BenchConfig, data_dir: str | None, work_dir: str) -> training.UnetReport:
-    """Stage 4 at --unet_filters widths (--quick: 4 filters, 32 px, and the Lite0 encoder)."""
+    """Stage 4 at --unet_filters widths."""
     del data_dir, work_dir
     if config.quick:
         return training.run_unet_benchmark(
@@ -30,8 +30,6 @@ def run_stage(config: BenchConfig, data_dir: str | None, work_dir: str) -> train
 
 
 def rows(raw: training.UnetReport) -> list[Row]:
-    """Our step against model.fit's at each width (and the matmul peak, the op profile,
-    the pretrained encoders), from the same run."""
     runs = [r for r in raw.runs if r.encoder == "unet"]
     pick = {(r.base_filters, r.loop, r.env): r for r in runs}
     rows = []
@@ -50,11 +48,13 @@ def rows(raw: training.UnetReport) -> list[Row]:
         )
     target = f">= {FIT_TARGET_GAIN:g}x ({NOISE_ALLOWANCE:g} for noise)"
     for f in sorted({r.base_filters for r in runs}):
-        ours, fit = pick[(f, "ours", "tuned")], pick[(f, "fit", "tuned")]
+        off, on = pick[(f, "ours", "tuned")], pick.get((f, "ours_xla", "tuned"))
+        ours, fit = training.auto_ours(off, on), pick[(f, "fit", "tuned")]
         rows.append(
             Row.compare(
                 4,
-                f"U-Net {f} filters, ours vs model.fit, train batch {ours.batch_size}, {ours.image_size}px",
+                f"U-Net {f} filters, ours ({training.xla_label(ours)}) vs model.fit, train batch "
+                f"{ours.batch_size}, {ours.image_size}px",
                 "img/s",
                 ours.images_per_s,
                 fit.images_per_s,
@@ -65,6 +65,7 @@ def rows(raw: training.UnetReport) -> list[Row]:
                 f"{ours.timed_steps} step(s)",
             )
         )
+        rows.extend(training.xla_rows(f"U-Net {f} filters", off, on))
         plain_fit = pick.get((f, "fit", "plain"))
         if plain_fit:
             rows.append(
@@ -87,23 +88,27 @@ def _encoder_rows(runs, unets: dict) -> list[Row]:
     """A pretrained encoder's training step beside the U-Net's (isic-train --encoder)."""
     rows = []
     for encoder in sorted({r.encoder for r in runs} - {"unet"}):
-        ours, fit = (
-            next(r for r in runs if r.encoder == encoder and r.loop == loop) for loop in ("ours", "fit")
-        )
+        pick = {r.loop: r for r in runs if r.encoder == encoder}
+        ours, fit = training.auto_ours(pick["ours"], pick.get("ours_xla")), pick["fit"]
         unet = unets.get((ours.base_filters, "ours", "tuned")) or unets.get(
             (min(f for f, _, _ in unets), "ours", "tuned")
         )
         rows.append(
             Row.compare(
                 4,
-                f"{encoder} + U-Net decoder {ours.base_filters}, ours vs model.fit, train batch "
-                f"{ours.batch_size}, {ours.image_size}px",
+                f"{encoder} + U-Net decoder {ours.base_filters}, ours ({training.xla_label(ours)}) vs "
+                f"model.fit, train batch {ours.batch_size}, {ours.image_size}px",
                 "img/s",
                 ours.images_per_s,
                 fit.images_per_s,
                 detail=f"{ours.training_gflop_per_image:.2f} training GFLOP/image, "
                 f"{ours.fraction_of_peak:.0%} of peak; U-Net {unet.base_filters} filters "
                 f"{unet.images_per_s:.1f} img/s ({unet.training_gflop_per_image:.2f} GFLOP/image)",
+            )
+        )
+        rows.extend(
+            training.xla_rows(
+                f"{encoder} + U-Net decoder {ours.base_filters}", pick["ours"], pick.get("ours_xla")
             )
         )
     return rows

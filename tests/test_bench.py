@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks import child
 from benchmarks import config as config_lib
+from benchmarks import flops
 from benchmarks import gpu
 from benchmarks import inference
 from benchmarks import loop
@@ -42,7 +43,7 @@ def loop_result():
 
 @pytest.fixture(scope="module")
 def unet_runs():
-    ours, fit = training.measure_unet(
+    measure = training.UnetMeasure(
         base_filters=2,
         batch_size=2,
         image_size=16,
@@ -53,7 +54,7 @@ def unet_runs():
         depth=1,
         profile_ops=True,
     )
-    return {"ours": ours, "fit": fit}
+    return {run.loop: run for run in training.measure_unet(measure)}
 
 
 def test_config_reads_comma_lists_and_rejects_bad_ones():
@@ -114,42 +115,55 @@ def test_unet_measurement_counts_training_flops_and_profiles_ops(unet_runs):
         assert run.gflops == pytest.approx(run.images_per_s * flop / 1e9)
         assert run.images_per_s == pytest.approx(2 * 2 / (run.step_s * 2))
         assert run.rounds == 2 and run.ops.steps == 2
+        assert run.ops.total_ms > 0 and min(run.ops.count_per_step.values()) > 0
+        if run.loop == "ours_xla":  # one compiled cluster per step, not TensorFlow's ops
+            assert not {"Conv2DBackpropFilter", "Conv2DBackpropInput"} & set(run.ops.ms_per_step), run.ops
+            continue
         # The profiler saw the U-Net's convolutions and their gradients, in both loops.
         assert {"Conv2DBackpropFilter", "Conv2DBackpropInput"} <= {
             op.replace("_MklNative", "") for op in run.ops.ms_per_step
         }
-        assert run.ops.total_ms > 0 and min(run.ops.count_per_step.values()) > 0
-    assert [r.loop for r in unet_runs.values()] == ["ours", "fit"]
+    assert [r.loop for r in unet_runs.values()] == ["ours", "ours_xla", "fit"]
+    assert len({r.xla_auto for r in unet_runs.values()}) == 1  # this machine's auto, once
 
 
 def test_unet_cases_compare_ours_and_fit_in_one_child_and_fit_plain():
     cases = training.unet_cases((2, 32, 64), 2, 16, plain_filters=(2,), peak_size=64, plain_peak_size=32)
     assert [(c["base_filters"], c["loops"]) for c in cases["tuned"]] == [
-        (2, ("ours", "fit")),
-        (32, ("ours", "fit")),
-        (64, ("ours", "fit")),
+        (2, ("ours", "ours_xla", "fit")),
+        (32, ("ours", "ours_xla", "fit")),
+        (64, ("ours", "ours_xla", "fit")),
     ]
+    assert training.UnetMeasure(**cases["tuned"][0]).train_config().lr_schedule == "cosine"  # RECIPE
+    with pytest.raises(ValueError, match="loops"):
+        training.UnetMeasure(base_filters=2, loops=["theirs"])
     assert [(c["timed_steps"], c["rounds"]) for c in cases["tuned"]] == [(3, 4), (2, 3), (1, 2)]
     assert [(c["base_filters"], c["loops"], c["peak_size"]) for c in cases["plain"]] == [(2, ("fit",), 32)]
 
 
 def test_unet_rows_compare_with_fit_in_the_same_process(unet_runs):
     plain_fit = dataclasses.replace(unet_runs["fit"], ops=None)
-    report = training.unet_report(
-        {"tuned": [unet_runs["ours"], unet_runs["fit"]], "plain": [plain_fit]}, peak_size=64
-    )
+    tuned = [unet_runs["ours"], unet_runs["ours_xla"], unet_runs["fit"]]
+    report = training.unet_report({"tuned": tuned, "plain": [plain_fit]}, peak_size=64)
     peak = unet_runs["ours"].peak.gflops  # the tuned child's probe; plain probes only reported
     assert report.peak_gflops == peak
-    assert [r.env for r in report.runs] == ["tuned", "tuned", "plain"]
+    assert [r.env for r in report.runs] == ["tuned", "tuned", "tuned", "plain"]
     for run in report.runs:
         assert run.fraction_of_peak == pytest.approx(run.gflops / peak)
-    rows = unet_stage.rows(report)
-    assert rows[0].unit == "GFLOP/s"
-    versus = rows[1]
-    assert "ours vs model.fit" in versus.measure and versus.target.startswith(">= 1x")
-    assert (versus.ours, versus.baseline) == (report.runs[0].images_per_s, report.runs[1].images_per_s)
-    assert versus.passed == (versus.ours >= 0.97 * versus.baseline)
-    assert "plain model.fit" in rows[2].measure and rows[2].passed is None
+    off, on, fit = report.runs[:3]
+    for auto in (False, True):  # the target row times the XLA setting auto picks
+        runs = [dataclasses.replace(r, xla_auto=auto) for r in report.runs]
+        rows = unet_stage.rows(dataclasses.replace(report, runs=tuple(runs)))
+        versus, xla_row = rows[1], rows[2]
+        picked = on if auto else off
+        assert f"ours (XLA {'on' if auto else 'off'}, auto's pick) vs model.fit" in versus.measure
+        assert (versus.ours, versus.baseline) == (picked.images_per_s, fit.images_per_s)
+        assert versus.target.startswith(">= 1x")
+        assert versus.passed == (versus.ours >= 0.97 * versus.baseline)
+        assert xla_row.measure.endswith("ours XLA on vs off") and xla_row.passed is None
+        assert (xla_row.ours, xla_row.baseline) == (on.images_per_s, off.images_per_s)
+        assert f"auto picks {'on' if auto else 'off'}" in xla_row.detail
+    assert "plain model.fit" in rows[3].measure and rows[3].passed is None
     ops = [r for r in rows if ", op " in r.measure]
     assert 0 < len(ops) <= unet_stage.PROFILE_ROWS and all(r.unit == "ms/step" for r in ops)
     assert "all traced ops" in rows[-1].measure
@@ -415,6 +429,14 @@ def test_gpu_check_fails_on_non_finite_weights_scaling_below_the_floor_or_split_
     # One GPU: nothing to scale, the run itself is judged.
     alone = gpu.GpuCheckReport(["GPU:0"], one, None, None)
     assert alone.scaling_efficiency is None and gpu.judge(alone) == []
+    # The one-GPU run again with the other XLA setting: a row of its own, judged too.
+    xla = dataclasses.replace(good, one=dataclasses.replace(one, xla=True), one_other_xla=_gpu_run(80.0))
+    rows = gpu.rows(xla)
+    assert [r.measure for r in rows][2] == "1 GPU, XLA on vs off" and len(rows) == 4
+    assert (rows[2].ours, rows[2].baseline, rows[2].passed) == (100.0, 80.0, None)
+    assert "XLA on" in rows[2].detail
+    bad_other = dataclasses.replace(xla, one_other_xla=_gpu_run(80.0, finite=False))
+    assert "1 GPU, other XLA setting: non-finite weights" in gpu.judge(bad_other)[0]
 
 
 def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path, capsys, monkeypatch):
@@ -443,6 +465,8 @@ def test_gpu_check_measures_and_judges_on_a_cpu(tmp_path, capsys):
     one = saved["report"]["one"]
     assert one["finite"] and one["precision"] == "float32" and one["timed_steps"] == 2
     assert one["images_per_s"] > 0 and one["peak_memory_mb"] is None and saved["problems"] == []
+    other = saved["report"]["one_other_xla"]  # the XLA setting auto did not pick
+    assert other["xla"] is not one["xla"] and other["finite"] and other["images_per_s"] > 0
 
 
 def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):
@@ -456,8 +480,8 @@ def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):
         encoders=(("efficientnet_lite0", 16),),
     )
     assert [(c.get("encoder", "unet"), c["base_filters"], c["loops"]) for c in cases["tuned"]] == [
-        ("unet", 2, ("ours", "fit")),
-        ("efficientnet_lite0", 16, ("ours", "fit")),
+        ("unet", 2, ("ours", "ours_xla", "fit")),
+        ("efficientnet_lite0", 16, ("ours", "ours_xla", "fit")),
     ]
     lite = [
         dataclasses.replace(
@@ -466,18 +490,21 @@ def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):
             ops=None,
             images_per_s=unet_runs[loop].images_per_s / 2,
         )
-        for loop in ("ours", "fit")
+        for loop in ("ours", "ours_xla", "fit")
     ]
     report = training.unet_report({"tuned": [unet_runs["ours"], unet_runs["fit"], *lite]}, peak_size=64)
     rows = unet_stage.rows(report)
-    encoder_row = rows[-1]
+    encoder_row, xla_row = rows[-2:]
     assert encoder_row.measure.startswith("efficientnet_lite0 + U-Net decoder")
-    assert encoder_row.ours == lite[0].images_per_s and encoder_row.baseline == lite[1].images_per_s
-    assert not any("efficientnet" in r.measure for r in rows[:-1])  # U-Net rows unchanged
+    auto = lite[1] if lite[0].xla_auto else lite[0]
+    assert encoder_row.ours == auto.images_per_s and encoder_row.baseline == lite[2].images_per_s
+    assert xla_row.measure == "efficientnet_lite0 + U-Net decoder 2, ours XLA on vs off"
+    assert (xla_row.ours, xla_row.baseline) == (lite[1].images_per_s, lite[0].images_per_s)
+    assert not any("efficientnet" in r.measure for r in rows[:-2])  # U-Net rows unchanged
 
 
 def test_layer_flops_equal_the_unets_analytic_count():
     from model import unet
 
     model = unet.build_unet(32, 2, 2, bn_momentum=0.9)
-    assert training.layer_flops_per_image(model) == unet.unet_flops_per_image(32, 2, 2)
+    assert flops.layer_flops_per_image(model) == unet.unet_flops_per_image(32, 2, 2)

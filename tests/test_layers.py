@@ -57,7 +57,6 @@ TEMPLATES = {"launch/export/readme.py": {"render"}}
 # Being split right now by the engineers of other open issues (issues 28 and 29); each
 # entry goes when its file is split. Nothing else may be added here.
 BEING_SPLIT = {
-    "benchmarks/training.py",  # 461 lines; measure_unet 107
     "benchmarks/gpu.py",  # measure 81 (issue 28 rewrites its model set-up)
 }
 

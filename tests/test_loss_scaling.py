@@ -28,9 +28,9 @@ def _env(**extra):
     return env
 
 
-def _probe(devices: int, steps: str, env=None) -> subprocess.Popen:
+def _probe(devices: int, steps: str, env=None, extra=()) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.loss_scale_probe", f"--devices={devices}", f"--steps={steps}"],
+        [sys.executable, "-m", "tests.loss_scale_probe", f"--devices={devices}", f"--steps={steps}", *extra],
         env=env or _env(),
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
@@ -39,11 +39,11 @@ def _probe(devices: int, steps: str, env=None) -> subprocess.Popen:
     )
 
 
-def _states(proc: subprocess.Popen, timeout=600) -> list:
+def _states(proc: subprocess.Popen, timeout=600, key="states") -> list | dict:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
     line = next(line for line in out.splitlines() if line.startswith("PROBE "))
-    return json.loads(line[len("PROBE ") :])["states"]
+    return json.loads(line[len("PROBE ") :])[key]
 
 
 def _assert_skips_then_trains(states):
@@ -80,13 +80,15 @@ def test_overflow_on_one_worker_skips_the_step_on_both():
                     {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
                 )
             ),
+            extra=["--jit_compile=off,on"],  # and again with each replica's step XLA-compiled
         )
         for index in range(2)
     ]
-    runs = [_states(p) for p in procs]
-    for states in runs:
-        _assert_skips_then_trains(states)
-    assert runs[0] == runs[1]  # same scale, iterations and weights on both workers
+    runs = [_states(p, key="runs") for p in procs]
+    for jit in ("off", "on"):
+        for worker in runs:
+            _assert_skips_then_trains(worker[jit]["states"])
+        assert runs[0][jit] == runs[1][jit]  # same scale, iterations and weights on both workers
 
 
 def test_scale_doubles_after_growth_steps_and_halves_on_overflow_in_process():

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from launch.training import build
 from launch.training import checkpoints
 from launch.training import distribute
 from launch.training import run_identity
 from launch.training import trainer
 from launch.training.config import TrainConfig
-from model import unet
 from preprocessing import tiny_records
 
 ZEN4_FLAGS = (
@@ -69,15 +69,13 @@ def test_auto_precision_on_cpus_reads_the_bf16_flags():
 
 
 def _build(precision):
-    """A tiny model and Adam (in a LossScaleOptimizer under mixed_float16), as trainer._build."""
+    """A tiny U-Net and its optimizer from the trainer's builder (Adam, in a
+    LossScaleOptimizer under mixed_float16)."""
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(precision)
     try:
-        model = unet.build_unet(16, 2, bn_momentum=0.9)
-        optimizer = keras.optimizers.Adam(1e-3)
-        if precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
+        config = TrainConfig(base_filters=2, precision=precision)
+        model, optimizer = build.model_and_optimizer(tf.distribute.get_strategy(), config, 16, 1, precision)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=tf.Variable(0, dtype=tf.int64))

@@ -17,6 +17,7 @@ from pipeline.verify import LEVELS as VERIFY_LEVELS
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+JIT_COMPILE = ("auto", "on", "off")
 # The seed's U-Net, and pretrained encoders under the same decoder (model/encoders.py lists
 # the same names; tests/test_encoders.py checks they agree, so this module needs no TF).
 ENCODERS = ("unet", "efficientnet_lite0", "efficientnetv2b0", "mobilenetv3large")
@@ -91,6 +92,15 @@ class TrainConfig(AugmentConfig):
         "mixed_float16 (dynamic loss scaling) on 7.x, float32 below and on CPUs (the log says "
         "what it picked and why). A run may resume under another precision.",
         choices=PRECISIONS,
+    )
+    jit_compile: str = option(
+        "auto",
+        "Compile each replica's forward and backward pass (and the validation step) with "
+        "XLA; the all-reduce and the update stay outside. auto = on for GPUs; on CPUs "
+        "where the benchmark measured XLA faster (docs/performance.md, off on the CPU kinds "
+        "measured so far); off with --deterministic, or --sync_batch_norm over several "
+        "replicas (XLA cannot compile those; `on` is then an error).",
+        choices=JIT_COMPILE,
     )
     strategy: str = option(
         "auto",

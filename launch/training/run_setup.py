@@ -16,6 +16,7 @@ from absl import logging
 from core import watchdog
 from core.errors import UserError
 from launch.training import agreement
+from launch.training import build
 from launch.training import checkpoints
 from launch.training import distribute
 from launch.training import preemption
@@ -23,8 +24,6 @@ from launch.training import report
 from launch.training import run_identity
 from launch.training import steps as steps_lib
 from launch.training.config import TrainConfig
-from model import encoder_unet
-from model import losses
 from model import unet
 from pipeline import dataset as dataset_lib
 
@@ -71,7 +70,9 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
     if not config.restart:
         run_identity.check_run(model_dir, identity)  # before anything is written
     dog.progress("set-up", doing="building the model and restoring the newest checkpoint")
-    model, optimizer = _build(strategy, config, records.image_size, steps_per_epoch, precision)
+    model, optimizer = build.model_and_optimizer(
+        strategy, config, records.image_size, steps_per_epoch, precision
+    )
     # The global step lives outside the scope: it is only read and written by the host.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
@@ -81,7 +82,7 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
     agreement.agree_on_resume(strategy, step, restored, dog.peers)
     reporter.start(config, identity, model, start_epoch=step // steps_per_epoch)
     _log_start(model_dir, config, restored, step, steps_per_epoch, precision)
-    loss_fn = losses.training_loss(config.dice_weight, config.recall_weight)  # (masks, probs) -> [b]
+    steps = build.make_steps(strategy, model, optimizer, config, stop=stop.flag)
     return Run(
         config,
         strategy,
@@ -103,10 +104,8 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
             checkpoint_every_seconds=60 * config.checkpoint_every_minutes,
             first_step=step,
         ),
-        train_steps=steps_lib.make_train_steps(
-            strategy, model, optimizer, config.batch_size, loss_fn, stop=stop.flag
-        ),
-        eval_steps=steps_lib.make_eval_steps(strategy, model, loss_fn, stop=stop.flag),
+        train_steps=steps.train,
+        eval_steps=steps.eval,
         step=step,
         row=reporter.last_row(),
         checkpoint=checkpoint,
@@ -142,49 +141,6 @@ def _verified_records(data_dir: str, level: str) -> dataset_lib.Records:
             done["seconds"],
         )
     return records
-
-
-def _build(strategy, config: TrainConfig, image_size: int, steps_per_epoch: int, precision: str):
-    """(model, optimizer), created inside the strategy scope so variables are mirrored."""
-    with strategy.scope():
-        if config.encoder == "unet":
-            model = unet.build_unet(
-                image_size,
-                config.base_filters,
-                bn_momentum=config.bn_momentum,
-                sync_batch_norm=config.sync_batch_norm,
-            )
-        else:  # ImageNet weights are loaded here; a resume then overwrites them
-            model = encoder_unet.build_encoder_unet(
-                image_size,
-                config.base_filters,
-                config.encoder,
-                config.encoder_weights,
-                bn_momentum=config.bn_momentum,
-                sync_batch_norm=config.sync_batch_norm,
-            )
-        rate = config.learning_rate
-        if config.lr_schedule == "cosine":  # to 0 over the run, after a linear warmup
-            warmup = int(config.warmup_epochs * steps_per_epoch)
-            rate = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=0.0 if warmup else config.learning_rate,
-                decay_steps=max(config.epochs * steps_per_epoch - warmup, 1),
-                warmup_target=config.learning_rate if warmup else None,
-                warmup_steps=warmup,
-            )
-        optimizer = (
-            keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-            if config.weight_decay
-            else keras.optimizers.Adam(rate)
-        )
-        # float16 needs loss scaling; bfloat16 has float32's exponent range and does not.
-        # The optimizer holds the scale; steps._loss_scaled_step drives it (Keras' own
-        # apply decides per replica, which breaks under tf.distribute: steps.py says why).
-        if precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        # Built before the first step: creating slot variables inside strategy.run fails.
-        optimizer.build(model.trainable_variables)
-    return model, optimizer
 
 
 def _restore(checkpoint, model, model_dir: str, config: TrainConfig, chief: bool) -> str | None:

@@ -14,6 +14,15 @@ was applied (non-finite weights), and workers could disagree (mismatched collect
 Here the non-finite count is summed over the cluster first, so every replica skips or
 applies the same step and the scale halves once.
 
+With `jit_compile`, each replica's computation (forward pass, loss, backward pass, metric
+sums; launch/training/xla.py decides when) is one XLA cluster: a `tf.function(
+jit_compile=True)` called inside `strategy.run`. What XLA cannot hold stays outside it,
+in the enclosing graph: the gradient all-reduce and the update (`apply_gradients`, whose
+all-reduce is a cross-replica `merge_call`), the reduce of the metric sums over replicas,
+and the loss-scaling decision (a `tf.cond` in cross-replica context). Keras' own
+`jit_compile` compiles the whole `train_step`, the all-reduce included, so Keras turns it
+off under tf.distribute (keras/src/trainers/trainer.py, `_resolve_auto_jit_compile`).
+
 Both step functions run several steps per `tf.function` call (like Keras'
 `steps_per_execution`; `StepsPerCall` decides how many): the Python loop then costs one
 call per chunk, not per step. They return metric SUMS over the images seen (reduced over
@@ -25,6 +34,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from launch.training import xla
 from launch.training.config import AUTO_CHUNK_SECONDS
 from launch.training.config import MAX_AUTO_CHUNK
 from model import metrics
@@ -81,7 +91,8 @@ def _run_steps(strategy: tf.distribute.Strategy, global_step, stop: tf.Variable 
         return tf.while_loop(more, body, (tf.constant(0), zeros))[1]
 
     def call(iterator, num_steps: int) -> dict:
-        totals = run_steps(iterator, tf.constant(num_steps, tf.int32)).numpy()  # [5], one fetch
+        with xla.compile_errors_named():  # an op XLA cannot compile fails the first call
+            totals = run_steps(iterator, tf.constant(num_steps, tf.int32)).numpy()  # [5], one fetch
         return dict(zip(METRIC_KEYS, totals.tolist()))
 
     call.function = run_steps  # the tf.function itself, to inspect its graph (tests)
@@ -105,6 +116,7 @@ def make_train_steps(
     global_batch_size: int,
     loss_fn: LossFn,
     stop: tf.Variable | None = None,
+    jit_compile: bool = False,
 ):
     """Returns `train_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
@@ -112,20 +124,11 @@ def make_train_steps(
     The iterator is a distributed iterator of (images [b,S,S,3], masks [b,S,S,1]). With
     `stop`, a call ends early once it is True; it then ran count / global_batch_size steps.
     A `keras.optimizers.LossScaleOptimizer` is driven by `_loss_scaled_step` (why: there).
+    With `jit_compile`, each replica's forward and backward pass is compiled by XLA (module
+    doc); the update stays outside.
     """
     variables = model.trainable_variables
-
-    def gradients(images, masks, scale=None):
-        """(gradients of the mean loss [times `scale`], float32 [5] metric sums)."""
-        with tf.GradientTape() as tape:
-            probs = model(images, training=True)  # float32 [b,S,S,1], even under mixed precision
-            per_image = loss_fn(masks, probs)  # float32 [b]
-            loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
-            if scale is not None:
-                loss *= scale
-        grads = tape.gradient(loss, variables)
-        return grads, _per_image_sums(masks, tf.stop_gradient(probs), per_image)
-
+    gradients = (_compiled_gradients if jit_compile else _gradients)(model, loss_fn, global_batch_size)
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return _run_steps(strategy, _loss_scaled_step(strategy, optimizer, variables, gradients), stop)
 
@@ -135,6 +138,59 @@ def make_train_steps(
         return sums
 
     return _run_steps(strategy, _summed(strategy, replica_step), stop)
+
+
+def _gradients(model: keras.Model, loss_fn: LossFn, global_batch_size: int):
+    """`gradients(images, masks, scale=None)` -> (gradients of the mean loss [times
+    `scale`], one per trainable variable; float32 [5] metric sums), in replica context."""
+    variables = model.trainable_variables
+
+    def gradients(images, masks, scale=None):
+        with tf.GradientTape() as tape:
+            probs = model(images, training=True)  # float32 [b,S,S,1], even under mixed precision
+            per_image = loss_fn(masks, probs)  # float32 [b]
+            loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
+            if scale is not None:
+                loss *= scale
+        grads = tape.gradient(loss, variables)
+        return grads, _per_image_sums(masks, tf.stop_gradient(probs), per_image)
+
+    return gradients
+
+
+def _compiled_gradients(model: keras.Model, loss_fn: LossFn, global_batch_size: int):
+    """`_gradients`, its forward and backward pass and sums one XLA cluster per replica.
+
+    The cluster is a pure function of tensors: Keras' `stateless_call` runs the model on
+    the variables' VALUES, read in replica context and passed in, and returns the new
+    batch-norm statistics, assigned afterwards. A cluster that captured the variables
+    themselves would be traced once and read one replica's copies from every replica
+    (TensorFlow then fails: "Trying to access resource .../replica_1 ... from device CPU:0").
+    """
+    trainable, non_trainable = model.trainable_variables, model.non_trainable_variables
+
+    @tf.function(jit_compile=True, autograph=False)
+    def cluster(trainable_values, non_trainable_values, images, masks, scale):
+        with tf.GradientTape() as tape:
+            tape.watch(trainable_values)
+            probs, new_values = model.stateless_call(
+                trainable_values, non_trainable_values, images, training=True
+            )
+            per_image = loss_fn(masks, probs)  # float32 [b]
+            loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
+            if scale is not None:
+                loss *= scale
+        grads = tape.gradient(loss, trainable_values)
+        return grads, new_values, _per_image_sums(masks, tf.stop_gradient(probs), per_image)
+
+    def gradients(images, masks, scale=None):
+        values = [tf.convert_to_tensor(v.value) for v in trainable]  # this replica's copies
+        grads, new_values, sums = cluster(values, [v.value for v in non_trainable], images, masks, scale)
+        for variable, value in zip(non_trainable, new_values, strict=True):
+            variable.assign(value)  # batch-norm moving statistics, as model(...) assigns them
+        return grads, sums
+
+    return gradients
 
 
 def _loss_scaled_step(strategy, optimizer, variables, gradients):
@@ -194,19 +250,33 @@ def _loss_scaled_step(strategy, optimizer, variables, gradients):
 
 
 def make_eval_steps(
-    strategy: tf.distribute.Strategy, model: keras.Model, loss_fn: LossFn, stop: tf.Variable | None = None
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    loss_fn: LossFn,
+    stop: tf.Variable | None = None,
+    jit_compile: bool = False,
 ):
     """Returns `eval_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
     The iterator yields (images, masks, weights [b]); padding examples have weight 0, so
     the sums cover every real example exactly once. With `stop`, a call ends early once it
-    is True, as training calls do (the sums are then partial and of no use).
+    is True, as training calls do (the sums are then partial and of no use). With
+    `jit_compile`, each replica's forward pass and sums are compiled by XLA.
     """
 
+    def sums(images, masks, weights, probs):
+        return _per_image_sums(masks, probs, loss_fn(masks, probs), weights)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def cluster(trainable_values, non_trainable_values, images, masks, weights):
+        probs, _ = model.stateless_call(trainable_values, non_trainable_values, images, training=False)
+        return sums(images, masks, weights, probs)
+
     def replica_step(images, masks, weights):
-        probs = model(images, training=False)
-        per_image = loss_fn(masks, probs)
-        return _per_image_sums(masks, probs, per_image, weights)
+        if not jit_compile:
+            return sums(images, masks, weights, model(images, training=False))
+        values = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables)]
+        return cluster(*values, images, masks, weights)  # as in _compiled_gradients
 
     return _run_steps(strategy, _summed(strategy, replica_step), stop)
 
