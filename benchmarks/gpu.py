@@ -1,61 +1,51 @@
 """`isic-bench --stages gpu` (`make gpu-check`): the check to run on a GPU machine before a
 long job. Nothing here has run on a GPU yet: this repository's machines have none.
 
-It trains the full-size U-Net (64 filters, `--precision auto`: mixed float16 on GPUs of
-compute capability 7.x, bfloat16 from 8.0), built by isic-train's builder
-(launch/training/build.py, with the CPU recipe's optimizer: benchmarks/training.py
-RECIPE), on in-memory random batches of PER_GPU_BATCH images of IMAGE_SIZE^2 per GPU,
-through the trainer's own train steps, for WARMUP_STEPS and then TIMED_STEPS steps, in
-three setups, each in its own process:
+It trains the full-size U-Net (64 filters, 128x128, 32 images per GPU; gpu_measure.Sizes)
+built by isic-train's builder (launch/training/build.py, the CPU recipe's optimizer:
+benchmarks/training.py RECIPE) through the trainer's own train steps, 10 warm-up and
+100 timed steps, each setup in its own process(es) (benchmarks/gpu_measure.py):
 
-  1. one GPU (CUDA_VISIBLE_DEVICES = the first one);
-  2. all GPUs of the machine, mirrored (skipped with one GPU);
-  3. two worker processes on this machine under isic-launch (MultiWorkerMirroredStrategy,
-     each worker its own half of the GPUs; skipped with one GPU).
+  1. one GPU, `--precision auto` and `--jit_compile auto` (XLA on for GPUs);
+  2. one GPU with the other XLA setting (the XLA on/off row);
+  3. one GPU in mixed_float16 where auto picks another precision (bfloat16 from compute
+     capability 8.0): the loss-scaled step runs before a long float16 job anyway;
+  4. all GPUs of the machine, mirrored (skipped with one GPU);
+  5. two worker processes under isic-launch in mixed_float16 (MultiWorkerMirroredStrategy,
+     each worker its half of the GPUs, NCCL between them; skipped with one GPU).
 
-The one-GPU setup runs twice: with XLA as `--jit_compile auto` picks it (on for GPUs) and
-with the other setting, for the XLA on/off row. For each: images/s, loss-scale skips
-(steps whose float16 gradients overflowed, so the optimizer skipped them), peak GPU
-memory, which all-reduce ran, and whether every weight is finite. Scaling efficiency =
-images/s on N GPUs / (N x images/s on one). It fails (exit status 1) on any non-finite
-weight, on workers that disagree on the weights, or on an efficiency below the floor
-(--gpu_scaling_floor, 0.7). Without a GPU it says so and exits 0.
+For each: images/s, loss-scale skips and every replica's loss scale, peak GPU memory, the
+all-reduce TensorFlow logged it ran, and whether every weight is finite. It fails (exit
+status 1) when a setup hangs (each process runs under the stall watchdog, each setup under
+a deadline: the failure names the phase it hung in) or fails; on a non-finite weight;
+on replicas whose loss scales differ; where NCCL was expected between GPUs and TensorFlow
+ran another all-reduce; on workers that end with different weights, skips or loss scales;
+on a scaling efficiency (N GPUs / (N x one GPU)) or a 2-process pace (against one process
+on the same GPUs) below the floor (--gpu_scaling_floor, 0.7). Without a GPU it says so
+and exits 0.
 """
 
 import dataclasses
 import io
 import json
 import os
+import signal
+import threading
 
 from benchmarks import child
 from benchmarks import results
 from benchmarks.config import GPU_SCALING_FLOOR
+from benchmarks.gpu_measure import GpuRun
+from benchmarks.gpu_measure import Sizes
+from core import watchdog
 from launch.cluster import gpus as gpus_lib
 
 SCALING_FLOOR = GPU_SCALING_FLOOR  # why 0.7: benchmarks/config.py
-BASE_FILTERS = 64
-IMAGE_SIZE = 128  # the ISIC recipes' size (launch/configs/isic2018_full_gpu.flags)
-PER_GPU_BATCH = 32
-WARMUP_STEPS = 10  # tracing, autotuning, the first loss-scale adjustments
-TIMED_STEPS = 100
+BASE_FILTERS = Sizes.base_filters
+# Every setup runs under a deadline: the stall watchdog of each process (a phase without
+# progress for gpu_measure.STALL_MINUTES) and this bound on the whole setup.
 CHILD_TIMEOUT_S = 1800
-
-
-@dataclasses.dataclass(frozen=True)
-class GpuRun:
-    """One setup, measured in its own process(es) (see `measure`)."""
-
-    devices: int  # replicas of this process (GPUs, or CPUs when tested without a GPU)
-    processes: int
-    precision: str
-    all_reduce: str  # the strategy's cross-device all-reduce ("-" with one device)
-    images_per_s: float  # all processes together
-    timed_steps: int
-    loss_scale_skips: int  # timed and warm-up steps whose update was skipped (float16)
-    peak_memory_mb: float | None  # the largest peak of one device (None on CPUs)
-    finite: bool  # every weight is finite after the run
-    weights_sha256: str
-    xla: bool = False  # each replica's step compiled by XLA (--jit_compile)
+MEASURE = "benchmarks.gpu_measure:measure"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +55,10 @@ class GpuCheckReport:
     gpus: list[str]  # as TensorFlow names them
     one: GpuRun | None
     all: GpuRun | None
-    two_processes: list[GpuRun] | None  # one per worker
+    two_processes: list[GpuRun] | None  # one per worker, in mixed_float16 (loss scaling)
     one_other_xla: GpuRun | None = None  # one GPU with the XLA setting auto does not pick
+    one_float16: GpuRun | None = None  # one GPU in mixed_float16 when auto picks another
+    failed: tuple[str, ...] = ()  # setups that hung or failed: where and why
 
     @property
     def scaling_efficiency(self) -> float | None:
@@ -74,30 +66,65 @@ class GpuCheckReport:
             return None
         return self.all.images_per_s / (self.all.devices * self.one.images_per_s)
 
+    @property
+    def two_process_efficiency(self) -> float | None:
+        """2 processes over the same GPUs as the all-GPU run, against it (1.0: no loss)."""
+        if not (self.all and self.two_processes):
+            return None
+        return self.two_processes[0].images_per_s / self.all.images_per_s
+
 
 def judge(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[str]:
     """What fails the check (empty: it passes)."""
-    problems = []
-    runs = [
-        ("1 GPU", report.one),
-        ("1 GPU, other XLA setting", report.one_other_xla),
-        ("all GPUs", report.all),
-    ]
-    runs += [(f"2 processes, worker {i}", r) for i, r in enumerate(report.two_processes or [])]
-    for name, run in runs:
-        if run is not None and not run.finite:
+    problems = list(report.failed)
+    for name, run in _named_runs(report):
+        if not run.finite:
             problems.append(
                 f"{name}: non-finite weights after {run.timed_steps} steps "
                 f"({run.loss_scale_skips} loss-scale skips)"
             )
+        if len(set(run.loss_scales)) > 1:
+            problems.append(f"{name}: the replicas' loss scales differ: {list(run.loss_scales)}")
+        if run.devices * run.processes > 1 and run.device_type == "GPU" and "NCCL" not in run.all_reduce:
+            problems.append(f"{name}: NCCL expected between GPUs, TensorFlow ran {run.all_reduce}")
     efficiency = report.scaling_efficiency
     if efficiency is not None and efficiency < floor:
         problems.append(
             f"scaling efficiency {efficiency:.2f} on {report.all.devices} GPUs is below the floor {floor:g}"
         )
-    if report.two_processes and len({r.weights_sha256 for r in report.two_processes}) != 1:
-        problems.append("2 processes: the workers ended with different weights")
+    return problems + _judge_workers(report, floor)
+
+
+def _judge_workers(report: GpuCheckReport, floor: float) -> list[str]:
+    """The 2-process setup: every worker must end the same, at a pace near one process's."""
+    workers = report.two_processes or []
+    problems = []
+    for what, key in (
+        ("weights", lambda r: r.weights_sha256),
+        ("loss-scale skips", lambda r: r.loss_scale_skips),
+        ("loss scales", lambda r: r.loss_scales),
+    ):
+        if len({key(r) for r in workers}) > 1:
+            values = ", ".join(f"worker {i}: {key(r)}" for i, r in enumerate(workers))
+            problems.append(f"2 processes: the workers ended with different {what} ({values})")
+    efficiency = report.two_process_efficiency
+    if efficiency is not None and efficiency < floor:
+        problems.append(
+            f"2 processes reach {efficiency:.2f} of one process's images/s on the same GPUs, "
+            f"below the floor {floor:g}"
+        )
     return problems
+
+
+def _named_runs(report: GpuCheckReport) -> list[tuple[str, GpuRun]]:
+    runs = [
+        ("1 GPU", report.one),
+        ("1 GPU, other XLA setting", report.one_other_xla),
+        ("1 GPU, mixed_float16", report.one_float16),
+        ("all GPUs", report.all),
+    ]
+    runs += [(f"2 processes, worker {i}", r) for i, r in enumerate(report.two_processes or [])]
+    return [(name, run) for name, run in runs if run is not None]
 
 
 def rows(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[results.Row]:
@@ -129,17 +156,29 @@ def rows(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[results.R
                 0, "1 GPU, XLA on vs off", "img/s", on.images_per_s, off.images_per_s, detail=_detail(on)
             )
         )
-    if report.two_processes:
-        first = report.two_processes[0]
+    if report.one_float16 is not None and report.one is not None:
         out.append(
             results.Row.compare(
                 0,
-                "2 processes under isic-launch",
+                "1 GPU, mixed_float16 (loss scaling) vs auto",
+                "img/s",
+                report.one_float16.images_per_s,
+                report.one.images_per_s,
+                detail=_detail(report.one_float16),
+            )
+        )
+    if report.two_processes:
+        first = report.two_processes[0]
+        versus = report.all.images_per_s if report.all else base
+        out.append(
+            results.Row.compare(
+                0,
+                "2 processes under isic-launch vs 1 process, same GPUs",
                 "img/s",
                 first.images_per_s,
-                base,
-                target="same weights",
-                passed=not judge(dataclasses.replace(report, one=None, all=None)),
+                versus,
+                target=f">= {floor:g}x, the same weights, skips and loss scales",
+                passed=not _judge_workers(report, floor),
                 detail=_detail(first),
             )
         )
@@ -148,10 +187,11 @@ def rows(report: GpuCheckReport, floor: float = SCALING_FLOOR) -> list[results.R
 
 def _detail(run: GpuRun) -> str:
     memory = f"{run.peak_memory_mb:,.0f} MB peak" if run.peak_memory_mb is not None else "no GPU memory"
+    scales = "/".join(f"{v:g}" for v in run.loss_scales) or "-"
     return (
         f"{run.precision}, XLA {'on' if run.xla else 'off'}, all-reduce {run.all_reduce}, "
-        f"{run.loss_scale_skips} loss-scale "
-        f"skips, {memory}, weights {'finite' if run.finite else 'NOT FINITE'}"
+        f"{run.loss_scale_skips} loss-scale skips (scale {scales}), "
+        f"{memory}, weights {'finite' if run.finite else 'NOT FINITE'}"
     )
 
 
@@ -163,139 +203,74 @@ def list_gpus() -> list[str]:
     return [d.name for d in tf.config.list_physical_devices("GPU")]
 
 
-def measure(
-    devices: int,
-    device_type: str = "GPU",
-    base_filters: int = BASE_FILTERS,
-    image_size: int = IMAGE_SIZE,
-    per_device_batch: int = PER_GPU_BATCH,
-    warmup_steps: int = WARMUP_STEPS,
-    timed_steps: int = TIMED_STEPS,
-    multi_worker: bool = False,
-    jit_compile: str = "auto",
-) -> GpuRun:
-    """Trains `devices` local devices (all of them when 0) as isic-train would; see the module
-    doc. `device_type` "CPU" is for tests. With `multi_worker`, this process is one worker
-    of TF_CONFIG's cluster and reports the whole cluster's images/s. `jit_compile`: as
-    isic-train's --jit_compile."""
-    import time
-
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from benchmarks import timers
-    from benchmarks import training
-    from launch.training import build
-    from launch.training import distribute
-    from launch.training import trainer
-
-    precision = distribute.resolve_precision("auto")
-    keras.mixed_precision.set_global_policy(precision)
-    if multi_worker:  # before anything initialises TF's devices (as in isic-train)
-        options = distribute.communication_options(0.0, has_gpus=device_type == "GPU")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        all_reduce = options.implementation.name
-    names = [d.name for d in tf.config.list_logical_devices(device_type)][: devices or None]
-    if not multi_worker and len(names) > 1:
-        strategy = tf.distribute.MirroredStrategy(names)
-        all_reduce = _all_reduce(strategy)
-    elif not multi_worker:
-        strategy, all_reduce = tf.distribute.OneDeviceStrategy(names[0]), "-"
-    workers = distribute.num_workers(strategy)
-    global_batch = per_device_batch * strategy.num_replicas_in_sync
-    config = dataclasses.replace(
-        training.RECIPE, batch_size=global_batch, base_filters=base_filters, jit_compile=jit_compile
-    )
-    model, optimizer = build.model_and_optimizer(strategy, config, image_size, 100, precision)
-    made = build.make_steps(strategy, model, optimizer, config)
-    train_steps = made.train
-    iterator = iter(
-        distribute.distribute_datasets(
-            strategy, lambda ctx: timers.constant_dataset(per_device_batch, image_size)
-        )
-    )
-    train_steps(iterator, warmup_steps)
-    device_names = [n for n in names if device_type == "GPU"]
-    for name in device_names:
-        tf.config.experimental.reset_memory_stats(name)
-    start = time.perf_counter()
-    train_steps(iterator, timed_steps)  # returns after fetching the sums: the steps are done
-    seconds = time.perf_counter() - start
-    peaks = [tf.config.experimental.get_memory_info(n)["peak"] for n in device_names]
-    weights = [w.numpy() for w in model.weights]
-    return GpuRun(
-        devices=strategy.num_replicas_in_sync // workers,
-        processes=workers,
-        precision=precision,
-        all_reduce=all_reduce,
-        images_per_s=timed_steps * global_batch / seconds,
-        timed_steps=timed_steps,
-        # Skipped updates do not count as optimizer iterations (keras LossScaleOptimizer:
-        # only the finite branch applies the inner optimizer).
-        loss_scale_skips=warmup_steps + timed_steps - int(optimizer.iterations.numpy()),
-        peak_memory_mb=max(peaks) / 2**20 if peaks else None,
-        finite=all(bool(np.isfinite(w).all()) for w in weights),
-        weights_sha256=trainer.weights_digest(model),
-        xla=made.jit_compile,
-    )
-
-
-def _all_reduce(strategy) -> str:
-    """The cross-device all-reduce a MirroredStrategy runs, e.g. "CollectiveAllReduce (NCCL)"
-    (TF 2.21's default on GPUs, mirrored_strategy.py:339-341). There is no public API: this
-    reads private attributes and says "unknown" when they move."""
-    import tensorflow as tf
-
-    try:
-        # A float32 value: int32 ones go through the host instead.
-        ops = strategy.extended._get_cross_device_ops(tf.constant(0.0))  # pylint: disable=protected-access
-    except Exception:  # noqa: BLE001 - only a label
-        return "unknown"
-    implementation = getattr(getattr(ops, "_options", None), "implementation", None)
-    name = type(ops).__name__
-    return f"{name} ({implementation.name})" if implementation is not None else name
-
-
-def _two_processes(gpus: list[str], kwargs: dict) -> list[GpuRun]:
-    """`measure` as 2 workers under isic-launch's process group (each its half of `gpus`)."""
+def _two_processes(gpus: list[str], kwargs: dict, command: list[str] | None = None) -> list[GpuRun]:
+    """`measure` as 2 workers under isic-launch's process group (each its half of `gpus`),
+    in mixed_float16 (loss scaling with NCCL, several GPUs per worker: what a float16 job
+    on several machines runs). `command`: a stand-in worker (tests). Raises RuntimeError
+    naming the worker and the phase when the group hangs or fails."""
     from launch.cluster import process_group
     from launch.cluster.config import LaunchConfig
 
     out, err = io.StringIO(), io.StringIO()
-    command = child.command("benchmarks.gpu:measure", dict(kwargs, devices=0, multi_worker=True))
-    env = child.child_env({gpus_lib.VISIBLE: ",".join(gpus)})
-    code = process_group.launch(
-        command, LaunchConfig(num_workers=2, grace_seconds=30), env=env, out=out, err=err
-    )
+    kwargs = dict(kwargs, devices=0, multi_worker=True, precision="mixed_float16")
+    command = command or child.command(MEASURE, kwargs)
+    env = child.child_env({gpus_lib.VISIBLE: ",".join(gpus)} if gpus else None)
+    interrupts = process_group.Interrupts()  # the deadline stops the group as a SIGTERM would
+    timer = threading.Timer(CHILD_TIMEOUT_S, interrupts, args=(signal.SIGTERM,))
+    timer.start()
+    try:
+        config = LaunchConfig(num_workers=2, grace_seconds=30)
+        code = process_group.launch(command, config, env=env, out=out, err=err, interrupts=interrupts)
+    finally:
+        timer.cancel()
     if code:
-        raise RuntimeError(f"the 2-process run failed (exit code {code}):\n{err.getvalue()[-3000:]}")
+        raise RuntimeError(_failure("2 processes", code, err.getvalue(), bool(interrupts.received)))
     return child.results_in(out.getvalue(), GpuRun)
 
 
+def _failure(setup: str, code: int | str, stderr: str, deadline: bool = False) -> str:
+    """One line: which setup failed, how, and the stall report (phase) where one was made."""
+    stalls = [line.strip() for line in stderr.splitlines() if watchdog.STALL_MARK in line]
+    how = f"no result within {CHILD_TIMEOUT_S} s (its deadline)" if deadline else f"failed ({code})"
+    return f"{setup}: {how}" + (f": {stalls[0]}" if stalls else f"; last output: {stderr.strip()[-300:]}")
+
+
 def run_check(device_type: str = "GPU", **sizes) -> GpuCheckReport | None:
-    """Measures the three setups (module doc); None when TensorFlow sees no GPU."""
+    """Measures the setups (module doc); None when TensorFlow sees no GPU. A setup that hangs
+    or fails is named in `failed` (with the phase it hung in) and the others still run."""
     names = list_gpus()
     if device_type == "GPU" and not names:
         return None
     kwargs = dict(sizes, device_type=device_type)
+    failed = []
 
-    def run(devices: int, visible: list[str] | None, jit_compile: str = "auto") -> GpuRun:
+    def run(setup: str, devices: int, visible, **extra) -> GpuRun | None:
         env = {gpus_lib.VISIBLE: ",".join(visible)} if visible else None
-        kw = dict(kwargs, devices=devices, jit_compile=jit_compile)
-        return child.run_child("benchmarks.gpu:measure", kw, GpuRun, env=env, timeout=CHILD_TIMEOUT_S).value
+        try:
+            kw = dict(kwargs, devices=devices, **extra)
+            return child.run_child(MEASURE, kw, GpuRun, env=env, timeout=CHILD_TIMEOUT_S).value
+        except (RuntimeError, TimeoutError) as e:
+            failed.append(_failure(setup, type(e).__name__, str(e), isinstance(e, TimeoutError)))
+            return None
 
     visible = gpus_lib.node_gpus(os.environ) or [str(i) for i in range(len(names))]
     several = device_type == "GPU" and len(names) > 1
     first = visible[:1] if device_type == "GPU" else None
-    one = run(1, first)
-    return GpuCheckReport(
-        gpus=names,
-        one=one,
-        one_other_xla=run(1, first, "off" if one.xla else "on"),
-        all=run(0, None) if several else None,
-        two_processes=_two_processes(visible, kwargs) if several else None,
+    one = run("1 GPU", 1, first)
+    other = run("1 GPU, other XLA setting", 1, first, jit_compile="off" if one and one.xla else "on")
+    float16 = (
+        None
+        if one and one.precision == "mixed_float16"
+        else run("1 GPU, mixed_float16", 1, first, precision="mixed_float16")
     )
+    every = run("all GPUs", 0, None) if several else None
+    two = None
+    if several:
+        try:
+            two = _two_processes(visible, kwargs)
+        except RuntimeError as e:
+            failed.append(str(e))
+    return GpuCheckReport(names, one, every, two, other, float16, tuple(failed))
 
 
 GPU_CHECK_FILE = "gpu_check.json"

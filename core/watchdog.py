@@ -124,8 +124,8 @@ class StallClock:
         lines = [
             f"{self.name}{STALL_MARK}{now - self.since:.0f} s ({self.option}) in {self.where()}. "
             f"Ending it with {STALL_SIGNAL.name} (exit status {STALL_EXIT_STATUS}) so the launcher "
-            "or scheduler stops and restarts the group; the last checkpoint is intact and the "
-            "same command resumes from it. Its Python stacks follow."
+            "or scheduler stops (and may restart) the group; a training run's last checkpoint is "
+            "intact and the same command resumes from it. Its Python stacks follow."
         ]
         lines += [f"  task {i} at {address}: {probe_fn(address)}" for i, address in enumerate(peers)]
         return "\n".join(lines)

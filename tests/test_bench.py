@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import pytest
@@ -390,19 +391,21 @@ def test_quick_loop_stage_runs_in_a_child(tmp_path):
     assert len(stages.STAGES[3].rows(report)) == 3
 
 
-def _gpu_run(images_per_s, devices=1, finite=True, digest="a"):
-    return gpu.GpuRun(
+def _gpu_run(images_per_s, devices=1, finite=True, digest="a", **changes):
+    run = gpu.GpuRun(
         devices=devices,
         processes=1,
         precision="mixed_float16",
-        all_reduce="NcclAllReduce",
+        all_reduce="NCCL" if devices > 1 else "-",
         images_per_s=images_per_s,
         timed_steps=100,
         loss_scale_skips=2,
         peak_memory_mb=5000.0,
         finite=finite,
         weights_sha256=digest,
+        loss_scales=(16384.0,) * devices,
     )
+    return dataclasses.replace(run, **changes)
 
 
 def test_gpu_check_fails_on_non_finite_weights_scaling_below_the_floor_or_split_workers():
@@ -439,6 +442,58 @@ def test_gpu_check_fails_on_non_finite_weights_scaling_below_the_floor_or_split_
     assert "1 GPU, other XLA setting: non-finite weights" in gpu.judge(bad_other)[0]
 
 
+def test_gpu_check_finds_workers_and_replicas_that_disagree_the_wrong_all_reduce_and_hangs():
+    good = gpu.GpuCheckReport(
+        ["GPU:0", "GPU:1", "GPU:2", "GPU:3"],
+        _gpu_run(100.0),
+        _gpu_run(330.0, 4),
+        [_gpu_run(300.0, 2), _gpu_run(300.0, 2)],
+    )
+    assert good.two_process_efficiency == pytest.approx(300 / 330) and gpu.judge(good) == []
+    skips = [_gpu_run(300.0, 2), _gpu_run(300.0, 2, loss_scale_skips=3, loss_scales=(8192.0,) * 2)]
+    assert gpu.judge(dataclasses.replace(good, two_processes=skips)) == [
+        "2 processes: the workers ended with different loss-scale skips (worker 0: 2, worker 1: 3)",
+        "2 processes: the workers ended with different loss scales (worker 0: (16384.0, 16384.0), "
+        "worker 1: (8192.0, 8192.0))",
+    ]
+    replicas = dataclasses.replace(
+        good, all=_gpu_run(330.0, 4, loss_scales=(16384.0, 16384.0, 8192.0, 16384.0))
+    )
+    assert gpu.judge(replicas) == [
+        "all GPUs: the replicas' loss scales differ: [16384.0, 16384.0, 8192.0, 16384.0]"
+    ]
+    ring = dataclasses.replace(good, all=_gpu_run(330.0, 4, all_reduce="RING"))
+    assert gpu.judge(ring) == ["all GPUs: NCCL expected between GPUs, TensorFlow ran RING"]
+    slow = dataclasses.replace(good, two_processes=[_gpu_run(200.0, 2)] * 2)  # 200 / 330 < 0.7
+    assert gpu.judge(slow)[0].startswith("2 processes reach 0.61 of one process's images/s")
+    assert gpu.rows(slow)[-1].passed is False
+    hung = dataclasses.replace(good, all=None, failed=("all GPUs: failed (RuntimeError): ...",))
+    assert gpu.judge(hung) == ["all GPUs: failed (RuntimeError): ..."]
+
+
+# A stand-in for the 2-process setup's workers: worker 1 hangs in its warm-up (its stall
+# watchdog ends it after 1 s); worker 0 would wait forever for it.
+HANGS_IN_WARM_UP = """
+import json, os, time
+from core import watchdog
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+with watchdog.Watchdog(1.0 if index else 600.0, name=f"gpu-check worker {index}", option="its bound") as dog:
+    dog.progress("warm-up", doing="10 steps: tracing, compiling")
+    time.sleep(600)
+"""
+
+
+def test_a_hanging_worker_fails_the_check_naming_the_phase():
+    start = time.monotonic()
+    with pytest.raises(RuntimeError) as failure:
+        gpu._two_processes([], {}, command=[sys.executable, "-c", HANGS_IN_WARM_UP])
+    assert time.monotonic() - start < 60
+    assert str(failure.value).startswith(
+        "2 processes: failed (142): [w1] gpu-check worker 1 stalled: no progress for 1 s (its bound) in warm-up: "
+        "10 steps: tracing, compiling."
+    ), str(failure.value)
+
+
 def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path, capsys, monkeypatch):
     if gpu.list_gpus():
         pytest.skip("this machine has a GPU: the check would run for real")
@@ -467,6 +522,8 @@ def test_gpu_check_measures_and_judges_on_a_cpu(tmp_path, capsys):
     assert one["images_per_s"] > 0 and one["peak_memory_mb"] is None and saved["problems"] == []
     other = saved["report"]["one_other_xla"]  # the XLA setting auto did not pick
     assert other["xla"] is not one["xla"] and other["finite"] and other["images_per_s"] > 0
+    float16 = saved["report"]["one_float16"]  # the loss-scaled step, one scale per replica
+    assert float16["precision"] == "mixed_float16" and len(float16["loss_scales"]) == 1
 
 
 def test_stage_4_measures_the_pretrained_encoder_beside_the_unets(unet_runs):

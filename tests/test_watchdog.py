@@ -33,8 +33,8 @@ def test_a_warning_at_half_the_bound_a_report_at_the_bound_and_progress_restarts
     assert report.splitlines() == [
         "isic-train worker 1 stalled: no progress for 60 s (--stall_minutes 1) in validation at step 48: "
         "validation steps 1-4 of 4. Ending it with SIGALRM (exit status 142) so the launcher or "
-        "scheduler stops and restarts the group; the last checkpoint is intact and the same command "
-        "resumes from it. Its Python stacks follow.",
+        "scheduler stops (and may restart) the group; a training run's last checkpoint is intact and "
+        "the same command resumes from it. Its Python stacks follow.",
         "  task 0 at h:1: probed h:1",
         "  task 1 at h:2: probed h:2",
     ]
