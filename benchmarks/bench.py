@@ -1,6 +1,6 @@
 """`isic-bench`: every stage of the project against its baseline, measured in the same run.
 
-  isic-bench --output_dir bench_out            # all stages, < 10 min on 2 cores
+  isic-bench --output_dir bench_out            # all stages (stage 4 alone ~21 min on 2 shared cores)
   isic-bench --output_dir /tmp/b --quick       # tiny settings: checks that every stage runs
   isic-bench --output_dir bench_out --stages 3,4
   isic-bench --output_dir gpu_check --stages gpu   # before a long GPU run (make gpu-check)

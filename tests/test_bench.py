@@ -489,8 +489,8 @@ def test_a_hanging_worker_fails_the_check_naming_the_phase():
         gpu._two_processes([], {}, command=[sys.executable, "-c", HANGS_IN_WARM_UP])
     assert time.monotonic() - start < 60
     assert str(failure.value).startswith(
-        "2 processes: failed (142): [w1] gpu-check worker 1 stalled: no progress for 1 s (its bound) in warm-up: "
-        "10 steps: tracing, compiling."
+        "2 processes: failed (142): [w1] gpu-check worker 1 stalled: no progress for 1 s (its bound) in "
+        "warm-up: 10 steps: tracing, compiling."
     ), str(failure.value)
 
 

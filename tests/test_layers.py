@@ -54,11 +54,6 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Templates: text read as the file it writes, not code to split.
 TEMPLATES = {"launch/export/readme.py": {"render"}}
-# Being split right now by the engineers of other open issues (issues 28 and 29); each
-# entry goes when its file is split. Nothing else may be added here.
-BEING_SPLIT = {
-    "benchmarks/gpu.py",  # measure 81 (issue 28 rewrites its model set-up)
-}
 
 
 def _modules() -> dict[str, str]:
@@ -170,7 +165,7 @@ def test_modules_and_functions_stay_small():
     too_long = {}
     for path in _modules().values():
         module = os.path.relpath(path, PROJECT_ROOT)
-        found = [] if module in BEING_SPLIT else _sizes(path, TEMPLATES.get(module, ()))
+        found = _sizes(path, TEMPLATES.get(module, ()))
         if found:
             too_long[module] = found
     assert not too_long, (
@@ -179,9 +174,5 @@ def test_modules_and_functions_stay_small():
 
 
 def test_every_exemption_is_still_needed():
-    stale = [
-        module
-        for module in sorted(BEING_SPLIT | set(TEMPLATES))
-        if not _sizes(os.path.join(PROJECT_ROOT, module))
-    ]
-    assert not stale, f"within the limits now: drop them from BEING_SPLIT / TEMPLATES: {stale}"
+    stale = [module for module in sorted(TEMPLATES) if not _sizes(os.path.join(PROJECT_ROOT, module))]
+    assert not stale, f"within the limits now: drop them from TEMPLATES: {stale}"

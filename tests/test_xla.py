@@ -6,8 +6,8 @@ float arithmetic, so the weights are not bit-equal. float32: the largest weight 
 after 3 Adam steps (lr 1e-3) is ~3e-6; the test allows 2e-5 (2% of one step's largest
 move). mixed_float16 and mixed_bfloat16: half-precision rounding makes some near-zero
 gradients change sign, and Adam moves such a weight by a full step either way, so single
-weights can differ by up to ~2 steps; the test bounds the relative difference of the whole update
-(|dw_xla - dw| / |dw| over all weights) by 0.1; float16 must also take the very same
+weights can differ by up to ~2 steps; the test bounds the relative difference of the whole
+update (|dw_xla - dw| / |dw| over all weights) by 0.1; float16 must also take the very same
 loss-scale decisions (the overflow step skipped on both).
 """
 
