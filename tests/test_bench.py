@@ -520,8 +520,7 @@ def test_gpu_check_measures_and_judges_on_a_cpu(tmp_path, capsys):
     one = saved["report"]["one"]
     assert one["finite"] and one["precision"] == "float32" and one["timed_steps"] == 2
     assert one["images_per_s"] > 0 and one["peak_memory_mb"] is None and saved["problems"] == []
-    other = saved["report"]["one_other_xla"]  # the XLA setting auto did not pick
-    assert other["xla"] is not one["xla"] and other["finite"] and other["images_per_s"] > 0
+    assert saved["report"]["one_other_xla"] is None  # XLA on/off is a GPU row (CPU: stage 4)
     float16 = saved["report"]["one_float16"]  # the loss-scaled step, one scale per replica
     assert float16["precision"] == "mixed_float16" and len(float16["loss_scales"]) == 1
 

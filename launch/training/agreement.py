@@ -68,10 +68,7 @@ def device_facts() -> dict:
     """What this process's devices say about precision and replicas (JSON-ready)."""
     gpus = tf.config.list_physical_devices("GPU")
     details = [tf.config.experimental.get_device_details(g) for g in gpus]
-    flags = set()
-    if not gpus and os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            flags = distribute.cpu_flags(f.read())
+    flags = set() if gpus else distribute.this_cpu_flags()
     local = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return {
         "devices": f"{len(local)} {'GPU' if gpus else 'CPU'}",

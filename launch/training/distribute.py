@@ -51,6 +51,14 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPU_BF16_VALIDATED = False
 
 
+def this_cpu_flags() -> set[str]:
+    """This machine's CPU feature flags (/proc/cpuinfo; empty where there is none)."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return set()
+    with open("/proc/cpuinfo") as f:
+        return cpu_flags(f.read())
+
+
 def cpu_flags(cpuinfo: str) -> set[str]:
     """The feature flags of the first processor in a /proc/cpuinfo text (empty if none)."""
     for line in cpuinfo.splitlines():
@@ -103,11 +111,7 @@ def resolve_precision(precision: str) -> str:
         tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
         for gpu in tf.config.list_physical_devices("GPU")
     ]
-    flags = set()
-    if not capabilities and os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            flags = cpu_flags(f.read())
-    chosen, why = choose_precision(capabilities, flags)
+    chosen, why = choose_precision(capabilities, set() if capabilities else this_cpu_flags())
     logging.info("--precision auto: %s (%s)", chosen, why)
     return chosen
 

@@ -6,7 +6,6 @@ the compiled part holds (and what stays outside it) is described in steps.py.
 """
 
 import contextlib
-import os
 
 import tensorflow as tf
 from absl import logging
@@ -71,10 +70,7 @@ def resolve_jit_compile(config: TrainConfig, num_replicas: int = 1) -> bool:
     """`choose_jit_compile` of `config.jit_compile` for this process's devices and
     `num_replicas`; logs what it picked and why."""
     has_gpus = bool(tf.config.list_physical_devices("GPU"))
-    flags = set()
-    if not has_gpus and os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            flags = distribute.cpu_flags(f.read())
+    flags = set() if has_gpus else distribute.this_cpu_flags()
     chosen, why = choose_jit_compile(
         config.jit_compile,
         has_gpus,
