@@ -37,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 STALL_SIGNAL = signal.SIGALRM  # how the sidecar ends a stalled process
@@ -151,7 +152,8 @@ class Watchdog:
         # The sidecar asks for the stacks with SIGUSR1 and ends the process with SIGALRM:
         # faulthandler answers the first from C; the second must keep its default action.
         faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
-        signal.signal(STALL_SIGNAL, signal.SIG_DFL)
+        if threading.current_thread() is threading.main_thread():  # signal() only works there
+            signal.signal(STALL_SIGNAL, signal.SIG_DFL)
         self._sidecar = subprocess.Popen(
             [sys.executable, "-m", "core.watchdog", json.dumps(self._arguments())],
             stdin=subprocess.PIPE,
