@@ -43,10 +43,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # --durations: the slowest tests, so a new expensive one is seen (the suite's budget: 8 min).
-# 3 workers on 2 cores: the many-process tests spend much of their time waiting (stall
-# bounds, heartbeats, grace periods), which a third worker fills.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=25 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 bench: $(STAMP)
 	$(BIN)/isic-bench --output_dir bench_out

@@ -2,10 +2,10 @@
 an overflow injected through the data on one worker (one skip everywhere, steps.py):
 
 * SIGTERM to the launcher makes both workers checkpoint the same step (TensorFlow's
-  PreemptionCheckpointHandler) and exit 143; the same command resumes bit-identical;
-* a worker stuck in a collective its peer never enters: the stall watchdogs end the group
-  (exit 142), the launcher names who and where, restarts it, and the run ends
-  bit-identical to the uninterrupted one.
+  PreemptionCheckpointHandler) and exit 143, once during training, once during validation;
+* then, in the same run, a worker stuck in a collective its peer never enters: the stall
+  watchdogs end the group (SIGALRM, 142), the launcher names who and where, restarts it,
+  and the run ends bit-identical to the uninterrupted one.
 
 And, with stand-in workers (no TensorFlow): a worker that exits 143 by itself stops the
 group without a restart.
@@ -96,7 +96,7 @@ def _skips(stderr):
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identical(job, reference, tmp_path):
+def test_sigterm_then_a_stall_checkpoint_stop_restart_and_resume_bit_identical(job, reference, tmp_path):
     _, env, command = job
     model_dir = str(tmp_path / "stopped")
     proc = start_launcher(*command(model_dir), env=env)
@@ -128,22 +128,37 @@ def test_sigterm_to_the_launcher_checkpoints_both_workers_and_resumes_bit_identi
     stops = dict(re.findall(r"^\[w(\d)\] isic-train: stopped by SIGTERM at step (\d+);", err, re.M))
     assert stops == {"0": str(end), "1": str(end)} and _latest_step(model_dir) == end, err[-3000:]
 
-    resumed = start_launcher(*command(model_dir), env=env)  # the same command: validates epoch 1 again
-    out, err = resumed.communicate(timeout=300)
+    # The same command, which validates that epoch again: now worker 1 gets stuck after its
+    # first call, in a collective its peer never enters. The watchdogs end the group, the
+    # launcher names who and where and relaunches it, and the run ends bit-identical.
+    once = str(tmp_path / "fault-injected")  # the relaunched group runs without the fault
+    stall = f"{OVERFLOW};stall_collective:worker=1:step={end}:once={once}"
+    resumed = start_launcher(
+        *command(model_dir, "--restarts=1", "--grace_seconds=5"), env=dict(env, ISIC_INJECT_FAULT=stall)
+    )
+    err, seconds = _stall_and_restart(resumed)
+    out = resumed.stdout.read()
+    resumed.wait(timeout=60)
     assert resumed.returncode == 0, err[-3000:]
-    assert re.search(rf"^\[w1\] .*resuming at step {end} ", err, re.M), err[-3000:]
+    print(f"a worker stuck in a collective: the group stopped {seconds:.1f} s after the stall")
+    assert seconds < 30 + 15, err[-3000:]  # --stall_minutes 0.5, slack for a loaded machine
+    assert re.search(r"isic-launch: worker \d died \(signal SIGALRM: its stall watchdog ended", err)
+    assert re.search(r"isic-launch: stall report of worker \d: isic-train worker \d stalled: no", err)
+    assert re.search(
+        r"\[w1\] isic-train worker 1 stalled: no progress for \d+ s \(--stall_minutes 0.5\) in fault at "
+        rf"step {end}: an all-reduce its peers never enter \(injected fault\)",
+        err,
+    ), err[-3000:]
+    assert "isic-launch: restart 1 of 1" in err
+    assert len(re.findall(rf"^\[w1\] .*resuming at step {end} ", err, re.M)) == 2, err[-3000:]
     assert f"epoch {end // 8} ended at step {end} without its history row: validating it" in err
     digests = _digests(out)
     assert len(set(digests.values())) == 1 and digests == reference
     assert _skips(err) == {"0": "16384", "1": "16384"}, err[-3000:]
 
 
-@pytest.mark.timeout(600)
-def test_a_worker_stuck_in_a_collective_is_caught_named_and_restarted_bit_identical(job, reference, tmp_path):
-    _, env, command = job
-    once = str(tmp_path / "fault-injected")  # the relaunched group runs without the fault
-    env = dict(env, ISIC_INJECT_FAULT=f"{OVERFLOW};stall_collective:worker=1:step=4:once={once}")
-    proc = start_launcher(*command(str(tmp_path / "run"), "--restarts=1", "--grace_seconds=5"), env=env)
+def _stall_and_restart(proc) -> tuple[str, float]:
+    """(stderr, seconds from the injected stall to the group's stop) of a launcher run."""
     lines, stalled_at, stopped_at = [], None, None
     for line in proc.stderr:
         lines.append(line)
@@ -151,24 +166,8 @@ def test_a_worker_stuck_in_a_collective_is_caught_named_and_restarted_bit_identi
             stalled_at = time.monotonic()
         if stopped_at is None and re.search(r"isic-launch: group stopped .* after worker \d died", line):
             stopped_at = time.monotonic()
-    out = proc.stdout.read()
-    proc.wait(timeout=60)
-    err = "".join(lines)
-    assert proc.returncode == 0, err[-3000:]
-    assert stalled_at and stopped_at, err[-3000:]
-    seconds = stopped_at - stalled_at
-    print(f"a worker stuck in a collective: the group stopped {seconds:.1f} s after the stall")
-    assert seconds < 30 + 15, err[-3000:]  # --stall_minutes 0.5, slack for a loaded machine
-    assert re.search(r"isic-launch: worker \d died \(signal SIGALRM: its stall watchdog ended", err)
-    assert re.search(r"isic-launch: stall report of worker \d: isic-train worker \d stalled: no", err)
-    assert re.search(
-        r"\[w1\] isic-train worker 1 stalled: no progress for \d+ s \(--stall_minutes 0.5\) in training at "
-        r"step \d+: an all-reduce its peers never enter \(injected fault\)",
-        err,
-    ), err[-3000:]
-    assert "isic-launch: restart 1 of 1" in err
-    assert re.search(r"\[w1\] .*resuming at step [1-9]", err), err[-3000:]
-    assert _digests(out) == reference
+    assert stalled_at and stopped_at, "".join(lines)[-3000:]
+    return "".join(lines), stopped_at - stalled_at
 
 
 def _signal_on_line(proc, pattern, timeout=240):

@@ -3,7 +3,7 @@
 Set ISIC_INJECT_FAULT in a worker's environment to one or more of (";"-separated):
 
   stall_collective:worker=W:step=S[:once=PATH]
-      after the training call that reaches global step >= S, worker W enters an
+      after the training or validation call that ends at global step >= S, worker W enters an
       all-reduce its peers never enter: the group waits forever unless the stall watchdog
       (watchdog.py) ends it. With `once`, only the first run that creates PATH does.
   overflow:worker=W:replica=R:step=S
@@ -58,13 +58,13 @@ def _claim(path: str) -> bool:
 
 
 def after_call(strategy: tf.distribute.Strategy, step: int, dog) -> None:
-    """The stall_collective fault, after a training call that ended at global `step`."""
+    """The stall_collective fault, after a training or validation call at global `step`."""
     fault = from_env("stall_collective")
     if fault is None or step < fault.step:
         return
     if distribute.task_index(strategy) != fault.worker or (fault.once and not _claim(fault.once)):
         return
-    dog.progress("training", step, "an all-reduce its peers never enter (injected fault)")
+    dog.progress("fault", step, "an all-reduce its peers never enter (injected fault)")
     logging.warning("injected fault: an all-reduce its peers never enter, at step %d", step)
     # Group and instance keys no other collective of the run uses (TensorFlow counts its own
     # from 1): the op waits for a peer to join group STRAY_GROUP, which none ever does. A

@@ -210,6 +210,7 @@ def _validate(run: run_setup.Run) -> dict:
         last = min(first + chunk, val_steps)
         run.watchdog.progress("validation", run.step, f"validation steps {first + 1}-{last} of {val_steps}")
         totals = run.eval_steps(iterator, last - first)
+        injected_faults.after_call(run.strategy, run.step, run.watchdog)  # tests only
         sums = {k: sums[k] + totals[k] for k in sums}
         if run.stop.requested():
             logging.info(
