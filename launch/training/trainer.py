@@ -1,9 +1,11 @@
 """The training run, as one plain function: `train(data_dir, model_dir, config)`.
 
-`train` reads top to bottom: process settings (devices, determinism, dtype policy) and
-strategy -> set up (records, the run's identity, model and optimizer inside
-`strategy.scope()`, restore, config dump) -> per epoch: train, then end the epoch
-(validate, record, checkpoint, keep the best) -> export. What only the chief writes goes
+`train` reads top to bottom: the stall watchdog (core/watchdog.py) and the process settings
+(devices, determinism, seeds) -> strategy -> the workers' agreement on their settings and
+one precision for the group (agreement.py) -> set up (run_setup.py: records, the run's
+identity, model and optimizer inside `strategy.scope()`, restore, config dump) -> per
+epoch: train, then end the epoch (validate, record, checkpoint, keep the best) -> export.
+Every phase tells the watchdog what it is about to do. What only the chief writes goes
 through one reporter (report.py) that does nothing on the other workers.
 
 Faults (docs/scaling.md): the chief holds an exclusive lock on `model_dir` for the whole
