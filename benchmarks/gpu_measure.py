@@ -101,13 +101,11 @@ def measure(
 
 def _strategy(devices: int, device_type: str, multi_worker: bool, precision: str):
     """(strategy, local device names, the all-reduce asked for, the precision) of a setup."""
-    import keras
     import tensorflow as tf
 
+    from launch.training import agreement
     from launch.training import distribute
 
-    precision = distribute.resolve_precision(precision)
-    keras.mixed_precision.set_global_policy(precision)
     if multi_worker:  # before anything initialises TF's devices (as in isic-train)
         options = distribute.communication_options(0.0, has_gpus=device_type == "GPU")
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
@@ -117,6 +115,9 @@ def _strategy(devices: int, device_type: str, multi_worker: bool, precision: str
         strategy, asked = tf.distribute.MirroredStrategy(names), "TensorFlow's default"
     elif not multi_worker:
         strategy, asked = tf.distribute.OneDeviceStrategy(names[0]), "-"
+    # As isic-train decides it (one process: its own devices), once the strategy exists.
+    precision, why = agreement.group_precision(precision, [agreement.device_facts()])
+    distribute.set_precision(precision, why)
     return strategy, names, asked, precision
 
 

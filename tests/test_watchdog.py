@@ -108,7 +108,7 @@ def test_zero_turns_it_off_and_tf_config_names_the_task():
 
 def _settings(**changes):
     config = TrainConfig(**changes)
-    facts = {"devices": "1 CPU", "gpu_capabilities": [], "gpu_names": [], "cpu_bf16": []}
+    facts = {"devices": "1 CPU", "gpu_capabilities": [], "cpu_bf16": []}
     return agreement.settings(config, "/nonexistent", facts, "AUTO (gRPC ring)")
 
 

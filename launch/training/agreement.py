@@ -73,7 +73,6 @@ def device_facts() -> dict:
     return {
         "devices": f"{len(local)} {'GPU' if gpus else 'CPU'}",
         "gpu_capabilities": [list(d.get("compute_capability", (0, 0))) for d in details],
-        "gpu_names": sorted({d.get("device_name", "GPU") for d in details}),
         "cpu_bf16": sorted(flags.intersection(distribute.CPU_BF16_FLAGS)),
     }
 

@@ -102,20 +102,6 @@ def choose_precision(
     )
 
 
-def resolve_precision(precision: str) -> str:
-    """Maps 'auto' to `choose_precision` of this machine's GPUs (or CPU flags) and logs
-    what it picked and why; other values are returned as they are."""
-    if precision != "auto":
-        return precision
-    capabilities = [
-        tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
-        for gpu in tf.config.list_physical_devices("GPU")
-    ]
-    chosen, why = choose_precision(capabilities, set() if capabilities else this_cpu_flags())
-    logging.info("--precision auto: %s (%s)", chosen, why)
-    return chosen
-
-
 class _SlurmResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
     """TF's SlurmClusterResolver for tasks whose GPUs were chosen before TF started.
 
