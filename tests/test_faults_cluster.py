@@ -133,9 +133,9 @@ def test_sigterm_then_a_stall_checkpoint_stop_restart_and_resume_bit_identical(j
     # launcher names who and where and relaunches it, and the run ends bit-identical.
     once = str(tmp_path / "fault-injected")  # the relaunched group runs without the fault
     stall = f"{OVERFLOW};stall_collective:worker=1:step={end}:once={once}"
-    resumed = start_launcher(
-        *command(model_dir, "--restarts=1", "--grace_seconds=5"), env=dict(env, ISIC_INJECT_FAULT=stall)
-    )
+    # The peer's watchdog may fire first (its clock started before the call that traced the
+    # validation step); the grace lets worker 1's own watchdog report before any SIGKILL.
+    resumed = start_launcher(*command(model_dir, "--restarts=1"), env=dict(env, ISIC_INJECT_FAULT=stall))
     err, seconds = _stall_and_restart(resumed)
     out = resumed.stdout.read()
     resumed.wait(timeout=60)
