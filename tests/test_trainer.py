@@ -128,20 +128,26 @@ def _weights(model_dir):
 
 
 def test_resume_at_epoch_boundary_is_bit_identical(records, tmp_path):
+    """With --ema_decay: the trained weights (the row's digest) and their moving average
+    (what the final model holds) both continue bit for bit."""
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
-    _train(records, full, epochs=2, deterministic=True)
+    first = _train(records, full, epochs=2, deterministic=True, ema_decay=0.8)
     assert not tf_framework_config.is_op_determinism_enabled()  # restored afterwards
-    _train(records, split, epochs=1, deterministic=True)
-    row = _train(records, split, epochs=2, deterministic=True)
-    assert row["step"] == 8
+    _train(records, split, epochs=1, deterministic=True, ema_decay=0.8)
+    row = _train(records, split, epochs=2, deterministic=True, ema_decay=0.8)
+    assert row["step"] == 8 and row["weights_sha256"] == first["weights_sha256"]
     for a, b in zip(_weights(full), _weights(split)):
         np.testing.assert_array_equal(a, b)
+    saved = keras.models.load_model(os.path.join(split, "ISIC-UNet.keras"))
+    assert trainer.weights_digest(saved) != row["weights_sha256"]  # the average, not the weights
+    best = keras.models.load_model(os.path.join(split, "best", "ISIC-UNet.keras"))
+    assert trainer.weights_digest(best) != row["weights_sha256"]
     with open(os.path.join(split, "history.csv")) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
     with open(os.path.join(split, "config.json")) as f:  # rewritten by every run
         assert json.load(f)["epochs"] == 2
     # Nothing left to train: the last recorded row comes back, the weights stay.
-    again = _train(records, split, epochs=2, deterministic=True)
+    again = _train(records, split, epochs=2, deterministic=True, ema_decay=0.8)
     assert again["epoch"] == 2 and again["weights_sha256"] == row["weights_sha256"]
 
 
@@ -169,6 +175,8 @@ def test_changing_model_shape_is_a_clear_error(records, one_epoch_run):
         _train(records, model_dir, epochs=2, base_filters=8)
     with pytest.raises(run_identity.CheckpointMismatchError, match="batch_size"):
         _train(records, model_dir, epochs=2, batch_size=8)
+    with pytest.raises(run_identity.CheckpointMismatchError, match="0.0; resuming with --ema_decay 0.9"):
+        _train(records, model_dir, epochs=2, lr_schedule="cosine", ema_decay=0.9)
     with open(os.path.join(model_dir, "config.json")) as f:
         assert f.read() == written
     assert issubclass(run_identity.CheckpointMismatchError, UserError)

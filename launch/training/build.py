@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from launch.training import steps as steps_lib
+from launch.training import weight_average
 from launch.training import xla
 from launch.training.config import TrainConfig
 from model import encoder_unet
@@ -98,6 +99,23 @@ def model_and_optimizer(
         return model, optimizer_for(model, config, steps_per_epoch, precision)
 
 
+def average_for(
+    strategy: tf.distribute.Strategy,
+    config: TrainConfig,
+    model: keras.Model,
+    image_size: int,
+    depth: int | None = None,
+) -> weight_average.WeightAverage | None:
+    """The moving average of `model`'s weights when `config.ema_decay` > 0 (else None):
+    a second model of the same architecture, started from `model`'s current weights,
+    created inside the strategy scope."""
+    if not config.ema_decay:
+        return None
+    with strategy.scope():
+        average_model = build_model(dataclasses.replace(config, encoder_weights="none"), image_size, depth)
+        return weight_average.WeightAverage(model, average_model, config.ema_decay)
+
+
 def training_loss(config: TrainConfig) -> steps_lib.LossFn:
     """(masks [b,S,S,1], probabilities [b,S,S,1]) -> float32 [b]: BCE + weighted Dice."""
     return losses.training_loss(config.dice_weight, config.recall_weight)
@@ -118,15 +136,18 @@ def make_steps(
     optimizer: keras.optimizers.Optimizer,
     config: TrainConfig,
     stop: tf.Variable | None = None,
+    average: weight_average.WeightAverage | None = None,
 ) -> Steps:
     """The train and eval steps of `model` and `optimizer` with the config's loss, global
-    batch and `--jit_compile` (resolved for this machine; the log says why)."""
+    batch and `--jit_compile` (resolved for this machine; the log says why). With
+    `average`, each training step also moves it, and the eval steps score its model."""
     jit = xla.resolve_jit_compile(config, strategy.num_replicas_in_sync)
     loss_fn = training_loss(config)
+    scored = average.model if average else model
     return Steps(
         train=steps_lib.make_train_steps(
-            strategy, model, optimizer, config.batch_size, loss_fn, stop=stop, jit_compile=jit
+            strategy, model, optimizer, config.batch_size, loss_fn, stop, jit_compile=jit, average=average
         ),
-        eval=steps_lib.make_eval_steps(strategy, model, loss_fn, stop=stop, jit_compile=jit),
+        eval=steps_lib.make_eval_steps(strategy, scored, loss_fn, stop=stop, jit_compile=jit),
         jit_compile=jit,
     )

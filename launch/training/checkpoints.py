@@ -155,7 +155,10 @@ def _matching_view(checkpoint: tf.train.Checkpoint, path: str) -> tf.train.Check
         "with" if saved_scaled else "without",
         "out of" if saved_scaled else "into",
     )
-    return tf.train.Checkpoint(model=checkpoint.model, optimizer=saved, step=checkpoint.step)
+    view = tf.train.Checkpoint(model=checkpoint.model, optimizer=saved, step=checkpoint.step)
+    if getattr(checkpoint, "average", None) is not None:  # --ema_decay
+        view.average = checkpoint.average
+    return view
 
 
 def newest_intact(directory: str) -> tuple[str | None, list[tuple[int, str, list[str]]]]:

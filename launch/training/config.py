@@ -77,6 +77,15 @@ class TrainConfig(AugmentConfig):
         lower_bound=0.0,
         upper_bound=1.0,
     )
+    ema_decay: float = option(
+        0.0,
+        "Keep an exponential moving average of the weights (batch-norm statistics too) with "
+        "this decay per step, and validate, keep the best model, save and export with the "
+        "average (0: off; 0.999 averages over about the last 1,000 steps; the first steps "
+        "warm up, docs/model.md).",
+        lower_bound=0.0,
+        upper_bound=0.99999,
+    )
     # Keras' default 0.99 makes the moving statistics lag ~100 steps behind the weights; with
     # the few hundred steps of a run on ISIC-sized data, validation then scores a stale
     # model. 0.9 follows within ~10 steps (docs/recipes.md).

@@ -29,6 +29,9 @@ INPUT_KEYS = ("lr_schedule", "preprocessing")
 # precision restores the weights and the optimizer state around the loss scaler
 # (`_matching_view`); recorded so that the change is logged (absent before issue 19).
 PRECISION_KEY = "precision"
+# --ema_decay: whether the checkpoint holds an average, and how it moves (0: none; absent
+# in run.json from before the option, which had none).
+AVERAGE_KEY = "ema_decay"
 
 
 class CheckpointMismatchError(UserError, ValueError):
@@ -43,8 +46,8 @@ def run_identity(
     preprocessing: dict,
     precision: str,
 ) -> dict:
-    """What run.json records: the SHAPE_KEYS, ORDER_KEYS, INPUT_KEYS and the resolved
-    precision (PRECISION_KEY)."""
+    """What run.json records: the SHAPE_KEYS, ORDER_KEYS, INPUT_KEYS, the resolved
+    precision (PRECISION_KEY) and --ema_decay (AVERAGE_KEY)."""
     return {
         "image_size": image_size,
         "encoder": config.encoder,
@@ -56,6 +59,7 @@ def run_identity(
         "lr_schedule": config.lr_schedule,
         "preprocessing": preprocessing,
         PRECISION_KEY: precision,
+        AVERAGE_KEY: config.ema_decay,
     }
 
 
@@ -90,6 +94,12 @@ def check_run(model_dir: str, run: dict) -> None:
                 f"{key}={run.get(key)} would not continue the same run. Use the original value, "
                 "or a new --model_dir (optionally with --warm_start)."
             )
+    if previous.get(AVERAGE_KEY, 0.0) != run.get(AVERAGE_KEY, 0.0):
+        raise CheckpointMismatchError(
+            f"{model_dir} was trained with --ema_decay {previous.get(AVERAGE_KEY, 0.0)}; resuming "
+            f"with --ema_decay {run.get(AVERAGE_KEY, 0.0)} would not continue the same average. "
+            "Use the original value, or a new --model_dir (optionally with --warm_start)."
+        )
     started = previous.get(PRECISION_KEY, run.get(PRECISION_KEY))
     if started != run.get(PRECISION_KEY):
         logging.warning(

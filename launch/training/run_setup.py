@@ -36,7 +36,8 @@ class Run:
     strategy: tf.distribute.Strategy
     records: dataset_lib.Records
     steps_per_epoch: int
-    model: keras.Model
+    model: keras.Model  # the trained weights
+    scored_model: keras.Model  # what validation scores and the run saves: --ema_decay's average or `model`
     optimizer: keras.optimizers.Optimizer
     step_var: tf.Variable  # the checkpointed copy of `step`, assigned before each save
     saver: checkpoints.Saver
@@ -48,7 +49,7 @@ class Run:
     eval_steps: Callable
     step: int
     row: dict
-    checkpoint: tf.train.Checkpoint  # model, optimizer and step_var
+    checkpoint: tf.train.Checkpoint  # model, optimizer, step_var (and the average)
 
 
 def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog) -> Run:
@@ -73,22 +74,26 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
     model, optimizer = build.model_and_optimizer(
         strategy, config, records.image_size, steps_per_epoch, precision
     )
+    average = build.average_for(strategy, config, model, records.image_size)
     # The global step lives outside the scope: it is only read and written by the host.
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    if average:
+        checkpoint.average = average.checkpointed  # the averaged weights and their count
     restored = _restore(checkpoint, model, model_dir, config, reporter.chief)
     step = int(step_var.numpy())
     dog.progress("set-up", step, "agreeing on the restored step with every worker")
     agreement.agree_on_resume(strategy, step, restored, dog.peers)
     reporter.start(config, identity, model, start_epoch=step // steps_per_epoch)
     _log_start(model_dir, config, restored, step, steps_per_epoch, precision)
-    steps = build.make_steps(strategy, model, optimizer, config, stop=stop.flag)
+    steps = build.make_steps(strategy, model, optimizer, config, stop=stop.flag, average=average)
     return Run(
         config,
         strategy,
         records,
         steps_per_epoch,
         model,
+        average.model if average else model,
         optimizer,
         step_var,
         saver=checkpoints.Saver(checkpoint, model_dir, chief=reporter.chief, last=restored, run=identity),

@@ -34,6 +34,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from launch.training import weight_average
 from launch.training import xla
 from launch.training.config import AUTO_CHUNK_SECONDS
 from launch.training.config import MAX_AUTO_CHUNK
@@ -117,6 +118,7 @@ def make_train_steps(
     loss_fn: LossFn,
     stop: tf.Variable | None = None,
     jit_compile: bool = False,
+    average: weight_average.WeightAverage | None = None,
 ):
     """Returns `train_steps(iterator, num_steps: int) -> {METRIC_KEYS: sum}` (one tf.function call).
 
@@ -125,19 +127,22 @@ def make_train_steps(
     `stop`, a call ends early once it is True; it then ran count / global_batch_size steps.
     A `keras.optimizers.LossScaleOptimizer` is driven by `_loss_scaled_step` (why: there).
     With `jit_compile`, each replica's forward and backward pass is compiled by XLA (module
-    doc); the update stays outside.
+    doc); the update stays outside. With `average`, every step ends by moving the weights'
+    moving average (weight_average.py).
     """
     variables = model.trainable_variables
     gradients = (_compiled_gradients if jit_compile else _gradients)(model, loss_fn, global_batch_size)
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return _run_steps(strategy, _loss_scaled_step(strategy, optimizer, variables, gradients), stop)
+        global_step = _loss_scaled_step(strategy, optimizer, variables, gradients)
+    else:
 
-    def replica_step(images, masks):
-        grads, sums = gradients(images, masks)
-        optimizer.apply_gradients(zip(grads, variables))  # all-reduces the gradients (SUM)
-        return sums
+        def replica_step(images, masks):
+            grads, sums = gradients(images, masks)
+            optimizer.apply_gradients(zip(grads, variables))  # all-reduces the gradients (SUM)
+            return sums
 
-    return _run_steps(strategy, _summed(strategy, replica_step), stop)
+        global_step = _summed(strategy, replica_step)
+    return _run_steps(strategy, weight_average.averaged(strategy, global_step, average), stop)
 
 
 def _gradients(model: keras.Model, loss_fn: LossFn, global_batch_size: int):

@@ -181,7 +181,7 @@ def _end_epoch(run: run_setup.Run, epoch: int, sums: dict, seconds: float) -> di
     }
     _save(run)
     run.watchdog.progress("save", run.step, "writing the epoch's history, plots, logs and best model")
-    run.reporter.epoch_end(row, run.model, run.records)  # history, plots, logs, best model
+    run.reporter.epoch_end(row, run.scored_model, run.records)  # history, plots, logs, best model
     return row
 
 
@@ -293,7 +293,7 @@ def _export(run: run_setup.Run) -> dict:
     if isinstance(run.optimizer, keras.optimizers.LossScaleOptimizer):  # equal on every worker
         skipped = run.step - int(run.optimizer.iterations.numpy())
         logging.info("loss scale %g; %d step(s) skipped", float(run.optimizer.dynamic_scale.numpy()), skipped)
-    run.reporter.finish(run.model)
+    run.reporter.finish(run.scored_model)
     row["chief"] = run.reporter.chief
     return row
 
