@@ -75,11 +75,7 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
         strategy, config, records.image_size, steps_per_epoch, precision
     )
     average = build.average_for(strategy, config, model, records.image_size)
-    # The global step lives outside the scope: it is only read and written by the host.
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    if average:
-        checkpoint.average = average.checkpointed  # the averaged weights and their count
+    step_var, checkpoint = _checkpoint(model, optimizer, average)
     restored = _restore(checkpoint, model, model_dir, config, reporter.chief)
     step = int(step_var.numpy())
     dog.progress("set-up", step, "agreeing on the restored step with every worker")
@@ -115,6 +111,17 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
         row=reporter.last_row(),
         checkpoint=checkpoint,
     )
+
+
+def _checkpoint(model, optimizer, average) -> tuple[tf.Variable, tf.train.Checkpoint]:
+    """(the global step's variable, the checkpoint of the model, optimizer, step and
+    --ema_decay's average)."""
+    # The global step lives outside the scope: it is only read and written by the host.
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    if average:
+        checkpoint.average = average.checkpointed  # the averaged weights and their count
+    return step_var, checkpoint
 
 
 def _log_start(model_dir, config, restored, step: int, steps_per_epoch: int, precision: str) -> None:
