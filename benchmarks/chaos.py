@@ -55,6 +55,7 @@ def train_command(records: str, model_dir: str, workers: int) -> list[str]:
         f"--data_dir={records}",
         f"--model_dir={model_dir}",
         "--base_filters=2",
+        "--depth=2",
         "--batch_size=4",
         "--precision=float32",
         "--summary_images=0",

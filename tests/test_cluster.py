@@ -415,6 +415,7 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
             f"--data_dir={records}",
             f"--model_dir={model_dir}",
             "--base_filters=4",
+            "--depth=2",
             "--batch_size=8",
             "--precision=float32",
             "--summary_images=0",

@@ -503,7 +503,9 @@ def test_round_trip_train_evaluate_predict(tmp_path):
     trainer.train(
         records,
         model_dir,
-        TrainConfig(epochs=1, batch_size=4, base_filters=4, strategy="one_device", precision="float32"),
+        TrainConfig(
+            epochs=1, batch_size=4, base_filters=4, depth=2, strategy="one_device", precision="float32"
+        ),
         verbose=False,
     )
     small = evaluation.evaluate(model_dir, records, SMALL, progress=False)

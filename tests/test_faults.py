@@ -48,6 +48,7 @@ from preprocessing.config import BuildConfig
 BASE = TrainConfig(
     batch_size=4,
     base_filters=4,
+    depth=2,
     strategy="one_device",
     precision="float32",
     summary_images=0,

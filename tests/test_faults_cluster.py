@@ -66,6 +66,7 @@ def job(tmp_path_factory):
             f"--data_dir={records}",
             f"--model_dir={model_dir}",
             "--base_filters=4",
+            "--depth=2",
             "--batch_size=8",
             "--precision=mixed_float16",
             "--summary_images=0",

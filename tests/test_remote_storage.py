@@ -44,6 +44,7 @@ RAW = dict(tta=False, fill_holes=False, largest_component=False)
 TINY = TrainConfig(
     batch_size=4,
     base_filters=2,
+    depth=2,
     strategy="one_device",
     precision="float32",
     summary_images=0,
@@ -109,7 +110,7 @@ def test_every_command_on_ram_filesystem(tmp_path):
     # --warm_start from the remote .keras file and from the remote model directory.
     final = models.load_model(model_dir)[0].get_weights()
     for source in (f"{model_dir}/ISIC-UNet.keras", model_dir):
-        fresh = unet.build_unet(32, TINY.base_filters, bn_momentum=0.9)
+        fresh = unet.build_unet(32, TINY.base_filters, TINY.depth, bn_momentum=0.9)
         checkpoints.warm_start(fresh, source)
         assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), final))
 

@@ -33,6 +33,7 @@ def _args(records, model_dir, *extra):
         f"--data_dir={records}",
         f"--model_dir={model_dir}",
         "--base_filters=4",
+        "--depth=2",
         "--batch_size=4",
         "--epochs=3",
         "--summary_images=0",

@@ -25,11 +25,13 @@ from launch.training import run_identity
 from launch.training import steps as steps_lib
 from launch.training import trainer
 from launch.training.config import TrainConfig
+from model import unet
 from preprocessing import tiny_records
 
 BASE = TrainConfig(
     batch_size=4,
     base_filters=4,
+    depth=2,
     strategy="one_device",
     precision="float32",
     summary_images=2,
@@ -175,6 +177,13 @@ def test_changing_model_shape_is_a_clear_error(records, one_epoch_run):
         _train(records, model_dir, epochs=2, base_filters=8)
     with pytest.raises(run_identity.CheckpointMismatchError, match="batch_size"):
         _train(records, model_dir, epochs=2, batch_size=8)
+    with pytest.raises(run_identity.CheckpointMismatchError, match="depth=2, but this run asks for depth=3"):
+        _train(records, model_dir, epochs=2, depth=3)
+    with pytest.raises(UserError, match="--depth 6 halves the image 6 times, so it must be a multiple of 64"):
+        _train(records, model_dir, epochs=2, depth=6)  # 32x32 records
+    with pytest.raises(UserError, match="--depth 3 applies to --encoder unet only"):
+        dataclasses.replace(BASE, encoder="efficientnet_lite0", depth=3)
+    assert TrainConfig().depth == unet.DEPTH  # the option's default is the network's
     with pytest.raises(run_identity.CheckpointMismatchError, match="0.0; resuming with --ema_decay 0.9"):
         _train(records, model_dir, epochs=2, lr_schedule="cosine", ema_decay=0.9)
     with open(os.path.join(model_dir, "config.json")) as f:

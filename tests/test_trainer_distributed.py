@@ -38,6 +38,7 @@ def _cmd(records, model_dir, *extra):
         f"--data_dir={records}",
         f"--model_dir={model_dir}",
         "--base_filters=4",
+        "--depth=2",
         "--precision=float32",
         "--summary_images=0",
         "--seed=3",

@@ -25,14 +25,14 @@ from model import unet
 def build_model(config: TrainConfig, image_size: int, depth: int | None = None) -> keras.Model:
     """The U-Net, or `config.encoder` under a U-Net decoder, for `image_size`^2 RGB inputs.
 
-    `depth` (U-Net only): None is isic-train's `unet.DEPTH`; smaller only for fast tests.
+    `depth` (U-Net only): None is `config.depth` (--depth).
     A pretrained encoder loads its `config.encoder_weights` here (a resume overwrites them).
     """
     if config.encoder == "unet":
         return unet.build_unet(
             image_size,
             config.base_filters,
-            unet.DEPTH if depth is None else depth,
+            config.depth if depth is None else depth,
             bn_momentum=config.bn_momentum,
             sync_batch_norm=config.sync_batch_norm,
         )

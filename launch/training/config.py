@@ -49,6 +49,13 @@ class TrainConfig(AugmentConfig):
     base_filters: int = option(
         64, "Filters of the first U-Net block (64 = 31.0M parameters); 8-16 for CPU runs.", lower_bound=1
     )
+    depth: int = option(
+        4,
+        "Levels of the U-Net (--encoder unet): 2x2 max-pools between them, so the records' "
+        "image size must be a multiple of 2**depth. 4 is the original network; fewer suit "
+        "small images (the tests train at depth 2).",
+        lower_bound=1,
+    )
     encoder: str = option(
         "unet",
         "unet = the plain U-Net; efficientnet_lite0 (ImageNet weights from the "
@@ -218,6 +225,11 @@ class TrainConfig(AugmentConfig):
                 )
         if not self.bn_momentum < 1.0:
             raise UserError(f"--bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
+        if self.encoder != "unet" and self.depth != TrainConfig.depth:
+            raise UserError(
+                f"--depth {self.depth} applies to --encoder unet only; {self.encoder} has its own "
+                "levels (docs/model.md)"
+            )
         if self.encoder == "unet" and self.encoder_weights not in ("imagenet", "none"):
             raise UserError(
                 f"--encoder_weights {self.encoder_weights} needs a pretrained "

@@ -24,7 +24,6 @@ from launch.training import report
 from launch.training import run_identity
 from launch.training import steps as steps_lib
 from launch.training.config import TrainConfig
-from model import unet
 from pipeline import dataset as dataset_lib
 
 
@@ -61,10 +60,16 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
             f"--batch_size {config.batch_size} does not divide over "
             f"{strategy.num_replicas_in_sync} replicas; use a multiple of it"
         )
+    if config.encoder == "unet" and records.image_size % 2**config.depth:
+        raise UserError(
+            f"--depth {config.depth} halves the image {config.depth} times, so it must be a "
+            f"multiple of {2**config.depth}; these records are {records.image_size}x"
+            f"{records.image_size}. Use a smaller --depth, or records built with another --image_size."
+        )
     # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
     steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
     identity = run_identity.run_identity(
-        config, records.image_size, unet.DEPTH, steps_per_epoch, records.preprocessing, precision
+        config, records.image_size, config.depth, steps_per_epoch, records.preprocessing, precision
     )
     if config.restart and reporter.chief:  # other workers then find nothing to restore
         checkpoints.set_aside_previous_run(model_dir)
