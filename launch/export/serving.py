@@ -124,14 +124,15 @@ def write_saved_model(
     root = tf.Module()
     root.model_variables = list(model.variables)
     encoded = [tf.TensorSpec([], tf.string, name="image_bytes")]
-    root.segment = tf.function(graph.segment, input_signature=encoded, autograph=False)
-    root.probabilities = tf.function(graph.probabilities, input_signature=encoded, autograph=False)
-    root.network = tf.function(
-        graph.network,
-        autograph=False,
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")],
-    )
-    segment = root.segment.get_concrete_function()
+    images = [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]
+
+    def concrete(fn, signature):
+        return tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
+
+    # The functions reach the SavedModel as signatures only, each traced once here: as
+    # attributes of `root` they would be traced again inside tf.saved_model.save (its
+    # save context is part of the tracing cache key), doubling the export's tracing.
+    segment = concrete(graph.segment, encoded)
     # "serving_default" is what TensorFlow Serving calls when a request names no signature.
     tf.saved_model.save(
         root,
@@ -139,7 +140,7 @@ def write_saved_model(
         signatures={
             "serving_default": segment,
             "segment": segment,
-            "probabilities": root.probabilities.get_concrete_function(),
-            "network": root.network.get_concrete_function(),
+            "probabilities": concrete(graph.probabilities, encoded),
+            "network": concrete(graph.network, images),
         },
     )
