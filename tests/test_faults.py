@@ -448,7 +448,8 @@ def test_a_refused_write_during_a_checkpoint_stops_and_keeps_the_previous_one(cl
 
 def test_a_refused_write_during_the_export_keeps_the_previous_models(clean_records, tmp_path):
     model_dir = str(tmp_path / "run")
-    _train(clean_records, model_dir)
+    deeper = 4  # enough weights for the SavedModel's variables to outweigh the .keras file
+    _train(clean_records, model_dir, depth=deeper)
     saved = os.path.join(model_dir, "saved_model")
     before = {n: os.path.getsize(os.path.join(saved, n)) for n in os.listdir(saved)}
     # Room for the .keras file (written first, then renamed over the old one), not for
@@ -457,7 +458,7 @@ def test_a_refused_write_during_the_export_keeps_the_previous_models(clean_recor
     variables_bytes = os.path.getsize(os.path.join(saved, "variables", "variables.data-00000-of-00001"))
     assert keras_bytes < variables_bytes
     with _file_size_limit((keras_bytes + variables_bytes) // 2):
-        error, seconds = _timed(lambda: _train(clean_records, model_dir))  # nothing left to train
+        error, seconds = _timed(lambda: _train(clean_records, model_dir, depth=deeper))  # all trained
     print(f"export with writes refused: stopped after {seconds:.2f} s: {error}")
     assert isinstance(error, faults.OutputError)
     assert f"cannot write the SavedModel {saved}: File too large" in str(error)
