@@ -334,21 +334,7 @@ def test_worker_command_adds_multi_worker_and_rejects_other_strategies():
             cluster.worker_command(bad)
 
 
-# --- The real trainer: 2 workers under the launcher, one SIGKILLed mid-epoch, one restart.
-
-# What the chief writes into the model directory (no validation split here, hence no
-# best/ model); the trainer may add files of its own, the other workers add none.
-CHIEF_FILES = {
-    "ISIC-UNet.keras",
-    "accuracy.png",
-    "checkpoints",
-    "config.json",
-    "dice.png",
-    "history.csv",
-    "logs",
-    "loss.png",
-    "saved_model",
-}
+# --- The real trainer: 2 workers under the launcher, one SIGKILLed mid-epoch.
 
 
 class _Lines:
@@ -390,7 +376,12 @@ def _latest_step(model_dir):
 
 
 @pytest.mark.timeout(600)
-def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
+def test_real_trainer_killed_worker_stops_the_group_within_the_grace(tmp_path):
+    """A real MultiWorkerMirroredStrategy worker SIGKILLed mid-epoch: the survivor, which
+    ignores SIGTERM (below), is stopped within the grace period, and only checkpoints and
+    no worker's temporary files are left. The relaunch after such a death and the
+    bit-identical resume: tests/test_faults_cluster.py (a watchdog's SIGALRM there, the same
+    launcher path)."""
     from preprocessing import tiny_records
 
     records, model_dir = str(tmp_path / "records"), str(tmp_path / "model")
@@ -409,7 +400,6 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
             "-m",
             "launch.commands.launch",
             "--num_workers=2",
-            "--restarts=1",
             f"--grace_seconds={grace}",
             "--",
             f"--data_dir={records}",
@@ -436,7 +426,7 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
             TMPDIR=str(scratch),
         ),
     )
-    out, err = _Lines(proc.stdout), _Lines(proc.stderr)
+    _stdout, err = _Lines(proc.stdout), _Lines(proc.stderr)  # both drained: no worker blocks on a pipe
     try:
         _, pid = err.wait_for(r"isic-launch: worker 1 pid (\d+)", 60)
         # Kill worker 1 once the chief has written its first mid-epoch checkpoint.
@@ -448,32 +438,22 @@ def test_real_trainer_killed_worker_stops_group_and_restart_resumes(tmp_path):
         os.kill(int(pid.group(1)), signal.SIGKILL)
         killed_at = time.monotonic()
         stopped_at, stopped = err.wait_for(r"group stopped ([\d.]+) s after worker 1 died", 60)
-        resume_step = _latest_step(model_dir)  # the restart needs seconds before it can save
-        proc.wait(timeout=400)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    stdout, stderr = out.text(), err.text()
-    assert proc.returncode == 0, stderr[-4000:]
+    stderr = err.text()
     print(
         f"worker death to group stopped: {stopped_at - killed_at:.2f} s "
         f"(launcher's own measure {stopped.group(1)} s)"
     )
-    assert "worker 1 died (signal SIGKILL)" in stderr
+    assert proc.returncode == 137, stderr[-4000:]  # the dead worker's status (no --restarts)
+    assert "worker 1 died (signal SIGKILL)" in stderr and "no --restarts left" in stderr
     assert stopped_at - killed_at < grace + 2.0
-    # The relaunch resumed both workers at the last checkpoint, mid-epoch (2 <= N < 8).
-    assert resume_step is not None and 2 <= resume_step < 8, resume_step
-    for worker in ("w0", "w1"):
-        assert re.search(rf"^\[{worker}\] .*resuming at step {resume_step} ", stderr, re.M), worker
-    assert "restart 1 of 1" in stderr and _latest_step(model_dir) == 8
-    # Synchronized replicas end with identical weights (chief and worker print the digest).
-    digests = re.findall(r"^\[w(\d)\] weights sha256 (\w+)$", stdout, re.M)
-    assert sorted(w for w, _ in digests) == ["0", "1"] and digests[0][1] == digests[1][1]
-    # Only the chief's outputs are in the model directory; the other worker cleaned up its
-    # temporary checkpoints (except, possibly, one it was writing when it was killed).
+    assert 2 <= _latest_step(model_dir) < 8  # the run stopped mid-epoch, its checkpoints kept
+    # Only the chief writes into the model directory; the other worker's temporary
+    # checkpoints live under its TMPDIR (one it was writing when killed may be left there).
     listing = set(os.listdir(model_dir))
-    assert CHIEF_FILES <= listing, sorted(listing)
     assert not [n for n in listing if "worker" in n or "tmp" in n or n.startswith("isic-ckpt-")], sorted(
         listing
     )
-    assert len([p for p in os.listdir(scratch) if p.startswith("isic-ckpt-")]) <= 1
