@@ -53,3 +53,24 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))  # stable
+
+
+# `make test` prints where the time went: besides --durations' slowest tests, each file's
+# total (setup, call and teardown of its tests), largest first. Collected in the controlling
+# process (with xdist, the reports of every worker arrive there).
+FILE_SECONDS: dict = {}
+FILES_SHOWN = 12
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::", 1)[0]
+    FILE_SECONDS[path] = FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FILE_SECONDS:
+        return
+    total = sum(FILE_SECONDS.values())
+    terminalreporter.section(f"test time per file: {total:.0f} s in all, the {FILES_SHOWN} largest")
+    for path, seconds in sorted(FILE_SECONDS.items(), key=lambda kv: -kv[1])[:FILES_SHOWN]:
+        terminalreporter.write_line(f"{seconds:7.1f} s  {path}")

@@ -55,17 +55,7 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
     """Records, the run's identity, model and optimizer, restore, and the config dump."""
     dog.progress("set-up", doing=f"verifying the records ({config.verify_records})")
     records = _verified_records(data_dir, config.verify_records)
-    if config.batch_size % strategy.num_replicas_in_sync:
-        raise UserError(
-            f"--batch_size {config.batch_size} does not divide over "
-            f"{strategy.num_replicas_in_sync} replicas; use a multiple of it"
-        )
-    if config.encoder == "unet" and records.image_size % 2**config.depth:
-        raise UserError(
-            f"--depth {config.depth} halves the image {config.depth} times, so it must be a "
-            f"multiple of {2**config.depth}; these records are {records.image_size}x"
-            f"{records.image_size}. Use a smaller --depth, or records built with another --image_size."
-        )
+    _check_fits(config, records.image_size, strategy.num_replicas_in_sync)
     # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
     steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
     identity = run_identity.run_identity(
@@ -116,6 +106,21 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
         row=reporter.last_row(),
         checkpoint=checkpoint,
     )
+
+
+def _check_fits(config: TrainConfig, image_size: int, replicas: int) -> None:
+    """UserError unless the global batch divides over the replicas and the U-Net's levels
+    can halve the records' images."""
+    if config.batch_size % replicas:
+        raise UserError(
+            f"--batch_size {config.batch_size} does not divide over {replicas} replicas; use a multiple of it"
+        )
+    if config.encoder == "unet" and image_size % 2**config.depth:
+        raise UserError(
+            f"--depth {config.depth} halves the image {config.depth} times, so it must be a "
+            f"multiple of {2**config.depth}; these records are {image_size}x{image_size}. Use a "
+            "smaller --depth, or records built with another --image_size."
+        )
 
 
 def _checkpoint(model, optimizer, average) -> tuple[tf.Variable, tf.train.Checkpoint]:
