@@ -33,19 +33,20 @@ def start_launcher(*args, env=None) -> subprocess.Popen:
 
 
 # The files that take longest, longest first (seconds of test time on a fresh clone, AMD
-# EPYC family 25, `pytest --durations=0`: 132, 116, 115, 88, 85, 40, 40). `make test` runs
-# the files on 2 workers in the order collected (`--dist loadfile --no-loadscope-reorder`);
-# xdist's default order (most tests first) left these few-test, many-process files for the
-# end, and one worker ran them alone for ~50 s. Longest first lets the short files fill in.
-# Keep it to the measured heavy few; any other file runs after them in its usual order.
+# EPYC family 25, the per-file totals `make test` prints: 120, 108, 86, 76, 71, 62, 50, 38).
+# `make test` runs the files on 2 workers in the order collected (`--dist loadfile
+# --no-loadscope-reorder`); xdist's default order (most tests first) left these few-test,
+# many-process files for the end, and one worker ran them alone for ~50 s. Longest first
+# lets the short files fill in. Keep it to the measured heavy few; any other file runs
+# after them in its usual order.
 LONGEST_FIRST = (
-    "test_trainer_distributed.py",
-    "test_export.py",
-    "test_faults.py",
-    "test_trainer.py",
     "test_faults_cluster.py",
+    "test_faults.py",
+    "test_export.py",
+    "test_trainer.py",
     "test_stalls_cluster.py",
-    "test_cluster.py",
+    "test_bench.py",
+    "test_trainer_distributed.py",
     "test_chaos.py",
 )
 
