@@ -82,6 +82,7 @@ def ours_to_first_step(
         "--checkpoint_every_steps=1",
         "--steps_per_execution=1",
         "--summary_images=0",
+        "--precision=float32",  # as the model.fit baseline, on every CPU kind
     ]
     # TensorFlow's INFO lines, unfiltered (ISIC_TF_LOGS=1), say whether oneDNN is on.
     env = dict(child.PLAIN_ENV, TF_CPP_MIN_LOG_LEVEL="0", ISIC_TF_LOGS="1")

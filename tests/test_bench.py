@@ -518,7 +518,10 @@ def test_gpu_check_measures_and_judges_on_a_cpu(tmp_path, capsys):
     with open(tmp_path / gpu.GPU_CHECK_FILE) as f:
         saved = json.load(f)
     one = saved["report"]["one"]
-    assert one["finite"] and one["precision"] == "float32" and one["timed_steps"] == 2
+    from launch.training import distribute
+
+    auto = distribute.choose_precision([], distribute.this_cpu_flags())[0]  # bf16 on bf16 CPUs
+    assert one["finite"] and one["precision"] == auto and one["timed_steps"] == 2
     assert one["images_per_s"] > 0 and one["peak_memory_mb"] is None and saved["problems"] == []
     assert saved["report"]["one_other_xla"] is None  # XLA on/off is a GPU row (CPU: stage 4)
     float16 = saved["report"]["one_float16"]  # the loss-scaled step, one scale per replica

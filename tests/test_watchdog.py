@@ -141,7 +141,8 @@ def test_differences_name_the_worker_the_field_and_both_values():
             "capability 7.0",
         ),
         ([{"gpu_capabilities": [[9, 0]], "cpu_bf16": []}] * 2, "mixed_bfloat16", "capability 9.0"),
-        # CPUs: bfloat16 only if every worker has it (and only once validated on CPUs).
+        # CPUs: bfloat16 only if every worker has it.
+        ([{"gpu_capabilities": [], "cpu_bf16": ["amx_bf16", "avx512_bf16"]}] * 2, "mixed_bfloat16", "native"),
         (
             [{"gpu_capabilities": [], "cpu_bf16": ["avx512_bf16"]}, {"gpu_capabilities": [], "cpu_bf16": []}],
             "float32",

@@ -105,7 +105,8 @@ class TrainConfig(AugmentConfig):
     precision: str = option(
         "auto",
         "auto = mixed_bfloat16 on GPUs with compute capability >= 8.0, "
-        "mixed_float16 (dynamic loss scaling) on 7.x, float32 below and on CPUs (the log says "
+        "mixed_float16 (dynamic loss scaling) on 7.x, float32 below; on CPUs mixed_bfloat16 "
+        "where they compute in bfloat16 (avx512_bf16 or amx_bf16), else float32 (the log says "
         "what it picked and why). A run may resume under another precision.",
         choices=PRECISIONS,
     )
