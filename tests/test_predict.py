@@ -314,3 +314,25 @@ def test_inference_options_are_validated_and_keep_each_commands_defaults():
             True,
             True,
         )  # best on validation (docs/recipes.md)
+
+
+def test_a_model_trained_in_mixed_bfloat16_is_loaded_computing_in_float32(tmp_path):
+    """isic-train's --precision auto picks mixed_bfloat16 on CPUs with bf16: inference and
+    every export then get the same network in float32 (ONNX has no bfloat16 convolution)."""
+    from model import unet
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        trained = unet.build_unet(32, 2, 2, bn_momentum=0.9)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    path = str(tmp_path / "m.keras")
+    trained.save(path)
+    loaded, _ = inference.load_model(path)
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in trained.layers}
+    for a, b in zip(loaded.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    float32, bfloat16 = loaded.predict(x, verbose=0), trained.predict(x, verbose=0)
+    assert float32.dtype == np.float32 and 0 < np.abs(float32 - bfloat16).max() < 0.05

@@ -52,6 +52,7 @@ def load_model(path: str) -> tuple[keras.Model, str]:
             f"cannot load the model {resolved} ({type(e).__name__}: {e}); "
             "it may be truncated: re-export it, or use another checkpointed model"
         ) from None
+    model = in_float32(model)
     in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
     if (
         len(in_shape) != 4
@@ -65,6 +66,39 @@ def load_model(path: str) -> tuple[keras.Model, str]:
             "model mapping [B, S, S, 3] images to [B, S, S, 1] probabilities"
         )
     return model, resolved
+
+
+def in_float32(model: keras.Model) -> keras.Model:
+    """`model`, or the same network and weights computing in float32 when it was saved under a
+    mixed precision policy (isic-train's --precision auto picks mixed_bfloat16 on CPUs that
+    have it). Mixed precision speeds training up; inference computes in float32, so the
+    scores, the masks and every export (ONNX has no bfloat16 convolution; LiteRT and the
+    serving graph must match the Keras model) are the same whatever the training precision.
+    Its weights are float32 under every policy, so nothing is lost."""
+    if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
+        return model
+    float32 = model.__class__.from_config(_float32_policies(model.get_config()))
+    float32.set_weights(model.get_weights())
+    return float32
+
+
+def _layers(model: keras.Model):
+    """Every layer of `model`, those of nested models (a pretrained encoder) included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def _float32_policies(config):
+    """The (nested) layer config with every DTypePolicy set to float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return dict(config, config={"name": "float32"})
+        return {key: _float32_policies(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(value) for value in config]
+    return config
 
 
 def model_image_size(model: keras.Model) -> int:
