@@ -2,7 +2,9 @@
 
 Ours is the function isic-predict and isic-evaluate call: one `predict_on_batch` per
 fixed-size batch (a short last batch is padded, so there is one trace). The baseline is
-the plain Keras call on the whole array, `model.predict(images, batch_size=...)`. Both
+the plain Keras call on the whole array, `model.predict(images, batch_size=...)`. A
+third loop, "ours_xla", is ours with the forward pass compiled by XLA (`--jit_compile on`
+of isic-evaluate and isic-predict): the row behind their `auto` rule. All
 predict random float32 [N, S, S, 3] images held in memory with a freshly built U-Net
 (weights do not change the cost), after one warm-up batch that traces the function.
 Achieved GFLOP/s counts the forward FLOPs of `unet.unet_flops_per_image`.
@@ -21,7 +23,7 @@ from launch.training.config import TrainConfig
 class InferenceRun:
     """One loop's throughput, measured in one child."""
 
-    loop: str  # "ours" or "keras"
+    loop: str  # "ours", "ours_xla" or "keras"
     base_filters: int
     image_size: int
     batch_size: int
@@ -38,11 +40,14 @@ class InferenceRun:
 
 @dataclasses.dataclass(frozen=True)
 class InferenceReport:
-    """Ours under the tuned environment against model.predict under TF's defaults."""
+    """Ours under the tuned environment against model.predict under TF's defaults, and ours
+    with XLA against ours without."""
 
     ours: InferenceRun
     keras_predict: InferenceRun
     speedup: float
+    ours_xla: InferenceRun
+    xla_speedup: float  # ours_xla / ours, images/s
 
 
 def measure_inference(
@@ -53,7 +58,7 @@ def measure_inference(
     num_batches: int = 1,
     depth: int | None = None,
 ) -> InferenceRun:
-    """Images/s of `loop` ("ours" or "keras") over `num_batches` timed batches.
+    """Images/s of `loop` ("ours", "ours_xla" or "keras") over `num_batches` timed batches.
 
     depth is the U-Net's (None: isic-train's; smaller only to keep tests fast).
     """
@@ -61,8 +66,8 @@ def measure_inference(
 
     from model import unet
 
-    if loop not in ("ours", "keras"):
-        raise ValueError(f"loop must be 'ours' or 'keras', got {loop!r}")
+    if loop not in ("ours", "ours_xla", "keras"):
+        raise ValueError(f"loop must be 'ours', 'ours_xla' or 'keras', got {loop!r}")
     depth = unet.DEPTH if depth is None else depth
     keras.utils.set_random_seed(0)
     model = unet.build_unet(image_size, base_filters, depth, bn_momentum=TrainConfig().bn_momentum)
@@ -100,10 +105,13 @@ def measure_inference(
 
 def _predictor(model, loop: str, batch_size: int):
     """images float32 [N, S, S, 3] -> probabilities [N, ...]: isic-evaluate's batched call
-    (`models.predict`) for "ours", Keras' `model.predict` for "keras"."""
+    (`models.predict`) for "ours" (XLA off) and "ours_xla" (on), Keras' `model.predict` for
+    "keras"."""
     if loop == "keras":
         return lambda x: model.predict(x, batch_size=batch_size, verbose=0)
     from launch.inference import models
+
+    models.use_xla(model, "on" if loop == "ours_xla" else "off")
 
     def run(x):
         return np.concatenate(
@@ -116,7 +124,8 @@ def _predictor(model, loop: str, batch_size: int):
 def run_inference_benchmark(
     base_filters: int = 32, image_size: int = 128, batch_size: int = 32, num_batches: int = 1
 ) -> InferenceReport:
-    """Ours under the tuned environment, then model.predict under TF defaults, back to back."""
+    """Ours under the tuned environment, then model.predict under TF defaults, then ours with
+    XLA, back to back."""
     kwargs = {
         "base_filters": base_filters,
         "image_size": image_size,
@@ -130,6 +139,11 @@ def run_inference_benchmark(
         ).value
 
     ours, keras_plain = measure("ours", child.TUNED_ENV), measure("keras", child.PLAIN_ENV)
+    xla = measure("ours_xla", child.TUNED_ENV)
     return InferenceReport(
-        ours=ours, keras_predict=keras_plain, speedup=ours.images_per_s / keras_plain.images_per_s
+        ours=ours,
+        keras_predict=keras_plain,
+        speedup=ours.images_per_s / keras_plain.images_per_s,
+        ours_xla=xla,
+        xla_speedup=xla.images_per_s / ours.images_per_s,
     )

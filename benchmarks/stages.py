@@ -250,6 +250,14 @@ def rows_serving(raw: ServingReport) -> list[Row]:
         ),
         Row.compare(
             5,
+            f"inference, XLA on vs off (isic-evaluate --jit_compile), {ours.base_filters} filters",
+            "img/s",
+            raw.inference.ours_xla.images_per_s,
+            ours.images_per_s,
+            detail="both ours; --jit_compile auto turns XLA on where this row is > 1 (GPUs)",
+        ),
+        Row.compare(
+            5,
             "process start to end of first training step",
             "s",
             first.ours.seconds,

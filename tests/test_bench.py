@@ -325,6 +325,8 @@ def test_rows_of_the_other_stages_follow_their_reports():
             ),
             keras_predict=_numbers(inference.InferenceRun, loop="keras", images_per_s=2.0, onednn=False),
             speedup=2.0,
+            ours_xla=_numbers(inference.InferenceRun, loop="ours_xla", images_per_s=3.0, onednn=True),
+            xla_speedup=0.75,
         ),
         startup=startup.StartupReport(
             ours=startup.FirstStep(10.0, True),
@@ -336,7 +338,7 @@ def test_rows_of_the_other_stages_follow_their_reports():
             records=4,
         ),
     )
-    assert [r.gain for r in stages.rows_serving(serving)] == [2.0, 2.0]
+    assert [r.gain for r in stages.rows_serving(serving)] == [2.0, 0.75, 2.0]
 
 
 def test_reports_survive_json(unet_runs, loop_result):

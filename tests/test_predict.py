@@ -336,3 +336,34 @@ def test_a_model_trained_in_mixed_bfloat16_is_loaded_computing_in_float32(tmp_pa
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
     float32, bfloat16 = loaded.predict(x, verbose=0), trained.predict(x, verbose=0)
     assert float32.dtype == np.float32 and 0 < np.abs(float32 - bfloat16).max() < 0.05
+
+
+def test_jit_compile_reaches_the_forward_pass_and_keeps_the_probabilities(tmp_path):
+    """--jit_compile of isic-evaluate and isic-predict: `on` compiles the forward pass with
+    XLA (a layer XLA cannot compile then fails, and runs with `off`), the probabilities equal
+    those without XLA, and `auto` is off on this CPU-only machine (Keras' own rule)."""
+    from model import unet
+
+    path = str(tmp_path / "m.keras")
+    unet.build_unet(32, 2, 2, bn_momentum=0.9).save(path)
+    x = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype(np.float32)
+    p = {}
+    for setting in ("off", "on"):
+        model, _ = inference.load_model(path, jit_compile=setting)
+        assert model.jit_compile is (setting == "on")
+        p[setting] = inference.predict(model, x, batch_size=4)
+    np.testing.assert_allclose(p["on"], p["off"], atol=1e-5)
+    model, _ = inference.load_model(path)
+    assert inference.use_xla(model, "auto") is False and model.jit_compile is False
+
+    inputs = keras.Input((4, 4, 3))
+    host = keras.layers.Lambda(
+        lambda t: tf.reshape(tf.numpy_function(np.tanh, [t], tf.float32), tf.shape(t)), output_shape=(4, 4, 3)
+    )
+    opaque = keras.Model(inputs, host(inputs))
+    images = np.ones((1, 4, 4, 3), np.float32)
+    inference.use_xla(opaque, "on")
+    with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)):
+        inference.predict(opaque, images)
+    inference.use_xla(opaque, "off")
+    assert inference.predict(opaque, images).shape == (1, 4, 4)

@@ -30,6 +30,7 @@ _CHECK_HELP = "report.html and confidence.csv mark an image 'check' when its con
 # names live here so that --help needs no TensorFlow). TTA_SIGNALS need the 8 TTA passes.
 CONFIDENCE_SIGNALS = ("expected_jaccard", "boundary_margin", "certain_share", "tta_agreement")
 TTA_SIGNALS = ("tta_agreement",)
+JIT_COMPILE = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,13 @@ class InferenceConfig:
         "probability map, chosen on the validation split (docs/evaluation.md). "
         "tta_agreement needs --tta.",
         choices=CONFIDENCE_SIGNALS,
+    )
+    jit_compile: str = option(
+        "auto",
+        "Compile the model's forward pass with XLA. auto = on for GPUs (as Keras' "
+        "predict does), off on CPUs, where TensorFlow's oneDNN graph measured faster "
+        "(docs/performance.md); the masks are the same either way to ~1e-5 in probability.",
+        choices=JIT_COMPILE,
     )
 
     def __post_init__(self):

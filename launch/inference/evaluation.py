@@ -189,7 +189,7 @@ def evaluate(
       ValueError: unusable model or records, empty split, mask of the wrong size.
       UserError: the output folder is not writable.
     """
-    model, resolved = models.load_model(model_path)
+    model, resolved = models.load_model(model_path, config.jit_compile)
     manifest = manifest_lib.read_manifest(data_dir)
     count = _check_inputs(manifest, data_dir, config.split, models.model_image_size(model), resolved)
     _check_colour_constancy(manifest, data_dir, resolved)
@@ -238,7 +238,7 @@ def evaluate_folder(
       FileNotFoundError: missing model or folder. ValueError: no usable pair, unusable
       model. UserError: the output folder is not writable.
     """
-    model, resolved = models.load_model(model_path)
+    model, resolved = models.load_model(model_path, config.jit_compile)
     colour_constancy = models.read_preprocessing(resolved)
     listing = pairs_lib.discover_pairs(images_dir, masks_dir)
     if not listing.pairs:

@@ -1,6 +1,7 @@
 """The trained model at inference: loading it, running it, and sizing its output.
 
   load_model          a model directory (-> M/ISIC-UNet.keras) or a .keras file, checked
+  use_xla             whether its forward pass is compiled by XLA (--jit_compile)
   read_preprocessing  the colour constancy the model was trained with (preprocessing.json)
   predict             float32 [B, S, S, 3] in [0, 1] -> float32 probabilities [B, S, S]
   to_original_size    probabilities [S, S] -> [H, W] (bilinear), before any thresholding
@@ -16,6 +17,8 @@ import zipfile
 
 import keras
 import numpy as np
+import tensorflow as tf
+from absl import logging
 from PIL import Image
 
 from core import files
@@ -24,8 +27,9 @@ from launch import layout
 from preprocessing import decode
 
 
-def load_model(path: str) -> tuple[keras.Model, str]:
-    """Loads a segmentation model for inference.
+def load_model(path: str, jit_compile: str = "auto") -> tuple[keras.Model, str]:
+    """Loads a segmentation model for inference, its forward pass compiled by XLA as
+    `jit_compile` ("auto", "on" or "off") asks (`use_xla`).
 
     Returns:
       (model mapping float32 [B, S, S, 3] in [0, 1] to probabilities [B, S, S, 1],
@@ -65,7 +69,26 @@ def load_model(path: str) -> tuple[keras.Model, str]:
             f"{resolved} maps {in_shape} to {out_shape}; expected a segmentation "
             "model mapping [B, S, S, 3] images to [B, S, S, 1] probabilities"
         )
+    use_xla(model, jit_compile)
     return model, resolved
+
+
+def use_xla(model: keras.Model, setting: str) -> bool:
+    """Whether `model.predict_on_batch` (what `predict` calls) compiles the forward pass with
+    XLA, set on the model for `--jit_compile setting`; returns the choice.
+
+    auto = Keras' own choice for a model predicting without a strategy: on where there is a
+    GPU, off on CPU-only machines (keras/src/trainers/trainer.py `_resolve_auto_jit_compile`).
+    Measured on CPU (benchmarks/inference.py, docs/performance.md): oneDNN's graph is faster
+    than XLA's CPU code for the forward pass too, so auto keeps Keras' rule.
+    """
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"jit_compile must be auto, on or off, got {setting!r}")
+    chosen = bool(tf.config.list_physical_devices("GPU")) if setting == "auto" else setting == "on"
+    model.jit_compile = chosen
+    model.predict_function = None  # built again, with this setting, at the next call
+    logging.info("--jit_compile %s: XLA %s for the forward pass", setting, "on" if chosen else "off")
+    return chosen
 
 
 def in_float32(model: keras.Model) -> keras.Model:

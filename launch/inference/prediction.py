@@ -162,7 +162,7 @@ def predict_folder(
             f"--input_dir {input_dir} holds no .jpg, .jpeg or .png images "
             f"({len(ignored)} other entries ignored); pass the folder of the images"
         )
-    model, resolved = models.load_model(model_path)
+    model, resolved = models.load_model(model_path, config.jit_compile)
     size = models.model_image_size(model)
     colour_constancy = models.read_preprocessing(resolved)
     files.ensure_writable(os.path.join(output_dir, OVERLAY_DIR) if config.overlays else output_dir)
