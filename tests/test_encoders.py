@@ -232,10 +232,10 @@ def test_config_lists_every_encoder_and_checks_weights_paths(tmp_path):
 
 def test_resume_with_another_encoder_is_refused(tmp_path):
     config = TrainConfig(encoder="efficientnet_lite0", base_filters=16)
-    identity = run_identity.run_identity(config, 128, 4, 100, {}, "float32")
+    identity = run_identity.run_identity(config, 128, 100, {}, "float32")
     run_identity.write_run(str(tmp_path), identity)
     run_identity.check_run(str(tmp_path), identity)  # the same run resumes
-    other = run_identity.run_identity(dataclasses.replace(config, encoder="unet"), 128, 4, 100, {}, "float32")
+    other = run_identity.run_identity(dataclasses.replace(config, encoder="unet"), 128, 100, {}, "float32")
     with pytest.raises(run_identity.CheckpointMismatchError, match="encoder=efficientnet_lite0"):
         run_identity.check_run(str(tmp_path), other)
     # A run.json written before encoders were recorded is a U-Net run.

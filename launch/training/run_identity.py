@@ -41,7 +41,6 @@ class CheckpointMismatchError(UserError, ValueError):
 def run_identity(
     config: TrainConfig,
     image_size: int,
-    depth: int,
     steps_per_epoch: int,
     preprocessing: dict,
     precision: str,
@@ -52,7 +51,7 @@ def run_identity(
         "image_size": image_size,
         "encoder": config.encoder,
         "base_filters": config.base_filters,
-        "depth": depth,
+        "depth": config.depth,
         "batch_size": config.batch_size,
         "steps_per_epoch": steps_per_epoch,
         "seed": config.seed,

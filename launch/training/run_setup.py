@@ -59,7 +59,7 @@ def set_up(data_dir, model_dir, config, strategy, precision, reporter, stop, dog
     # Every input pipeline yields exactly this many steps' worth of batches (see pipeline/).
     steps_per_epoch = records.steps_per_epoch("train", config.batch_size)
     identity = run_identity.run_identity(
-        config, records.image_size, config.depth, steps_per_epoch, records.preprocessing, precision
+        config, records.image_size, steps_per_epoch, records.preprocessing, precision
     )
     if config.restart and reporter.chief:  # other workers then find nothing to restore
         checkpoints.set_aside_previous_run(model_dir)
