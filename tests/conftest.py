@@ -1,8 +1,11 @@
 """Shared pytest setup: quiet TensorFlow logs, paths to optional real data, the launcher."""
 
 import os
+import resource
 import subprocess
 import sys
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -57,21 +60,51 @@ def pytest_collection_modifyitems(items):
 
 
 # `make test` prints where the time went: besides --durations' slowest tests, each file's
-# total (setup, call and teardown of its tests), largest first. Collected in the controlling
-# process (with xdist, the reports of every worker arrive there).
+# total (setup, call and teardown of its tests), largest first, in wall-clock seconds and in
+# CPU seconds (the test process and every child it waited for: isic-train, the launcher
+# and its workers). With 2 workers on 2 cores the suite's length is about its CPU seconds / 2,
+# so the CPU column says what a cut would save; a file with much more wall than CPU time
+# mostly waits (timeouts, watchdogs). Collected in the controlling process (with xdist,
+# the reports of every worker arrive there, each carrying its CPU seconds).
 FILE_SECONDS: dict = {}
+FILE_CPU_SECONDS: dict = {}
 FILES_SHOWN = 12
+CPU_START = pytest.StashKey[float]()
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.stash[CPU_START] = _cpu_seconds()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    now = _cpu_seconds()
+    report.user_properties.append(("cpu_s", now - item.stash.get(CPU_START, now)))
+    item.stash[CPU_START] = now  # the next phase (setup, call, teardown) starts here
 
 
 def pytest_runtest_logreport(report):
     path = report.nodeid.split("::", 1)[0]
     FILE_SECONDS[path] = FILE_SECONDS.get(path, 0.0) + report.duration
+    FILE_CPU_SECONDS[path] = FILE_CPU_SECONDS.get(path, 0.0) + dict(report.user_properties).get("cpu_s", 0.0)
 
 
 def pytest_terminal_summary(terminalreporter):
     if not FILE_SECONDS:
         return
-    total = sum(FILE_SECONDS.values())
-    terminalreporter.section(f"test time per file: {total:.0f} s in all, the {FILES_SHOWN} largest")
+    total, cpu = sum(FILE_SECONDS.values()), sum(FILE_CPU_SECONDS.values())
+    terminalreporter.section(
+        f"test time per file: {total:.0f} s in all ({cpu:.0f} CPU s), the {FILES_SHOWN} largest"
+    )
+    terminalreporter.write_line("   wall      CPU")
     for path, seconds in sorted(FILE_SECONDS.items(), key=lambda kv: -kv[1])[:FILES_SHOWN]:
-        terminalreporter.write_line(f"{seconds:7.1f} s  {path}")
+        terminalreporter.write_line(f"{seconds:7.1f} s {FILE_CPU_SECONDS.get(path, 0.0):7.1f} s  {path}")
