@@ -59,6 +59,8 @@ def train_command(records: str, model_dir: str, workers: int) -> list[str]:
         "--batch_size=4",
         "--precision=float32",
         "--summary_images=0",
+        "--noplots",
+        "--nosaved_model",
         "--epochs=2",
         "--checkpoint_every_steps=3",
         "--steps_per_execution=1",

@@ -409,6 +409,8 @@ def test_real_trainer_killed_worker_stops_the_group_within_the_grace(tmp_path):
             "--batch_size=8",
             "--precision=float32",
             "--summary_images=0",
+            "--noplots",
+            "--nosaved_model",
             "--epochs=1",
             "--checkpoint_every_steps=2",
             "--noaugment",

@@ -504,7 +504,14 @@ def test_round_trip_train_evaluate_predict(tmp_path):
         records,
         model_dir,
         TrainConfig(
-            epochs=1, batch_size=4, base_filters=4, depth=2, strategy="one_device", precision="float32"
+            epochs=1,
+            batch_size=4,
+            base_filters=4,
+            depth=2,
+            strategy="one_device",
+            precision="float32",
+            plots=False,
+            saved_model=False,
         ),
         verbose=False,
     )

@@ -54,6 +54,8 @@ BASE = TrainConfig(
     summary_images=0,
     checkpoint_every_steps=2,
     epochs=1,
+    plots=False,  # seconds per run; the tests that need them turn them on
+    saved_model=False,
 )
 
 
@@ -80,7 +82,7 @@ def records(clean_records, tmp_path):
 def one_epoch_run(clean_records, tmp_path_factory):
     """A model directory after one epoch (4 steps, checkpoints 2 and 4); copy before use."""
     model_dir = str(tmp_path_factory.mktemp("one_epoch") / "run")
-    _train(clean_records, model_dir)
+    _train(clean_records, model_dir, saved_model=True)
     return model_dir
 
 
@@ -449,7 +451,7 @@ def test_a_refused_write_during_a_checkpoint_stops_and_keeps_the_previous_one(cl
 def test_a_refused_write_during_the_export_keeps_the_previous_models(clean_records, tmp_path):
     model_dir = str(tmp_path / "run")
     deeper = 4  # enough weights for the SavedModel's variables to outweigh the .keras file
-    _train(clean_records, model_dir, depth=deeper)
+    _train(clean_records, model_dir, depth=deeper, saved_model=True)
     saved = os.path.join(model_dir, "saved_model")
     before = {n: os.path.getsize(os.path.join(saved, n)) for n in os.listdir(saved)}
     # Room for the .keras file (written first, then renamed over the old one), not for
@@ -458,7 +460,7 @@ def test_a_refused_write_during_the_export_keeps_the_previous_models(clean_recor
     variables_bytes = os.path.getsize(os.path.join(saved, "variables", "variables.data-00000-of-00001"))
     assert keras_bytes < variables_bytes
     with _file_size_limit((keras_bytes + variables_bytes) // 2):
-        error, seconds = _timed(lambda: _train(clean_records, model_dir, depth=deeper))  # all trained
+        error, seconds = _timed(lambda: _train(clean_records, model_dir, depth=deeper, saved_model=True))
     print(f"export with writes refused: stopped after {seconds:.2f} s: {error}")
     assert isinstance(error, faults.OutputError)
     assert f"cannot write the SavedModel {saved}: File too large" in str(error)

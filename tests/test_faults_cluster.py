@@ -70,6 +70,8 @@ def job(tmp_path_factory):
             "--batch_size=8",
             "--precision=mixed_float16",
             "--summary_images=0",
+            "--noplots",
+            "--nosaved_model",
             "--epochs=2",
             "--checkpoint_every_steps=2",
             "--noaugment",

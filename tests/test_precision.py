@@ -108,7 +108,14 @@ def test_a_float32_run_resumes_under_mixed_float16(tmp_path, caplog):
     records, model_dir = str(tmp_path / "records"), str(tmp_path / "run")
     tiny_records.write_records(records, {"train": 8, "val": 2}, size=16)
     config = TrainConfig(
-        batch_size=4, base_filters=2, depth=2, strategy="one_device", summary_images=0, verify_records="none"
+        batch_size=4,
+        base_filters=2,
+        depth=2,
+        strategy="one_device",
+        summary_images=0,
+        verify_records="none",
+        plots=False,
+        saved_model=False,
     )
     with caplog.at_level("WARNING"):
         for epochs, precision in ((1, "float32"), (2, "mixed_float16")):

@@ -37,6 +37,8 @@ def _args(records, model_dir, *extra):
         "--batch_size=4",
         "--epochs=3",
         "--summary_images=0",
+        "--noplots",
+        "--nosaved_model",
         "--noaugment",
         "--checkpoint_every_steps=2",
         *extra,

@@ -36,6 +36,8 @@ BASE = TrainConfig(
     precision="float32",
     summary_images=2,
     learning_rate=3e-3,
+    plots=False,  # each costs seconds per run; test_training_lowers_loss_... writes them
+    saved_model=False,
 )
 
 
@@ -64,7 +66,13 @@ def one_epoch_run(records, tmp_path_factory):
 def test_training_lowers_loss_and_writes_every_output(records, tmp_path):
     model_dir = str(tmp_path / "run")
     config = dataclasses.replace(
-        BASE, epochs=4, checkpoint_every_steps=3, bn_momentum=0.8, augment_strength=0.5
+        BASE,
+        epochs=4,
+        checkpoint_every_steps=3,
+        bn_momentum=0.8,
+        augment_strength=0.5,
+        plots=True,
+        saved_model=True,
     )
     row = trainer.train(records, model_dir, config, verbose=False)
     with open(os.path.join(model_dir, "config.json")) as f:
@@ -115,6 +123,10 @@ def test_mixed_precision_trains_with_float32_output(records, tmp_path, precision
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     model = keras.models.load_model(os.path.join(model_dir, "ISIC-UNet.keras"))
     assert model.output.dtype == "float32"
+    # --noplots, --nosaved_model (the tests' BASE): neither is written.
+    assert not [
+        n for n in ("loss.png", "dice.png", "saved_model") if os.path.exists(os.path.join(model_dir, n))
+    ]
     variables = [
         name
         for name, _ in tf.train.list_variables(

@@ -189,6 +189,17 @@ class TrainConfig(AugmentConfig):
         lower_bound=0.0,
     )
     summary_images: int = option(3, "Validation images logged to TensorBoard per epoch.", lower_bound=0)
+    plots: bool = option(
+        True,
+        "Redraw loss.png, accuracy.png and dice.png (matplotlib) from history.csv after every "
+        "epoch; --noplots leaves the history in history.csv and TensorBoard only.",
+    )
+    saved_model: bool = option(
+        True,
+        "Also export the final network as a TensorFlow SavedModel (<model_dir>/saved_model, for "
+        "TF Serving; isic-export writes the complete serving model from the .keras file at any "
+        "time). --nosaved_model skips it (a few seconds at the end of each run).",
+    )
     verify_records: str = option(
         "sha256",
         "Check the train and val shards against manifest.json before training: "

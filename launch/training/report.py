@@ -79,6 +79,7 @@ class Reporter(SilentReporter):
         self._writer = None
         self._bar = None
         self._epochs = self._steps_per_epoch = self._summary_images = 0
+        self._plots = self._saved_model = True  # --plots, --saved_model
         self._profile = None  # (START, END) of --profile_steps
         self._profiling = False
 
@@ -96,6 +97,7 @@ class Reporter(SilentReporter):
         self._rows = history.read_history(self._model_dir, up_to_epoch=start_epoch)
         self._best_dice = max([r.get("val_dice", -1.0) for r in self._rows], default=-1.0)
         self._epochs, self._summary_images = config.epochs, config.summary_images
+        self._plots, self._saved_model = config.plots, config.saved_model
         self._steps_per_epoch = run["steps_per_epoch"]
         with self._logging():
             self._writer = summaries.Writer(self._model_dir)
@@ -144,8 +146,9 @@ class Reporter(SilentReporter):
         path = os.path.join(self._model_dir, history.HISTORY_FILE)
         with faults.writing("training history", path):
             history.write_history(self._model_dir, self._rows)
-        with faults.writing("history plots", os.path.join(self._model_dir, history.PLOTS[0][0])):
-            history.plot_history(self._model_dir, self._rows)
+        if self._plots:
+            with faults.writing("history plots", os.path.join(self._model_dir, history.PLOTS[0][0])):
+                history.plot_history(self._model_dir, self._rows)
         with self._logging():
             self._writer.epoch(row["step"], row)
         if "val_dice" in row and self._summary_images:  # runs the model: not only a write
@@ -162,7 +165,8 @@ class Reporter(SilentReporter):
         self._stop_profile()  # END past the last step
         final = os.path.join(self._model_dir, FINAL_MODEL)
         save_model(model, final, "final model")
-        export_saved_model(model, os.path.join(self._model_dir, SAVED_MODEL_DIR))
+        if self._saved_model:
+            export_saved_model(model, os.path.join(self._model_dir, SAVED_MODEL_DIR))
         with self._logging():
             self._writer.close()
         if not self._verbose:
