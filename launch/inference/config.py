@@ -25,12 +25,17 @@ _REPORT_HELP = (
 # validation split, rounded down to 0.05 (the rule and the numbers: docs/evaluation.md).
 _CHECK_BELOW = 0.5
 _CHECK_HELP = "report.html and confidence.csv mark an image 'check' when its confidence is below this."
+_JIT_HELP = (
+    "Compile the model's forward pass with XLA. auto = on for GPUs (as Keras' predict does), "
+    "off on CPUs, where TensorFlow's oneDNN graph measured faster (docs/performance.md); "
+    "the probabilities are the same either way to ~1e-5."
+)
 
 # The per-image confidence signals (launch/inference/confidence.py computes them; the
 # names live here so that --help needs no TensorFlow). TTA_SIGNALS need the 8 TTA passes.
 CONFIDENCE_SIGNALS = ("expected_jaccard", "boundary_margin", "certain_share", "tta_agreement")
 TTA_SIGNALS = ("tta_agreement",)
-JIT_COMPILE = ("auto", "on", "off")
+JIT_COMPILE = ("auto", "on", "off")  # --jit_compile of isic-evaluate and isic-predict (not isic-export)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +81,6 @@ class InferenceConfig:
         "tta_agreement needs --tta.",
         choices=CONFIDENCE_SIGNALS,
     )
-    jit_compile: str = option(
-        "auto",
-        "Compile the model's forward pass with XLA. auto = on for GPUs (as Keras' "
-        "predict does), off on CPUs, where TensorFlow's oneDNN graph measured faster "
-        "(docs/performance.md); the masks are the same either way to ~1e-5 in probability.",
-        choices=JIT_COMPILE,
-    )
 
     def __post_init__(self):
         check_fields(self)
@@ -110,6 +108,7 @@ class EvaluateConfig(InferenceConfig):
     batch_size: int = option(32, _BATCH_HELP, lower_bound=1)
     report: bool = option(True, _REPORT_HELP)
     check_below: float = option(_CHECK_BELOW, _CHECK_HELP, lower_bound=0.0, upper_bound=1.0)
+    jit_compile: str = option("auto", _JIT_HELP, choices=JIT_COMPILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,3 +122,4 @@ class PredictConfig(InferenceConfig):
     batch_size: int = option(16, _BATCH_HELP, lower_bound=1)
     report: bool = option(True, _REPORT_HELP)
     check_below: float = option(_CHECK_BELOW, _CHECK_HELP, lower_bound=0.0, upper_bound=1.0)
+    jit_compile: str = option("auto", _JIT_HELP, choices=JIT_COMPILE)
