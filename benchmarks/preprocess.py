@@ -9,7 +9,8 @@ Measures:
     (wait4's ru_maxrss) and the whole process tree (summed RSS, sampled, fork windows
     excluded), for the dataset and for the dataset doubled (symlinks under new IDs);
   - the same speed comparison on "full-size" images: a few sample images enlarged to
-    4000 x 3000, the size of the largest ISIC originals.
+    4000 x 3000, the size of the largest ISIC originals;
+  - where the builder's time goes, phase by phase (benchmarks/build_phases.py).
 Timings are ratios measured back to back in the same run, repeated (interleaved) and the
 fastest kept; CPU-time ratios are reported too, as they barely depend on other jobs.
 Uses the real ISIC sample when present, otherwise synthetic pairs (isic-synth).
@@ -24,6 +25,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from benchmarks import build_phases
 from benchmarks import child
 from core import names
 from preprocessing import pairs as pairs_lib
@@ -99,6 +101,7 @@ class BuildReport:
     doubled_one_worker: Doubled
     doubled_two_workers: Doubled
     full_size: FullSize
+    phases: build_phases.Phases
     load_average_before: float
     load_average_after: float
 
@@ -139,6 +142,7 @@ def run_preprocess_benchmark(
         doubled_one_worker=doubled_one,
         doubled_two_workers=doubled_two,
         full_size=_full_size(big, os.path.join(work_dir, "out_full_size"), image_size, repeats),
+        phases=build_phases.measure_phases(pairs, image_size, repeats),
         load_average_before=load_before,
         load_average_after=round(os.getloadavg()[0], 1),
     )

@@ -106,7 +106,23 @@ def _build_speed_rows(raw: preprocess.BuildReport) -> list[Row]:
             f"JPEG at draft scale + the whole PNG) {big.floor_pairs_per_s:g} "
             f"pairs/s = {big.best_possible_speedup:.2f}x at best",
         ),
+        _phases_row(raw.phases),
     ]
+
+
+def _phases_row(phases) -> Row:
+    """Where the builder's CPU time goes per pair, against the naive loop's (build_phases.py)."""
+    return Row.compare(
+        1,
+        "build records: CPU per pair, by phase",
+        "ms",
+        phases.builder_ms,
+        phases.naive_ms,
+        lower_is_better=True,
+        detail=f"JPEG decode (draft) {phases.jpeg_ms:g}, PNG decode {phases.png_ms:g}, "
+        f"conversion + checks + resizes {phases.rest_ms:g}, encode + frame {phases.encode_ms:g}; "
+        f"start-up {phases.start_up_s:.2f} s once per build",
+    )
 
 
 def _build_memory_rows(raw: preprocess.BuildReport) -> list[Row]:

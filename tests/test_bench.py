@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from benchmarks import build_phases
 from benchmarks import child
 from benchmarks import config as config_lib
 from benchmarks import flops
@@ -32,6 +33,8 @@ from benchmarks import training
 from benchmarks import unet_stage
 from benchmarks.config import BenchConfig
 from core.errors import UserError
+from preprocessing import pairs as pairs_lib
+from preprocessing import synth
 from preprocessing import tiny_records
 
 ROW_FIELDS = {"stage", "measure", "unit", "ours", "baseline", "gain", "target", "passed", "detail"}
@@ -289,12 +292,17 @@ def test_rows_of_the_other_stages_follow_their_reports():
             cpu_speedup=4.0,
             peak_rss_mb=1.0,
         ),
+        phases=build_phases.Phases(
+            pairs=10, start_up_s=0.5, jpeg_ms=2.0, png_ms=1.0, rest_ms=0.5, encode_ms=0.5, naive_ms=8.0
+        ),
         load_average_before=0.0,
         load_average_after=0.0,
     )
     rows = stages.rows_build(build)
-    assert [r.passed for r in rows] == [True, True, False, True, False]
-    assert rows[3].gain == pytest.approx(100 / 101)  # memory: lower is better
+    assert [r.passed for r in rows] == [True, True, False, None, True, False]
+    assert rows[3].ours == 4.0 and rows[3].gain == 2.0  # CPU ms per pair: lower is better
+    assert "PNG decode 1" in rows[3].detail and "start-up 0.50 s" in rows[3].detail
+    assert rows[4].gain == pytest.approx(100 / 101)  # memory: lower is better
     pipe = pipeline.PipelineReport(
         pipeline_1core=_numbers(
             pipeline.Throughput, images_per_s=900.0, images_per_cpu_s=1200.0, steady_images_per_cpu_s=1300.0
@@ -569,3 +577,13 @@ def test_layer_flops_equal_the_unets_analytic_count():
 
     model = unet.build_unet(32, 2, 2, bn_momentum=0.9)
     assert flops.layer_flops_per_image(model) == unet.unet_flops_per_image(32, 2, 2)
+
+
+def test_build_phases_time_each_phase_of_the_builder(tmp_path):
+    """Stage 1's breakdown on 3 synthetic pairs: every phase measured, in the builder's order."""
+    synth.write_dataset(str(tmp_path), 3, seed=0, progress=False)
+    pairs = pairs_lib.discover_pairs(*pairs_lib.dataset_dirs(str(tmp_path))).pairs
+    phases = build_phases.measure_phases(pairs, 32, repeats=1)
+    assert phases.pairs == 3 and phases.start_up_s > 0
+    assert min(phases.jpeg_ms, phases.png_ms, phases.encode_ms, phases.naive_ms) > 0
+    assert phases.rest_ms >= 0 and phases.builder_ms > phases.jpeg_ms + phases.png_ms
