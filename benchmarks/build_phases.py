@@ -49,6 +49,26 @@ class Phases:
         return self.jpeg_ms + self.png_ms + self.rest_ms + self.encode_ms
 
 
+def decode_jpeg_draft(path: str, size: int) -> None:
+    """The image's decoding as the builder does it: DCT-domain downscaling to >= size."""
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))
+        image.load()
+
+
+def decode_png(path: str) -> None:
+    """The mask's decoding: every row inflated (PNG has no reduced decode)."""
+    with Image.open(path) as mask:
+        mask.load()
+
+
+def naive_pair(pair, size: int) -> None:
+    """The original script's work for one pair: full decode and default resize of both."""
+    image = np.asarray(Image.open(pair.image_path).convert("RGB").resize((size, size)))
+    mask = np.asarray(Image.open(pair.mask_path).resize((size, size)))
+    assert image.shape == (size, size, 3) and mask.shape == (size, size)
+
+
 def measure_phases(pairs, image_size: int, repeats: int = 2) -> Phases:
     """`Phases` of `pairs` (preprocessing.pairs.Pair) at `image_size`."""
     from preprocessing import load
@@ -56,20 +76,16 @@ def measure_phases(pairs, image_size: int, repeats: int = 2) -> Phases:
     from preprocessing import tfrecord
 
     def jpeg(pair):
-        with Image.open(pair.image_path) as image:
-            image.draft("RGB", (image_size, image_size))
-            image.load()
+        decode_jpeg_draft(pair.image_path, image_size)
 
     def png(pair):
-        with Image.open(pair.mask_path) as mask:
-            mask.load()
+        decode_png(pair.mask_path)
 
     def load_pair(pair):
         return load.load_pair(pair, image_size)
 
     def naive(pair):
-        np.asarray(Image.open(pair.image_path).convert("RGB").resize((image_size, image_size)))
-        np.asarray(Image.open(pair.mask_path).resize((image_size, image_size)))
+        naive_pair(pair, image_size)
 
     loaded = [load.load_pair(pair, image_size) for pair in pairs]
 

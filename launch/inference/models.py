@@ -24,6 +24,7 @@ from PIL import Image
 from core import files
 from core.errors import InputError
 from launch import layout
+from launch.inference.config import JIT_COMPILE
 from preprocessing import decode
 
 
@@ -82,8 +83,8 @@ def use_xla(model: keras.Model, setting: str) -> bool:
     Measured on CPU (benchmarks/inference.py, docs/performance.md): oneDNN's graph is faster
     than XLA's CPU code for the forward pass too, so auto keeps Keras' rule.
     """
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"jit_compile must be auto, on or off, got {setting!r}")
+    if setting not in JIT_COMPILE:
+        raise ValueError(f"jit_compile must be one of {', '.join(JIT_COMPILE)}, got {setting!r}")
     chosen = bool(tf.config.list_physical_devices("GPU")) if setting == "auto" else setting == "on"
     model.jit_compile = chosen
     model.predict_function = None  # built again, with this setting, at the next call
